@@ -6,7 +6,19 @@ import type { Client } from '@temporalio/client';
 import type { ArtifactStore } from '../lib/store/artifact-store';
 import type { PipelineSpec } from '../lib/pipeline/spec';
 import { sampleStage } from './sample';
-import { promptTeacherStage, type PromptTeacherInput, type ScriptedTeacherProvider } from './prompt-teacher';
+import {
+  collectTeacherBatchActivity,
+  finishTeacherStage,
+  planTeacherStage,
+  pollTeacherBatchActivity,
+  submitTeacherBatchActivity,
+  teacherShardActivity,
+  type ScriptedTeacherProvider,
+  type TeacherBatchInput,
+  type TeacherShardInput,
+  type TeacherStageInput,
+} from './teacher-stage';
+import type { ArtifactRef } from '../lib/store/artifact-store';
 import { validateRationalesStage, type ValidateRationalesInput } from './validate-rationales';
 import { trainStudentStage, type TrainStudentInput } from './train-student';
 import { evaluateStage, type EvaluateInput } from './evaluate';
@@ -26,8 +38,19 @@ export function createActivities(deps: ActivityDeps) {
   return {
     /** Load, subsample and split the dataset; write the splits to the store. */
     sample: (spec: PipelineSpec) => sampleStage(deps.store, spec),
-    /** Few-shot chain-of-thought prompts to the teacher for every train and valid example. */
-    promptTeacher: (input: PromptTeacherInput) => promptTeacherStage(deps, input),
+    /** Teacher stage (run by the `teacherStage` workflow): split train and valid examples into shards. */
+    planTeacher: (input: TeacherStageInput) => planTeacherStage(deps, input),
+    /** Few-shot chain-of-thought prompts for one shard, every finished call journalled. */
+    teacherShard: (input: TeacherShardInput) => teacherShardActivity(deps, input),
+    /** Batch mode: upload one shard's calls as a provider batch (idempotent). */
+    submitTeacherBatch: (input: TeacherBatchInput) => submitTeacherBatchActivity(deps, input),
+    /** Batch mode: one status check, between durable timers. */
+    pollTeacherBatch: (input: { stage: TeacherStageInput; batchId: string }) => pollTeacherBatchActivity(deps, input),
+    /** Batch mode: journal a finished batch's answers exactly as direct calls are journalled. */
+    collectTeacherBatch: (input: TeacherBatchInput & { batchId: string; lastRound: boolean }) =>
+      collectTeacherBatchActivity(deps, input),
+    /** Assemble every shard's responses into the one artifact the validate stage reads. */
+    finishTeacher: (input: { plan: ArtifactRef }) => finishTeacherStage(deps, input),
     /** Parse completions into rationales and labels; report what was dropped and why. */
     validateRationales: (input: ValidateRationalesInput) => validateRationalesStage(deps.store, input),
     /** Train the student (GPU queue). */

@@ -24,7 +24,12 @@ export function progressReporter(client: Client | undefined, stage: StageName, m
     const { workflowId, runId } = execution;
     client.workflow
       .getHandle(workflowId, runId)
-      .signal(stageProgressSignal, { stage, step, total })
+      .signal(stageProgressSignal, {
+        stage,
+        step,
+        total,
+        ...(typeof details.shard === 'number' ? { shard: details.shard } : {}),
+      })
       .catch(() => undefined);
   };
 }

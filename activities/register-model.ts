@@ -63,6 +63,7 @@ export async function registerModelStage(
         total: input.evaluation.total,
         majorityBaseline: input.evaluation.majorityBaseline,
       },
+      ...(input.teacher ? { teacher: teacherAccounting(input.teacher) } : {}),
     };
     const s = input.spec.student;
     const version = await registerVersion(store, {
@@ -90,6 +91,7 @@ export async function registerModelStage(
           responses: input.teacher.responses.sha256,
           cached: input.teacher.cached,
           failed: input.teacher.failed,
+          ...teacherAccounting(input.teacher),
         },
         validation: input.validation && {
           report: input.validation.report.sha256,
@@ -129,4 +131,18 @@ export async function registerModelStage(
       checkpointUri: version.checkpoint.uri,
     };
   });
+}
+
+/** What the teacher stage cost and how it got its answers: recorded in the manifest and in lineage alike. */
+function teacherAccounting(t: PromptTeacherResult) {
+  return {
+    mode: t.mode,
+    samples: t.samples,
+    shards: t.shards,
+    notSent: t.notSent,
+    calls: t.calls,
+    usage: t.usage,
+    ...(t.costUsd === undefined ? {} : { costUsd: t.costUsd }),
+    ...(t.budget ? { budget: t.budget } : {}),
+  };
 }

@@ -25,20 +25,34 @@ export interface TeacherSummary {
 }
 
 export interface PromptTeacherResult {
-  /** JSONL of `{ id, completion, cached, promptHash, error? }`, one per train and valid example. */
+  /** JSONL of `{ id, completion, cached, promptHash, error?, samples?, votes?, usage? }`, one per train and valid example. */
   responses: ArtifactRef;
+  /** Examples. */
   total: number;
+  /** Examples answered wholly from the cross-run response cache. */
   cached: number;
+  /** Examples with no completion after retries (each `error` says why). */
   failed: number;
+  /** Examples never sent because the cost budget ran out. */
+  notSent: number;
+  /** Tokens the stage spent, failed attempts included (journalled per call, summed per shard). */
   usage: { promptTokens: number; completionTokens: number };
+  /** Dollars, at the spec's prices; absent without prices. */
+  costUsd?: number;
+  budget?: { maxCostUsd: number; exhausted: boolean };
+  /** Calls (examples × samples): made by this stage, found in a shard journal after a crash, found in the cache. */
+  calls: { planned: number; sent: number; resumed: number; cached: number };
+  shards: number;
+  mode: 'direct' | 'batch';
+  samples: number;
   teacher: TeacherSummary;
 }
 
 export interface ValidateRationalesResult {
-  /** JSONL of training records `{ id, input, goldLabel, teacherLabel, rationale }`. */
+  /** JSONL of training records `{ id, input, goldLabel, teacherLabel, rationale, votes? }`. */
   train: ArtifactRef;
   valid: ArtifactRef;
-  /** JSON report: kept, dropped by reason with examples, teacher accuracy. */
+  /** JSON report: kept, the filters applied, dropped by reason with examples, teacher accuracy. */
   report: ArtifactRef;
   kept: number;
   dropped: Record<string, number>;

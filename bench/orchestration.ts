@@ -13,6 +13,8 @@ import { startTemporalDevServer } from '../infra/temporal';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from '../workers/pipeline-worker';
 import { createActivityDeps } from '../workers/deps';
 import { createActivities } from '../activities';
+import type { TeacherStageInput } from '../activities/teacher-stage';
+import type { PromptTeacherResult } from '../activities/types';
 import { parseSpec, type PipelineSpecInput } from '../lib/pipeline/spec';
 import { CPU_TASK_QUEUE, STAGES, type StageName } from '../workflows/definitions';
 
@@ -45,14 +47,51 @@ function stageTimes(history: temporal.api.history.v1.IHistory): Record<StageName
   for (const e of events) {
     const name = e.activityTaskScheduledEventAttributes?.activityType?.name;
     if (name) scheduled.set(Number(e.eventId), name as StageName);
+    // The teacher stage is a child workflow (plan, shards, finish): timed from the parent's view, start to result.
+    if (e.startChildWorkflowExecutionInitiatedEventAttributes) scheduled.set(Number(e.eventId), 'promptTeacher');
     const done = e.activityTaskCompletedEventAttributes;
-    if (done) {
-      const stage = scheduled.get(Number(done.scheduledEventId))!;
+    const child = e.childWorkflowExecutionCompletedEventAttributes;
+    const from = done ? done.scheduledEventId : child?.initiatedEventId;
+    if (from !== undefined && from !== null) {
+      const stage = scheduled.get(Number(from))!;
       out[stage] = ms(e) - previousEnd;
       previousEnd = ms(e);
     }
   }
   return out as Record<StageName, number>;
+}
+
+/**
+ * The teacher stage's activities called in a row, as its workflow runs them with one shard in flight: the direct
+ * baseline the child workflow is compared with.
+ */
+async function directTeacherStage(
+  acts: ReturnType<typeof createActivities>,
+  input: TeacherStageInput
+): Promise<PromptTeacherResult> {
+  const plan = await acts.planTeacher(input);
+  const results: Awaited<ReturnType<typeof acts.teacherShard>>[] = [];
+  for (let index = 0; index < plan.shards; index++) {
+    results.push(
+      await acts.teacherShard({ stage: input, stageId: 'bench-direct', plan: plan.plan, index, concurrency: 8 })
+    );
+  }
+  const figures = await acts.finishTeacher({ plan: plan.plan });
+  const sum = (f: (r: (typeof results)[number]) => number) => results.reduce((a, r) => a + f(r), 0);
+  return {
+    ...figures,
+    usage: { promptTokens: sum((r) => r.usage.promptTokens), completionTokens: sum((r) => r.usage.completionTokens) },
+    calls: {
+      planned: plan.calls,
+      sent: sum((r) => r.sent),
+      resumed: sum((r) => r.resumed),
+      cached: sum((r) => r.cached),
+    },
+    shards: plan.shards,
+    mode: 'direct',
+    samples: 1,
+    teacher: plan.teacher,
+  };
 }
 
 async function main() {
@@ -95,7 +134,7 @@ async function main() {
       };
       const sample = await timed('sample', () => direct.sample(parsed));
       const teacher = await timed('promptTeacher', () =>
-        direct.promptTeacher({ task: 'demo', teacher: parsed.teacher, train: sample.train, valid: sample.valid })
+        directTeacherStage(direct, { task: 'demo', teacher: parsed.teacher, train: sample.train, valid: sample.valid })
       );
       const validation = await timed('validateRationales', () =>
         direct.validateRationales({

@@ -9,6 +9,7 @@ import { demoSpec, parseSpec, SpecError, type PipelineSpecInput } from '../lib/p
 import { openStore } from '../lib/store';
 import { listModels, listVersions, getVersion } from '../lib/registry/registry';
 import { validateRecorded } from '../lib/data/validate';
+import { InputError } from '../lib/errors';
 import { setup } from '../infra/setup';
 import { ensureCudaLibraries, withCudaLibraryPath } from '../infra/cuda';
 import { freePort } from '../infra/cache';
@@ -41,6 +42,13 @@ interface RunFlags {
   teacher?: string;
   teacherUrl?: string;
   teacherModel?: string;
+  teacherMode?: string;
+  teacherConcurrency?: number;
+  requestsPerMinute?: number;
+  tokensPerMinute?: number;
+  samples?: number;
+  maxCost?: number;
+  prices?: string;
   method?: string;
   alpha?: number;
   preset?: string;
@@ -73,6 +81,7 @@ async function specFrom(file: string | undefined, flags: RunFlags): Promise<Pipe
     spec.teacher = { kind: flags.teacher };
   }
   if (!spec.name && spec.data?.kind === 'reference') spec.name = `${spec.data.task}-student`;
+  await teacherFlags(spec, flags);
   const student: [keyof RunFlags, string][] = [
     ['method', 'method'],
     ['alpha', 'alpha'],
@@ -86,6 +95,35 @@ async function specFrom(file: string | undefined, flags: RunFlags): Promise<Pipe
   if (flags.fraction !== undefined) spec.sample.fraction = flags.fraction;
   if (flags.seed !== undefined) spec.sample.seed = spec.student.seed = flags.seed;
   return spec as PipelineSpecInput;
+}
+
+/** Teacher flags onto `spec.teacher` (the spec's validation then checks them like any field). */
+async function teacherFlags(spec: Record<string, any>, flags: RunFlags): Promise<void> {
+  const fields: [keyof RunFlags, string][] = [
+    ['teacherMode', 'mode'],
+    ['teacherConcurrency', 'concurrency'],
+    ['requestsPerMinute', 'requestsPerMinute'],
+    ['tokensPerMinute', 'tokensPerMinute'],
+    ['samples', 'samples'],
+    ['maxCost', 'maxCost'],
+  ];
+  const given = fields.filter(([flag]) => flags[flag] !== undefined);
+  if (given.length === 0 && !flags.prices) return;
+  spec.teacher = { ...spec.teacher };
+  for (const [flag, field] of given) spec.teacher[field] = flags[flag];
+  if (flags.prices) {
+    // A price list shared by a team: { "<model>": { "inputPerMillionTokens": …, "outputPerMillionTokens": … } }.
+    const list = JSON.parse(await readFile(flags.prices, 'utf8')) as Record<string, unknown>;
+    const model = spec.teacher.kind === 'openai' ? spec.teacher.model : undefined;
+    if (model === undefined || !(model in list)) {
+      throw new InputError(
+        `--prices ${flags.prices} has no entry for the teacher model ${JSON.stringify(model ?? spec.teacher.kind)}; ` +
+          `it lists ${Object.keys(list).join(', ') || 'nothing'}`,
+        '--prices'
+      );
+    }
+    spec.teacher.price = list[model];
+  }
 }
 
 const STAGE_LABELS: Record<string, string> = {
@@ -287,6 +325,22 @@ async function main() {
     .option('--teacher-url <url>', 'OpenAI-compatible base URL (key from OPENAI_API_KEY)')
     .option('--teacher-model <model>', 'teacher model name')
     .addOption(
+      new Option('--teacher-mode <mode>', "'batch' uses the provider's batch API (OpenAI /v1/batches)").choices([
+        'direct',
+        'batch',
+      ])
+    )
+    .option('--teacher-concurrency <n>', 'teacher requests in flight at once', number('--teacher-concurrency'))
+    .option('--requests-per-minute <n>', 'client-side teacher request limit', number('--requests-per-minute'))
+    .option('--tokens-per-minute <n>', 'client-side teacher token limit', number('--tokens-per-minute'))
+    .option(
+      '--samples <k>',
+      'self-consistency: teacher samples per example (needs temperature > 0)',
+      number('--samples')
+    )
+    .option('--max-cost <usd>', 'stop sending teacher calls once this many dollars are spent', number('--max-cost'))
+    .option('--prices <file>', 'JSON price list: { "<model>": { "inputPerMillionTokens", "outputPerMillionTokens" } }')
+    .addOption(
       new Option('--method <method>').choices(['distill-step-by-step', 'standard-finetune', 'standard-distill'])
     )
     .option('--alpha <alpha>', 'label-loss weight', number('--alpha'))
@@ -473,6 +527,8 @@ async function main() {
 }
 
 main().catch((err) => {
-  console.error(err instanceof SpecError ? `invalid spec: ${err.message}` : err);
+  if (err instanceof SpecError) console.error(`invalid spec: ${err.message}`);
+  else if (err instanceof InputError) console.error(`stepwise: ${err.message}`);
+  else console.error(err);
   process.exit(1);
 });

@@ -72,35 +72,77 @@ test('sample subsamples the reference CQA train split and holds out 10% for vali
   t.regex(r.source, /cqa/);
 });
 
-test('promptTeacher heartbeats its progress and a second run is served from the cache', async (t) => {
+/** Plan, every shard, finish: the teacher stage's activities in order, as the teacherStage workflow runs them. */
+async function runTeacherStage(
+  acts: ReturnType<typeof createActivities>,
+  input: Parameters<ReturnType<typeof createActivities>['planTeacher']>[0],
+  onEnv: (env: MockActivityEnvironment) => void = () => undefined
+) {
+  const plan = await runIn(new MockActivityEnvironment(), acts.planTeacher, input);
+  const shards = [];
+  for (let index = 0; index < plan.shards; index++) {
+    const env = new MockActivityEnvironment();
+    onEnv(env);
+    shards.push(
+      await runIn(env, acts.teacherShard, {
+        stage: input,
+        stageId: `stage-${input.teacher.kind}-${plan.plan.sha256}`,
+        plan: plan.plan,
+        index,
+        concurrency: 8,
+      })
+    );
+  }
+  const finished = await runIn(new MockActivityEnvironment(), acts.finishTeacher, { plan: plan.plan });
+  return { plan, shards, finished };
+}
+
+test('the teacher activities shard the examples, heartbeat, and a re-run is answered from the cache', async (t) => {
   const sample = await runIn(new MockActivityEnvironment(), activities.sample, demo);
-  const env = new MockActivityEnvironment();
-  const beats: { step: number; total: number }[] = [];
-  env.on('heartbeat', (d: { step: number; total: number }) => beats.push(d));
+  const beats: { step: number; total: number; shard: number }[] = [];
   const before = server.stats().requests;
-  const first = await runIn(env, activities.promptTeacher, {
+  const stage = {
     task: 'demo' as const,
-    teacher: demo.teacher,
+    teacher: { ...demo.teacher, shardSize: 30 },
     train: sample.train,
     valid: sample.valid,
-  });
-  t.is(first.total, 80);
-  t.is(first.failed, 0);
-  t.true(beats.length > 1);
-  t.deepEqual(beats.at(-1), { step: 80, total: 80 });
-  t.is(server.stats().requests - before, 80 - first.cached);
-  const again = await runIn(new MockActivityEnvironment(), activities.promptTeacher, {
-    task: 'demo',
-    teacher: demo.teacher,
-    train: sample.train,
-    valid: sample.valid,
-  });
-  t.is(again.cached, 80);
-  t.is(server.stats().requests - before, 80 - first.cached);
-  t.is(again.responses.sha256.length, 64);
+  };
+  const first = await runTeacherStage(activities, stage, (env) => env.on('heartbeat', (d) => beats.push(d)));
+  t.is(first.plan.shards, 3);
+  t.deepEqual(
+    first.shards.map((s) => s.examples),
+    [30, 30, 20]
+  );
+  t.is(first.finished.total, 80);
+  t.is(first.finished.failed, 0);
+  t.deepEqual(
+    beats.filter((b) => b.step === b.total).map((b) => b.shard),
+    [0, 1, 2]
+  );
+  const sent = first.shards.reduce((a, s) => a + s.sent, 0);
+  t.is(server.stats().requests - before, sent);
+  t.true(first.shards.every((s) => s.usage.promptTokens > 0 || s.cached === s.calls));
+  const responses = await store.getJsonl<{ id: string; completion: string; promptHash: string }>(
+    first.finished.responses
+  );
+  t.is(responses.length, 80);
+  t.true(responses.every((r) => r.completion.length > 0));
+
+  // Other shard boundaries make other shards, but every call is in the response cache: nothing is sent.
+  const again = await runTeacherStage(activities, { ...stage, teacher: { ...stage.teacher, shardSize: 50 } });
+  t.is(again.plan.shards, 2);
+  t.is(again.finished.cached, 80);
+  t.is(server.stats().requests - before, sent);
+  const strip = (rs: { id: string; completion: string; promptHash?: string }[]) =>
+    rs.map(({ id, completion, promptHash }) => ({ id, completion, promptHash }));
+  const againResponses = await store.getJsonl<{ id: string; completion: string; cached: boolean }>(
+    again.finished.responses
+  );
+  t.deepEqual(strip(againResponses), strip(responses));
+  t.true(againResponses.every((r) => r.cached));
 });
 
-test('cancelling promptTeacher stops it promptly with a CancelledFailure', async (t) => {
+test('cancelling a teacher shard stops it promptly with a CancelledFailure', async (t) => {
   const spec = parseSpec({
     name: 'act-cancel',
     data: { kind: 'demo', size: 2000, seed: 9 },
@@ -115,13 +157,10 @@ test('cancelling promptTeacher stops it promptly with a CancelledFailure', async
     scripted: async () => ({ url: hanging.url, model: 'scripted-test' }),
   });
   const sample = await runIn(new MockActivityEnvironment(), own.sample, spec);
+  const stage = { task: 'demo' as const, teacher: spec.teacher, train: sample.train, valid: sample.valid };
+  const plan = await runIn(new MockActivityEnvironment(), own.planTeacher, stage);
   const env = new MockActivityEnvironment();
-  const running = runIn(env, own.promptTeacher, {
-    task: 'demo' as const,
-    teacher: spec.teacher,
-    train: sample.train,
-    valid: sample.valid,
-  });
+  const running = runIn(env, own.teacherShard, { stage, stageId: 'cancel', plan: plan.plan, index: 0, concurrency: 8 });
   await new Promise((r) => setTimeout(r, 300));
   const started = Date.now();
   env.cancel();

@@ -115,29 +115,44 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   t.truthy(version.lineage.codeVersion);
   t.is(version.metrics.accuracy, result.accuracy);
 
-  // The six stages ran as activities of the six types, as the workflow history shows.
+  // Teacher accounting reaches the manifest and lineage alike.
+  t.is(manifest.teacher.mode, 'direct');
+  t.true(manifest.teacher.usage.promptTokens > 0 && manifest.teacher.usage.completionTokens > 0);
+  t.deepEqual(version.lineage.teacher?.usage, manifest.teacher.usage);
+  t.is(manifest.teacher.calls.planned, manifest.teacher.calls.sent + manifest.teacher.calls.cached);
+
+  // Five stages ran as activities of their types; the teacher stage ran as a child workflow of its own, whose
+  // history shows its plan, shard and finish activities.
   const history = await handle.fetchHistory();
   const activityTypes = new Set(
     (history.events ?? [])
       .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
       .filter((n): n is string => Boolean(n))
   );
-  t.deepEqual([...activityTypes].sort(), [
-    'evaluate',
-    'promptTeacher',
-    'registerModel',
-    'sample',
-    'trainStudent',
-    'validateRationales',
-  ]);
+  t.deepEqual([...activityTypes].sort(), ['evaluate', 'registerModel', 'sample', 'trainStudent', 'validateRationales']);
+  const child = (history.events ?? []).find((e) => e.startChildWorkflowExecutionInitiatedEventAttributes);
+  t.is(child?.startChildWorkflowExecutionInitiatedEventAttributes?.workflowType?.name, 'teacherStage');
+  const teacherHistory = await services.client.workflow.getHandle(`${workflowId}/teacher`).fetchHistory();
+  const teacherActivities = new Set(
+    (teacherHistory.events ?? [])
+      .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
+      .filter((n): n is string => Boolean(n))
+  );
+  t.deepEqual([...teacherActivities].sort(), ['finishTeacher', 'planTeacher', 'teacherShard']);
+
   if (process.env.STEPWISE_RECORD_HISTORY) {
-    // Recorded with the Temporal CLI, in the JSON form every Temporal tool reads (the replay test's fixture).
-    const { stdout } = await promisify(execFile)(
-      await ensureTemporalCli(),
-      ['workflow', 'show', '--workflow-id', workflowId, '--address', services.temporal.address, '--output', 'json'],
-      { maxBuffer: 64 * 1024 * 1024 }
-    );
-    await writeFile(join(__dirname, 'fixtures', 'pipeline-history.json'), stdout);
+    // Recorded with the Temporal CLI, in the JSON form every Temporal tool reads (the replay test's fixtures).
+    for (const [id, file] of [
+      [workflowId, 'pipeline-history.json'],
+      [`${workflowId}/teacher`, 'teacher-stage-history.json'],
+    ]) {
+      const { stdout } = await promisify(execFile)(
+        await ensureTemporalCli(),
+        ['workflow', 'show', '--workflow-id', id, '--address', services.temporal.address, '--output', 'json'],
+        { maxBuffer: 64 * 1024 * 1024 }
+      );
+      await writeFile(join(__dirname, 'fixtures', file), stdout);
+    }
   }
 });
 
@@ -154,7 +169,11 @@ test('two runs of one model register two versions, the second reusing the cached
   const c = (await run(`twice-c-${Date.now()}`)) as PipelineResult;
   t.is(c.version, 3);
   const v3 = (await getVersion(services.store, 'e2e-twice', 3))!;
-  t.is(v3.lineage.teacher?.cached, v3.lineage.dataset.counts.train + v3.lineage.dataset.counts.valid);
+  // Nothing was sent: every call came from a finished shard of an earlier run, or from the response cache.
+  const calls = v3.lineage.teacher!.calls!;
+  t.is(calls.sent, 0);
+  t.is(calls.planned, v3.lineage.dataset.counts.train + v3.lineage.dataset.counts.valid);
+  t.is(calls.resumed + calls.cached, calls.planned);
 });
 
 test('the baselines run too: standard finetuning skips the teacher, standard distillation trains on teacher labels', async (t) => {

@@ -8,13 +8,27 @@ import { DeterminismViolationError } from '@temporalio/workflow';
 // today's workflow code catches any change that would break runs already in flight when a new version deploys.
 const history = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'pipeline-history.json'), 'utf8'));
 
+const teacherHistory = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'teacher-stage-history.json'), 'utf8'));
+// Replay re-issues commands, and a child's id is part of the command: replay under the ids the recording ran with.
+// The child's start event names its parent.
+const pipelineId: string =
+  teacherHistory.events[0].workflowExecutionStartedEventAttributes.parentWorkflowExecution.workflowId;
+
 test('a recorded history of the pipeline replays against the current workflow code', async (t) => {
-  await t.notThrowsAsync(Worker.runReplayHistory({ workflowsPath: require.resolve('../workflows') }, history));
+  await t.notThrowsAsync(
+    Worker.runReplayHistory({ workflowsPath: require.resolve('../workflows') }, history, pipelineId)
+  );
+});
+
+test('a recorded history of the teacher stage (its child workflow) replays against the current workflow code', async (t) => {
+  await t.notThrowsAsync(
+    Worker.runReplayHistory({ workflowsPath: require.resolve('../workflows') }, teacherHistory, `${pipelineId}/teacher`)
+  );
 });
 
 test('a workflow that reorders its stages fails replay with a determinism error', async (t) => {
   const err = await t.throwsAsync(
-    Worker.runReplayHistory({ workflowsPath: require.resolve('./fixtures/reordered-pipeline') }, history)
+    Worker.runReplayHistory({ workflowsPath: require.resolve('./fixtures/reordered-pipeline') }, history, pipelineId)
   );
   t.true(err instanceof DeterminismViolationError, `got ${err?.name}: ${err?.message}`);
 });

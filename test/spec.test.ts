@@ -1,5 +1,6 @@
 import test from 'ava';
 import { demoSpec, parseSpec, SpecError } from '../lib/pipeline/spec';
+import { DEFAULT_RATIONALE_CHECKS } from '../lib/data/rationale-checks';
 
 test('the demo spec validates and gets every default filled in', (t) => {
   const spec = parseSpec(demoSpec());
@@ -38,4 +39,19 @@ test('the scripted teacher is refused for data it cannot answer', (t) => {
     { instanceOf: SpecError }
   );
   t.regex(err!.message, /spec\.teacher\.kind/);
+});
+
+test('the validate section defaults to what the paper keeps: only empty rationales are dropped', (t) => {
+  const spec = parseSpec(demoSpec());
+  t.deepEqual(spec.validate, { ...DEFAULT_RATIONALE_CHECKS });
+  const strict = parseSpec({ ...demoSpec(), validate: { minRationaleChars: 20, maxRationaleChars: 2000 } });
+  t.like(strict.validate, { minRationaleChars: 20, maxRationaleChars: 2000, dropLabelMismatch: false });
+});
+
+test('a validate section whose length limits cross is rejected, naming maxRationaleChars', (t) => {
+  const err = t.throws(() => parseSpec({ ...demoSpec(), validate: { minRationaleChars: 50, maxRationaleChars: 10 } }), {
+    instanceOf: SpecError,
+  });
+  t.regex(err!.message, /spec\.validate\.maxRationaleChars: got 10, must be at least validate\.minRationaleChars/);
+  t.throws(() => parseSpec({ ...demoSpec(), validate: { dropMismatch: true } }), { message: /spec\.validate/ });
 });

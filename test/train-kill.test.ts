@@ -3,8 +3,7 @@
  * the same trainStudent activity up from the last checkpoint it heartbeated, and the run ends as if nothing happened.
  * Real processes, the real Temporal dev server, the real S3 server.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import test from 'ava';
 import { defaultPayloadConverter } from '@temporalio/common';
 import type { WorkflowHandle } from '@temporalio/client';
@@ -20,9 +19,8 @@ import {
   type TrainStudentInput,
 } from '../activities/train-student';
 import type { RationaleRecord } from '../activities/validate-rationales';
-import { startServices, type Services } from './helpers/services';
+import { startServices, startWorkerProcess, type Services } from './helpers/services';
 
-const ROOT = join(__dirname, '..');
 const CHECKPOINT_EVERY = 20;
 const STEPS = 200;
 /** Same-backend runs are bit-identical in practice; this is the tolerance the test promises. */
@@ -44,27 +42,9 @@ test.after.always(async () => {
 
 /** The real GPU worker entrypoint, as its own process group (so its training child can be killed with it). */
 async function startGpuWorker(log: string[]): Promise<ChildProcess> {
-  const worker = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'workers', 'gpu-worker.ts')], {
-    cwd: ROOT,
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: {
-      ...process.env,
-      TEMPORAL_ADDRESS: services.temporal.address,
-      TEMPORAL_NAMESPACE: services.temporal.namespace,
-      STEPWISE_STORE: services.storeLocation,
-    },
-  });
+  const worker = await startWorkerProcess(services, 'gpu', log, { detached: true });
   workers.add(worker);
   worker.on('exit', () => workers.delete(worker));
-  worker.stderr!.on('data', (chunk: Buffer) => log.push(chunk.toString()));
-  await new Promise<void>((resolve, reject) => {
-    worker.stdout!.on('data', (chunk: Buffer) => {
-      log.push(chunk.toString());
-      if (chunk.toString().includes('stepwise worker:')) resolve();
-    });
-    worker.once('exit', (code, signal) => reject(new Error(`GPU worker exited (${code ?? signal}): ${log.join('')}`)));
-  });
   return worker;
 }
 

@@ -37,6 +37,8 @@ export interface StageProgressUpdate {
   stage: StageName;
   step: number;
   total: number;
+  /** Set by a teacher shard reporting to the teacher-stage workflow: its index, with `step` counted within it. */
+  shard?: number;
 }
 
 export const progressQuery = defineQuery<PipelineProgress>('progress');

@@ -6,6 +6,7 @@ import {
   ActivityCancellationType,
   ApplicationFailure,
   type ActivityOptions,
+  executeChild,
   isCancellation,
   proxyActivities,
   setHandler,
@@ -29,6 +30,7 @@ import {
   type PipelineProgress,
   type StageName,
 } from './definitions';
+import { teacherStage } from './teacher-stage';
 
 /** Failure types that no retry can fix. */
 const NON_RETRYABLE = ['InputError', 'NoUsableRationales'];
@@ -41,20 +43,6 @@ const io = proxyActivities<Activities>({
     backoffCoefficient: 2,
     maximumInterval: '30s',
     maximumAttempts: 5,
-    nonRetryableErrorTypes: NON_RETRYABLE,
-  },
-});
-
-// Teacher calls: long (thousands of LLM calls) and paid for. The heartbeat timeout makes a dead worker visible in
-// a minute instead of hours; retries resume cheaply because every finished call is cached in the store.
-const teacher = proxyActivities<Activities>({
-  startToCloseTimeout: '12 hours',
-  heartbeatTimeout: '1 minute',
-  retry: {
-    initialInterval: '5s',
-    backoffCoefficient: 2,
-    maximumInterval: '5 minutes',
-    maximumAttempts: 10,
     nonRetryableErrorTypes: NON_RETRYABLE,
   },
 });
@@ -157,22 +145,34 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
   let teacherResult: PromptTeacherResult | undefined;
   let validation: ValidateRationalesResult | undefined;
   if (withTeacher) {
+    // The teacher stage is a workflow of its own: its shards fan out over every worker on the queue, and it
+    // continues as new on its own, so this run's history stays small however many examples there are.
     teacherResult = await stage(
       'promptTeacher',
       () =>
-        teacher.promptTeacher({
-          task,
-          teacher: spec.teacher,
-          dataDir: spec.data.kind === 'reference' ? spec.data.dir : undefined,
-          train: sample.train,
-          valid: sample.valid,
+        executeChild(teacherStage, {
+          workflowId: `${workflowInfo().workflowId}/teacher`,
+          args: [
+            {
+              task,
+              teacher: spec.teacher,
+              dataDir: spec.data.kind === 'reference' ? spec.data.dir : undefined,
+              train: sample.train,
+              valid: sample.valid,
+            },
+          ],
         }),
-      (r) => `${r.total} responses (${r.cached} cached, ${r.failed} failed)`
+      (r) =>
+        `${r.total} responses (${r.cached} cached, ${r.failed} failed` +
+        (r.notSent ? `, ${r.notSent} not sent: budget` : '') +
+        ')' +
+        (r.costUsd === undefined ? '' : `, $${r.costUsd.toFixed(4)}`)
     );
     const responses = teacherResult.responses;
     validation = await stage(
       'validateRationales',
-      () => io.validateRationales({ task, train: sample.train, valid: sample.valid, responses }),
+      () =>
+        io.validateRationales({ task, train: sample.train, valid: sample.valid, responses, validate: spec.validate }),
       (r) => `kept ${r.kept}` + (r.teacherAccuracy === undefined ? '' : `, teacher accuracy ${pct(r.teacherAccuracy)}`)
     );
   }

@@ -1,2 +1,3 @@
 export * from './distillation-pipeline';
 export * from './definitions';
+export * from './teacher-stage';

@@ -55,22 +55,78 @@ const sampleSchema = z
   })
   .strict();
 
+/** US dollars per million tokens, as the provider bills them (batch rates for batch mode). */
+const priceSchema = z
+  .object({
+    inputPerMillionTokens: z.number().min(0),
+    outputPerMillionTokens: z.number().min(0),
+  })
+  .strict();
+
+/** How the stage splits its work: shards of examples run as separate activities, on whichever workers serve it. */
+const shardingFields = {
+  /** Examples per shard: one activity's work, and what a killed worker at most has to look up again. */
+  shardSize: z.number().int().min(1).max(100_000).default(1000),
+  /** Shards in flight at once, across all workers. Concurrency and rate limits are divided among them. */
+  parallelShards: z.number().int().min(1).max(1024).default(4),
+  /** Shards one workflow run handles before it continues as new, keeping its history bounded at any data size. */
+  shardsPerRun: z.number().int().min(1).max(10_000).default(200),
+  /** A shard whose worker is silent this long is retried elsewhere, from its journal. */
+  heartbeatTimeoutSeconds: z.number().int().min(5).max(3600).default(60),
+};
+
+/** How calls are made: shared by the OpenAI endpoint and the demo's scripted one (which is served the same way). */
+const callingFields = {
+  /** Default 0: the teacher's best answer. Must be > 0 with `samples` > 1. */
+  temperature: z.number().min(0).max(2).default(0),
+  maxTokens: z.number().int().min(1).max(32_768).default(256),
+  /** Requests in flight at once for the whole stage (divided among the shards in flight). */
+  concurrency: z.number().int().min(1).max(4096).default(8),
+  /** Client-side limits for the whole stage, as the provider states them; unset means unlimited. */
+  requestsPerMinute: z.number().positive().optional(),
+  tokensPerMinute: z.number().positive().optional(),
+  /** Per attempt; a call that takes longer is abandoned and retried. */
+  timeoutSeconds: z.number().positive().max(3600).default(120),
+  /** Retries of one call after transient failures (429, 5xx, timeouts, dropped connections, empty completions). */
+  maxRetries: z.number().int().min(0).max(100).default(5),
+  /** Self-consistency: ask each example this many times (seeds 0..k-1) and keep a rationale of the majority label. */
+  samples: z.number().int().min(1).max(64).default(1),
+  /** `batch` sends each shard through the provider's batch API (OpenAI `/v1/batches`) and waits on durable timers. */
+  mode: z.enum(['direct', 'batch']).default('direct'),
+  /** How often batch mode asks the provider whether a batch is done. */
+  batchPollSeconds: z.number().positive().max(86_400).default(60),
+  /** Prices, to turn tokens into dollars in the stage result, the manifest and lineage. */
+  price: priceSchema.optional(),
+  /** Stop sending once this many dollars are spent (needs `price`); what was received is kept. */
+  maxCost: z.number().min(0).optional(),
+  /** When the budget stops the stage: `train` on what was received, or `fail` the run (results stay cached). */
+  onBudgetExhausted: z.enum(['train', 'fail']).default('train'),
+  ...shardingFields,
+};
+
 const teacherSchema = z.discriminatedUnion('kind', [
   /** The built-in teacher for the demo task, served over the OpenAI API by a local server of ours. */
-  z.object({ kind: z.literal('scripted'), errorRate: z.number().min(0).max(1).default(0.1) }).strict(),
+  z
+    .object({ kind: z.literal('scripted'), errorRate: z.number().min(0).max(1).default(0.1), ...callingFields })
+    .strict(),
   z
     .object({
       kind: z.literal('openai'),
       url: z.url(),
       model: z.string().min(1),
-      temperature: z.number().min(0).max(2).default(0),
-      maxTokens: z.number().int().min(1).max(32_768).default(256),
-      /** Requests in flight at once; the endpoint's rate limits decide the right number. */
-      concurrency: z.number().int().min(1).max(1024).default(8),
+      /**
+       * The environment variable, on the workers, holding the API key. Keys never go in a spec: specs are stored
+       * in workflow history, manifests and lineage.
+       */
+      apiKeyEnv: z
+        .string()
+        .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected an environment variable name')
+        .default('OPENAI_API_KEY'),
+      ...callingFields,
     })
     .strict(),
   /** Recorded completions from the reference layout (`<dir>/<task>/llm/<split>_CoT_<i>.json`): no LLM needed. */
-  z.object({ kind: z.literal('replay'), dir: z.string().min(1).optional() }).strict(),
+  z.object({ kind: z.literal('replay'), dir: z.string().min(1).optional(), ...shardingFields }).strict(),
 ]);
 
 const studentSchema = z
@@ -123,6 +179,27 @@ const studentSchema = z
     message: 'early stopping counts validations: set student.evalEvery too',
   });
 
+/**
+ * Checks on each parsed rationale beyond parsing itself. An empty rationale is always dropped; the rest are opt-in
+ * (the paper keeps every parsable completion). The validate stage's report counts every drop reason, with examples.
+ */
+const validateSchema = z
+  .object({
+    /** Drop a rationale shorter than this many characters (trimmed). Default 1: only empty ones go. */
+    minRationaleChars: z.number().int().min(1).default(1),
+    /** Drop a rationale longer than this many characters (trimmed): run-on or looping generations. */
+    maxRationaleChars: z.number().int().min(1).optional(),
+    /** Drop a rationale that itself states a label other than the parsed one ("… the answer is (b). So the answer is (c)."). */
+    dropLabelMismatch: z.boolean().default(false),
+    /** Drop an example whose teacher label disagrees with its gold label (where the data has gold labels). */
+    requireGoldAgreement: z.boolean().default(false),
+  })
+  .strict()
+  .refine((v) => v.maxRationaleChars === undefined || v.maxRationaleChars >= v.minRationaleChars, {
+    path: ['maxRationaleChars'],
+    message: 'must be at least validate.minRationaleChars',
+  });
+
 const evaluateSchema = z
   .object({
     maxLength: z.number().int().min(1).max(4096).default(16),
@@ -137,6 +214,7 @@ export const pipelineSpecSchema = z
     data: dataSchema,
     sample: sampleSchema.default({ fraction: 1, seed: 0, validFraction: 0.1 }),
     teacher: teacherSchema,
+    validate: validateSchema.default(validateSchema.parse({})),
     student: studentSchema.default(studentSchema.parse({})),
     evaluate: evaluateSchema.default({ maxLength: 16, batchSize: 64 }),
   })
@@ -160,6 +238,23 @@ export const pipelineSpecSchema = z
         path: ['student', 'labelSource'],
         message: `${method} trains on ${method === 'standard-finetune' ? 'gold' : 'teacher'} labels by definition`,
       });
+    }
+    if (spec.teacher.kind !== 'replay') {
+      const t = spec.teacher;
+      if (t.samples > 1 && t.temperature === 0) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['teacher', 'temperature'],
+          message: `self-consistency (teacher.samples ${t.samples}) needs temperature > 0, or every sample is the same`,
+        });
+      }
+      if (t.maxCost !== undefined && t.price === undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['teacher', 'price'],
+          message: 'teacher.maxCost needs teacher.price (dollars per million input and output tokens)',
+        });
+      }
     }
     if (spec.teacher.kind === 'scripted' && spec.data.kind !== 'demo') {
       ctx.addIssue({

@@ -10,7 +10,23 @@ export interface ModelLineage {
     sampleHash: string;
     counts: Record<string, number>;
   };
-  teacher?: { kind: string; model: string; templateHash: string; responses: string; cached: number; failed: number };
+  teacher?: {
+    kind: string;
+    model: string;
+    templateHash: string;
+    responses: string;
+    cached: number;
+    failed: number;
+    /** How the stage got its answers and what they cost (absent in versions registered before they were recorded). */
+    mode?: 'direct' | 'batch';
+    samples?: number;
+    shards?: number;
+    notSent?: number;
+    calls?: { planned: number; sent: number; resumed: number; cached: number };
+    usage?: { promptTokens: number; completionTokens: number };
+    costUsd?: number;
+    budget?: { maxCostUsd: number; exhausted: boolean };
+  };
   validation?: { report: string; kept: number; dropped: Record<string, number>; teacherAccuracy?: number };
   training: {
     method: string;

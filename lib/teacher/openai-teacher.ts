@@ -1,17 +1,23 @@
 /**
  * A teacher behind any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, our local server),
- * called through the official `openai` SDK so that retries with backoff, `retry-after`, timeouts and connection
- * errors are handled the way the SDK's authors tested them. Completed calls are cached in the artifact store, keyed
- * by everything that decides the answer, so a retried or resumed stage pays only for the calls it had not finished.
+ * called through the official `openai` SDK. Retries are ours rather than the SDK's, so that every attempt passes the
+ * shared rate limiter and the cost budget, a 429's `retry-after` pauses every caller rather than only the one that
+ * got it, and an empty completion (a 200 the SDK cannot see as a failure) is retried like a timeout. Completed calls
+ * are cached in the artifact store, keyed by model, prompt and sampling parameters, so a retried or resumed stage,
+ * or a re-run over a grown dataset, pays only for calls it had not finished.
  */
-import OpenAI, { APIUserAbortError } from 'openai';
+import OpenAI from 'openai';
 
 import { InputError } from '../errors';
 import type { ArtifactStore } from '../store/artifact-store';
+import { estimatePromptTokens } from './budget';
 import { mapWithConcurrency } from './pool';
+import type { RateLimiter } from './rate-limit';
+import { backoffMs, classifyError } from './retry';
 import {
   promptHash,
   teacherCacheKey,
+  type CallOptions,
   type ChatMessage,
   type CompleteOptions,
   type Teacher,
@@ -32,10 +38,14 @@ export interface OpenAITeacherConfig {
   /** Per attempt. Default 120 s: long enough for a busy endpoint, short enough that a hung call gets retried. */
   timeoutMs?: number;
   /**
-   * Retries after the first attempt, for transient failures (connection errors, timeouts, 408/409/429/5xx, as
-   * the SDK decides) and for empty completions. Default 2, the SDK's own default.
+   * Retries after the first attempt, for transient failures (connection errors, timeouts, truncated or malformed
+   * bodies, 408/409/429/5xx) and empty completions. Default 5: rate limits are routine at scale.
    */
   maxRetries?: number;
+  /** First backoff step for retries without a `retry-after`; doubles per attempt (full jitter), at most 60 s. Default 500 ms. */
+  retryBaseMs?: number;
+  /** Client-side requests/min and tokens/min, shared by every call made through this teacher (and any sharing it). */
+  limiter?: RateLimiter;
 }
 
 /** What the response cache holds for one call. */
@@ -55,68 +65,129 @@ export const DEFAULT_CONCURRENCY = 8;
  * @throws InputError when a config field is out of range (the message names it).
  */
 export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactStore): Teacher {
-  const { baseURL, model } = cfg;
+  const { baseURL, model, limiter } = cfg;
   const temperature = cfg.temperature ?? 0;
   const maxTokens = cfg.maxTokens ?? 256;
-  const maxRetries = cfg.maxRetries ?? 2;
+  const maxRetries = cfg.maxRetries ?? 5;
+  const timeoutMs = cfg.timeoutMs ?? 120_000;
+  const retryBaseMs = cfg.retryBaseMs ?? 500;
   validateConfig(cfg, { temperature, maxTokens, maxRetries });
 
   const client = new OpenAI({
     baseURL,
     apiKey: cfg.apiKey ?? process.env.OPENAI_API_KEY ?? 'unused',
-    timeout: cfg.timeoutMs ?? 120_000,
-    maxRetries,
+    timeout: timeoutMs,
+    maxRetries: 0,
   });
 
-  async function completeOne(request: TeacherRequest, signal?: AbortSignal): Promise<TeacherResponse> {
+  async function callOne(request: TeacherRequest, opts: CallOptions = {}): Promise<TeacherResponse> {
+    const { signal, budget } = opts;
+    signal?.throwIfAborted();
     const messages: ChatMessage[] = request.messages.map((m) => ({ role: m.role, content: m.content }));
-    const hash = promptHash({ model, messages, temperature, maxTokens });
+    const seed = request.seed;
+    const hash = promptHash({ model, messages, temperature, maxTokens, seed });
     const key = teacherCacheKey(hash);
     const base = { id: request.id, promptHash: hash };
 
     const hit = store ? readCached(await store.getKey(key), model) : undefined;
-    if (hit !== undefined) return { ...base, completion: hit.completion, cached: true };
+    if (hit !== undefined) {
+      return { ...base, completion: hit.completion, cached: true, attempts: 0, finishReason: hit.finishReason };
+    }
 
+    const estimate = estimatePromptTokens(messages);
+    // Everything the attempts spent, failed ones included: an empty completion is billed like any other.
+    const spent = { promptTokens: 0, completionTokens: 0 };
+    const withUsage = () => (spent.promptTokens + spent.completionTokens > 0 ? { usage: { ...spent } } : {});
     let lastError = '';
-    // The SDK retries transport and status failures inside create(); an empty completion is a 200 it cannot see
-    // as a failure, so those attempts are counted here, against the same retry budget.
+    let attempts = 0;
     for (let attempt = 0; attempt <= maxRetries; attempt++) {
+      signal?.throwIfAborted();
+      const reservation = budget?.reserve(estimate, maxTokens);
+      if (budget && reservation === undefined) {
+        const why = 'not sent: the cost budget (teacher.maxCost) cannot cover this call';
+        return {
+          ...base,
+          completion: '',
+          cached: false,
+          attempts,
+          ...withUsage(),
+          error: lastError ? `${lastError}; then ${why}` : why,
+          notSent: 'budget',
+        };
+      }
+      // Rate limits count the prompt and the most the completion may take, as providers do when admitting a call;
+      // providers never refund what a call did not use, so neither does the limiter (see settle below).
+      await limiter?.acquire(estimate + maxTokens, signal);
+      attempts++;
       let completion: OpenAI.Chat.Completions.ChatCompletion;
+      // Our own deadline: the SDK's timeout stops at the response headers, and a body that stalls after them would
+      // otherwise hang the call for ever.
+      const deadline = AbortSignal.timeout(timeoutMs);
       try {
-        completion = await withLinkedSignal(signal, (callSignal) =>
+        completion = await withLinkedSignal(signal, deadline, (callSignal) =>
           client.chat.completions.create(
-            { model, messages, temperature, max_tokens: maxTokens },
+            { model, messages, temperature, max_tokens: maxTokens, ...(seed === undefined ? {} : { seed }) },
             { signal: callSignal }
           )
         );
+        // A 200 that is not JSON comes back from the SDK as a string: as malformed as a body cut short.
+        if (!Array.isArray((completion as { choices?: unknown })?.choices)) {
+          throw new SyntaxError(`expected a chat.completion object, got ${JSON.stringify(completion).slice(0, 80)}`);
+        }
       } catch (err) {
+        budget?.settle(reservation ?? 0, undefined);
         if (signal?.aborted) throw signal.reason;
-        if (err instanceof APIUserAbortError) throw err;
-        return { ...base, completion: '', cached: false, error: describeError(err) };
+        const verdict = classifyError(err, { timeoutMs, timeoutSignal: deadline });
+        lastError = verdict.reason;
+        if (!verdict.retryable) break;
+        const waitMs = verdict.retryAfterMs ?? backoffMs(attempt, { baseMs: retryBaseMs });
+        // A 429 is about the account, not this call: everyone sharing the limiter waits it out.
+        if (verdict.rateLimited) limiter?.pause(waitMs);
+        if (attempt < maxRetries) await sleep(waitMs, signal);
+        continue;
       }
       const choice = completion.choices?.[0];
       const text = choice?.message?.content ?? '';
       const usage = completion.usage
-        ? { promptTokens: completion.usage.prompt_tokens, completionTokens: completion.usage.completion_tokens }
+        ? {
+            promptTokens: completion.usage.prompt_tokens ?? 0,
+            completionTokens: completion.usage.completion_tokens ?? 0,
+          }
         : undefined;
+      budget?.settle(reservation ?? 0, usage);
+      // Only ever more than estimated: a prompt the endpoint counted as longer than our estimate.
+      if (usage) limiter?.settle(estimate + maxTokens, Math.max(estimate, usage.promptTokens) + maxTokens);
+      if (usage) {
+        spent.promptTokens += usage.promptTokens;
+        spent.completionTokens += usage.completionTokens;
+      }
       if (text.trim() === '') {
-        lastError = `empty completion (finish_reason ${JSON.stringify(choice?.finish_reason ?? null)}) after ${
-          attempt + 1
-        } attempt${attempt === 0 ? '' : 's'}`;
+        lastError = `empty completion (finish_reason ${JSON.stringify(choice?.finish_reason ?? null)})`;
+        if (attempt < maxRetries) await sleep(backoffMs(attempt, { baseMs: retryBaseMs }), signal);
         continue;
       }
+      const finishReason = choice?.finish_reason ?? undefined;
       if (store) {
-        const record: CachedResponse = { model, completion: text, finishReason: choice?.finish_reason, usage };
+        const record: CachedResponse = { model, completion: text, finishReason, usage };
         await store.putKey(key, JSON.stringify(record), { contentType: 'application/json' });
       }
-      return { ...base, completion: text, cached: false, ...(usage ? { usage } : {}) };
+      return { ...base, completion: text, cached: false, attempts, finishReason, ...withUsage() };
     }
-    return { ...base, completion: '', cached: false, error: lastError };
+    return {
+      ...base,
+      completion: '',
+      cached: false,
+      attempts,
+      ...withUsage(),
+      error: `${lastError} (after ${attempts} attempt${attempts === 1 ? '' : 's'})`,
+    };
   }
 
   return {
     kind: 'openai',
     model,
+    sampling: { temperature, maxTokens },
+    callOne,
     async complete(requests: readonly TeacherRequest[], opts: CompleteOptions = {}): Promise<TeacherResponse[]> {
       const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
       if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
@@ -130,7 +201,7 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
         requests,
         concurrency,
         async (request) => {
-          const response = await completeOne(request, opts.signal);
+          const response = await callOne(request, { signal: opts.signal });
           opts.onProgress?.(++done, requests.length);
           return response;
         },
@@ -140,24 +211,45 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
   };
 }
 
+/** Resolves after `ms`, or rejects with the signal's reason as soon as it aborts. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 /**
- * Run one call under a short-lived signal that follows `parent`. The SDK leaves its abort listener on whatever
- * signal it is given; on the run-long cancellation signal that would add one listener per call (a leak over 100k
- * calls), on a per-call signal it is collected with the call.
+ * Run one call under a short-lived signal that follows `parent` and `deadline`. The SDK leaves its abort listener on
+ * whatever signal it is given; on the run-long cancellation signal that would add one listener per call (a leak over
+ * 100k calls), on a per-call signal it is collected with the call.
  */
 async function withLinkedSignal<T>(
   parent: AbortSignal | undefined,
-  call: (signal?: AbortSignal) => Promise<T>
+  deadline: AbortSignal,
+  call: (signal: AbortSignal) => Promise<T>
 ): Promise<T> {
-  if (!parent) return call(undefined);
   const controller = new AbortController();
-  const forward = () => controller.abort(parent.reason);
-  if (parent.aborted) forward();
-  else parent.addEventListener('abort', forward, { once: true });
+  const forward = (from: AbortSignal) => () => controller.abort(from.reason);
+  const onParent = parent ? forward(parent) : undefined;
+  const onDeadline = forward(deadline);
+  if (parent?.aborted) onParent!();
+  else parent?.addEventListener('abort', onParent!, { once: true });
+  if (deadline.aborted) onDeadline();
+  else deadline.addEventListener('abort', onDeadline, { once: true });
   try {
     return await call(controller.signal);
   } finally {
-    parent.removeEventListener('abort', forward);
+    if (onParent) parent?.removeEventListener('abort', onParent);
+    deadline.removeEventListener('abort', onDeadline);
   }
 }
 
@@ -172,14 +264,6 @@ function readCached(bytes: Buffer | undefined, model: string): CachedResponse | 
     // fall through: treat as a miss
   }
   return undefined;
-}
-
-/** One line for the response's `error`: the HTTP status when there was one, and the endpoint's own message. */
-function describeError(err: unknown): string {
-  if (err instanceof OpenAI.APIError) {
-    return err.status === undefined ? `${err.name}: ${err.message}` : `HTTP ${err.status}: ${err.message}`;
-  }
-  return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
 }
 
 function validateConfig(

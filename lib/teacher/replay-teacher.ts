@@ -7,7 +7,14 @@ import { loadReferenceCompletions } from '../data/reference';
 import { isBenchmarkTask, isSplit, type BenchmarkTask, type Split } from '../data/types';
 import { InputError } from '../errors';
 import { mapWithConcurrency } from './pool';
-import { promptHash, type CompleteOptions, type Teacher, type TeacherRequest, type TeacherResponse } from './types';
+import {
+  promptHash,
+  type CallOptions,
+  type CompleteOptions,
+  type Teacher,
+  type TeacherRequest,
+  type TeacherResponse,
+} from './types';
 
 export interface ReplayTeacherConfig {
   /** Folder in the reference layout (`<dataDir>/<task>/llm/...`). */
@@ -72,6 +79,11 @@ export function createReplayTeacher(cfg: ReplayTeacherConfig): Teacher {
   return {
     kind: 'replay',
     model: REPLAY_MODEL,
+    sampling: {},
+    async callOne(request: TeacherRequest, opts: CallOptions = {}): Promise<TeacherResponse> {
+      opts.signal?.throwIfAborted();
+      return { ...(await replayOne(request)), attempts: 0 };
+    },
     async complete(requests: readonly TeacherRequest[], opts: CompleteOptions = {}): Promise<TeacherResponse[]> {
       let done = 0;
       // Lookups are in memory once a split is loaded; the pool only keeps progress reports and abort checks regular.

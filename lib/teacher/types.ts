@@ -21,6 +21,11 @@ export interface TeacherRequest {
    * 0-based row, not by prompt.
    */
   source?: { split: string; row: number };
+  /**
+   * Sent as the request's `seed` (and part of the cache key): one prompt asked several times for self-consistency
+   * gets seeds 0..k-1, so each sample is a distinct call that a re-run finds in the cache.
+   */
+  seed?: number;
 }
 
 /** What the teacher said about one request. */
@@ -39,6 +44,28 @@ export interface TeacherResponse {
    * sink a batch of thousands: the stage decides how many failures it tolerates.
    */
   error?: string;
+  /** HTTP calls made for this response: 0 for cache hits and replay, more than 1 after retries. */
+  attempts?: number;
+  /** The endpoint's `finish_reason` (`stop`, `length`, ...), when there is a completion. */
+  finishReason?: string;
+  /** Set when the call was never sent because the run's cost budget could not cover it (`error` says so too). */
+  notSent?: 'budget';
+}
+
+/** A run's spending limit, shared by the calls of one shard (see `budget.ts`). */
+export interface CallBudget {
+  /**
+   * Reserve the worst case of one attempt before sending it; returns the reservation, or undefined when the budget
+   * cannot cover it (the call is then not sent).
+   */
+  reserve(promptTokens: number, maxTokens: number): number | undefined;
+  /** Replace a reservation by what the attempt really cost (nothing when the endpoint reported no usage). */
+  settle(reservation: number, usage: { promptTokens: number; completionTokens: number } | undefined): void;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  budget?: CallBudget;
 }
 
 export interface CompleteOptions {
@@ -59,6 +86,13 @@ export interface Teacher {
    * (or a misconfiguration that would fail every request the same way) rejects.
    */
   complete(requests: readonly TeacherRequest[], opts?: CompleteOptions): Promise<TeacherResponse[]>;
+  /**
+   * One request, with the teacher's retries. Resolves with `error` set rather than rejecting for per-call failures;
+   * rejects only on abort.
+   */
+  callOne(request: TeacherRequest, opts?: CallOptions): Promise<TeacherResponse>;
+  /** Sampling parameters that, with the model, decide the answer: part of every cache and shard key. */
+  sampling: { temperature?: number; maxTokens?: number };
 }
 
 /**
@@ -71,6 +105,11 @@ export function promptHash(call: {
   messages: readonly ChatMessage[];
   temperature?: number;
   maxTokens?: number;
+  /**
+   * The request's `seed`, sent when several samples of one prompt are wanted (self-consistency): it makes each
+   * sample a distinct, reproducible call. Absent for ordinary calls, which keeps their hashes unchanged.
+   */
+  seed?: number;
 }): string {
   return sha256Hex(
     canonicalJson({
@@ -79,6 +118,8 @@ export function promptHash(call: {
       messages: call.messages.map((m) => ({ role: m.role, content: m.content })),
       temperature: call.temperature,
       maxTokens: call.maxTokens,
+      // JSON drops an undefined member, so a call without a seed hashes as it always did.
+      seed: call.seed,
     })
   );
 }

@@ -3,6 +3,7 @@
  * fresh bucket, and pipeline workers for both queues against them. One set per test file (ava runs files in
  * separate processes); everything is stopped in `stop()`.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -109,4 +110,39 @@ export async function startServices(opts: { s3?: boolean } = {}): Promise<Servic
       await rm(tmp, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A real worker entrypoint (`workers/<queue>-worker.ts`) as its own process against the services, resolved once it
+ * says it is polling. `detached` makes it a process group leader, so a test can kill it with its children.
+ */
+export async function startWorkerProcess(
+  services: Services,
+  queue: 'cpu' | 'gpu',
+  log: string[],
+  opts: { detached?: boolean } = {}
+): Promise<ChildProcess> {
+  const root = join(__dirname, '..', '..');
+  const worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'workers', `${queue}-worker.ts`)], {
+    cwd: root,
+    detached: opts.detached ?? false,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env,
+      TEMPORAL_ADDRESS: services.temporal.address,
+      TEMPORAL_NAMESPACE: services.temporal.namespace,
+      STEPWISE_STORE: services.storeLocation,
+    },
+  });
+  worker.stderr!.on('data', (chunk: Buffer) => log.push(chunk.toString()));
+  await new Promise<void>((resolve, reject) => {
+    worker.stdout!.on('data', (chunk: Buffer) => {
+      log.push(chunk.toString());
+      if (chunk.toString().includes('stepwise worker:')) resolve();
+    });
+    worker.once('exit', (code, signal) =>
+      reject(new Error(`${queue} worker exited (${code ?? signal}): ${log.join('')}`))
+    );
+  });
+  return worker;
 }

@@ -1,0 +1,254 @@
+/**
+ * One shard of the teacher stage: a few hundred or thousand examples, each asked `samples` times, with bounded
+ * concurrency, every finished call journalled as it finishes, and the results folded into one response per example
+ * (by majority vote when there are several samples). Pure library code: the activity around it supplies the
+ * teacher, the journal, the budget and the cancellation signal.
+ */
+import type { Usage } from './budget';
+import type { Journal } from './journal';
+import type { CallBudget, ChatMessage, Teacher, TeacherResponse } from './types';
+
+/** An example as a shard file holds it: enough to rebuild its prompt, never the prompt itself (that is 50x larger). */
+export interface ShardExample {
+  id: string;
+  input: string;
+  source?: { split: string; row: number };
+}
+
+/** One journalled call: example `i` of the shard, sample `s`. */
+export interface CallRecord {
+  i: number;
+  s: number;
+  id: string;
+  promptHash: string;
+  completion?: string;
+  error?: string;
+  cached?: boolean;
+  attempts?: number;
+  finishReason?: string;
+  usage?: Usage;
+  notSent?: 'budget';
+  /** The stage execution that made the call: spending is charged to it alone. */
+  stage?: string;
+}
+
+/** One line of the stage's responses artifact: what the teacher said about one example. */
+export interface ShardResponse {
+  id: string;
+  /** The completion kept ('' when `error` is set). */
+  completion: string;
+  /** Every sample kept came from the response cache (no call was made for this example in this run). */
+  cached: boolean;
+  promptHash: string;
+  error?: string;
+  /** Self-consistency: samples asked, and how many parsed to each label. */
+  samples?: number;
+  votes?: Record<string, number>;
+  /** Tokens spent on this example in this run (all samples and attempts). */
+  usage?: Usage;
+}
+
+export interface ShardStats {
+  examples: number;
+  /** Calls this shard needed (examples × samples). */
+  calls: number;
+  /** Calls answered from an earlier attempt's journal: not sent again. */
+  resumed: number;
+  /** Calls answered from the cross-run response cache. */
+  cached: number;
+  /** Calls sent to the endpoint by this attempt (at least one HTTP request each). */
+  sent: number;
+  /** Calls that ended without a completion (after retries). */
+  failed: number;
+  /** Calls not sent because the budget ran out. */
+  notSent: number;
+  budgetStopped: boolean;
+  usage: Usage;
+}
+
+export interface RunShardOptions {
+  examples: readonly ShardExample[];
+  messagesFor: (example: ShardExample) => ChatMessage[];
+  teacher: Teacher;
+  /** Samples per example (self-consistency); 1 asks once, without a seed. */
+  samples: number;
+  concurrency: number;
+  journal: Journal<CallRecord>;
+  /** What earlier attempts journalled: successes are reused, failures are tried again. */
+  prior: readonly CallRecord[];
+  /** Tags every record this run journals (see {@link CallRecord.stage}). */
+  stageId?: string;
+  budget?: CallBudget & { exhausted: boolean };
+  /** Maps a completion to its label for the vote; undefined when it does not parse. */
+  labelOf?: (completion: string) => string | undefined;
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * Runs the calls of one shard that no earlier attempt finished and folds everything into responses, one per example
+ * in shard order. Stops taking new calls once the budget refuses one; calls in flight finish and are journalled.
+ */
+export async function runShard(opts: RunShardOptions): Promise<{ responses: ShardResponse[]; stats: ShardStats }> {
+  const { examples, samples, teacher, journal, signal } = opts;
+  const done = new Map<string, CallRecord>();
+  for (const r of opts.prior) {
+    const key = `${r.i}.${r.s}`;
+    // A success is final; a later failure record never replaces it.
+    if (r.completion !== undefined && r.error === undefined) done.set(key, r);
+  }
+  const stats: ShardStats = {
+    examples: examples.length,
+    calls: examples.length * samples,
+    resumed: 0,
+    cached: 0,
+    sent: 0,
+    failed: 0,
+    notSent: 0,
+    budgetStopped: false,
+    usage: { promptTokens: 0, completionTokens: 0 },
+  };
+  const pending: { i: number; s: number }[] = [];
+  for (let i = 0; i < examples.length; i++) {
+    for (let s = 0; s < samples; s++) {
+      if (done.has(`${i}.${s}`)) stats.resumed++;
+      else pending.push({ i, s });
+    }
+  }
+  const records = new Map(done);
+  let finished = stats.resumed;
+  opts.onProgress?.(finished, stats.calls);
+
+  let next = 0;
+  let stop = false;
+  const worker = async () => {
+    while (!stop && next < pending.length) {
+      signal?.throwIfAborted();
+      const { i, s } = pending[next++];
+      const example = examples[i];
+      const response = await teacher.callOne(
+        {
+          id: example.id,
+          messages: opts.messagesFor(example),
+          source: example.source,
+          ...(samples > 1 ? { seed: s } : {}),
+        },
+        { signal, budget: opts.budget }
+      );
+      const record = toRecord(i, s, response, opts.stageId);
+      if (response.notSent) {
+        stop = true;
+      } else {
+        if (response.cached) stats.cached++;
+        else if ((response.attempts ?? 0) > 0) stats.sent++;
+        if (response.error !== undefined) stats.failed++;
+        if (response.usage) {
+          stats.usage.promptTokens += response.usage.promptTokens;
+          stats.usage.completionTokens += response.usage.completionTokens;
+        }
+        // Cache hits need no journal entry to be free next time, but journalling them keeps resume O(journal).
+        await journal.append(record);
+        records.set(`${i}.${s}`, record);
+        opts.onProgress?.(++finished, stats.calls);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency, pending.length)) }, worker));
+  await journal.flush();
+  stats.budgetStopped = stop || (opts.budget?.exhausted ?? false);
+  // Calls with no record at all: refused by the budget, or never reached after it stopped the shard.
+  stats.notSent = stats.calls - records.size;
+  return { responses: foldShard(examples, samples, records, opts.labelOf), stats };
+}
+
+/** Journal records as the fold takes them: the success for each (example, sample), else the latest failure. */
+export function indexRecords(records: readonly CallRecord[]): Map<string, CallRecord> {
+  const index = new Map<string, CallRecord>();
+  for (const r of records) {
+    const key = `${r.i}.${r.s}`;
+    const seen = index.get(key);
+    if (seen && seen.error === undefined) continue;
+    index.set(key, r);
+  }
+  return index;
+}
+
+/**
+ * One response per example from its samples' records. With one sample the record is the response. With several,
+ * the label most samples parse to wins (ties go to the label seen first), and the first completion with that label
+ * is kept, so the rationale agrees with the label it comes with. When no sample parses, the first completion is
+ * kept and the validate stage drops it with the parse reason; when no sample succeeded, the response is an error.
+ */
+export function foldShard(
+  examples: readonly ShardExample[],
+  samples: number,
+  records: Map<string, CallRecord>,
+  labelOf?: (completion: string) => string | undefined
+): ShardResponse[] {
+  return examples.map((example, i) => {
+    const got: CallRecord[] = [];
+    for (let s = 0; s < samples; s++) {
+      const r = records.get(`${i}.${s}`);
+      if (r) got.push(r);
+    }
+    const usage = sumUsage(got);
+    const base = { id: example.id, promptHash: got[0]?.promptHash ?? '', ...(usage ? { usage } : {}) };
+    const ok = got.filter((r) => r.completion !== undefined && r.error === undefined);
+    if (ok.length === 0) {
+      const failure = got.find((r) => r.error !== undefined);
+      return {
+        ...base,
+        completion: '',
+        cached: false,
+        error: failure?.error ?? 'not sent: the cost budget (teacher.maxCost) ran out before this example',
+        ...(samples > 1 ? { samples } : {}),
+      };
+    }
+    if (samples === 1) {
+      return { ...base, completion: ok[0].completion!, cached: ok[0].cached === true, promptHash: ok[0].promptHash };
+    }
+    const votes: Record<string, number> = {};
+    const labels = ok.map((r) => (labelOf ? labelOf(r.completion!) : undefined));
+    for (const label of labels) if (label !== undefined) votes[label] = (votes[label] ?? 0) + 1;
+    let winner: string | undefined;
+    for (const label of labels) {
+      if (label !== undefined && (winner === undefined || votes[label] > votes[winner])) winner = label;
+    }
+    const kept = winner === undefined ? ok[0] : ok[labels.indexOf(winner)];
+    return {
+      ...base,
+      completion: kept.completion!,
+      cached: ok.every((r) => r.cached === true),
+      promptHash: kept.promptHash,
+      samples,
+      votes,
+    };
+  });
+}
+
+function toRecord(i: number, s: number, r: TeacherResponse, stage: string | undefined): CallRecord {
+  return {
+    ...(stage === undefined ? {} : { stage }),
+    i,
+    s,
+    id: r.id,
+    promptHash: r.promptHash,
+    ...(r.error === undefined ? { completion: r.completion } : { error: r.error }),
+    ...(r.cached ? { cached: true } : {}),
+    ...(r.attempts ? { attempts: r.attempts } : {}),
+    ...(r.finishReason ? { finishReason: r.finishReason } : {}),
+    ...(r.usage ? { usage: r.usage } : {}),
+  };
+}
+
+function sumUsage(records: readonly CallRecord[]): Usage | undefined {
+  let any = false;
+  const total = { promptTokens: 0, completionTokens: 0 };
+  for (const r of records) {
+    if (!r.usage) continue;
+    any = true;
+    total.promptTokens += r.usage.promptTokens;
+    total.completionTokens += r.usage.completionTokens;
+  }
+  return any ? total : undefined;
+}
