@@ -10,7 +10,7 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
-import { once } from 'node:events';
+import { once, setMaxListeners } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -169,7 +169,7 @@ export async function planTeacherStage(
       pending = [];
     };
     for (const split of [input.train, input.valid]) {
-      for (const ex of await store.getJsonl<Example>(split)) {
+      for await (const ex of store.iterJsonl<Example>(split)) {
         pending.push({ id: ex.id, input: ex.input, ...(ex.source ? { source: ex.source } : {}) });
         examples++;
         if (pending.length === shardSize) await emit();
@@ -314,8 +314,8 @@ async function shardOutcome(
   finish: (records: Map<string, CallRecord>) => boolean
 ): Promise<TeacherShardResult> {
   const { doc, shardKey, examples } = open;
-  // The journal now holds every attempt's records, this one's included: what this stage spent is in it.
-  const { records } = await Journal.open<CallRecord>(store, journalPrefix(shardKey));
+  // What was read at open plus what this attempt wrote: the whole journal, without reading it back.
+  const records = [...open.prior, ...open.journal.written];
   const usage = journalUsage(records, input.stageId);
   const index = indexRecords(records);
   const calls = examples.length * doc.samples;
@@ -366,6 +366,9 @@ export async function teacherShardActivity(
     const report = progressReporter(deps.client, 'promptTeacher');
     let progress = { step: 0, total: examples.length * doc.samples };
     // Calls can all be waiting at once (a long rate-limit pause, hung requests): the heartbeat must not wait on them.
+    // Every call in flight links its own signal to this one for the duration of the call: that many listeners are
+    // expected, not a leak.
+    setMaxListeners(input.concurrency + 16, ctx.cancellationSignal);
     const every = Math.max(200, Math.min(5000, (ctx.info.heartbeatTimeoutMs ?? 15_000) / 3));
     const beat = setInterval(() => ctx.heartbeat({ ...progress, shard: input.index }), every);
     try {

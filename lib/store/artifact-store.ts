@@ -156,6 +156,21 @@ export class ArtifactStore {
       .map((l) => JSON.parse(l) as T);
   }
 
+  /**
+   * The records of a JSONL artifact one at a time, parsed line by line from the verified bytes: for large splits,
+   * where an array of every record (and one string of the whole file) would be most of a process's memory.
+   */
+  async *iterJsonl<T>(ref: ArtifactRef): AsyncGenerator<T> {
+    const bytes = await this.get(ref);
+    let start = 0;
+    while (start < bytes.length) {
+      let end = bytes.indexOf(10, start);
+      if (end === -1) end = bytes.length;
+      if (end > start) yield JSON.parse(bytes.toString('utf8', start, end)) as T;
+      start = end + 1;
+    }
+  }
+
   async has(ref: ArtifactRef): Promise<boolean> {
     return this.backend.exists(objectKey(ref.sha256));
   }

@@ -80,6 +80,12 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
     maxRetries: 0,
   });
 
+  async function lookupKey(key: string, base: { id: string; promptHash: string }) {
+    const hit = store ? readCached(await store.getKey(key), model) : undefined;
+    if (hit === undefined) return undefined;
+    return { ...base, completion: hit.completion, cached: true, attempts: 0, finishReason: hit.finishReason };
+  }
+
   async function callOne(request: TeacherRequest, opts: CallOptions = {}): Promise<TeacherResponse> {
     const { signal, budget } = opts;
     signal?.throwIfAborted();
@@ -89,9 +95,9 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
     const key = teacherCacheKey(hash);
     const base = { id: request.id, promptHash: hash };
 
-    const hit = store ? readCached(await store.getKey(key), model) : undefined;
-    if (hit !== undefined) {
-      return { ...base, completion: hit.completion, cached: true, attempts: 0, finishReason: hit.finishReason };
+    if (!opts.skipLookup) {
+      const hit = await lookupKey(key, base);
+      if (hit) return hit;
     }
 
     const estimate = estimatePromptTokens(messages);
@@ -122,7 +128,14 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
       let completion: OpenAI.Chat.Completions.ChatCompletion;
       // Our own deadline: the SDK's timeout stops at the response headers, and a body that stalls after them would
       // otherwise hang the call for ever.
-      const deadline = AbortSignal.timeout(timeoutMs);
+      // A timer of our own, cleared when the call ends (AbortSignal.timeout's would live on for the whole timeout,
+      // and at a thousand calls a second that is a lot of timers).
+      const deadlineController = new AbortController();
+      const deadline = deadlineController.signal;
+      const deadlineTimer = setTimeout(
+        () => deadlineController.abort(new DOMException(`timeout after ${timeoutMs} ms`, 'TimeoutError')),
+        timeoutMs
+      );
       try {
         completion = await withLinkedSignal(signal, deadline, (callSignal) =>
           client.chat.completions.create(
@@ -135,6 +148,7 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
           throw new SyntaxError(`expected a chat.completion object, got ${JSON.stringify(completion).slice(0, 80)}`);
         }
       } catch (err) {
+        clearTimeout(deadlineTimer);
         budget?.settle(reservation ?? 0, undefined);
         if (signal?.aborted) throw signal.reason;
         const verdict = classifyError(err, { timeoutMs, timeoutSignal: deadline });
@@ -146,6 +160,7 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
         if (attempt < maxRetries) await sleep(waitMs, signal);
         continue;
       }
+      clearTimeout(deadlineTimer);
       const choice = completion.choices?.[0];
       const text = choice?.message?.content ?? '';
       const usage = completion.usage
@@ -169,7 +184,9 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
       const finishReason = choice?.finish_reason ?? undefined;
       if (store) {
         const record: CachedResponse = { model, completion: text, finishReason, usage };
-        await store.putKey(key, JSON.stringify(record), { contentType: 'application/json' });
+        const write = store.putKey(key, JSON.stringify(record), { contentType: 'application/json' });
+        if (opts.deferWrite) opts.deferWrite(write);
+        else await write;
       }
       return { ...base, completion: text, cached: false, attempts, finishReason, ...withUsage() };
     }
@@ -188,6 +205,10 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
     model,
     sampling: { temperature, maxTokens },
     callOne,
+    async lookup(request: TeacherRequest) {
+      const hash = promptHash({ model, messages: request.messages, temperature, maxTokens, seed: request.seed });
+      return lookupKey(teacherCacheKey(hash), { id: request.id, promptHash: hash });
+    },
     async complete(requests: readonly TeacherRequest[], opts: CompleteOptions = {}): Promise<TeacherResponse[]> {
       const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
       if (!Number.isSafeInteger(concurrency) || concurrency < 1) {

@@ -119,22 +119,55 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
   let finished = stats.resumed;
   opts.onProgress?.(finished, stats.calls);
 
+  const requestFor = (i: number, s: number) => {
+    const example = examples[i];
+    return {
+      id: example.id,
+      messages: opts.messagesFor(example),
+      source: example.source,
+      ...(samples > 1 ? { seed: s } : {}),
+    };
+  };
+  // Cache lookups for the whole shard first, a few dozen at a time: a call then goes straight to the endpoint, and
+  // no slot waits on a store round-trip before its request.
+  const hits = new Map<string, TeacherResponse>();
+  if (teacher.lookup) {
+    let k = 0;
+    const lookups = async () => {
+      while (k < pending.length) {
+        signal?.throwIfAborted();
+        const { i, s } = pending[k++];
+        const hit = await teacher.lookup!(requestFor(i, s));
+        if (hit) hits.set(`${i}.${s}`, hit);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(32, pending.length) }, lookups));
+  }
+
   let next = 0;
   let stop = false;
+  // Journal appends and cache writes in flight: started as each call finishes, awaited before the shard reports.
+  const background = new Set<Promise<unknown>>();
+  let backgroundError: unknown;
+  const inBackground = (p: Promise<unknown>) => {
+    const tracked = p.catch((err: unknown) => {
+      backgroundError ??= err;
+    });
+    background.add(tracked);
+    void tracked.finally(() => background.delete(tracked));
+  };
   const worker = async () => {
     while (!stop && next < pending.length) {
       signal?.throwIfAborted();
       const { i, s } = pending[next++];
-      const example = examples[i];
-      const response = await teacher.callOne(
-        {
-          id: example.id,
-          messages: opts.messagesFor(example),
-          source: example.source,
-          ...(samples > 1 ? { seed: s } : {}),
-        },
-        { signal, budget: opts.budget }
-      );
+      const response =
+        hits.get(`${i}.${s}`) ??
+        (await teacher.callOne(requestFor(i, s), {
+          signal,
+          budget: opts.budget,
+          skipLookup: teacher.lookup !== undefined,
+          deferWrite: inBackground,
+        }));
       const record = toRecord(i, s, response, opts.stageId);
       if (response.notSent) {
         stop = true;
@@ -147,7 +180,11 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
           stats.usage.completionTokens += response.usage.completionTokens;
         }
         // Cache hits need no journal entry to be free next time, but journalling them keeps resume O(journal).
-        await journal.append(record);
+        // The append is under way at once and durable within one store round-trip (a group commit); the slot does
+        // not wait for it, so a slow store does not idle the endpoint. Appends in flight are bounded all the same.
+        inBackground(journal.append(record));
+        if (background.size > 4 * opts.concurrency) await Promise.race(background);
+        if (backgroundError !== undefined) throw backgroundError;
         records.set(`${i}.${s}`, record);
         opts.onProgress?.(++finished, stats.calls);
       }
@@ -155,6 +192,8 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency, pending.length)) }, worker));
   await journal.flush();
+  await Promise.all(background);
+  if (backgroundError !== undefined) throw backgroundError;
   stats.budgetStopped = stop || (opts.budget?.exhausted ?? false);
   // Calls with no record at all: refused by the budget, or never reached after it stopped the shard.
   stats.notSent = stats.calls - records.size;

@@ -66,6 +66,13 @@ export interface CallBudget {
 export interface CallOptions {
   signal?: AbortSignal;
   budget?: CallBudget;
+  /** The caller already looked the request up with {@link Teacher.lookup} and missed: go straight to the endpoint. */
+  skipLookup?: boolean;
+  /**
+   * Takes the response-cache write instead of waiting for it, so the caller's slot is free for the next call while
+   * it lands; the caller must await it before reporting the work done.
+   */
+  deferWrite?: (write: Promise<unknown>) => void;
 }
 
 export interface CompleteOptions {
@@ -91,6 +98,8 @@ export interface Teacher {
    * rejects only on abort.
    */
   callOne(request: TeacherRequest, opts?: CallOptions): Promise<TeacherResponse>;
+  /** The cached response for a request, if an earlier call made it (no call is made here). */
+  lookup?(request: TeacherRequest): Promise<TeacherResponse | undefined>;
   /** Sampling parameters that, with the model, decide the answer: part of every cache and shard key. */
   sampling: { temperature?: number; maxTokens?: number };
 }
