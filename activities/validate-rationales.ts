@@ -104,7 +104,9 @@ export async function validateRationalesStage(
           continue;
         }
         if (response.error) {
-          drop('teacher-error', { ...seen, completion: response.completion, error: response.error });
+          // Never asked (the budget ran out) is not the teacher failing: counted apart, so the report tells them apart.
+          const reason = response.error.startsWith('not sent') ? 'not-sent' : 'teacher-error';
+          drop(reason, { ...seen, completion: response.completion, error: response.error });
           continue;
         }
         const parsed = parseCompletion(input.task, response.completion);

@@ -62,3 +62,23 @@ test('validate names a missing dataset folder', async (t) => {
   t.not(r.code, 0);
   t.regex(r.stderr, /\/no\/such\/dir/);
 });
+
+test('teacher flags land in the spec and are validated like it: a budget without a price is refused', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const state = { STEPWISE_HOME: join(dir, 'state') };
+  const base = ['run', '--teacher-url', 'http://127.0.0.1:9/v1', '--teacher-model', 'big-model', '--name', 'x2'];
+  const noPrice = await stepwise([...base, '--max-cost', '5'], state);
+  t.is(noPrice.code, 2);
+  t.regex(noPrice.stderr, /spec\.teacher\.price: .*needs teacher\.price/);
+
+  const prices = join(dir, 'prices.json');
+  await writeFile(prices, JSON.stringify({ 'other-model': { inputPerMillionTokens: 1, outputPerMillionTokens: 2 } }));
+  const unlisted = await stepwise([...base, '--max-cost', '5', '--prices', prices], state);
+  t.is(unlisted.code, 1);
+  t.regex(unlisted.stderr, /--prices .* has no entry for the teacher model "big-model"; it lists other-model/);
+
+  const selfConsistent = await stepwise([...base, '--samples', '3'], state);
+  t.is(selfConsistent.code, 2);
+  t.regex(selfConsistent.stderr, /spec\.teacher\.temperature: .*self-consistency/);
+  t.notRegex(selfConsistent.stderr, /Temporal dev server/);
+});

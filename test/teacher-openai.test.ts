@@ -143,7 +143,8 @@ test('a status that outlasts the retries is an error on that response only', asy
 });
 
 test('a dropped connection and a hung request are retried', async (t) => {
-  const { server, teacher } = await setup(t, { faults: { dropConnection: 1, hangMs: 10_000 } }, { timeoutMs: 300 });
+  // The timeout must cut the hang short yet leave a loaded machine time to answer an ordinary request.
+  const { server, teacher } = await setup(t, { faults: { dropConnection: 1, hangMs: 10_000 } }, { timeoutMs: 1500 });
   const [response] = await teacher.complete(requestsFor(generateDemoTask({ n: 1, seed: 4 })));
   t.is(response.error, undefined);
   t.true(parseCompletion('demo', response.completion).ok);

@@ -8,3 +8,4 @@ export * from './arith';
 export * from './score';
 export * from './splits';
 export * from './validate';
+export * from './rationale-checks';

@@ -22,7 +22,16 @@ export {
   type LocalTeacherServer,
   type LocalTeacherServerOptions,
   type LocalTeacherServerStats,
+  type LocalTeacherServerCounters,
+  type RateLimit,
+  type RequestSampling,
 } from './local-server';
+export { Budget, costOf, estimatePromptTokens, type Price, type Usage } from './budget';
+export { createRateLimiter, type RateLimitConfig, type RateLimiter } from './rate-limit';
+export { backoffMs, classifyError, retryAfterMs, type ErrorClass } from './retry';
+export { Journal } from './journal';
+export { runShard, foldShard, type CallRecord, type ShardExample, type ShardResponse, type ShardStats } from './shard';
+export * as batch from './batch';
 
 /**
  * Which teacher to use.
