@@ -102,10 +102,33 @@ export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget
     `stepwise worker: queue ${opts.queue === 'cpu' ? CPU_TASK_QUEUE : GPU_TASK_QUEUE} on ${opts.target.connectionOptions.address ?? 'localhost:7233'} ` +
       `(namespace ${opts.target.namespace}), store ${pipeline.deps.store.location}`
   );
+  const memoryLog = memoryLogger(Number(process.env.STEPWISE_WORKER_MEMORY_LOG_SECONDS ?? 0));
   try {
     await pipeline.run();
   } finally {
+    if (memoryLog) clearInterval(memoryLog);
     await pipeline.deps.close();
     await temporal.close();
   }
+}
+
+/**
+ * Every `seconds`, one line of the worker's memory: resident set and the JavaScript heap in use. Under
+ * `node --expose-gc` a full collection runs first, so `heapLive` is what is really retained: the figure that tells a
+ * leak (it climbs with work done) from a heap the collector simply has not shrunk yet (RSS alone cannot).
+ */
+function memoryLogger(seconds: number): NodeJS.Timeout | undefined {
+  if (!(seconds > 0)) return undefined;
+  const gc = (globalThis as { gc?: () => void }).gc;
+  const mib = (bytes: number) => Math.round(bytes / 1048576);
+  const timer = setInterval(() => {
+    gc?.();
+    const m = process.memoryUsage();
+    console.log(
+      `stepwise worker memory: rss ${mib(m.rss)} MiB, ${gc ? 'heapLive' : 'heapUsed'} ${mib(m.heapUsed)} MiB, ` +
+        `heapTotal ${mib(m.heapTotal)} MiB`
+    );
+  }, seconds * 1000);
+  timer.unref();
+  return timer;
 }

@@ -120,7 +120,7 @@ export async function startWorkerProcess(
   services: Services,
   queue: 'cpu' | 'gpu',
   log: string[],
-  opts: { detached?: boolean } = {}
+  opts: { detached?: boolean; env?: Record<string, string> } = {}
 ): Promise<ChildProcess> {
   const root = join(__dirname, '..', '..');
   const worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'workers', `${queue}-worker.ts`)], {
@@ -132,6 +132,7 @@ export async function startWorkerProcess(
       TEMPORAL_ADDRESS: services.temporal.address,
       TEMPORAL_NAMESPACE: services.temporal.namespace,
       STEPWISE_STORE: services.storeLocation,
+      ...opts.env,
     },
   });
   worker.stderr!.on('data', (chunk: Buffer) => log.push(chunk.toString()));
