@@ -58,6 +58,9 @@ interface CachedResponse {
 
 export const DEFAULT_CONCURRENCY = 8;
 
+/** Retries after a 429, on top of `maxRetries` (each waits for the server's `retry-after`, or backs off). */
+export const RATE_LIMIT_RETRIES = 20;
+
 /**
  * Creates a teacher that calls `cfg.model` at `cfg.baseURL`. With a store, responses are cached under
  * `cache/teacher/<promptHash>.json`, and a cache hit makes no HTTP call. Only non-empty completions are cached:
@@ -106,6 +109,9 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
     const withUsage = () => (spent.promptTokens + spent.completionTokens > 0 ? { usage: { ...spent } } : {});
     let lastError = '';
     let attempts = 0;
+    // Rate limiting is the endpoint asking us to slow down, not the call failing: 429s draw on a budget of their own
+    // (RATE_LIMIT_RETRIES more), so a busy account delays calls rather than failing them.
+    let rateLimitedRetries = 0;
     for (let attempt = 0; attempt <= maxRetries; attempt++) {
       signal?.throwIfAborted();
       const reservation = budget?.reserve(estimate, maxTokens);
@@ -154,9 +160,12 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
         const verdict = classifyError(err, { timeoutMs, timeoutSignal: deadline });
         lastError = verdict.reason;
         if (!verdict.retryable) break;
-        const waitMs = verdict.retryAfterMs ?? backoffMs(attempt, { baseMs: retryBaseMs });
+        const waitMs = verdict.retryAfterMs ?? backoffMs(attempt + rateLimitedRetries, { baseMs: retryBaseMs });
         // A 429 is about the account, not this call: everyone sharing the limiter waits it out.
-        if (verdict.rateLimited) limiter?.pause(waitMs);
+        if (verdict.rateLimited) {
+          limiter?.pause(waitMs);
+          if (rateLimitedRetries++ < RATE_LIMIT_RETRIES) attempt--;
+        }
         if (attempt < maxRetries) await sleep(waitMs, signal);
         continue;
       }
