@@ -108,7 +108,8 @@ async function main() {
     store,
   });
   const running = pipeline.run();
-  const direct = createActivities(createActivityDeps({ store }));
+  const directDeps = createActivityDeps({ store });
+  const direct = createActivities(directDeps);
   const parsed = parseSpec(spec);
   const env = new MockActivityEnvironment();
 
@@ -178,6 +179,7 @@ async function main() {
     pipeline.shutdown();
     await running.catch(() => undefined);
     await pipeline.deps.close();
+    await directDeps.close();
     await conn.close();
     await server.stop();
     await rm(tmp, { recursive: true, force: true });
