@@ -109,6 +109,15 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
     const withUsage = () => (spent.promptTokens + spent.completionTokens > 0 ? { usage: { ...spent } } : {});
     let lastError = '';
     let attempts = 0;
+    /** No completion: why, with what the attempts made so far spent. */
+    const failure = (error: string): TeacherResponse => ({
+      ...base,
+      completion: '',
+      cached: false,
+      attempts,
+      ...withUsage(),
+      error,
+    });
     // Rate limiting is the endpoint asking us to slow down, not the call failing: 429s draw on a budget of their own
     // (RATE_LIMIT_RETRIES more), so a busy account delays calls rather than failing them.
     let rateLimitedRetries = 0;
@@ -117,15 +126,7 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
       const reservation = budget?.reserve(estimate, maxTokens);
       if (budget && reservation === undefined) {
         const why = 'not sent: the cost budget (teacher.maxCost) cannot cover this call';
-        return {
-          ...base,
-          completion: '',
-          cached: false,
-          attempts,
-          ...withUsage(),
-          error: lastError ? `${lastError}; then ${why}` : why,
-          notSent: 'budget',
-        };
+        return { ...failure(lastError ? `${lastError}; then ${why}` : why), notSent: 'budget' };
       }
       // Rate limits count the prompt and the most the completion may take, as providers do when admitting a call;
       // providers never refund what a call did not use, so neither does the limiter (see settle below).
@@ -199,14 +200,7 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
       }
       return { ...base, completion: text, cached: false, attempts, finishReason, ...withUsage() };
     }
-    return {
-      ...base,
-      completion: '',
-      cached: false,
-      attempts,
-      ...withUsage(),
-      error: `${lastError} (after ${attempts} attempt${attempts === 1 ? '' : 's'})`,
-    };
+    return failure(`${lastError} (after ${attempts} attempt${attempts === 1 ? '' : 's'})`);
   }
 
   return {
