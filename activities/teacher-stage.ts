@@ -228,10 +228,11 @@ async function shardTeacher(
     return createTeacher({ kind: 'replay', dataDir, task });
   }
   const endpoint = await endpointOf(spec, deps.scripted);
-  const limiter =
-    input.requestsPerMinute !== undefined || input.tokensPerMinute !== undefined
-      ? createRateLimiter({ requestsPerMinute: input.requestsPerMinute, tokensPerMinute: input.tokensPerMinute })
-      : undefined;
+  // Always a limiter, limits or not: it is also how a 429's retry-after pauses every call of the shard at once.
+  const limiter = createRateLimiter({
+    requestsPerMinute: input.requestsPerMinute,
+    tokensPerMinute: input.tokensPerMinute,
+  });
   return createOpenAITeacher(
     {
       ...endpoint,
