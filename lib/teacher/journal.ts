@@ -84,11 +84,6 @@ export class Journal<R> {
     return this.durable;
   }
 
-  /** Segments written by this journal object (for reports and tests). */
-  get segmentsWritten(): number {
-    return this.seq;
-  }
-
   private async drain(): Promise<void> {
     try {
       while (this.queue.length > 0) {
