@@ -25,6 +25,7 @@ import { canonicalJson, sha256Hex, type ArtifactRef, type ArtifactStore } from '
 import { createOpenAITeacher, createTeacher, REPLAY_MODEL } from '../lib/teacher';
 import { Budget, costOf, estimatePromptTokens, type Price, type Usage } from '../lib/teacher/budget';
 import { Journal } from '../lib/teacher/journal';
+import { mapWithConcurrency } from '../lib/teacher/pool';
 import { createRateLimiter } from '../lib/teacher/rate-limit';
 import {
   batchAnswers,
@@ -435,33 +436,38 @@ export async function submitTeacherBatchActivity(
     if (existing) return { batchId: existing };
 
     const done = indexRecords(prior);
-    const pending: BatchCall[] = [];
-    let cached = 0;
+    const wanted: { i: number; s: number; call: BatchCall }[] = [];
     for (let i = 0; i < examples.length; i++) {
       const messages = buildPrompt(doc.task, examples[i].input);
       for (let s = 0; s < doc.samples; s++) {
         const seen = done.get(`${i}.${s}`);
         if (seen && seen.error === undefined) continue;
         const seed = doc.samples > 1 ? s : undefined;
-        const hash = promptHash({ model: endpoint.model, messages, ...teacherSampling(spec), seed });
-        const hit = await store.getKey(teacherCacheKey(hash));
-        const completion = hit ? cachedCompletion(hit, endpoint.model) : undefined;
-        if (completion !== undefined) {
-          cached++;
-          void journal.append({
-            i,
-            s,
-            id: examples[i].id,
-            promptHash: hash,
-            completion,
-            cached: true,
-            stage: input.stageId,
-          });
-          continue;
-        }
-        pending.push({ customId: `${i}.${s}`, messages, ...(seed === undefined ? {} : { seed }) });
+        wanted.push({ i, s, call: { customId: `${i}.${s}`, messages, ...(seed === undefined ? {} : { seed }) } });
       }
     }
+    // The response cache is read through the teacher that writes it (same keys, same records), a few dozen at once.
+    const cacheReader = createOpenAITeacher(
+      { ...endpoint, temperature: spec.temperature, maxTokens: spec.maxTokens },
+      store
+    );
+    const hits = new Set<string>();
+    await mapWithConcurrency(wanted, 32, async ({ i, s, call }) => {
+      const hit = await cacheReader.lookup!({ id: examples[i].id, messages: call.messages, seed: call.seed });
+      if (hit === undefined) return;
+      hits.add(call.customId);
+      void journal.append({
+        i,
+        s,
+        id: examples[i].id,
+        promptHash: hit.promptHash,
+        completion: hit.completion,
+        cached: true,
+        stage: input.stageId,
+      });
+    });
+    const pending = wanted.filter((w) => !hits.has(w.call.customId)).map((w) => w.call);
+    const cached = hits.size;
     await journal.flush();
     const counts = { resumed: successes(prior), cached, sent: 0, failed: 0 };
     if (pending.length === 0) {
@@ -604,18 +610,6 @@ function successes(records: readonly CallRecord[]): number {
 
 function teacherSampling(spec: Exclude<TeacherSpec, { kind: 'replay' }>): { temperature: number; maxTokens: number } {
   return { temperature: spec.temperature, maxTokens: spec.maxTokens };
-}
-
-function cachedCompletion(bytes: Buffer, model: string): string | undefined {
-  try {
-    const record = JSON.parse(bytes.toString('utf8')) as { model?: string; completion?: unknown };
-    if (record.model === model && typeof record.completion === 'string' && record.completion.trim() !== '') {
-      return record.completion;
-    }
-  } catch {
-    // a bad entry is a miss
-  }
-  return undefined;
 }
 
 /**
