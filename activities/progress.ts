@@ -1,7 +1,7 @@
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
-import { stageProgressSignal, type StageName } from '../workflows/definitions';
+import { stageProgressSignal, type StageName } from '../contract';
 import { InputError } from '../lib/errors';
 import { SpecError } from '../lib/pipeline/spec';
 

@@ -1,24 +1,13 @@
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import type { ArtifactStore, ArtifactRef } from '../lib/store/artifact-store';
 import type { Example } from '../lib/data/types';
-import { runStudentJob, type CheckpointFile, type TrainJob } from '../lib/student/child';
+import { studentOptionsOf } from '../lib/student/options';
+import { trainFromStore, type StoredTrainingResult } from '../lib/student/train-from-store';
 import type { TrainRecord } from '../lib/student/train';
-import type { PipelineSpec } from '../lib/pipeline/spec';
-import { InputError } from '../lib/errors';
-import type { RationaleRecord } from './validate-rationales';
-import type { TrainStudentResult } from './types';
+import type { RationaleRecord } from '../lib/data/rationales';
+import type { TrainStudentInput, TrainStudentResult } from '../contract';
 import { mapErrors, progressReporter } from './progress';
-
-export interface TrainStudentInput {
-  student: PipelineSpec['student'];
-  /** Validated rationale records, or plain examples when the method needs no teacher (standard finetuning). */
-  train: ArtifactRef;
-  valid: ArtifactRef;
-}
 
 /**
  * What trainStudent heartbeats. Temporal keeps the last heartbeat's details for the next attempt, so the newest
@@ -47,32 +36,40 @@ export function toTrainRecord(row: RationaleRecord | Example): TrainRecord {
   return { input: row.input, goldLabel: row.label };
 }
 
-/** The training options a spec's student section asks for. */
-export function trainOptionsOf(s: PipelineSpec['student']): TrainJob['options'] {
-  return {
-    method: s.method,
-    alpha: s.alpha,
-    labelSource: s.labelSource,
-    preset: s.preset,
-    steps: s.steps,
-    batchSize: s.batchSize,
-    learningRate: s.learningRate,
-    seed: s.seed,
-    maxInputLength: s.maxInputLength,
-    maxTargetLength: s.maxTargetLength,
-    maxRationaleLength: s.maxRationaleLength,
-    optimizer: s.optimizer,
-    warmupSteps: s.warmupSteps,
-    evalEvery: s.evalEvery,
-    earlyStoppingPatience: s.earlyStoppingPatience,
-    checkpointEvery: s.checkpointEvery,
-    checkpointEveryMinutes: s.checkpointEveryMinutes,
-  };
-}
-
 function isArtifactRef(value: unknown): value is ArtifactRef {
   const ref = value as ArtifactRef | undefined;
   return typeof ref?.sha256 === 'string' && typeof ref.size === 'number';
+}
+
+/** The stored checkpoint a retry resumes from: the newest one the previous attempt heartbeated, if any. */
+function resumePoint(details: unknown): { checkpoint: ArtifactRef; checkpointStep: number } | undefined {
+  const prior = details as Partial<TrainHeartbeat> | undefined;
+  return isArtifactRef(prior?.checkpoint) && typeof prior.checkpointStep === 'number'
+    ? { checkpoint: prior.checkpoint, checkpointStep: prior.checkpointStep }
+    : undefined;
+}
+
+/** The training log stored beside the checkpoint: the run's figures, its options and where this attempt began. */
+function trainLogOf(run: StoredTrainingResult, options: TrainStudentInput['student'], attempt: number) {
+  const result = run.training;
+  return {
+    backend: result.backend,
+    optimizer: result.optimizer,
+    steps: result.steps,
+    stopReason: result.stopReason,
+    finalLoss: result.finalLoss,
+    validLoss: result.validLoss ?? null,
+    bestStep: result.bestStep ?? null,
+    params: result.params,
+    wallMs: result.wallMs,
+    // Where this attempt picked up (null: it trained from scratch), and how many checkpoints it stored.
+    resumedFrom: result.resumedFrom ?? null,
+    attempt,
+    checkpointsStored: run.checkpointsStored,
+    lossHistory: result.lossHistory,
+    options,
+    init: run.init ?? null,
+  };
 }
 
 /**
@@ -83,7 +80,7 @@ function isArtifactRef(value: unknown): value is ArtifactRef {
  * finds the newest in `heartbeatDetails`, downloads it and continues from its step, so a killed worker costs at most
  * one checkpoint interval of recomputation (plus the steps taken while that checkpoint was uploading).
  */
-export async function trainStudentStage(
+export async function trainStudent(
   deps: { store: ArtifactStore; client?: Client },
   input: TrainStudentInput
 ): Promise<TrainStudentResult> {
@@ -96,11 +93,7 @@ export async function trainStudentStage(
     ]);
     const s = input.student;
     const report = progressReporter(deps.client, 'trainStudent');
-    const prior = ctx.info.heartbeatDetails as Partial<TrainHeartbeat> | undefined;
-    const resume =
-      isArtifactRef(prior?.checkpoint) && typeof prior.checkpointStep === 'number'
-        ? { checkpoint: prior.checkpoint, checkpointStep: prior.checkpointStep }
-        : undefined;
+    const resume = resumePoint(ctx.info.heartbeatDetails);
     // Every heartbeat carries the newest checkpoint: details are replaced, not merged, so one without it would lose it.
     const beat: TrainHeartbeat = {
       step: resume?.checkpointStep ?? 0,
@@ -115,67 +108,17 @@ export async function trainStudentStage(
     heartbeat();
     const keepalive = setInterval(heartbeat, KEEPALIVE_MS);
 
-    const dir = await mkdtemp(join(tmpdir(), 'stepwise-train-'));
-    // Uploads run beside training; a checkpoint that arrives while one uploads replaces any still waiting.
-    let waiting: CheckpointFile | undefined;
-    let uploading: Promise<void> | undefined;
-    let uploaded = 0;
-    const drain = async () => {
-      while (waiting) {
-        const file = waiting;
-        waiting = undefined;
-        try {
-          beat.checkpoint = await store.putFile(file.path, 'application/octet-stream');
-          beat.checkpointStep = file.step;
-          uploaded += 1;
-          heartbeat();
-        } catch (err) {
-          // A lost checkpoint only costs recomputation after a crash; training goes on.
-          ctx.log.warn(`trainStudent: checkpoint at step ${file.step} not stored: ${(err as Error).message}`);
-        }
-        await rm(file.path, { force: true });
-      }
-      uploading = undefined;
-    };
-    const onCheckpoint = (file: CheckpointFile) => {
-      if (waiting) void rm(waiting.path, { force: true });
-      waiting = file;
-      uploading ??= drain();
-    };
-
+    if (resume)
+      ctx.log.info(`trainStudent: resuming after step ${resume.checkpointStep} (attempt ${ctx.info.attempt})`);
     try {
-      let resumeFromPath: string | undefined;
-      if (resume) {
-        resumeFromPath = join(dir, 'resume-from.safetensors');
-        await writeFile(resumeFromPath, await store.get(resume.checkpoint));
-        ctx.log.info(`trainStudent: resuming after step ${resume.checkpointStep} (attempt ${ctx.info.attempt})`);
-      }
-      let initFromPath: string | undefined;
-      let init: ArtifactRef | undefined;
-      if (s.init && !resume) {
-        const bytes = await readFile(s.init).catch((err: NodeJS.ErrnoException) => {
-          throw new InputError(
-            `student.init: cannot read '${s.init}' on this worker (${err.code ?? err.message}); expected a checkpoint file from \`stepwise import-t5\``,
-            'student.init'
-          );
-        });
-        // Stored by content so lineage names exactly the weights this student started from.
-        init = await store.put(bytes, 'application/octet-stream');
-        initFromPath = join(dir, 'init.safetensors');
-        await writeFile(initFromPath, bytes);
-      }
-      const checkpointPath = join(dir, 'checkpoint.safetensors');
-      const result = await runStudentJob(
+      const run = await trainFromStore(
+        store,
         {
-          kind: 'train',
+          options: studentOptionsOf(s),
           records: train.map(toTrainRecord),
           valid: valid.map(toTrainRecord),
-          checkpointPath,
-          resumeFromPath,
-          initFromPath,
-          checkpointDir: dir,
-          backend: s.backend,
-          options: trainOptionsOf(s),
+          init: s.init,
+          resumeFrom: resume?.checkpoint,
         },
         {
           signal: ctx.cancellationSignal,
@@ -184,30 +127,18 @@ export async function trainStudentStage(
             beat.loss = p.loss;
             heartbeat();
           },
-          onCheckpoint,
+          onStored: (ref, step) => {
+            beat.checkpoint = ref;
+            beat.checkpointStep = step;
+            heartbeat();
+          },
+          onFailed: (step, err) => ctx.log.warn(`trainStudent: checkpoint at step ${step} not stored: ${err.message}`),
         }
       );
-      const checkpoint = await store.putFile(checkpointPath, 'application/octet-stream');
-      const trainLog = await store.putJson({
-        backend: result.backend,
-        optimizer: result.optimizer,
-        steps: result.steps,
-        stopReason: result.stopReason,
-        finalLoss: result.finalLoss,
-        validLoss: result.validLoss ?? null,
-        bestStep: result.bestStep ?? null,
-        params: result.params,
-        wallMs: result.wallMs,
-        // Where this attempt picked up (null: it trained from scratch), and how many checkpoints it stored.
-        resumedFrom: result.resumedFrom ?? null,
-        attempt: ctx.info.attempt,
-        checkpointsStored: uploaded,
-        lossHistory: result.lossHistory,
-        options: s,
-        init: init ?? null,
-      });
+      const result = run.training;
+      const trainLog = await store.putJson(trainLogOf(run, s, ctx.info.attempt));
       return {
-        checkpoint,
+        checkpoint: run.checkpoint,
         trainLog,
         backend: result.backend,
         steps: result.steps,
@@ -218,9 +149,6 @@ export async function trainStudentStage(
       };
     } finally {
       clearInterval(keepalive);
-      waiting = undefined;
-      await uploading;
-      await rm(dir, { recursive: true, force: true });
     }
   });
 }

@@ -13,10 +13,11 @@ import { startTemporalDevServer } from '../infra/temporal';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from '../workers/pipeline-worker';
 import { createActivityDeps } from '../workers/deps';
 import { createActivities } from '../activities';
-import type { TeacherStageInput } from '../activities/teacher-stage';
-import type { PromptTeacherResult } from '../activities/types';
+import type { TeacherStageInput } from '../contract';
+import type { PromptTeacherResult } from '../contract';
 import { parseSpec, type PipelineSpecInput } from '../lib/pipeline/spec';
-import { CPU_TASK_QUEUE, STAGES, type StageName } from '../workflows/definitions';
+import { CPU_TASK_QUEUE, STAGES, type StageName } from '../contract';
+import { distillationPipeline } from '../workflows';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 
@@ -118,7 +119,7 @@ async function main() {
   try {
     for (let i = 0; i <= RUNS; i++) {
       // Run 0 warms both paths (teacher cache, tfjs load, workflow bundle) and is not counted.
-      const handle = await conn.client.workflow.start('distillationPipeline', {
+      const handle = await conn.client.workflow.start(distillationPipeline, {
         taskQueue: CPU_TASK_QUEUE,
         workflowId: `bench-${Date.now()}-${i}`,
         args: [spec],

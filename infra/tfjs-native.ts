@@ -14,6 +14,7 @@ import {
   type Log,
   type PinnedWheel,
 } from './cache';
+import { settings } from './config';
 
 /** The TensorFlow release whose C library the addon links against (the tfjs 4.22 binding needs only its C API). */
 export const TENSORFLOW_VERSION = '2.21.0';
@@ -78,7 +79,7 @@ const projectRoot = resolve(__dirname, '..');
  * callers fall back to the wasm or cpu backend with `reason` in their log. `STEPWISE_SKIP_NATIVE=1` opts out.
  */
 export async function ensureTfjsNative(log?: Log): Promise<TfjsNativeStatus> {
-  if (process.env.STEPWISE_SKIP_NATIVE === '1') return { ok: false, reason: 'STEPWISE_SKIP_NATIVE=1 is set' };
+  if (settings().skipNative) return { ok: false, reason: 'STEPWISE_SKIP_NATIVE=1 is set' };
   const platformKey = `${process.platform}-${process.arch}`;
   const wheel = TENSORFLOW_WHEELS[platformKey];
   if (!wheel) return { ok: false, reason: `no pinned TensorFlow build for ${platformKey} (supported: linux-x64)` };

@@ -29,6 +29,7 @@ test.before(async () => {
   activities = createActivities({
     store,
     codeVersion: 'test',
+    apiKey: (variable) => process.env[variable],
     scripted: async () => ({ url: server.url, model: 'scripted-test' }),
   });
 });
@@ -154,6 +155,7 @@ test('cancelling a teacher shard stops it promptly with a CancelledFailure', asy
   const own = createActivities({
     store,
     codeVersion: 'test',
+    apiKey: (variable) => process.env[variable],
     scripted: async () => ({ url: hanging.url, model: 'scripted-test' }),
   });
   const sample = await runIn(new MockActivityEnvironment(), own.sample, spec);

@@ -1,34 +1,16 @@
-import { execFileSync } from 'node:child_process';
 import test from 'ava';
 import { WorkflowFailedError } from '@temporalio/client';
 import { CancelledFailure } from '@temporalio/common';
-import { CPU_TASK_QUEUE, progressQuery } from '../workflows/definitions';
+import { CPU_TASK_QUEUE, progressQuery } from '../contract';
+import { distillationPipeline } from '../workflows';
 import { listModels } from '../lib/registry/registry';
-import { startServices, type Services } from './helpers/services';
+import { servicesForFile } from './helpers/services';
+import { trainingChildren } from './helpers/processes';
 
-let services: Services;
-
-test.before(async () => {
-  services = await startServices({ s3: false });
-  await services.startWorkers();
-});
-
-test.after.always(async () => {
-  await services?.stop();
-});
-
-/** Training processes started by this test process's workers (other test files may be training at the same time). */
-function trainingChildren(): number[] {
-  const out = execFileSync('ps', ['-eo', 'pid=,ppid=,args='], { encoding: 'utf8' });
-  return out
-    .split('\n')
-    .map((l) => l.trim().split(/\s+/))
-    .filter(([, ppid, ...args]) => Number(ppid) === process.pid && args.join(' ').includes('child-main'))
-    .map(([pid]) => Number(pid));
-}
+const services = servicesForFile({ s3: false });
 
 test('cancelling a run during training stops the training process promptly and registers nothing', async (t) => {
-  const handle = await services.client.workflow.start('distillationPipeline', {
+  const handle = await services().client.workflow.start(distillationPipeline, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId: `cancel-${Date.now()}`,
     args: [
@@ -64,5 +46,5 @@ test('cancelling a run during training stops the training process promptly and r
   t.true(elapsed < 30_000, `cancellation took ${elapsed} ms`);
   const progress = await handle.query(progressQuery);
   t.is(progress.stage, 'cancelled');
-  t.deepEqual(await listModels(services.store), []);
+  t.deepEqual(await listModels(services().store), []);
 });

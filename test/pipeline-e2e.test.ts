@@ -5,23 +5,15 @@ import { join } from 'node:path';
 import test from 'ava';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { ensureTemporalCli } from '../infra/temporal';
-import { CPU_TASK_QUEUE, progressQuery } from '../workflows/definitions';
-import type { PipelineResult } from '../workflows/distillation-pipeline';
+import { CPU_TASK_QUEUE, progressQuery } from '../contract';
+import type { PipelineResult } from '../contract';
+import { distillationPipeline } from '../workflows';
 import { getVersion, listVersions } from '../lib/registry/registry';
 import { templateHash } from '../lib/teacher/templates';
 import type { PipelineSpecInput } from '../lib/pipeline/spec';
-import { startServices, type Services } from './helpers/services';
+import { servicesForFile } from './helpers/services';
 
-let services: Services;
-
-test.before(async () => {
-  services = await startServices();
-  await services.startWorkers();
-});
-
-test.after.always(async () => {
-  await services?.stop();
-});
+const services = servicesForFile();
 
 /** Small enough for a test, large enough that every stage does real work. */
 export const smallDemoSpec: PipelineSpecInput = {
@@ -33,7 +25,7 @@ export const smallDemoSpec: PipelineSpecInput = {
 
 test('the whole pipeline runs on real Temporal and a real S3 server, leaving artifacts, a registry entry and lineage', async (t) => {
   const workflowId = `e2e-${Date.now()}`;
-  const handle = await services.client.workflow.start('distillationPipeline', {
+  const handle = await services().client.workflow.start(distillationPipeline, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId,
     args: [smallDemoSpec],
@@ -53,16 +45,16 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
 
   // The objects are in the bucket, seen by a plain S3 client rather than through our own backend.
   const s3 = new S3Client({
-    endpoint: services.s3.endpoint,
+    endpoint: services().s3.endpoint,
     region: 'us-east-1',
     forcePathStyle: true,
-    credentials: { accessKeyId: services.s3.accessKey, secretAccessKey: services.s3.secretKey },
+    credentials: { accessKeyId: services().s3.accessKey, secretAccessKey: services().s3.secretKey },
   });
   const keys: string[] = [];
   let token: string | undefined;
   do {
     const page = await s3.send(
-      new ListObjectsV2Command({ Bucket: services.bucket, Prefix: 'e2e/', ContinuationToken: token })
+      new ListObjectsV2Command({ Bucket: services().bucket, Prefix: 'e2e/', ContinuationToken: token })
     );
     keys.push(...(page.Contents ?? []).map((o) => o.Key!));
     token = page.NextContinuationToken;
@@ -71,7 +63,7 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   t.true(keys.includes(`e2e/runs/${workflowId}/manifest.json`));
   t.true(keys.includes('e2e/registry/e2e-demo/versions/000001.json'));
 
-  const manifest = JSON.parse((await services.store.getKey(`runs/${workflowId}/manifest.json`))!.toString('utf8'));
+  const manifest = JSON.parse((await services().store.getKey(`runs/${workflowId}/manifest.json`))!.toString('utf8'));
   const roles = manifest.artifacts.map((a: { role: string }) => a.role).sort();
   t.deepEqual(roles, [
     'eval/metrics',
@@ -89,13 +81,13 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   for (const artifact of manifest.artifacts) {
     t.true(keys.includes(`e2e/objects/sha256/${artifact.sha256.slice(0, 2)}/${artifact.sha256}`), artifact.role);
     // Reading back through the store re-hashes the bytes: content addressing holds end to end.
-    const bytes = await services.store.get({ sha256: artifact.sha256, size: artifact.size });
+    const bytes = await services().store.get({ sha256: artifact.sha256, size: artifact.size });
     t.is(bytes.byteLength, artifact.size);
   }
 
   // The registry entry and its lineage.
-  t.deepEqual(await listVersions(services.store, 'e2e-demo'), [1]);
-  const version = (await getVersion(services.store, 'e2e-demo', 1))!;
+  t.deepEqual(await listVersions(services().store, 'e2e-demo'), [1]);
+  const version = (await getVersion(services().store, 'e2e-demo', 1))!;
   const byRole = Object.fromEntries(
     manifest.artifacts.map((a: { role: string; sha256: string }) => [a.role, a.sha256])
   );
@@ -132,7 +124,7 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   t.deepEqual([...activityTypes].sort(), ['evaluate', 'registerModel', 'sample', 'trainStudent', 'validateRationales']);
   const child = (history.events ?? []).find((e) => e.startChildWorkflowExecutionInitiatedEventAttributes);
   t.is(child?.startChildWorkflowExecutionInitiatedEventAttributes?.workflowType?.name, 'teacherStage');
-  const teacherHistory = await services.client.workflow.getHandle(`${workflowId}/teacher`).fetchHistory();
+  const teacherHistory = await services().client.workflow.getHandle(`${workflowId}/teacher`).fetchHistory();
   const teacherActivities = new Set(
     (teacherHistory.events ?? [])
       .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
@@ -148,7 +140,7 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
     ]) {
       const { stdout } = await promisify(execFile)(
         await ensureTemporalCli(),
-        ['workflow', 'show', '--workflow-id', id, '--address', services.temporal.address, '--output', 'json'],
+        ['workflow', 'show', '--workflow-id', id, '--address', services().temporal.address, '--output', 'json'],
         { maxBuffer: 64 * 1024 * 1024 }
       );
       await writeFile(join(__dirname, 'fixtures', file), stdout);
@@ -159,7 +151,7 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
 test('two runs of one model register two versions, the second reusing the cached teacher responses', async (t) => {
   const spec = { ...smallDemoSpec, name: 'e2e-twice', student: { preset: 'tiny' as const, steps: 5, batchSize: 8 } };
   const run = (id: string) =>
-    services.client.workflow.execute('distillationPipeline', {
+    services().client.workflow.execute(distillationPipeline, {
       taskQueue: CPU_TASK_QUEUE,
       workflowId: id,
       args: [spec],
@@ -168,7 +160,7 @@ test('two runs of one model register two versions, the second reusing the cached
   t.deepEqual([a.version, b.version].sort(), [1, 2]);
   const c = (await run(`twice-c-${Date.now()}`)) as PipelineResult;
   t.is(c.version, 3);
-  const v3 = (await getVersion(services.store, 'e2e-twice', 3))!;
+  const v3 = (await getVersion(services().store, 'e2e-twice', 3))!;
   // Nothing was sent: every call came from a finished shard of an earlier run, or from the response cache.
   const calls = v3.lineage.teacher!.calls!;
   t.is(calls.sent, 0);
@@ -183,7 +175,7 @@ test('the baselines run too: standard finetuning skips the teacher, standard dis
     student: { preset: 'tiny' as const, steps: 5, batchSize: 8, method },
   });
   const start = (name: string, method: 'standard-finetune' | 'standard-distill') =>
-    services.client.workflow.start('distillationPipeline', {
+    services().client.workflow.start(distillationPipeline, {
       taskQueue: CPU_TASK_QUEUE,
       workflowId: `${name}-${Date.now()}`,
       args: [spec(name, method)],
@@ -207,12 +199,12 @@ test('the baselines run too: standard finetuning skips the teacher, standard dis
     ]
   );
   t.is(ftProgress.stageCount, 4);
-  const ft = (await getVersion(services.store, 'e2e-finetune', 1))!;
+  const ft = (await getVersion(services().store, 'e2e-finetune', 1))!;
   t.is(ft.lineage.teacher, undefined);
   t.is(ft.lineage.training.method, 'standard-finetune');
   t.is(ft.lineage.training.labelSource, 'gold');
 
-  const sd = (await getVersion(services.store, 'e2e-distill', 1))!;
+  const sd = (await getVersion(services().store, 'e2e-distill', 1))!;
   t.is(sd.lineage.training.method, 'standard-distill');
   t.is(sd.lineage.training.labelSource, 'teacher');
   t.is(sd.lineage.teacher?.kind, 'scripted');

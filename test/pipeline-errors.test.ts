@@ -1,24 +1,16 @@
 import test from 'ava';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure, ActivityFailure } from '@temporalio/common';
-import { CPU_TASK_QUEUE } from '../workflows/definitions';
+import { CPU_TASK_QUEUE } from '../contract';
+import { distillationPipeline } from '../workflows';
 import { listModels } from '../lib/registry/registry';
 import { demoSpec } from '../lib/pipeline/spec';
-import { startServices, type Services } from './helpers/services';
+import { servicesForFile } from './helpers/services';
 
-let services: Services;
-
-test.before(async () => {
-  services = await startServices({ s3: false });
-  await services.startWorkers();
-});
-
-test.after.always(async () => {
-  await services?.stop();
-});
+const services = servicesForFile({ s3: false });
 
 async function failureOf(spec: unknown, id: string) {
-  const handle = await services.client.workflow.start('distillationPipeline', {
+  const handle = await services().client.workflow.start(distillationPipeline, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId: `${id}-${Date.now()}`,
     args: [spec as never],
@@ -52,7 +44,7 @@ for (const [field, patch, message] of badSpecs) {
     const history = await handle.fetchHistory();
     t.false((history.events ?? []).some((e) => e.activityTaskScheduledEventAttributes));
     // Nothing registered: no failed run in this file ever reaches the registry.
-    t.deepEqual(await listModels(services.store), []);
+    t.deepEqual(await listModels(services().store), []);
   });
 }
 
@@ -73,5 +65,5 @@ test('a data folder that does not exist fails the sample stage once, without ret
   const started = (history.events ?? []).filter((e) => e.activityTaskStartedEventAttributes);
   t.is(started.length, 1);
   t.is(started[0].activityTaskStartedEventAttributes!.attempt, 1);
-  t.deepEqual(await listModels(services.store), []);
+  t.deepEqual(await listModels(services().store), []);
 });

@@ -6,7 +6,9 @@ import test from 'ava';
 import { InputError } from '../lib/errors';
 import { readCheckpointMeta } from '../lib/student/checkpoint';
 import { runStudentJob, StudentChildCrashError } from '../lib/student/child';
-import type { TrainOptions, TrainRecord } from '../lib/student/train';
+import { parseStudentOptions } from '../lib/student/options';
+import type { TrainRecord } from '../lib/student/train';
+import { isAlive } from './helpers/processes';
 
 // Each test starts a real child process (node + tsx + tfjs), so they run one at a time on our 2 cores.
 
@@ -25,7 +27,7 @@ function records(n: number): TrainRecord[] {
   });
 }
 
-const options: TrainOptions = {
+const options = parseStudentOptions({
   method: 'distill-step-by-step',
   steps: 6,
   batchSize: 8,
@@ -34,7 +36,7 @@ const options: TrainOptions = {
   maxInputLength: 24,
   maxTargetLength: 6,
   maxRationaleLength: 12,
-};
+});
 
 let dir: string;
 test.before(async () => {
@@ -43,15 +45,6 @@ test.before(async () => {
 test.after.always(async () => {
   await rm(dir, { recursive: true, force: true });
 });
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 test.serial('a train job writes a checkpoint file, reports progress, and a predict job reads it back', async (t) => {
   const checkpointPath = path.join(dir, 'train.safetensors');

@@ -14,11 +14,10 @@ import { InputError } from '../lib/errors';
 import { initBackend } from '../lib/student/backend';
 import { readCheckpointMeta, serializeWeights } from '../lib/student/checkpoint';
 import { configFromHF, type T5Config } from '../lib/student/config';
-import { loadUnigramTokenizer, sentencePieceToTokenizerJson } from '../lib/student/hf-tokenizer';
 import { exportT5, importT5, readSafetensorsAnyFloat, readT5 } from '../lib/student/hf';
 import { shiftRight } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
-import { loadTokenizer } from '../lib/student/tokenizer';
+import { loadTokenizer, sentencePieceToTokenizerJson } from '../lib/student/tokenizer';
 
 const FIXTURES = join(__dirname, 'fixtures', 't5-tiny');
 const VARIANTS = ['v1_1', 'original'] as const;
@@ -90,7 +89,7 @@ test("the tokenizer read from tokenizer.json and the one converted from spiece.m
   const v = await vector('v1_1');
   const dir = join(FIXTURES, 'v1_1');
   const fromJson = loadTokenizer(await readFile(join(dir, 'tokenizer.json'), 'utf8'));
-  const fromSpiece = loadUnigramTokenizer(sentencePieceToTokenizerJson(await readFile(join(dir, 'spiece.model')), 10));
+  const fromSpiece = loadTokenizer(sentencePieceToTokenizerJson(await readFile(join(dir, 'spiece.model')), 10));
   t.is(fromJson.vocabSize, v.tokenizer!.vocab_size);
   t.is(fromSpiece.vocabSize, v.tokenizer!.vocab_size);
   for (const c of v.tokenizer!.cases) {

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import { trainStudentStage, type TrainHeartbeat } from '../activities/train-student';
+import { trainStudent, type TrainHeartbeat } from '../activities/train-student';
 import { parseSpec } from '../lib/pipeline/spec';
 import { openStore } from '../lib/store';
 import { InputError } from '../lib/errors';
@@ -12,10 +12,11 @@ import { decodeSafetensors, readCheckpointMeta, readResumeCheckpoint } from '../
 import { mulberry32 } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
 import {
+  parseTrainOptions,
   train,
   validationLoss,
   type TrainCheckpoint,
-  type TrainOptions,
+  type TrainOptionsInput,
   type TrainProgress,
   type TrainRecord,
 } from '../lib/student/train';
@@ -50,7 +51,7 @@ const records = reviews(60, 1);
 const valid = reviews(12, 2);
 
 /** Dropout on, validation and early-stopping bookkeeping on, warmup and decay: every piece of state is exercised. */
-const base: TrainOptions = {
+const base: TrainOptionsInput = {
   method: 'distill-step-by-step',
   steps: 24,
   batchSize: 8,
@@ -67,10 +68,10 @@ const base: TrainOptions = {
   checkpointEvery: 8,
 };
 
-async function runCollecting(opts: TrainOptions) {
+async function runCollecting(opts: TrainOptionsInput) {
   const checkpoints: TrainCheckpoint[] = [];
   const progress: TrainProgress[] = [];
-  const result = await train(records, opts, {
+  const result = await train(records, parseTrainOptions(opts), {
     onCheckpoint: (c) => void checkpoints.push(c),
     onProgress: (p) => progress.push(p),
   });
@@ -100,7 +101,7 @@ for (const [name, extra] of [
   test.serial(
     `${name}: a run stopped at a checkpoint and resumed follows the uninterrupted run bit for bit`,
     async (t) => {
-      const opts: TrainOptions = { ...base, ...extra };
+      const opts: TrainOptionsInput = { ...base, ...extra };
       const full = await runCollecting(opts);
       t.deepEqual(
         full.checkpoints.map((c) => c.step),
@@ -184,19 +185,19 @@ test.serial('checkpoints also come by the clock, and none after the last step', 
 test.serial('resuming with other options, other records or a model checkpoint is rejected, naming why', async (t) => {
   const { checkpoints, result } = await runCollecting({ ...base, steps: 10, checkpointEvery: 5 });
   const resumeFrom = checkpoints[0].bytes;
-  await t.throwsAsync(train(records, { ...base, steps: 10, batchSize: 4, resumeFrom }), {
+  await t.throwsAsync(train(records, parseTrainOptions({ ...base, steps: 10, batchSize: 4, resumeFrom })), {
     instanceOf: InputError,
     message: /^batchSize is 4 but resumeFrom was trained with 8/,
   });
-  await t.throwsAsync(train(records, { ...base, steps: 10, optimizer: 'adafactor', resumeFrom }), {
+  await t.throwsAsync(train(records, parseTrainOptions({ ...base, steps: 10, optimizer: 'adafactor', resumeFrom })), {
     instanceOf: InputError,
     message: /^optimizer/,
   });
-  await t.throwsAsync(train(records.slice(1), { ...base, steps: 10, resumeFrom }), {
+  await t.throwsAsync(train(records.slice(1), parseTrainOptions({ ...base, steps: 10, resumeFrom })), {
     instanceOf: InputError,
     message: /records .* differ/,
   });
-  await t.throwsAsync(train(records, { ...base, steps: 10, resumeFrom: result.checkpoint }), {
+  await t.throwsAsync(train(records, parseTrainOptions({ ...base, steps: 10, resumeFrom: result.checkpoint })), {
     instanceOf: InputError,
     message: /resumeFrom has format "stepwise-t5"/,
   });
@@ -211,7 +212,7 @@ test.serial(
       const label = r.goldLabel === 'positive' ? 'negative' : 'positive';
       return { ...r, goldLabel: label, teacherLabel: label, rationale: r.rationale!.replace(r.goldLabel, label) };
     };
-    const opts: TrainOptions = {
+    const opts: TrainOptionsInput = {
       ...base,
       config: {},
       steps: 120,
@@ -235,7 +236,7 @@ test.serial(
     // The returned weights are the best ones: their validation loss is the best, recomputed from the checkpoint.
     t.true(Math.abs((await validationLoss(r.checkpoint, opts.valid!)) - best) < 1e-6);
 
-    const last = await train(records, { ...opts, keepBest: false });
+    const last = await train(records, parseTrainOptions({ ...opts, keepBest: false }));
     t.is(last.steps, r.steps);
     t.deepEqual(last.lossHistory, r.lossHistory);
     const lastLoss = await validationLoss(last.checkpoint, opts.valid!);
@@ -266,7 +267,7 @@ test.serial(
     const env = new MockActivityEnvironment();
     const beats: TrainHeartbeat[] = [];
     env.on('heartbeat', (d: TrainHeartbeat) => beats.push(d));
-    const first = await runIn(env, trainStudentStage, { store }, input);
+    const first = await runIn(env, trainStudent, { store }, input);
     const firstLog = await readLog(first.trainLog);
     const withCheckpoint = beats.filter((b) => b.checkpoint);
     t.deepEqual([...new Set(withCheckpoint.map((b) => b.checkpointStep))], [10, 20]);
@@ -280,7 +281,7 @@ test.serial(
     const retryEnv = new MockActivityEnvironment({ heartbeatDetails: retryFrom, attempt: 2 });
     const retryBeats: TrainHeartbeat[] = [];
     retryEnv.on('heartbeat', (d: TrainHeartbeat) => retryBeats.push(d));
-    const second = await runIn(retryEnv, trainStudentStage, { store }, input);
+    const second = await runIn(retryEnv, trainStudent, { store }, input);
     const secondLog = await readLog(second.trainLog);
     t.is(secondLog.resumedFrom, 10);
     t.is(secondLog.attempt, 2);

@@ -8,7 +8,15 @@ import { mulberry32 } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
 import { createOptimizer } from '../lib/student/optim';
 import { BatchSampler } from '../lib/student/sampler';
-import { buildPairs, learningRateAt, train, type TrainOptions, type TrainRecord } from '../lib/student/train';
+import {
+  buildPairs,
+  learningRateAt,
+  parseTrainOptions,
+  train,
+  type TrainHooks,
+  type TrainOptionsInput,
+  type TrainRecord,
+} from '../lib/student/train';
 
 // Training tests run one at a time: they count live tensors, and two trainings at once would only share 2 cores.
 test.before(async () => {
@@ -39,7 +47,7 @@ function toyTask(n: number, seed: number): TrainRecord[] {
   });
 }
 
-const base: TrainOptions = {
+const base: TrainOptionsInput = {
   method: 'distill-step-by-step',
   steps: 5,
   batchSize: 8,
@@ -49,6 +57,10 @@ const base: TrainOptions = {
   maxTargetLength: 8,
   maxRationaleLength: 16,
 };
+
+/** `train()` with options as a test writes them, validated and completed first as any direct caller does. */
+const trainWith = (records: TrainRecord[], opts: TrainOptionsInput, hooks?: TrainHooks) =>
+  train(records, parseTrainOptions(opts), hooks);
 
 test('buildPairs: distill-step-by-step gives a predict pair and an explain pair per example, gold labels by default', (t) => {
   const records = toyTask(5, 1);
@@ -117,7 +129,7 @@ test.serial('training is deterministic for a seed and leaks no tensors across st
   const records = toyTask(40, 4);
   const before = tf.memory().numTensors;
   const counts: number[] = [];
-  const first = await train(records, base, { onProgress: () => counts.push(tf.memory().numTensors) });
+  const first = await trainWith(records, base, { onProgress: () => counts.push(tf.memory().numTensors) });
   t.is(counts.length, 5);
   t.true(
     counts.every((n) => n === counts[0]),
@@ -128,7 +140,7 @@ test.serial('training is deterministic for a seed and leaks no tensors across st
   for (const adafactor of [{}, { relativeStep: true, scaleParameter: true, beta1: 0.9 }]) {
     const adaCounts: number[] = [];
     let checkpoints = 0;
-    await train(
+    await trainWith(
       records,
       {
         ...base,
@@ -148,13 +160,13 @@ test.serial('training is deterministic for a seed and leaks no tensors across st
     );
     t.is(tf.memory().numTensors, before);
   }
-  const second = await train(records, base);
+  const second = await trainWith(records, base);
   t.deepEqual(second.lossHistory, first.lossHistory);
-  const other = await train(records, { ...base, seed: 2 });
+  const other = await trainWith(records, { ...base, seed: 2 });
   t.notDeepEqual(other.lossHistory, first.lossHistory);
   // Dropout masks are seeded per step too.
   const dropout = { ...base, steps: 3, config: { dropout_rate: 0.1 } };
-  t.deepEqual((await train(records, dropout)).lossHistory, (await train(records, dropout)).lossHistory);
+  t.deepEqual((await trainWith(records, dropout)).lossHistory, (await trainWith(records, dropout)).lossHistory);
   // Every point has the two parts of the distill-step-by-step objective, combined with alpha 0.5.
   for (const p of first.lossHistory) t.true(Math.abs(p.loss - (0.5 * p.labelLoss + 0.5 * p.rationaleLoss!)) < 1e-5);
 });
@@ -166,7 +178,7 @@ test.serial(
     const heldOut = toyTask(60, 99);
     const steps = 70;
     const progress: number[] = [];
-    const result = await train(
+    const result = await trainWith(
       records,
       { ...base, steps, batchSize: 16, warmupSteps: 5, valid: heldOut.slice(0, 16), evalEvery: 35 },
       { onProgress: (p) => progress.push(p.step) }
@@ -213,7 +225,7 @@ test.serial(
 );
 
 test.serial('greedy decoding gives the same outputs whatever the batch size', async (t) => {
-  const result = await train(toyTask(80, 6), { ...base, method: 'standard-finetune', steps: 20, batchSize: 16 });
+  const result = await trainWith(toyTask(80, 6), { ...base, method: 'standard-finetune', steps: 20, batchSize: 16 });
   const { model, tokenizer } = loadCheckpoint(result.checkpoint);
   const inputs = toyTask(9, 7).map((r) => r.input);
   const one = await greedyDecode(model, tokenizer, inputs, { maxLength: 5, batchSize: 1 });
@@ -225,7 +237,7 @@ test.serial('greedy decoding gives the same outputs whatever the batch size', as
 
 test.serial('shouldStop ends training early with a checkpoint of the steps done', async (t) => {
   let calls = 0;
-  const result = await train(toyTask(20, 8), { ...base, steps: 50 }, { shouldStop: () => ++calls > 3 });
+  const result = await trainWith(toyTask(20, 8), { ...base, steps: 50 }, { shouldStop: () => ++calls > 3 });
   t.is(result.steps, 3);
   t.is(readCheckpointMeta(result.checkpoint).training.steps, 3);
   t.is(result.lossHistory[result.lossHistory.length - 1].step, 3);
@@ -424,40 +436,30 @@ test('batches are grouped by length, deterministic for a seed, cover every examp
   t.deepEqual(epoch(b, 30), epoch(a, 30));
 });
 
-test('bad training options are rejected with InputErrors naming the option', async (t) => {
+test('bad training options are rejected with InputErrors naming the option, the value and what was expected', async (t) => {
   const records = toyTask(4, 9);
-  await t.throwsAsync(train(records, { ...base, steps: 0 }), { instanceOf: InputError, message: /^steps/ });
-  await t.throwsAsync(train(records, { ...base, alpha: 1.5 }), { instanceOf: InputError, message: /^alpha/ });
-  await t.throwsAsync(train(records, { ...base, learningRate: -1 }), {
+  const rejects = (patch: Partial<TrainOptionsInput>, message: RegExp) =>
+    t.throws(() => parseTrainOptions({ ...base, ...patch }), { instanceOf: InputError, message });
+  rejects({ steps: 0 }, /^steps is 0; expected number to be >=1/);
+  rejects({ alpha: 1.5 }, /^alpha is 1\.5; expected number to be <=1/);
+  rejects({ learningRate: -1 }, /^learningRate is -1; expected number to be >0/);
+  // One bound for a spec and a direct caller: above 1 is a typo, and a source needs room beyond its prefix.
+  rejects({ learningRate: 3 }, /^learningRate is 3; expected number to be <=1/);
+  rejects({ maxInputLength: 4 }, /^maxInputLength is 4; expected number to be >=8/);
+  rejects({ preset: 'giant' as never }, /^preset is "giant"; expected one of tiny, small, base, large/);
+  rejects({ method: 'standard-distill', labelSource: 'gold' }, /^labelSource is "gold"; standard-distill trains/);
+  rejects({ optimizer: 'sgd' as never }, /^optimizer is "sgd"; expected one of adamw, adafactor/);
+  rejects({ adafactor: { warmupInit: true } }, /^adafactor\.warmupInit is true; .*relativeStep/);
+  rejects({ earlyStoppingPatience: 2 }, /^earlyStoppingPatience is 2; .* evalEvery/);
+  rejects({ checkpointEvery: 0 }, /^checkpointEvery is 0/);
+  rejects({ stesp: 10 } as never, /^stesp is 10; Unrecognized key/);
+  // What only the run itself can check: its records, and a resume checkpoint of this run.
+  await t.throwsAsync(train([], parseTrainOptions(base)), { instanceOf: InputError, message: /records/ });
+  await t.throwsAsync(train(records, parseTrainOptions({ ...base, earlyStoppingPatience: 2, evalEvery: 1 })), {
     instanceOf: InputError,
-    message: /learningRate/,
+    message: /^earlyStoppingPatience .* valid records/,
   });
-  await t.throwsAsync(train(records, { ...base, preset: 'giant' as never }), {
-    instanceOf: InputError,
-    message: /preset/,
-  });
-  await t.throwsAsync(train([], base), { instanceOf: InputError, message: /records/ });
-  await t.throwsAsync(train(records, { ...base, method: 'standard-distill', labelSource: 'gold' }), {
-    instanceOf: InputError,
-    message: /labelSource/,
-  });
-  await t.throwsAsync(train(records, { ...base, optimizer: 'sgd' as never }), {
-    instanceOf: InputError,
-    message: /^optimizer is "sgd"; expected one of adamw, adafactor/,
-  });
-  await t.throwsAsync(train(records, { ...base, adafactor: { warmupInit: true } }), {
-    instanceOf: InputError,
-    message: /^adafactor\.warmupInit/,
-  });
-  await t.throwsAsync(train(records, { ...base, earlyStoppingPatience: 2, valid: records }), {
-    instanceOf: InputError,
-    message: /^earlyStoppingPatience .* evalEvery/,
-  });
-  await t.throwsAsync(train(records, { ...base, checkpointEvery: 0 }), {
-    instanceOf: InputError,
-    message: /^checkpointEvery/,
-  });
-  await t.throwsAsync(train(records, { ...base, resumeFrom: Buffer.from('nope') }), {
+  await t.throwsAsync(train(records, parseTrainOptions({ ...base, resumeFrom: Buffer.from('nope') })), {
     instanceOf: InputError,
     message: /safetensors/,
   });

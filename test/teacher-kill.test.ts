@@ -6,33 +6,29 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import test from 'ava';
-import type { TeacherStageInput } from '../activities/teacher-stage';
-import type { PromptTeacherResult } from '../activities/types';
+import type { TeacherStageInput } from '../contract';
+import type { PromptTeacherResult } from '../contract';
 import { generateDemoTask } from '../lib/data/demo-task';
 import { parseCompletion } from '../lib/data/parse';
 import { parseSpec } from '../lib/pipeline/spec';
 import { startLocalTeacherServer } from '../lib/teacher';
 import type { ShardResponse } from '../lib/teacher/shard';
-import { CPU_TASK_QUEUE } from '../workflows/definitions';
-import { startServices, startWorkerProcess, type Services } from './helpers/services';
+import { CPU_TASK_QUEUE } from '../contract';
+import { teacherStage } from '../workflows';
+import { servicesForFile, startWorkerProcess } from './helpers/services';
 
 const MODEL = 'teacher-under-test';
-let services: Services;
 const workers = new Set<ChildProcess>();
-
-test.before(async () => {
-  // No worker in this process: the workflow and its activities run only in the worker processes below.
-  services = await startServices();
-});
-
-test.after.always(async () => {
+// Registered first, so it runs first: the worker processes go before the services they are connected to.
+test.after.always(() => {
   for (const w of workers) w.kill('SIGKILL');
-  await services?.stop();
 });
+// No worker in this process: the workflow and its activities run only in the worker processes below.
+const services = servicesForFile({ workers: [] });
 
 /** The real CPU worker entrypoint as its own process. */
 async function startCpuWorker(log: string[]): Promise<ChildProcess> {
-  const worker = await startWorkerProcess(services, 'cpu', log);
+  const worker = await startWorkerProcess(services(), 'cpu', log);
   workers.add(worker);
   worker.on('exit', () => workers.delete(worker));
   return worker;
@@ -57,8 +53,8 @@ async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T 
 /** Calls journalled so far, over every shard (one JSON line per finished call). */
 async function journalled(): Promise<number> {
   let lines = 0;
-  for (const key of await services.store.listKeys('teacher/journal/')) {
-    const bytes = await services.store.getKey(key);
+  for (const key of await services().store.listKeys('teacher/journal/')) {
+    const bytes = await services().store.getKey(key);
     if (bytes) lines += bytes.toString('utf8').split('\n').filter(Boolean).length;
   }
   return lines;
@@ -68,8 +64,8 @@ async function stageInput(n: number, seed: number, teacher: Record<string, unkno
   const examples = generateDemoTask({ n, seed });
   const cut = Math.ceil(n * 0.9);
   const [train, valid] = await Promise.all([
-    services.store.putJsonl(examples.slice(0, cut)),
-    services.store.putJsonl(examples.slice(cut)),
+    services().store.putJsonl(examples.slice(0, cut)),
+    services().store.putJsonl(examples.slice(cut)),
   ]);
   const spec = parseSpec({ name: 'teacher-kill', data: { kind: 'demo' }, teacher });
   return { task: 'demo', teacher: spec.teacher, train, valid };
@@ -92,7 +88,7 @@ test.serial(
     server.setFaults({ holdAfter: 100 });
     const log: string[] = [];
     const first = await startCpuWorker(log);
-    const handle = await services.client.workflow.start('teacherStage', {
+    const handle = await services().client.workflow.start(teacherStage, {
       taskQueue: CPU_TASK_QUEUE,
       workflowId: `teacher-kill-${Date.now()}`,
       args: [input],
@@ -121,7 +117,7 @@ test.serial(
     t.true(heldAtKill > 0);
     t.true(received.filter((n) => n > 1).length <= 8);
     t.is(received.filter((n) => n > 2).length, 0);
-    const responses = await services.store.getJsonl<ShardResponse>(result.responses);
+    const responses = await services().store.getJsonl<ShardResponse>(result.responses);
     t.is(responses.length, 300);
     t.true(responses.every((r) => parseCompletion('demo', r.completion).ok));
     for (const w of workers) await killed(w);
@@ -142,13 +138,13 @@ test.serial('batch mode survives a worker restart: the batch runs on, is polled 
   });
   const log: string[] = [];
   const first = await startCpuWorker(log);
-  const handle = await services.client.workflow.start('teacherStage', {
+  const handle = await services().client.workflow.start(teacherStage, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId: `teacher-batch-${Date.now()}`,
     args: [input],
   });
   await waitFor('both batches submitted', async () => {
-    const keys = await services.store.listKeys('teacher/batches/');
+    const keys = await services().store.listKeys('teacher/batches/');
     return keys.length >= 2 ? true : undefined;
   });
   await killed(first);
@@ -160,7 +156,7 @@ test.serial('batch mode survives a worker restart: the batch runs on, is polled 
   t.is(result.failed, 0);
   t.is(server.stats().answered, 40, 'every call answered once, by the batches');
   t.true(Object.values(server.stats().answeredByPromptHash).every((n) => n === 1));
-  const responses = await services.store.getJsonl<ShardResponse>(result.responses);
+  const responses = await services().store.getJsonl<ShardResponse>(result.responses);
   t.true(responses.every((r) => parseCompletion('demo', r.completion).ok));
   // Timers, not a sleeping activity: the history shows the polls' timers.
   const history = await handle.fetchHistory();
@@ -168,12 +164,14 @@ test.serial('batch mode survives a worker restart: the batch runs on, is polled 
 
   // Both modes give the same artifacts: a direct run over the same examples (cache cold for a new model name
   // would differ, so reuse this one: every call is now cached) yields the same responses file.
-  const direct = await services.client.workflow.execute('teacherStage', {
+  // The typed start checks the teacher override: only a calling teacher has a mode, and stageInput made an openai one.
+  if (input.teacher.kind !== 'openai') throw new Error(`expected an openai teacher, got ${input.teacher.kind}`);
+  const direct = await services().client.workflow.execute(teacherStage, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId: `teacher-direct-${Date.now()}`,
     args: [{ ...input, teacher: { ...input.teacher, mode: 'direct', shardSize: 40 } }],
   });
-  const directResponses = await services.store.getJsonl<ShardResponse>((direct as PromptTeacherResult).responses);
+  const directResponses = await services().store.getJsonl<ShardResponse>((direct as PromptTeacherResult).responses);
   t.deepEqual(
     directResponses.map((r) => [r.id, r.completion, r.promptHash]),
     responses.map((r) => [r.id, r.completion, r.promptHash])

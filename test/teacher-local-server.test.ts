@@ -6,12 +6,13 @@ import { generateDemoTask, solveDemo } from '../lib/data/demo-task';
 import { parseCompletion } from '../lib/data/parse';
 import { InputError } from '../lib/errors';
 import {
+  ArrivalLog,
   scriptedDemoTeacher,
+  SlidingWindowLimiter,
   startLocalTeacherServer,
   UNKNOWN_ANSWER,
   type RequestSampling,
 } from '../lib/teacher/local-server';
-import { ArrivalLog, SlidingWindowLimiter } from '../lib/teacher/local-server-window';
 import { buildPrompt } from '../lib/teacher/templates';
 import { promptHash, type ChatMessage } from '../lib/teacher/types';
 

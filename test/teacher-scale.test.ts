@@ -6,28 +6,24 @@
 import { readFile } from 'node:fs/promises';
 import type { ChildProcess } from 'node:child_process';
 import test from 'ava';
-import type { TeacherStageInput } from '../activities/teacher-stage';
-import type { PromptTeacherResult } from '../activities/types';
+import type { TeacherStageInput } from '../contract';
+import type { PromptTeacherResult } from '../contract';
 import { generateDemoTask } from '../lib/data/demo-task';
 import { parseSpec } from '../lib/pipeline/spec';
 import { startLocalTeacherServer } from '../lib/teacher';
 import type { ShardResponse } from '../lib/teacher/shard';
-import { CPU_TASK_QUEUE } from '../workflows/definitions';
-import { startServices, startWorkerProcess, type Services } from './helpers/services';
+import { CPU_TASK_QUEUE } from '../contract';
+import { teacherStage } from '../workflows';
+import { servicesForFile, startWorkerProcess } from './helpers/services';
 
 const N = 100_000;
 const MODEL = 'teacher-at-scale';
-let services: Services;
 let worker: ChildProcess | undefined;
-
-test.before(async () => {
-  services = await startServices();
-});
-
-test.after.always(async () => {
+// Registered first, so it runs first: the worker process goes before the services it is connected to.
+test.after.always(() => {
   worker?.kill('SIGKILL');
-  await services?.stop();
 });
+const services = servicesForFile({ workers: [] });
 
 async function rssKiB(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
@@ -41,8 +37,8 @@ test('100k examples go through the whole stage with flat memory, continuing as n
   const examples = generateDemoTask({ n: N, seed: 31 });
   const cut = Math.ceil(N * 0.9);
   const [train, valid] = await Promise.all([
-    services.store.putJsonl(examples.slice(0, cut)),
-    services.store.putJsonl(examples.slice(cut)),
+    services().store.putJsonl(examples.slice(0, cut)),
+    services().store.putJsonl(examples.slice(cut)),
   ]);
   const teacher = parseSpec({
     name: 'teacher-scale',
@@ -52,7 +48,7 @@ test('100k examples go through the whole stage with flat memory, continuing as n
   const input: TeacherStageInput = { task: 'demo', teacher, train, valid };
   // The worker logs its live heap (after a full collection) every second: the figure a leak shows in.
   const log: string[] = [];
-  worker = await startWorkerProcess(services, 'cpu', log, {
+  worker = await startWorkerProcess(services(), 'cpu', log, {
     env: { NODE_OPTIONS: '--expose-gc', STEPWISE_WORKER_MEMORY_LOG_SECONDS: '1' },
   });
   const pid = worker.pid!;
@@ -64,7 +60,7 @@ test('100k examples go through the whole stage with flat memory, continuing as n
   });
 
   const samples: { done: number; rss: number }[] = [];
-  const handle = await services.client.workflow.start('teacherStage', {
+  const handle = await services().client.workflow.start(teacherStage, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId: `teacher-scale-${Date.now()}`,
     args: [input],
@@ -88,7 +84,7 @@ test('100k examples go through the whole stage with flat memory, continuing as n
   t.is(server.counters().answered, N);
   t.is(server.counters().repeatedAnswers, 0);
   let lines = 0;
-  for await (const r of services.store.iterJsonl<ShardResponse>(result.responses)) {
+  for await (const r of services().store.iterJsonl<ShardResponse>(result.responses)) {
     if (r.completion.length > 0 && r.error === undefined) lines++;
   }
   t.is(lines, N);

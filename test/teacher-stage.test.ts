@@ -6,29 +6,21 @@
  */
 import test from 'ava';
 import { WorkflowFailedError } from '@temporalio/client';
-import type { TeacherStageInput } from '../activities/teacher-stage';
-import type { PromptTeacherResult } from '../activities/types';
+import type { TeacherStageInput } from '../contract';
+import type { PromptTeacherResult } from '../contract';
 import { generateDemoTask } from '../lib/data/demo-task';
 import { parseCompletion } from '../lib/data/parse';
 import type { Example } from '../lib/data/types';
 import { parseSpec } from '../lib/pipeline/spec';
 import { startLocalTeacherServer, type LocalTeacherServer, type LocalTeacherServerOptions } from '../lib/teacher';
 import type { ShardResponse } from '../lib/teacher/shard';
-import { CPU_TASK_QUEUE } from '../workflows/definitions';
-import { startServices, type Services } from './helpers/services';
+import { CPU_TASK_QUEUE } from '../contract';
+import { teacherStage } from '../workflows';
+import { servicesForFile } from './helpers/services';
 
 const MODEL = 'teacher-under-test';
-let services: Services;
+const services = servicesForFile({ workers: ['cpu'] });
 let runs = 0;
-
-test.before(async () => {
-  services = await startServices();
-  await services.startWorkers(['cpu']);
-});
-
-test.after.always(async () => {
-  await services?.stop();
-});
 
 async function server(t: { teardown: (fn: () => Promise<void>) => void }, opts: LocalTeacherServerOptions = {}) {
   const s = await startLocalTeacherServer({ model: MODEL, ...opts });
@@ -40,8 +32,8 @@ async function server(t: { teardown: (fn: () => Promise<void>) => void }, opts: 
 async function stageInput(examples: Example[], teacher: Record<string, unknown>): Promise<TeacherStageInput> {
   const cut = Math.ceil(examples.length * 0.9);
   const [train, valid] = await Promise.all([
-    services.store.putJsonl(examples.slice(0, cut)),
-    services.store.putJsonl(examples.slice(cut)),
+    services().store.putJsonl(examples.slice(0, cut)),
+    services().store.putJsonl(examples.slice(cut)),
   ]);
   const spec = parseSpec({ name: 'teacher-test', data: { kind: 'demo' }, teacher });
   return { task: 'demo', teacher: spec.teacher, train, valid };
@@ -52,7 +44,7 @@ function openai(s: LocalTeacherServer, more: Record<string, unknown> = {}) {
 }
 
 async function runStage(input: TeacherStageInput, id = `teacher-${Date.now()}-${runs++}`) {
-  const handle = await services.client.workflow.start('teacherStage', {
+  const handle = await services().client.workflow.start(teacherStage, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId: id,
     args: [input],
@@ -61,7 +53,7 @@ async function runStage(input: TeacherStageInput, id = `teacher-${Date.now()}-${
 }
 
 async function responsesOf(result: PromptTeacherResult): Promise<ShardResponse[]> {
-  return services.store.getJsonl<ShardResponse>(result.responses);
+  return services().store.getJsonl<ShardResponse>(result.responses);
 }
 
 test('transient faults of every kind are retried until each example has a completion', async (t) => {
@@ -211,8 +203,8 @@ test('continue-as-new keeps history bounded: a run of many shards hands over and
   const lengths: number[] = [];
   let runId: string | undefined = handle.firstExecutionRunId;
   while (runId) {
-    const history: Awaited<ReturnType<typeof handle.fetchHistory>> = await services.client.workflow
-      .getHandle(handle.workflowId, runId)
+    const history: Awaited<ReturnType<typeof handle.fetchHistory>> = await services()
+      .client.workflow.getHandle(handle.workflowId, runId)
       .fetchHistory();
     const events = history.events ?? [];
     lengths.push(events.length);

@@ -7,62 +7,38 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import test from 'ava';
 import { defaultPayloadConverter } from '@temporalio/common';
 import type { WorkflowHandle } from '@temporalio/client';
-import { CPU_TASK_QUEUE } from '../workflows/definitions';
-import type { PipelineResult } from '../workflows/distillation-pipeline';
+import { CPU_TASK_QUEUE } from '../contract';
+import type { PipelineResult } from '../contract';
+import { distillationPipeline } from '../workflows';
 import { parseSpec, type PipelineSpecInput } from '../lib/pipeline/spec';
 import { initBackend } from '../lib/student/backend';
+import { studentOptionsOf } from '../lib/student/options';
 import { train, type LossPoint } from '../lib/student/train';
-import {
-  toTrainRecord,
-  trainOptionsOf,
-  type TrainHeartbeat,
-  type TrainStudentInput,
-} from '../activities/train-student';
-import type { RationaleRecord } from '../activities/validate-rationales';
-import { startServices, startWorkerProcess, type Services } from './helpers/services';
+import { toTrainRecord, type TrainHeartbeat } from '../activities/train-student';
+import type { TrainStudentInput } from '../contract';
+import type { RationaleRecord } from '../lib/data/rationales';
+import { servicesForFile, startWorkerProcess } from './helpers/services';
+import { isAlive, killGroup } from './helpers/processes';
 
 const CHECKPOINT_EVERY = 20;
 const STEPS = 200;
 /** Same-backend runs are bit-identical in practice; this is the tolerance the test promises. */
 const LOSS_TOLERANCE = 1e-5;
 
-let services: Services;
 const workers = new Set<ChildProcess>();
-
-test.before(async () => {
-  services = await startServices();
-  // The workflow and the cheap stages run in this process; training runs in separate GPU-queue worker processes.
-  await services.startWorkers(['cpu']);
-});
-
-test.after.always(async () => {
+// Registered first, so it runs first: the worker processes go before the services they are connected to.
+test.after.always(() => {
   for (const w of workers) killGroup(w, 'SIGKILL');
-  await services?.stop();
 });
+// The workflow and the cheap stages run in this process; training runs in separate GPU-queue worker processes.
+const services = servicesForFile({ workers: ['cpu'] });
 
 /** The real GPU worker entrypoint, as its own process group (so its training child can be killed with it). */
 async function startGpuWorker(log: string[]): Promise<ChildProcess> {
-  const worker = await startWorkerProcess(services, 'gpu', log, { detached: true });
+  const worker = await startWorkerProcess(services(), 'gpu', log, { detached: true });
   workers.add(worker);
   worker.on('exit', () => workers.delete(worker));
   return worker;
-}
-
-function killGroup(worker: ChildProcess, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-worker.pid!, signal);
-  } catch {
-    // Already gone.
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The training process a worker started (its child running lib/student/child-main.ts). */
@@ -113,7 +89,7 @@ test('a GPU worker killed mid-training is replaced and the run resumes from its 
   const logA: string[] = [];
   const logB: string[] = [];
   const workerA = await startGpuWorker(logA);
-  const handle = await services.client.workflow.start('distillationPipeline', {
+  const handle = await services().client.workflow.start(distillationPipeline, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId: `kill-${Date.now()}`,
     args: [spec],
@@ -157,9 +133,9 @@ test('a GPU worker killed mid-training is replaced and the run resumes from its 
   t.is(started.length, 1);
   t.is(started[0]!.attempt, 2);
 
-  const manifest = JSON.parse((await services.store.getKey(`runs/${handle.workflowId}/manifest.json`))!.toString());
+  const manifest = JSON.parse((await services().store.getKey(`runs/${handle.workflowId}/manifest.json`))!.toString());
   const logRef = manifest.artifacts.find((a: { role: string }) => a.role === 'student/train-log');
-  const trainLog = JSON.parse((await services.store.get(logRef)).toString()) as {
+  const trainLog = JSON.parse((await services().store.get(logRef)).toString()) as {
     steps: number;
     resumedFrom: number | null;
     attempt: number;
@@ -188,13 +164,13 @@ test('a GPU worker killed mid-training is replaced and the run resumes from its 
   )!.activityTaskScheduledEventAttributes!;
   const input = defaultPayloadConverter.fromPayload<TrainStudentInput>(scheduled.input!.payloads![0]);
   const [records, valid] = await Promise.all([
-    services.store.getJsonl<RationaleRecord>(input.train),
-    services.store.getJsonl<RationaleRecord>(input.valid),
+    services().store.getJsonl<RationaleRecord>(input.train),
+    services().store.getJsonl<RationaleRecord>(input.valid),
   ]);
   t.deepEqual(input.student, parseSpec(spec).student);
   await initBackend(trainLog.backend as 'tensorflow' | 'wasm' | 'cpu');
   const uninterrupted = await train(records.map(toTrainRecord), {
-    ...trainOptionsOf(input.student),
+    ...studentOptionsOf(input.student),
     valid: valid.map(toTrainRecord),
   });
   const diffs = uninterrupted.lossHistory.map((p, i) => Math.abs(p.loss - trainLog.lossHistory[i].loss));

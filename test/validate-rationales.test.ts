@@ -9,7 +9,7 @@ import test from 'ava';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ApplicationFailure } from '@temporalio/common';
 import { createActivities } from '../activities';
-import type { RationaleRecord } from '../activities/validate-rationales';
+import type { RationaleRecord } from '../lib/data/rationales';
 import { openStore } from '../lib/store';
 import type { ArtifactStore } from '../lib/store/artifact-store';
 import { InputError } from '../lib/errors';
@@ -280,6 +280,7 @@ test.before(async () => {
   activities = createActivities({
     store,
     codeVersion: 'test',
+    apiKey: (variable) => process.env[variable],
     scripted: async () => {
       throw new Error('no teacher in the validate tests');
     },

@@ -18,8 +18,3 @@ export function temporalTarget(address?: string): TemporalTarget {
   if (address) connectionOptions.address = address;
   return { connectionOptions, namespace: loaded.namespace ?? 'default' };
 }
-
-/** Whether the user pointed us at a cluster (otherwise `stepwise run` starts an embedded dev server). */
-export function clusterConfigured(): boolean {
-  return Boolean(process.env.TEMPORAL_ADDRESS);
-}

@@ -6,12 +6,14 @@ import { openStore } from '../lib/store';
 import type { ArtifactStore } from '../lib/store/artifact-store';
 import { startLocalTeacherServer } from '../lib/teacher/local-server';
 import type { ActivityDeps } from '../activities';
+import { apiKeyFrom, settings } from '../infra/config';
 
 const ROOT = join(__dirname, '..');
 
 /** `<package version>+<git sha>` (or STEPWISE_CODE_VERSION when set by a deployment), for lineage. */
 export function codeVersion(): string {
-  if (process.env.STEPWISE_CODE_VERSION) return process.env.STEPWISE_CODE_VERSION;
+  const configured = settings().codeVersion;
+  if (configured) return configured;
   const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
   try {
     const sha = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], {
@@ -45,6 +47,7 @@ export function createActivityDeps(opts: { store: ArtifactStore | string; client
     store,
     client: opts.client,
     codeVersion: codeVersion(),
+    apiKey: (variable) => apiKeyFrom(variable),
     scripted: async (errorRate) => {
       let server = servers.get(errorRate);
       if (!server) {

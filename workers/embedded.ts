@@ -1,18 +1,6 @@
-import { join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { startTemporalDevServer } from '../infra/temporal';
 import { freePort } from '../infra/cache';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from './pipeline-worker';
-
-/** Where embedded services keep their state (Temporal's SQLite file, the default artifact store). */
-export function stateDir(): string {
-  return resolve(process.env.STEPWISE_HOME ?? join(process.cwd(), '.stepwise'));
-}
-
-/** The zero-config artifact store: a folder under the state directory. */
-export function defaultStoreLocation(): string {
-  return process.env.STEPWISE_STORE ?? pathToFileURL(join(stateDir(), 'artifacts')).href;
-}
 
 /**
  * Everything `npm start` needs in one process: a Temporal dev server with SQLite persistence in the state folder,

@@ -1,11 +1,14 @@
 import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { createActivities } from '../activities';
-import { CPU_TASK_QUEUE, GPU_TASK_QUEUE } from '../workflows/definitions';
+import { taskQueueOf, type QueueKind } from '../contract';
 import { createActivityDeps } from './deps';
 import type { TemporalTarget } from './connection';
+import { settings } from '../infra/config';
+import { withCudaLibraryPath } from '../infra/cuda';
+import { setup } from '../infra/setup';
 
-export type QueueKind = 'cpu' | 'gpu';
+export type { QueueKind };
 
 /**
  * Keep the SDK to warnings and errors: an interactive run or a test prints its own progress, and worker state
@@ -50,7 +53,7 @@ export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
       await Worker.create({
         connection: opts.connection,
         namespace: opts.namespace,
-        taskQueue: queue === 'cpu' ? CPU_TASK_QUEUE : GPU_TASK_QUEUE,
+        taskQueue: taskQueueOf(queue),
         activities,
         maxHeartbeatThrottleInterval: MAX_HEARTBEAT_THROTTLE,
         ...(queue === 'cpu' ? workflowSource : { maxConcurrentActivityTaskExecutions: 1 }),
@@ -86,10 +89,12 @@ export async function connectTemporal(target: TemporalTarget) {
 }
 
 /**
- * Long-running worker for a real cluster: `stepwise worker --queue cpu|gpu`. Stops gracefully on SIGINT/SIGTERM
- * (the SDK's default shutdown signals), finishing or cancelling in-flight activities first.
+ * Long-running worker for a real cluster: `stepwise worker --queue cpu|gpu`, the one worker entry (tests and benches
+ * start workers through it too). Stops gracefully on SIGINT/SIGTERM (the SDK's default shutdown signals), finishing
+ * or cancelling in-flight activities first.
  */
 export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget; store: string }): Promise<void> {
+  if (opts.queue === 'gpu') await prepareGpuWorker();
   const temporal = await connectTemporal(opts.target);
   const pipeline = await createPipelineWorkers({
     connection: temporal.connection,
@@ -99,10 +104,10 @@ export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget
     store: opts.store,
   });
   console.log(
-    `stepwise worker: queue ${opts.queue === 'cpu' ? CPU_TASK_QUEUE : GPU_TASK_QUEUE} on ${opts.target.connectionOptions.address ?? 'localhost:7233'} ` +
+    `stepwise worker: queue ${taskQueueOf(opts.queue)} on ${opts.target.connectionOptions.address ?? 'localhost:7233'} ` +
       `(namespace ${opts.target.namespace}), store ${pipeline.deps.store.location}`
   );
-  const memoryLog = memoryLogger(Number(process.env.STEPWISE_WORKER_MEMORY_LOG_SECONDS ?? 0));
+  const memoryLog = memoryLogger(settings().workerMemoryLogSeconds);
   try {
     await pipeline.run();
   } finally {
@@ -110,6 +115,18 @@ export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget
     await pipeline.deps.close();
     await temporal.close();
   }
+}
+
+/**
+ * A GPU worker trains with the native TensorFlow build (built once per machine from the PyPI wheel; without it
+ * training falls back to wasm and says so). Training runs in child processes, whose dynamic loader reads
+ * LD_LIBRARY_PATH at start: putting the cached CUDA libraries (`stepwise setup --cuda`) on it here lets every
+ * student child find them.
+ */
+async function prepareGpuWorker(): Promise<void> {
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  await setup({ tfjsNative: true, log });
+  process.env.LD_LIBRARY_PATH = (await withCudaLibraryPath(process.env)).LD_LIBRARY_PATH;
 }
 
 /**

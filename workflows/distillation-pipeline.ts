@@ -12,24 +12,31 @@ import {
   setHandler,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { Activities } from '../activities';
-import type {
-  EvaluateResult,
-  PromptTeacherResult,
-  RegisterModelResult,
-  SampleResult,
-  TrainStudentResult,
-  ValidateRationalesResult,
-} from '../activities/types';
-import { parseSpec, SpecError, taskOf, usesTeacher, type PipelineSpecInput } from '../lib/pipeline/spec';
 import {
   GPU_TASK_QUEUE,
   progressQuery,
   stageProgressSignal,
   STAGES,
+  type Activities,
+  type EvaluateResult,
   type PipelineProgress,
+  type PipelineResult,
+  type PromptTeacherResult,
+  type RegisterModelResult,
+  type SampleResult,
   type StageName,
-} from './definitions';
+  type TrainStudentResult,
+  type ValidateRationalesResult,
+} from '../contract';
+import {
+  parseSpec,
+  SpecError,
+  taskOf,
+  usesTeacher,
+  type PipelineSpec,
+  type PipelineSpecInput,
+  type TaskKind,
+} from '../lib/pipeline/spec';
 import { teacherStage } from './teacher-stage';
 
 /** Failure types that no retry can fix. */
@@ -65,39 +72,41 @@ const GPU_OPTIONS = {
 } satisfies ActivityOptions;
 const gpu = proxyActivities<Activities>(GPU_OPTIONS);
 
-/** What a finished run returns: small, and enough for a CLI to print and a caller to find everything else. */
-export interface PipelineResult {
-  name: string;
-  version: number;
-  accuracy: number;
-  correct: number;
-  total: number;
-  majorityBaseline: number;
-  teacherAccuracy?: number;
-  backend: string;
-  workflowId: string;
-  runId: string;
-  manifestUri: string;
-  checkpointUri: string;
-  registryKey: string;
-}
+export type { PipelineResult };
 
-/**
- * Distill a teacher into a student, step by step. The spec is validated before any stage runs; a bad spec fails
- * the run at once, non-retryably, naming the field, the value and what was expected.
- */
-export async function distillationPipeline(specInput: PipelineSpecInput): Promise<PipelineResult> {
-  let spec;
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
+/** Each stage's one-line summary in `progressQuery` (and so in the CLI's progress display). */
+const summary = {
+  sample: (r: SampleResult) => `train ${r.counts.train}, valid ${r.counts.valid}, test ${r.counts.test}`,
+  promptTeacher: (r: PromptTeacherResult) =>
+    `${r.total} responses (${r.cached} cached, ${r.failed} failed` +
+    (r.notSent ? `, ${r.notSent} not sent: budget` : '') +
+    ')' +
+    (r.costUsd === undefined ? '' : `, $${r.costUsd.toFixed(4)}`),
+  validateRationales: (r: ValidateRationalesResult) =>
+    `kept ${r.kept}` + (r.teacherAccuracy === undefined ? '' : `, teacher accuracy ${pct(r.teacherAccuracy)}`),
+  trainStudent: (r: TrainStudentResult) => `${r.steps} steps on ${r.backend}, final loss ${r.finalLoss.toFixed(4)}`,
+  evaluate: (r: EvaluateResult) =>
+    `accuracy ${pct(r.accuracy)} (${r.correct}/${r.total}); majority baseline ${pct(r.majorityBaseline.accuracy)}`,
+  registerModel: (r: RegisterModelResult) => `${r.name} v${r.version}`,
+};
+
+/** The spec, parsed: a bad one fails the run at once, non-retryably, before any stage is scheduled. */
+function validSpec(input: PipelineSpecInput): PipelineSpec {
   try {
-    spec = parseSpec(specInput);
+    return parseSpec(input);
   } catch (err) {
     if (err instanceof SpecError) throw ApplicationFailure.nonRetryable(err.message, 'InputError', err.issues);
     throw err;
   }
-  const task = taskOf(spec);
-  const withTeacher = usesTeacher(spec);
-  const runs = (stage: StageName) => withTeacher || (stage !== 'promptTeacher' && stage !== 'validateRationales');
+}
 
+/**
+ * Serves `progressQuery` (fed by the activities' throttled `stageProgressSignal`) and returns the wrapper every stage
+ * runs in, which moves the run's progress along and records each stage's outcome and one-line summary.
+ */
+function trackStages(runs: (stage: StageName) => boolean) {
   const progress: PipelineProgress = {
     stage: 'starting',
     stageIndex: 0,
@@ -132,48 +141,36 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
       throw err;
     }
   }
+  return Object.assign(stage, {
+    done: () => {
+      progress.stage = 'done';
+    },
+  });
+}
 
+/**
+ * Distill a teacher into a student, step by step. The spec is validated before any stage runs; a bad spec fails
+ * the run at once, non-retryably, naming the field, the value and what was expected.
+ */
+export async function distillationPipeline(specInput: PipelineSpecInput): Promise<PipelineResult> {
+  const spec = validSpec(specInput);
+  const task = taskOf(spec);
+  const withTeacher = usesTeacher(spec);
+  const stage = trackStages((name) => withTeacher || (name !== 'promptTeacher' && name !== 'validateRationales'));
   const { workflowId, runId } = workflowInfo();
-  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
-  const sample: SampleResult = await stage(
-    'sample',
-    () => io.sample(spec),
-    (r) => `train ${r.counts.train}, valid ${r.counts.valid}, test ${r.counts.test}`
-  );
+  const sample: SampleResult = await stage('sample', () => io.sample(spec), summary.sample);
 
   let teacherResult: PromptTeacherResult | undefined;
   let validation: ValidateRationalesResult | undefined;
   if (withTeacher) {
-    // The teacher stage is a workflow of its own: its shards fan out over every worker on the queue, and it
-    // continues as new on its own, so this run's history stays small however many examples there are.
-    teacherResult = await stage(
-      'promptTeacher',
-      () =>
-        executeChild(teacherStage, {
-          workflowId: `${workflowInfo().workflowId}/teacher`,
-          args: [
-            {
-              task,
-              teacher: spec.teacher,
-              dataDir: spec.data.kind === 'reference' ? spec.data.dir : undefined,
-              train: sample.train,
-              valid: sample.valid,
-            },
-          ],
-        }),
-      (r) =>
-        `${r.total} responses (${r.cached} cached, ${r.failed} failed` +
-        (r.notSent ? `, ${r.notSent} not sent: budget` : '') +
-        ')' +
-        (r.costUsd === undefined ? '' : `, $${r.costUsd.toFixed(4)}`)
-    );
+    teacherResult = await stage('promptTeacher', () => promptTeacher(spec, task, sample), summary.promptTeacher);
     const responses = teacherResult.responses;
     validation = await stage(
       'validateRationales',
       () =>
         io.validateRationales({ task, train: sample.train, valid: sample.valid, responses, validate: spec.validate }),
-      (r) => `kept ${r.kept}` + (r.teacherAccuracy === undefined ? '' : `, teacher accuracy ${pct(r.teacherAccuracy)}`)
+      summary.validateRationales
     );
   }
 
@@ -191,7 +188,7 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
         train: validation?.train ?? sample.train,
         valid: validation?.valid ?? sample.valid,
       }),
-    (r) => `${r.steps} steps on ${r.backend}, final loss ${r.finalLoss.toFixed(4)}`
+    summary.trainStudent
   );
 
   const evaluation: EvaluateResult = await stage(
@@ -204,8 +201,7 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
         evaluate: spec.evaluate,
         backend: spec.student.backend,
       }),
-    (r) =>
-      `accuracy ${pct(r.accuracy)} (${r.correct}/${r.total}); majority baseline ${pct(r.majorityBaseline.accuracy)}`
+    summary.evaluate
   );
 
   const registered: RegisterModelResult = await stage(
@@ -222,10 +218,39 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
         training,
         evaluation,
       }),
-    (r) => `${r.name} v${r.version}`
+    summary.registerModel
   );
 
-  progress.stage = 'done';
+  stage.done();
+  return { ...resultOf(registered, training, evaluation, validation), workflowId, runId };
+}
+
+/**
+ * The teacher stage is a workflow of its own: its shards fan out over every worker on the queue, and it continues as
+ * new on its own, so this run's history stays small however many examples there are.
+ */
+function promptTeacher(spec: PipelineSpec, task: TaskKind, sample: SampleResult): Promise<PromptTeacherResult> {
+  return executeChild(teacherStage, {
+    workflowId: `${workflowInfo().workflowId}/teacher`,
+    args: [
+      {
+        task,
+        teacher: spec.teacher,
+        dataDir: spec.data.kind === 'reference' ? spec.data.dir : undefined,
+        train: sample.train,
+        valid: sample.valid,
+      },
+    ],
+  });
+}
+
+/** What the run returns besides its own ids: small, and enough to find everything else. */
+function resultOf(
+  registered: RegisterModelResult,
+  training: TrainStudentResult,
+  evaluation: EvaluateResult,
+  validation: ValidateRationalesResult | undefined
+): Omit<PipelineResult, 'workflowId' | 'runId'> {
   return {
     name: registered.name,
     version: registered.version,
@@ -235,8 +260,6 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
     majorityBaseline: evaluation.majorityBaseline.accuracy,
     teacherAccuracy: validation?.teacherAccuracy,
     backend: training.backend,
-    workflowId,
-    runId,
     manifestUri: registered.manifestUri,
     checkpointUri: registered.checkpointUri,
     registryKey: registered.key,

@@ -7,22 +7,22 @@
 import {
   ApplicationFailure,
   continueAsNew,
-  defineQuery,
   getExternalWorkflowHandle,
   proxyActivities,
   setHandler,
   sleep,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { Activities } from '../activities';
-import type {
-  TeacherPlan,
-  TeacherShardInput,
-  TeacherShardResult,
-  TeacherStageInput,
-} from '../activities/teacher-stage';
-import type { PromptTeacherResult } from '../activities/types';
-import { stageProgressSignal } from './definitions';
+import {
+  stageProgressSignal,
+  teacherProgressQuery,
+  type Activities,
+  type PromptTeacherResult,
+  type TeacherPlan,
+  type TeacherShardInput,
+  type TeacherShardResult,
+  type TeacherStageInput,
+} from '../contract';
 
 /** Failure types no retry can fix. */
 const NON_RETRYABLE = ['InputError'];
@@ -32,18 +32,6 @@ const HISTORY_EVENTS_LIMIT = 10_000;
 
 /** Rounds of batch submission per shard: a round resubmits only the calls an expired or failed batch left undone. */
 const BATCH_ROUNDS = 3;
-
-export interface TeacherStageProgress {
-  /** Calls finished (examples × samples), running shards included as last reported. */
-  done: number;
-  calls: number;
-  shardsDone: number;
-  shards: number;
-  costUsd: number;
-  run: number;
-}
-
-export const teacherProgressQuery = defineQuery<TeacherStageProgress>('teacherProgress');
 
 /** What one workflow run hands the next. */
 export interface TeacherStageState {
@@ -74,12 +62,10 @@ export interface TeacherStageState {
   run: number;
 }
 
-export async function teacherStage(
-  input: TeacherStageInput,
-  carried?: TeacherStageState
-): Promise<PromptTeacherResult> {
-  const spec = input.teacher;
-  const calling = spec.kind === 'replay' ? undefined : spec;
+type StageActivities = ReturnType<typeof proxyActivities<Activities>>;
+
+/** The two cost classes of the stage's activities, each with the timeouts and retries that fit it. */
+function stageActivities(spec: TeacherStageInput['teacher']): { acts: StageActivities; batchActs: StageActivities } {
   const acts = proxyActivities<Activities>({
     // A shard is at most a few thousand calls; a hung worker shows in the heartbeat timeout long before this.
     startToCloseTimeout: '6 hours',
@@ -103,9 +89,13 @@ export async function teacherStage(
       nonRetryableErrorTypes: NON_RETRYABLE,
     },
   });
+  return { acts, batchActs };
+}
 
-  const state: TeacherStageState = carried ?? {
-    plan: await acts.planTeacher(input),
+/** The state of a stage that has planned its shards and launched none. */
+function initialState(plan: TeacherPlan): TeacherStageState {
+  return {
+    plan,
     next: 0,
     stopped: [],
     batches: {},
@@ -123,51 +113,130 @@ export async function teacherStage(
     exhausted: false,
     run: 0,
   };
-  const { plan } = state;
-  const running = new Map<number, number>(); // shard → calls done, as last reported
-  setHandler(teacherProgressQuery, () => ({
-    done: state.totals.callsDone + [...running.values()].reduce((a, b) => a + b, 0),
-    calls: plan.calls,
-    shardsDone: state.totals.shardsDone,
-    shards: plan.shards,
-    costUsd: state.totals.costUsd,
-    run: state.run,
-  }));
-  setHandler(stageProgressSignal, (update) => {
-    if (update.shard !== undefined && running.has(update.shard)) running.set(update.shard, update.step);
-  });
-  const parent = workflowInfo().parent;
-  const tellParent = () => {
-    if (!parent) return;
-    // One signal per finished shard: coarse, and bounded by the shard count, so the parent's history stays small.
-    void getExternalWorkflowHandle(parent.workflowId, parent.runId)
-      .signal(stageProgressSignal, { stage: 'promptTeacher', step: state.totals.callsDone, total: plan.calls })
-      .catch(() => undefined);
-  };
+}
 
-  // Concurrency and rate limits are the stage's; the shards in flight split them evenly, wherever they run.
-  const parallel = Math.max(1, Math.min(spec.parallelShards, plan.shards));
-  const share = {
-    concurrency: Math.max(1, Math.ceil((calling?.concurrency ?? 64) / parallel)),
-    ...(calling?.requestsPerMinute ? { requestsPerMinute: calling.requestsPerMinute / parallel } : {}),
-    ...(calling?.tokensPerMinute ? { tokensPerMinute: calling.tokensPerMinute / parallel } : {}),
-  };
-  const maxCost = calling?.maxCost;
-  const allotted = new Map<number, number>(); // running shard → budget it was launched with
-  const freeBudget = () =>
-    maxCost === undefined
-      ? Infinity
-      : maxCost - state.totals.costUsd - [...allotted.values()].reduce((a, b) => a + b, 0);
+/**
+ * One workflow run's shard scheduling: keeps `parallelShards` shards in flight (one in the budget endgame), splits
+ * the stage's limits and budget among them, folds their results into the carried state, and stops launching when
+ * the run should hand over to the next (continue-as-new).
+ */
+class ShardScheduler {
+  /** Running shard → calls done, as last reported. */
+  private readonly running = new Map<number, number>();
+  /** Running shard → budget it was launched with. */
+  private readonly allotted = new Map<number, number>();
+  private readonly inFlight = new Map<number, Promise<void>>();
+  private launched = 0;
+  /** Handing over to the next run: launch nothing more, park running batches. */
+  draining = false;
+  private readonly calling;
+  private readonly parallel: number;
+  private readonly share: Pick<TeacherShardInput, 'concurrency' | 'requestsPerMinute' | 'tokensPerMinute'>;
+  readonly maxCost: number | undefined;
+  readonly batchMode: boolean;
 
-  const batchMode = calling?.mode === 'batch';
-  let launched = 0;
-  let draining = false;
-  const shouldRoll = () => {
+  constructor(
+    private readonly input: TeacherStageInput,
+    private readonly state: TeacherStageState,
+    private readonly acts: StageActivities,
+    private readonly batchActs: StageActivities
+  ) {
+    const spec = input.teacher;
+    this.calling = spec.kind === 'replay' ? undefined : spec;
+    const calling = this.calling;
+    // Concurrency and rate limits are the stage's; the shards in flight split them evenly, wherever they run.
+    this.parallel = Math.max(1, Math.min(spec.parallelShards, state.plan.shards));
+    this.share = {
+      concurrency: Math.max(1, Math.ceil((calling?.concurrency ?? 64) / this.parallel)),
+      ...(calling?.requestsPerMinute ? { requestsPerMinute: calling.requestsPerMinute / this.parallel } : {}),
+      ...(calling?.tokensPerMinute ? { tokensPerMinute: calling.tokensPerMinute / this.parallel } : {}),
+    };
+    this.maxCost = calling?.maxCost;
+    this.batchMode = calling?.mode === 'batch';
+  }
+
+  /** Serves `teacherProgressQuery`, and takes the shards' step counts from their progress signals. */
+  serveProgress(): void {
+    const { state, running } = this;
+    setHandler(teacherProgressQuery, () => ({
+      done: state.totals.callsDone + [...running.values()].reduce((a, b) => a + b, 0),
+      calls: state.plan.calls,
+      shardsDone: state.totals.shardsDone,
+      shards: state.plan.shards,
+      costUsd: state.totals.costUsd,
+      run: state.run,
+    }));
+    setHandler(stageProgressSignal, (update) => {
+      if (update.shard !== undefined && running.has(update.shard)) running.set(update.shard, update.step);
+    });
+  }
+
+  /** Runs shards until every one is done, the budget is spent, or this run should hand over to the next. */
+  async runAll(): Promise<void> {
+    const { state } = this;
+    // Batches parked by the previous run resume first: they are already paid for and running at the provider.
+    for (const key of Object.keys(state.batches)) {
+      this.launch(Number(key), this.maxCost === undefined ? undefined : 0);
+    }
+    for (;;) {
+      this.draining = this.draining || this.shouldRoll();
+      const slots = state.endgame ? 1 : this.parallel;
+      while (!this.draining && !state.exhausted && this.inFlight.size < slots) {
+        const fromStopped = state.stopped.length > 0;
+        const index = fromStopped ? state.stopped[0] : state.next < state.plan.shards ? state.next : undefined;
+        if (index === undefined) break;
+        // With a budget, the shards in flight split what is left evenly (all of it, one at a time, in the endgame).
+        const budgetUsd =
+          this.maxCost === undefined ? undefined : Math.max(0, this.freeBudget()) / (slots - this.inFlight.size);
+        if (fromStopped) state.stopped.shift();
+        else state.next++;
+        this.launch(index, budgetUsd);
+        this.draining = this.shouldRoll();
+      }
+      if (this.inFlight.size === 0) break;
+      await Promise.race(this.inFlight.values());
+    }
+  }
+
+  private freeBudget(): number {
+    if (this.maxCost === undefined) return Infinity;
+    return this.maxCost - this.state.totals.costUsd - [...this.allotted.values()].reduce((a, b) => a + b, 0);
+  }
+
+  private shouldRoll(): boolean {
     const info = workflowInfo();
-    return launched >= spec.shardsPerRun || info.continueAsNewSuggested || info.historyLength > HISTORY_EVENTS_LIMIT;
-  };
+    return (
+      this.launched >= this.input.teacher.shardsPerRun ||
+      info.continueAsNewSuggested ||
+      info.historyLength > HISTORY_EVENTS_LIMIT
+    );
+  }
 
-  function record(result: TeacherShardResult): void {
+  private launch(index: number, budgetUsd: number | undefined): void {
+    const { state } = this;
+    const withEverything = state.endgame;
+    this.launched++;
+    this.running.set(index, 0);
+    if (budgetUsd !== undefined) this.allotted.set(index, budgetUsd);
+    const task = this.driveShard(index, budgetUsd).then((result) => {
+      this.running.delete(index);
+      this.allotted.delete(index);
+      this.inFlight.delete(index);
+      if (!result) return;
+      this.record(result);
+      if (result.budgetStopped && !result.complete) {
+        // In the endgame a shard has every dollar left: if it could not make one call, the budget is spent.
+        if (withEverything && result.sent === 0) state.exhausted = true;
+        state.endgame = true;
+        state.stopped.push(index);
+      }
+    });
+    this.inFlight.set(index, task);
+  }
+
+  /** Folds a shard's figures into the totals; a shard reports its journal's whole spend, so only the growth counts. */
+  private record(result: TeacherShardResult): void {
+    const { state } = this;
     const index = result.index;
     const before = state.accounted[index] ?? { costUsd: 0, promptTokens: 0, completionTokens: 0 };
     state.totals.costUsd += result.costUsd - before.costUsd;
@@ -180,24 +249,41 @@ export async function teacherStage(
       delete state.accounted[index];
       state.totals.callsDone += result.calls;
       state.totals.shardsDone += 1;
-      tellParent();
+      this.tellParent();
     } else {
       state.accounted[index] = { costUsd: result.costUsd, ...result.usage };
     }
   }
 
+  /** One signal per finished shard: coarse, and bounded by the shard count, so the parent's history stays small. */
+  private tellParent(): void {
+    const parent = workflowInfo().parent;
+    if (!parent) return;
+    const { totals, plan } = this.state;
+    void getExternalWorkflowHandle(parent.workflowId, parent.runId)
+      .signal(stageProgressSignal, { stage: 'promptTeacher', step: totals.callsDone, total: plan.calls })
+      .catch(() => undefined);
+  }
+
   /** Runs one shard to a result, or to a parked batch (when this run is handing over to the next). */
-  async function runShard(index: number, budgetUsd: number | undefined): Promise<TeacherShardResult | undefined> {
+  private async driveShard(index: number, budgetUsd: number | undefined): Promise<TeacherShardResult | undefined> {
+    const { state } = this;
     const shardInput: TeacherShardInput = {
-      stage: input,
+      stage: this.input,
       stageId: workflowInfo().workflowId,
-      plan: plan.plan,
+      plan: state.plan.plan,
       index,
-      ...share,
+      ...this.share,
       ...(budgetUsd === undefined ? {} : { budgetUsd }),
       ...(state.accounted[index] === undefined ? {} : { accountedUsd: state.accounted[index].costUsd }),
     };
-    if (!batchMode) return acts.teacherShard(shardInput);
+    if (!this.batchMode) return this.acts.teacherShard(shardInput);
+    return this.driveBatch(index, shardInput);
+  }
+
+  /** Batch mode: submit, poll on durable timers, collect; up to {@link BATCH_ROUNDS} rounds for what is left undone. */
+  private async driveBatch(index: number, shardInput: TeacherShardInput): Promise<TeacherShardResult | undefined> {
+    const { state, batchActs } = this;
     const parked = state.batches[index];
     delete state.batches[index];
     let round = parked?.round ?? 0;
@@ -209,13 +295,13 @@ export async function teacherStage(
         batchId = submitted.batchId!;
       }
       for (;;) {
-        if (draining) {
+        if (this.draining) {
           // Handing over to the next run: the batch keeps running at the provider, and the next run polls it.
           state.batches[index] = { batchId, round };
           return undefined;
         }
-        await sleep(calling!.batchPollSeconds * 1000);
-        const status = await batchActs.pollTeacherBatch({ stage: input, batchId });
+        await sleep(this.calling!.batchPollSeconds * 1000);
+        const status = await batchActs.pollTeacherBatch({ stage: this.input, batchId });
         if (status.terminal) break;
       }
       const lastRound = round + 1 >= BATCH_ROUNDS;
@@ -225,84 +311,54 @@ export async function teacherStage(
       batchId = undefined;
     }
   }
+}
 
-  const inFlight = new Map<number, Promise<void>>();
-  const launch = (index: number, budgetUsd: number | undefined) => {
-    const withEverything = state.endgame;
-    launched++;
-    running.set(index, 0);
-    if (budgetUsd !== undefined) allotted.set(index, budgetUsd);
-    const task = runShard(index, budgetUsd).then((result) => {
-      running.delete(index);
-      allotted.delete(index);
-      inFlight.delete(index);
-      if (!result) return;
-      record(result);
-      if (result.budgetStopped && !result.complete) {
-        // In the endgame a shard has every dollar left: if it could not make one call, the budget is spent.
-        if (withEverything && result.sent === 0) state.exhausted = true;
-        state.endgame = true;
-        state.stopped.push(index);
-      }
-    });
-    inFlight.set(index, task);
-  };
+/**
+ * The teacher stage: plan the shards (first run only), run them, then continue as new while shards remain, or
+ * assemble the responses once every shard is done (or the budget is spent).
+ */
+export async function teacherStage(
+  input: TeacherStageInput,
+  carried?: TeacherStageState
+): Promise<PromptTeacherResult> {
+  const { acts, batchActs } = stageActivities(input.teacher);
+  const state = carried ?? initialState(await acts.planTeacher(input));
+  const scheduler = new ShardScheduler(input, state, acts, batchActs);
+  scheduler.serveProgress();
+  await scheduler.runAll();
 
-  // Batches parked by the previous run resume first: they are already paid for and running at the provider.
-  for (const key of Object.keys(state.batches)) {
-    const index = Number(key);
-    launch(index, maxCost === undefined ? undefined : 0);
-  }
-  for (;;) {
-    draining = draining || shouldRoll();
-    const slots = state.endgame ? 1 : parallel;
-    while (!draining && !state.exhausted && inFlight.size < slots) {
-      const fromStopped = state.stopped.length > 0;
-      const index = fromStopped ? state.stopped[0] : state.next < plan.shards ? state.next : undefined;
-      if (index === undefined) break;
-      // With a budget, the shards in flight split what is left evenly (all of it, one at a time, in the endgame).
-      const budgetUsd = maxCost === undefined ? undefined : Math.max(0, freeBudget()) / (slots - inFlight.size);
-      if (fromStopped) state.stopped.shift();
-      else state.next++;
-      launch(index, budgetUsd);
-      draining = shouldRoll();
-    }
-    if (inFlight.size === 0) break;
-    await Promise.race(inFlight.values());
-  }
-
-  const unfinished = state.next < plan.shards || state.stopped.length > 0 || Object.keys(state.batches).length > 0;
-  if (draining && unfinished && !state.exhausted) {
+  const unfinished =
+    state.next < state.plan.shards || state.stopped.length > 0 || Object.keys(state.batches).length > 0;
+  if (scheduler.draining && unfinished && !state.exhausted) {
     state.run += 1;
     return continueAsNew<typeof teacherStage>(input, state);
   }
 
-  const figures = await acts.finishTeacher({ plan: plan.plan });
+  const figures = await acts.finishTeacher({ plan: state.plan.plan });
+  const calling = input.teacher.kind === 'replay' ? undefined : input.teacher;
   if (state.exhausted && calling?.onBudgetExhausted === 'fail') {
     throw ApplicationFailure.nonRetryable(
-      `the teacher budget of $${maxCost} is spent ($${state.totals.costUsd.toFixed(4)}): ` +
+      `the teacher budget of $${scheduler.maxCost} is spent ($${state.totals.costUsd.toFixed(4)}): ` +
         `${figures.total - figures.notSent} of ${figures.total} examples answered, all kept in the store; ` +
         're-run with a larger teacher.maxCost to send only the rest',
       'BudgetExhausted'
     );
   }
+  const { plan, totals } = state;
   return {
     responses: figures.responses,
     total: figures.total,
     cached: figures.cached,
     failed: figures.failed,
     notSent: figures.notSent,
-    usage: state.totals.usage,
-    ...(calling?.price ? { costUsd: state.totals.costUsd } : {}),
-    ...(maxCost !== undefined ? { budget: { maxCostUsd: maxCost, exhausted: state.exhausted } } : {}),
-    calls: {
-      planned: plan.calls,
-      sent: state.totals.sent,
-      resumed: state.totals.resumed,
-      cached: state.totals.cached,
-    },
+    usage: totals.usage,
+    ...(calling?.price ? { costUsd: totals.costUsd } : {}),
+    ...(scheduler.maxCost !== undefined
+      ? { budget: { maxCostUsd: scheduler.maxCost, exhausted: state.exhausted } }
+      : {}),
+    calls: { planned: plan.calls, sent: totals.sent, resumed: totals.resumed, cached: totals.cached },
     shards: plan.shards,
-    mode: batchMode ? 'batch' : 'direct',
+    mode: scheduler.batchMode ? 'batch' : 'direct',
     samples: plan.calls / Math.max(1, plan.examples),
     teacher: plan.teacher,
   };

@@ -56,6 +56,12 @@ const pad = (v: number) => String(v).padStart(6, '0');
 const versionsPrefix = (name: string) => `registry/${name}/versions/`;
 const byRunKey = (name: string, runId: string) => `registry/${name}/by-run/${runId}.json`;
 
+/** Store key of one version's record: the registry's key layout lives here and nowhere else. */
+export const versionKey = (name: string, version: number) => `${versionsPrefix(name)}${pad(version)}.json`;
+
+/** Store key of a run's manifest (every artifact by hash and role), next to the versions it produced. */
+export const runManifestKey = (workflowId: string) => `runs/${workflowId}/manifest.json`;
+
 /** Registered versions of a model, oldest first. */
 export async function listVersions(store: ArtifactStore, name: string): Promise<number[]> {
   const keys = await store.listKeys(versionsPrefix(name));
@@ -71,7 +77,7 @@ export async function getVersion(
   name: string,
   version: number
 ): Promise<ModelVersion | undefined> {
-  const bytes = await store.getKey(`${versionsPrefix(name)}${pad(version)}.json`);
+  const bytes = await store.getKey(versionKey(name, version));
   return bytes ? (JSON.parse(bytes.toString('utf8')) as ModelVersion) : undefined;
 }
 
@@ -100,14 +106,10 @@ export async function registerVersion(
   let version = (versions[versions.length - 1] ?? 0) + 1;
   for (;;) {
     const record: ModelVersion = { ...entry, version, createdAt: now.toISOString() };
-    const created = await store.putKey(
-      `${versionsPrefix(entry.name)}${pad(version)}.json`,
-      JSON.stringify(record, null, 2),
-      {
-        createOnly: true,
-        contentType: 'application/json',
-      }
-    );
+    const created = await store.putKey(versionKey(entry.name, version), JSON.stringify(record, null, 2), {
+      createOnly: true,
+      contentType: 'application/json',
+    });
     if (created) {
       await store.putKey(byRunKey(entry.name, entry.lineage.runId), JSON.stringify({ version }), {
         contentType: 'application/json',

@@ -12,6 +12,7 @@ import { Readable } from 'node:stream';
 import { InputError } from '../errors';
 import { NotFoundError, type BlobBackend } from './artifact-store';
 import { assertValidKey, assertValidPrefix, compareKeys } from './keys';
+import { settings } from '../../infra/config';
 
 /** Options of {@link S3Backend}. Everything but `bucket` has a default from the environment. */
 export interface S3BackendOptions {
@@ -81,9 +82,10 @@ export class S3Backend implements BlobBackend {
     if (this.prefix) assertValidKey(this.prefix);
     this.location = `s3://${this.bucket}${this.prefix ? `/${this.prefix}` : ''}`;
     this.partSize = Math.max(opts.partSize ?? MIN_PART_SIZE, MIN_PART_SIZE);
-    const endpoint = opts.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+    const env = settings().s3;
+    const endpoint = opts.endpoint ?? env.endpoint;
     const config: S3ClientConfig = {
-      region: opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+      region: opts.region ?? env.region,
       forcePathStyle: opts.forcePathStyle ?? Boolean(endpoint),
     };
     if (endpoint) config.endpoint = endpoint;

@@ -6,15 +6,17 @@
  * Each rung is tried in that order and falls back cleanly when its module or its kernels are missing, and the
  * attempts are recorded so a run can say which backend it trained on and why the faster ones were skipped.
  */
+import { BACKEND_NAMES, type BackendName } from './options';
 import { tf } from './tf';
+import { BACKEND_ENV, settings } from '../../infra/config';
 
-export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+export type { BackendName };
 
-/** Fastest first. */
-export const BACKEND_LADDER: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu'];
+/** Fastest first (the names live with the other training choices in options.ts). */
+export const BACKEND_LADDER: readonly BackendName[] = BACKEND_NAMES;
 
 /** Environment variable that forces one backend (operators, tests, benches); it wins over the caller's choice. */
-export const BACKEND_ENV = 'STEPWISE_TFJS_BACKEND';
+export { BACKEND_ENV };
 
 export interface BackendAttempt {
   backend: BackendName;
@@ -49,8 +51,8 @@ function isBackendName(value: unknown): value is BackendName {
  * @throws Error when the choice is not a backend name, or no tried backend works (the message lists every attempt).
  */
 export async function initBackend(preferred: BackendName | 'auto' = 'auto'): Promise<BackendInit> {
-  const forced = process.env[BACKEND_ENV];
-  const choice = forced !== undefined && forced !== '' ? forced : preferred;
+  const forced = settings().tfjsBackend;
+  const choice = forced ?? preferred;
   if (choice !== 'auto' && !isBackendName(choice)) {
     const source = forced ? `${BACKEND_ENV}` : 'backend';
     throw new Error(`${source} is ${JSON.stringify(choice)}; expected one of auto, ${BACKEND_LADDER.join(', ')}`);

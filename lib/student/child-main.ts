@@ -33,7 +33,7 @@ async function writeAtomically(path: string, bytes: Uint8Array): Promise<void> {
 
 async function runJob(job: StudentJob): Promise<TrainJobResult | PredictJobResult> {
   if (job.kind === 'train') {
-    const backend = (await initBackend(job.backend ?? job.options.backend ?? 'auto')).backend;
+    const backend = (await initBackend(job.backend ?? job.options.backend)).backend;
     const resumeFrom = job.resumeFromPath ? await readFile(job.resumeFromPath) : undefined;
     const initFrom = job.initFromPath ? await readFile(job.initFromPath) : undefined;
     const { checkpointDir } = job;
@@ -42,7 +42,7 @@ async function runJob(job: StudentJob): Promise<TrainJobResult | PredictJobResul
       {
         ...job.options,
         backend,
-        valid: job.valid ?? job.options.valid,
+        ...(job.valid ? { valid: job.valid } : {}),
         ...(resumeFrom ? { resumeFrom } : {}),
         ...(initFrom ? { initFrom } : {}),
       },

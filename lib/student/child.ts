@@ -1,21 +1,26 @@
 /**
  * Runs a student job (training or prediction) in a child process. tfjs kernels are synchronous native calls that
  * hold the JavaScript thread for the whole of a step; in a Temporal worker that would stall heartbeats and
- * cancellation (shared/notes/temporal-for-ml.md). In a child, the caller's event loop stays free: progress arrives
+ * cancellation (an activity in the worker's own event loop cannot heartbeat while a kernel runs, and cancellation
+ * reaches it only through heartbeats). In a child, the caller's event loop stays free: progress arrives
  * as IPC messages, an abort kills the child, and a crash (out of memory, a native fault) is reported instead of
  * taking the worker down with it. The checkpoint goes to a file, not over IPC.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { InputError } from '../errors';
 import type { BackendName } from './backend';
-import type { TrainOptions, TrainProgress, TrainRecord, TrainResult } from './train';
+import type { StudentOptions } from './options';
+import type { TrainProgress, TrainRecord, TrainResult } from './train';
 
 export interface TrainJob {
   kind: 'train';
   records: TrainRecord[];
   valid?: TrainRecord[];
-  /** Training options; the resume checkpoint travels as a file (`resumeFromPath`), not in here. */
-  options: Omit<TrainOptions, 'resumeFrom' | 'initFrom'>;
+  /**
+   * Validated training options (`studentOptionsOf` a spec's section, or `parseStudentOptions`), passed to `train()`
+   * as they are; the resume and init checkpoints travel as files (`resumeFromPath`, `initFromPath`), not in here.
+   */
+  options: StudentOptions;
   /** Where the child writes the safetensors checkpoint (atomically: a temporary file, then a rename). */
   checkpointPath: string;
   /** A resume checkpoint file to continue training from (see `TrainOptions.resumeFrom`). */
@@ -28,6 +33,7 @@ export interface TrainJob {
    * `hooks.onCheckpoint`. The caller owns the files: it uploads and deletes them. Without it, none are written.
    */
   checkpointDir?: string;
+  /** Overrides `options.backend` (a caller that has picked one already). */
   backend?: BackendName | 'auto';
 }
 

@@ -3,6 +3,9 @@
  * T5 `config.json`, and size presets shaped like Google's t5-v1_1 models.
  */
 import { InputError } from '../errors';
+import type { PresetName } from './options';
+
+export type { PresetName };
 
 export interface T5Config {
   model_type: 't5';
@@ -40,8 +43,6 @@ export interface T5Config {
   /** Scales every initial standard deviation (HF's `initializer_factor`; 1 keeps initial logits near unit scale). */
   initializer_factor: number;
 }
-
-export type PresetName = 'tiny' | 'small' | 'base' | 'large';
 
 /** Everything but the vocabulary, which comes from the run's tokenizer. */
 export type T5Shape = Omit<T5Config, 'vocab_size'>;

@@ -5,7 +5,7 @@
 import { initBackend, type BackendName } from './backend';
 import { loadCheckpoint } from './checkpoint';
 import { greedyDecode } from './decode';
-import { PREDICT_PREFIX } from './train';
+import { PREDICT_PREFIX } from './pairs';
 
 export interface PredictOptions {
   /** Most tokens generated per input, eos included. */

@@ -11,9 +11,8 @@ import { join } from 'node:path';
 import { InputError } from '../errors';
 import { decodeSafetensors, encodeSafetensors, readCheckpointMeta } from './checkpoint';
 import { configFromHF, toHFConfigJson, type T5Config } from './config';
-import { sentencePieceToTokenizerJson } from './hf-tokenizer';
 import { paramSpecs, T5Model, type NamedWeight } from './t5';
-import { loadTokenizer, type StudentTokenizer } from './tokenizer';
+import { loadTokenizer, sentencePieceToTokenizerJson, type StudentTokenizer } from './tokenizer';
 
 /** A T5 checkpoint read into the student's terms, before any tensor is built. */
 export interface T5Checkpoint {

@@ -11,11 +11,11 @@
  */
 import { InputError } from '../errors';
 import { clipByGlobalNorm as fusedClipByGlobalNorm, FusedAdam } from './fast-ops';
+import { OPTIMIZERS, type OptimizerName } from './options';
 import type { NamedWeight } from './t5';
 import { tf } from './tf';
 
-export const OPTIMIZERS = ['adamw', 'adafactor'] as const;
-export type OptimizerName = (typeof OPTIMIZERS)[number];
+export { OPTIMIZERS, type OptimizerName };
 
 export function isOptimizerName(value: unknown): value is OptimizerName {
   return typeof value === 'string' && (OPTIMIZERS as readonly string[]).includes(value);

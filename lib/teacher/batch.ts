@@ -12,6 +12,7 @@ import type { ChatMessage } from './types';
 
 export interface BatchEndpoint {
   baseURL: string;
+  /** The key, looked up by the caller. Default `'unused'`: local servers ignore it, but the SDK insists on one. */
   apiKey?: string;
   /** Per HTTP call. Uploads of large files take a while. Default 10 minutes. */
   timeoutMs?: number;
@@ -53,10 +54,11 @@ const LIVE = new Set(['validating', 'in_progress', 'finalizing', 'completed']);
 /** How far back `findBatch` looks: older batches cannot be live (the longest completion window is 24 h). */
 const FIND_WINDOW_S = 3 * 24 * 3600;
 
+/** An SDK client for the endpoint's Batch API. */
 export function batchClient(endpoint: BatchEndpoint): OpenAI {
   return new OpenAI({
     baseURL: endpoint.baseURL,
-    apiKey: endpoint.apiKey ?? process.env.OPENAI_API_KEY ?? 'unused',
+    apiKey: endpoint.apiKey ?? 'unused',
     timeout: endpoint.timeoutMs ?? 600_000,
     // Submission, polling and collection are idempotent, so the SDK's own retries are safe here.
     maxRetries: 4,

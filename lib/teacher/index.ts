@@ -48,6 +48,8 @@ export type TeacherConfig =
       /** Base URL ending in `/v1`. */
       url: string;
       model: string;
+      /** The API key (the caller looks it up); none for keyless local servers. */
+      apiKey?: string;
       /** Default 0. */
       temperature?: number;
       /** Default 256. */
@@ -66,7 +68,13 @@ export function createTeacher(cfg: TeacherConfig, deps: { store?: ArtifactStore 
   switch (cfg.kind) {
     case 'openai':
       return createOpenAITeacher(
-        { baseURL: cfg.url, model: cfg.model, temperature: cfg.temperature, maxTokens: cfg.maxTokens },
+        {
+          baseURL: cfg.url,
+          model: cfg.model,
+          apiKey: cfg.apiKey,
+          temperature: cfg.temperature,
+          maxTokens: cfg.maxTokens,
+        },
         deps.store
       );
     case 'replay':

@@ -29,7 +29,7 @@ export interface OpenAITeacherConfig {
   /** Base URL of the API, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`. */
   baseURL: string;
   model: string;
-  /** Default `$OPENAI_API_KEY`, else `'unused'`: local servers ignore the key, but the SDK insists on one. */
+  /** The key, looked up by the caller. Default `'unused'`: local servers ignore the key, but the SDK insists on one. */
   apiKey?: string;
   /** Default 0: rationales should be the teacher's best answer, and reproducible where the endpoint allows. */
   temperature?: number;
@@ -78,7 +78,7 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
 
   const client = new OpenAI({
     baseURL,
-    apiKey: cfg.apiKey ?? process.env.OPENAI_API_KEY ?? 'unused',
+    apiKey: cfg.apiKey ?? 'unused',
     timeout: timeoutMs,
     maxRetries: 0,
   });

@@ -4,18 +4,15 @@
  * separate processes); everything is stopped in `stop()`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/temporal';
 import { ensureBucket, startS3Server, type S3Server } from '../../infra/s3-server';
-import {
-  connectTemporal,
-  createPipelineWorkers,
-  quietTemporalLogs,
-  type QueueKind,
-} from '../../workers/pipeline-worker';
+import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from '../../workers/pipeline-worker';
+import type { QueueKind } from '../../contract';
 import { openStore } from '../../lib/store';
 import type { ArtifactStore } from '../../lib/store/artifact-store';
 
@@ -113,7 +110,26 @@ export async function startServices(opts: { s3?: boolean } = {}): Promise<Servic
 }
 
 /**
- * A real worker entrypoint (`workers/<queue>-worker.ts`) as its own process against the services, resolved once it
+ * The services for this test file: started before its tests, with in-process workers for `workers` (both queues
+ * unless told; none with `[]`), and stopped after them. A getter, because they exist only once `test.before` ran.
+ */
+export function servicesForFile(opts: { s3?: boolean; workers?: QueueKind[] } = {}): () => Services {
+  let services: Services | undefined;
+  test.before(async () => {
+    services = await startServices(opts.s3 === undefined ? {} : { s3: opts.s3 });
+    if (opts.workers?.length !== 0) await services.startWorkers(opts.workers);
+  });
+  test.after.always(async () => {
+    await services?.stop();
+  });
+  return () => {
+    if (!services) throw new Error('the services start in test.before: use them inside a test');
+    return services;
+  };
+}
+
+/**
+ * A real worker (`stepwise worker --queue <queue>`, the entry users run) as its own process against the services, resolved once it
  * says it is polling. `detached` makes it a process group leader, so a test can kill it with its children.
  */
 export async function startWorkerProcess(
@@ -123,7 +139,7 @@ export async function startWorkerProcess(
   opts: { detached?: boolean; env?: Record<string, string> } = {}
 ): Promise<ChildProcess> {
   const root = join(__dirname, '..', '..');
-  const worker = spawn(process.execPath, ['--import', 'tsx', join(root, 'workers', `${queue}-worker.ts`)], {
+  const worker = spawn(process.execPath, [join(root, 'bin', 'stepwise.js'), 'worker', '--queue', queue], {
     cwd: root,
     detached: opts.detached ?? false,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,6 +1,6 @@
 /**
  * The plumbing the local teacher server's routes share: OpenAI-style errors, JSON replies and bounded body reads.
- * Kept apart so the batch routes (`local-server-batch.ts`) and the chat route answer errors the same way.
+ * Kept apart so the batch routes (`batch/`) and the chat route answer errors the same way.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 

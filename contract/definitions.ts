@@ -9,6 +9,13 @@ export const CPU_TASK_QUEUE = 'stepwise';
 /** Student training and evaluation: run workers with a GPU (or the fastest CPUs) on this queue. */
 export const GPU_TASK_QUEUE = 'stepwise-gpu';
 
+/** The kinds of worker a deployment runs (`stepwise worker --queue <kind>`), one per task queue. */
+export const QUEUE_KINDS = ['cpu', 'gpu'] as const;
+export type QueueKind = (typeof QUEUE_KINDS)[number];
+
+/** The task queue a kind of worker polls. */
+export const taskQueueOf = (kind: QueueKind): string => (kind === 'cpu' ? CPU_TASK_QUEUE : GPU_TASK_QUEUE);
+
 export const STAGES = [
   'sample',
   'promptTeacher',
@@ -44,3 +51,18 @@ export interface StageProgressUpdate {
 export const progressQuery = defineQuery<PipelineProgress>('progress');
 /** Sent by long-running activities (throttled) so `progressQuery` can report step-level progress. */
 export const stageProgressSignal = defineSignal<[StageProgressUpdate]>('stageProgress');
+
+/** What the teacher stage's `teacherProgressQuery` returns. */
+export interface TeacherStageProgress {
+  /** Calls finished (examples × samples), running shards included as last reported. */
+  done: number;
+  calls: number;
+  shardsDone: number;
+  shards: number;
+  costUsd: number;
+  /** How many times the stage has continued as new. */
+  run: number;
+}
+
+/** `temporal workflow query --workflow-id '<run id>/teacher' --type teacherProgress` */
+export const teacherProgressQuery = defineQuery<TeacherStageProgress>('teacherProgress');

@@ -4,7 +4,7 @@
  * Content-Disposition naming the field and, for files, the filename. The body is already in memory and bounded by
  * the caller; parts are views into it, not copies.
  */
-import { HttpError } from './local-server-http';
+import { HttpError } from './http';
 
 export interface FormPart {
   /** The form field's name. */

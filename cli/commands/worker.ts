@@ -1,0 +1,26 @@
+/**
+ * `stepwise worker`: a long-lived worker for one task queue of a Temporal cluster.
+ */
+import { Command, Option } from 'commander';
+import { temporalTarget } from '../../workers/connection';
+import { runWorker } from '../../workers/pipeline-worker';
+import { QUEUE_KINDS, type QueueKind } from '../../contract';
+import { settings } from '../../infra/config';
+
+export function addWorkerCommand(program: Command): void {
+  program
+    .command('worker')
+    .description(
+      'run a long-lived worker against a Temporal cluster (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS / API key)'
+    )
+    .addOption(
+      new Option('--queue <queue>', 'cpu: workflows, data, teacher, registry; gpu: training, evaluation')
+        .choices(QUEUE_KINDS)
+        .makeOptionMandatory()
+    )
+    .option('--store <location>', 'artifact store (env STEPWISE_STORE)')
+    // runWorker prepares a GPU worker itself (native tfjs, CUDA libraries on LD_LIBRARY_PATH for the student children).
+    .action(async (flags: { queue: QueueKind; store?: string }) =>
+      runWorker({ queue: flags.queue, target: temporalTarget(), store: flags.store ?? settings().store })
+    );
+}

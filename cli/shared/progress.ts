@@ -1,0 +1,96 @@
+/**
+ * Following a running pipeline from the terminal: a bar per stage, fed by polling the workflow's progress query.
+ */
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { progressQuery, type PipelineProgress, type StageName } from '../../contract';
+import type { distillationPipeline } from '../../workflows';
+
+const STAGE_LABELS: Record<StageName, string> = {
+  sample: 'sample',
+  promptTeacher: 'prompt teacher',
+  validateRationales: 'validate rationales',
+  trainStudent: 'train student',
+  evaluate: 'evaluate',
+  registerModel: 'register model',
+};
+
+/** One bar per stage: finished stages stay printed with their summary, the running one is redrawn in place. */
+export class ProgressView {
+  private printed = new Set<string>();
+  private live = false;
+  constructor(private readonly tty: boolean) {}
+
+  update(p: PipelineProgress) {
+    for (const s of p.stages) {
+      if ((s.status === 'done' || s.status === 'skipped' || s.status === 'failed') && !this.printed.has(s.name)) {
+        this.printed.add(s.name);
+        const mark = s.status === 'done' ? '✔' : s.status === 'skipped' ? '-' : '✖';
+        this.write(
+          `${mark} ${STAGE_LABELS[s.name].padEnd(20)} ${s.status === 'skipped' ? 'skipped' : (s.summary ?? s.status)}`,
+          true
+        );
+      }
+    }
+    const current = p.stages.find((s) => s.status === 'running');
+    if (current && this.tty) {
+      const width = 30;
+      const frac = p.total > 0 ? Math.min(1, p.step / p.total) : 0;
+      const bar = '█'.repeat(Math.round(frac * width)).padEnd(width, '░');
+      const count = p.total > 0 ? ` ${p.step}/${p.total}` : '';
+      this.write(`… ${STAGE_LABELS[current.name].padEnd(20)} ${bar}${count}`, false);
+    }
+  }
+
+  private write(line: string, permanent: boolean) {
+    if (this.tty) {
+      process.stderr.write(`\r\x1b[2K${line}${permanent ? '\n' : ''}`);
+      this.live = !permanent;
+    } else if (permanent) {
+      process.stderr.write(`${line}\n`);
+    }
+  }
+
+  end() {
+    if (this.live) process.stderr.write('\r\x1b[2K');
+  }
+}
+
+/** Shows the run's progress until it closes, then returns its result (or throws its failure). */
+export async function follow(handle: WorkflowHandle<typeof distillationPipeline>, json: boolean) {
+  const view = new ProgressView(Boolean(process.stderr.isTTY) && !json);
+  const resultPromise = handle.result();
+  let finished = false;
+  resultPromise.then(
+    () => (finished = true),
+    () => (finished = true)
+  );
+  while (!finished) {
+    try {
+      view.update(await handle.query(progressQuery));
+    } catch {
+      // The workflow may not have started its first task yet, or just closed: the next poll tells.
+    }
+    await Promise.race([resultPromise.catch(() => undefined), new Promise((r) => setTimeout(r, 500))]);
+  }
+  try {
+    view.update(await handle.query(progressQuery));
+  } catch {
+    /* a closed workflow still answers queries; if not, the result below says enough */
+  }
+  view.end();
+  return resultPromise;
+}
+
+/** A workflow failure as one line: the chain of causes down to the activity's own message. */
+export function describeFailure(err: unknown): string {
+  if (err instanceof WorkflowFailedError) {
+    let cause: any = err.cause;
+    const parts = [err.message];
+    while (cause) {
+      parts.push(cause.message);
+      cause = cause.cause;
+    }
+    return parts.filter(Boolean).join(': ');
+  }
+  return err instanceof Error ? err.message : String(err);
+}

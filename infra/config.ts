@@ -1,0 +1,76 @@
+/**
+ * The one module that reads Stepwise's environment. Everything else takes typed settings from here (entry points
+ * read them and hand them down), so a variable's name, default and meaning are written once, and the README's
+ * configuration table has one place to be checked against.
+ *
+ * Settings are read at each call rather than cached: tests and the CLI set variables for child processes, and a
+ * read is a handful of property lookups.
+ */
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+/** Forces one tfjs backend (`tensorflow`, `wasm`, `cpu`) instead of walking the ladder. */
+export const BACKEND_ENV = 'STEPWISE_TFJS_BACKEND';
+
+/** The teacher key's variable when a spec names none. */
+export const DEFAULT_API_KEY_ENV = 'OPENAI_API_KEY';
+
+type Env = Record<string, string | undefined>;
+
+export interface StepwiseSettings {
+  /** `STEPWISE_HOME`: state of the embedded services (Temporal's SQLite file, the default store). */
+  home: string;
+  /** `STEPWISE_STORE`: artifact store location (a folder, `file:///…` or `s3://bucket/prefix`); default under home. */
+  store: string;
+  /** `STEPWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/stepwise`, else `~/.cache/stepwise`: pinned binaries and builds. */
+  cacheDir: string;
+  /** `STEPWISE_CODE_VERSION`: the code version a deployment records in lineage (else `<version>+<git sha>`). */
+  codeVersion?: string;
+  /** `STEPWISE_TFJS_BACKEND`: a forced backend, or undefined for the ladder. */
+  tfjsBackend?: string;
+  /** `STEPWISE_SKIP_NATIVE=1`: never build the native tfjs addon. */
+  skipNative: boolean;
+  /** `STEPWISE_WORKER_MEMORY_LOG_SECONDS`: a worker logs its memory this often (0: never). */
+  workerMemoryLogSeconds: number;
+  /** `TEMPORAL_CLI_PATH`: a Temporal CLI to use instead of the one on PATH or the pinned download. */
+  temporalCliPath?: string;
+  /** `VERSITYGW_PATH`: a versitygw binary to use instead of the pinned build. */
+  versitygwPath?: string;
+  /** `TEMPORAL_ADDRESS` is set: the user points at a cluster, so nothing embedded is started. */
+  clusterConfigured: boolean;
+  /** `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` and `AWS_REGION` / `AWS_DEFAULT_REGION`, as the AWS CLI reads them. */
+  s3: { endpoint?: string; region: string };
+}
+
+const nonEmpty = (value: string | undefined) => (value === undefined || value === '' ? undefined : value);
+
+export function settings(env: Env = process.env): StepwiseSettings {
+  const home = resolve(nonEmpty(env.STEPWISE_HOME) ?? join(process.cwd(), '.stepwise'));
+  const xdg = nonEmpty(env.XDG_CACHE_HOME);
+  const memoryLog = Number(env.STEPWISE_WORKER_MEMORY_LOG_SECONDS ?? 0);
+  return {
+    home,
+    store: nonEmpty(env.STEPWISE_STORE) ?? pathToFileURL(join(home, 'artifacts')).href,
+    cacheDir: nonEmpty(env.STEPWISE_CACHE_DIR) ?? (xdg ? join(xdg, 'stepwise') : join(homedir(), '.cache', 'stepwise')),
+    codeVersion: nonEmpty(env.STEPWISE_CODE_VERSION),
+    tfjsBackend: nonEmpty(env[BACKEND_ENV]),
+    skipNative: env.STEPWISE_SKIP_NATIVE === '1',
+    workerMemoryLogSeconds: Number.isFinite(memoryLog) && memoryLog > 0 ? memoryLog : 0,
+    temporalCliPath: nonEmpty(env.TEMPORAL_CLI_PATH),
+    versitygwPath: nonEmpty(env.VERSITYGW_PATH),
+    clusterConfigured: Boolean(env.TEMPORAL_ADDRESS),
+    s3: {
+      endpoint: nonEmpty(env.AWS_ENDPOINT_URL_S3) ?? nonEmpty(env.AWS_ENDPOINT_URL),
+      region: nonEmpty(env.AWS_REGION) ?? nonEmpty(env.AWS_DEFAULT_REGION) ?? 'us-east-1',
+    },
+  };
+}
+
+/**
+ * A teacher's API key, from the variable its spec names. Keys are looked up on the worker that makes the calls and
+ * never travel in a spec (specs are kept in workflow history, manifests and lineage).
+ */
+export function apiKeyFrom(variable: string, env: Env = process.env): string | undefined {
+  return env[variable];
+}

@@ -1,0 +1,92 @@
+/**
+ * The evaluate stage's work: greedy-decode a test split with the `predict:` task in a student child process and score
+ * it (exact match, or equal value of the equation for SVAMP) against gold and the majority-class baseline. Every
+ * prediction is stored, so a metric can always be traced back to examples.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ArtifactRef, ArtifactStore } from '../store/artifact-store';
+import type { Example, TaskKind } from '../data/types';
+import { labelsMatch, majorityBaseline } from '../data/score';
+import type { PipelineSpec } from '../pipeline/spec';
+import { runStudentJob } from './child';
+
+export interface EvaluateInput {
+  task: TaskKind;
+  checkpoint: ArtifactRef;
+  test: ArtifactRef;
+  evaluate: PipelineSpec['evaluate'];
+  backend: PipelineSpec['student']['backend'];
+}
+
+export interface EvaluateResult {
+  /** JSONL of `{ id, input, gold, prediction, correct }`. */
+  predictions: ArtifactRef;
+  metrics: ArtifactRef;
+  accuracy: number;
+  correct: number;
+  total: number;
+  majorityBaseline: { label: string; accuracy: number };
+}
+
+export interface EvaluateHooks {
+  /** Aborting kills the decoding child. */
+  signal?: AbortSignal;
+  /** Examples decoded so far, out of the split's size. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Decode and score the test split with a stored checkpoint; store predictions and metrics. */
+export async function evaluateCheckpoint(
+  store: ArtifactStore,
+  input: EvaluateInput,
+  hooks: EvaluateHooks = {}
+): Promise<EvaluateResult> {
+  const [test, checkpointBytes] = await Promise.all([store.getJsonl<Example>(input.test), store.get(input.checkpoint)]);
+  hooks.onProgress?.(0, test.length);
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-eval-'));
+  try {
+    const checkpointPath = join(dir, 'checkpoint.safetensors');
+    await writeFile(checkpointPath, checkpointBytes);
+    const predictions = await runStudentJob(
+      {
+        kind: 'predict',
+        checkpointPath,
+        inputs: test.map((ex) => ex.input),
+        maxLength: input.evaluate.maxLength,
+        batchSize: input.evaluate.batchSize,
+        backend: input.backend,
+      },
+      { signal: hooks.signal, onProgress: (p) => hooks.onProgress?.(p.step, p.totalSteps) }
+    );
+    const rows = test.map((ex, i) => {
+      const prediction = predictions.outputs[i] ?? '';
+      return {
+        id: ex.id,
+        input: ex.input,
+        gold: ex.label,
+        prediction,
+        correct: labelsMatch(input.task, prediction, ex.label),
+      };
+    });
+    const correct = rows.filter((r) => r.correct).length;
+    const accuracy = test.length ? correct / test.length : 0;
+    const baseline = majorityBaseline(test);
+    const [predictionsRef, metricsRef] = await Promise.all([
+      store.putJsonl(rows),
+      store.putJson({ task: input.task, accuracy, correct, total: test.length, majorityBaseline: baseline }),
+    ]);
+    hooks.onProgress?.(test.length, test.length);
+    return {
+      predictions: predictionsRef,
+      metrics: metricsRef,
+      accuracy,
+      correct,
+      total: test.length,
+      majorityBaseline: baseline,
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,47 @@
+/** Direct mode: one shard's calls made one by one (concurrently), each journalled as it finishes. */
+import { runShard } from '../shard';
+import { buildPrompt } from '../templates';
+import { budgetFor } from './accounting';
+import { shardTeacher, type StageDeps } from './endpoint';
+import { isFinished, labeller, openShard, shardOutcome } from './open-shard';
+import type { TeacherShardInput, TeacherShardResult } from './types';
+
+/** How the caller follows and stops a shard. */
+export interface PromptShardHooks {
+  /** Aborts the calls in flight and stops the shard (it throws the signal's reason). */
+  signal?: AbortSignal;
+  /** Calls finished (journalled, cached or resumed) out of the shard's total, first reported before any call. */
+  onProgress?: (step: number, total: number) => void;
+}
+
+/**
+ * Runs one shard: every call not already journalled (by an earlier attempt, after a crash) or cached (by an earlier
+ * run) is made, and journalled as it finishes. A finished shard writes its responses and figures under a key of
+ * its own, so a retry after that point returns them without a call.
+ */
+export async function promptShard(
+  deps: StageDeps,
+  input: TeacherShardInput,
+  hooks: PromptShardHooks = {}
+): Promise<TeacherShardResult> {
+  const open = await openShard(deps.store, input);
+  if (isFinished(open)) return open;
+  const { doc, examples, journal, prior } = open;
+  const teacher = await shardTeacher(deps, input);
+  const { stats } = await runShard({
+    examples,
+    messagesFor: (ex) => buildPrompt(doc.task, ex.input),
+    teacher,
+    samples: doc.samples,
+    concurrency: input.concurrency,
+    journal,
+    prior,
+    stageId: input.stageId,
+    budget: budgetFor(input, prior),
+    labelOf: labeller(doc.task),
+    signal: hooks.signal,
+    onProgress: hooks.onProgress,
+  });
+  // Every call has a record (failures included: they are data about the teacher, and are retried by a re-run).
+  return shardOutcome(deps.store, input, open, stats, (index) => index.size === stats.calls);
+}

@@ -1,0 +1,76 @@
+/** The teacher stage's last step: every shard's responses, in plan order, as one artifact. */
+import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import type { ArtifactStore } from '../../store/artifact-store';
+import { Journal } from '../journal';
+import { foldShard, indexRecords, type CallRecord, type ShardExample } from '../shard';
+import { doneKey, journalPrefix, readKeyJson, readPlan, shardKeyOf, type PlanDoc, type ShardDone } from './layout';
+import { labeller } from './open-shard';
+import type { FinishTeacherInput, FinishTeacherResult, TeacherStageFigures } from './types';
+
+/** How the caller follows assembly. */
+export interface AssembleHooks {
+  /** Called before each shard is read, with its index in the plan. */
+  onShard?: (index: number) => void;
+}
+
+/**
+ * Assembles every shard's responses, in plan order, into the one JSONL artifact the validate stage reads. A shard
+ * the budget stopped contributes what its journal holds; the rest of its examples are recorded as not sent.
+ * Streams through a temporary file: memory holds one shard at a time whatever the data size.
+ */
+export async function assembleResponses(
+  store: ArtifactStore,
+  input: FinishTeacherInput,
+  hooks: AssembleHooks = {}
+): Promise<FinishTeacherResult> {
+  const doc = await readPlan(store, input.plan);
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-teacher-'));
+  try {
+    const path = join(dir, 'responses.jsonl');
+    const out = createWriteStream(path);
+    const figures: TeacherStageFigures = { total: 0, cached: 0, failed: 0, notSent: 0 };
+    for (let index = 0; index < doc.shards.length; index++) {
+      hooks.onShard?.(index);
+      for (const line of await shardLines(store, doc, index)) {
+        if (line.length === 0) continue;
+        count(figures, JSON.parse(line) as { cached?: boolean; error?: string });
+        if (!out.write(line + '\n')) await once(out, 'drain');
+      }
+    }
+    out.end();
+    await once(out, 'finish');
+    const responses = await store.putFile(path, 'application/x-ndjson');
+    return { ...figures, responses };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** One shard's response lines: its stored responses when it finished, else folded from its journal as it stands. */
+async function shardLines(store: ArtifactStore, doc: PlanDoc, index: number): Promise<string[]> {
+  const shard = doc.shards[index];
+  const shardKey = shardKeyOf(doc.identity, shard.ref);
+  const done = await readKeyJson<ShardDone>(store, doneKey(shardKey));
+  if (done) return (await store.get(done.responses)).toString('utf8').split('\n');
+  const [examples, { records }] = await Promise.all([
+    store.getJsonl<ShardExample>(shard.ref),
+    Journal.open<CallRecord>(store, journalPrefix(shardKey)),
+  ]);
+  const folded = foldShard(examples, doc.samples, indexRecords(records), labeller(doc.task));
+  return folded.map((r) => JSON.stringify(r));
+}
+
+/** Adds one response to the figures: a failure is `notSent` when the budget kept it from being asked at all. */
+function count(figures: TeacherStageFigures, r: { cached?: boolean; error?: string }): void {
+  figures.total++;
+  if (r.cached) figures.cached++;
+  if (r.error !== undefined) {
+    if (r.error.startsWith('not sent')) figures.notSent++;
+    else figures.failed++;
+  }
+}
