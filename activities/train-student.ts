@@ -1,11 +1,7 @@
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import type { ArtifactStore, ArtifactRef } from '../lib/store/artifact-store';
-import type { Example } from '../lib/data/types';
-import { studentOptionsOf } from '../lib/student/options';
-import { trainFromStore, type StoredTrainingResult } from '../lib/student/train-from-store';
-import type { TrainRecord } from '../lib/student/train';
-import type { RationaleRecord } from '../lib/data/rationales';
+import { trainStudentFromStore } from '../lib/student/train-stage';
 import type { TrainStudentInput, TrainStudentResult } from '../contract';
 import { mapErrors, progressReporter } from './progress';
 
@@ -28,14 +24,6 @@ export interface TrainHeartbeat {
  * short heartbeat timeout, and the child's progress arrives only between steps. */
 const KEEPALIVE_MS = 1000;
 
-/** A training record from a stage's output row. */
-export function toTrainRecord(row: RationaleRecord | Example): TrainRecord {
-  if ('goldLabel' in row) {
-    return { input: row.input, goldLabel: row.goldLabel, teacherLabel: row.teacherLabel, rationale: row.rationale };
-  }
-  return { input: row.input, goldLabel: row.label };
-}
-
 function isArtifactRef(value: unknown): value is ArtifactRef {
   const ref = value as ArtifactRef | undefined;
   return typeof ref?.sha256 === 'string' && typeof ref.size === 'number';
@@ -47,29 +35,6 @@ function resumePoint(details: unknown): { checkpoint: ArtifactRef; checkpointSte
   return isArtifactRef(prior?.checkpoint) && typeof prior.checkpointStep === 'number'
     ? { checkpoint: prior.checkpoint, checkpointStep: prior.checkpointStep }
     : undefined;
-}
-
-/** The training log stored beside the checkpoint: the run's figures, its options and where this attempt began. */
-function trainLogOf(run: StoredTrainingResult, options: TrainStudentInput['student'], attempt: number) {
-  const result = run.training;
-  return {
-    backend: result.backend,
-    optimizer: result.optimizer,
-    steps: result.steps,
-    stopReason: result.stopReason,
-    finalLoss: result.finalLoss,
-    validLoss: result.validLoss ?? null,
-    bestStep: result.bestStep ?? null,
-    params: result.params,
-    wallMs: result.wallMs,
-    // Where this attempt picked up (null: it trained from scratch), and how many checkpoints it stored.
-    resumedFrom: result.resumedFrom ?? null,
-    attempt,
-    checkpointsStored: run.checkpointsStored,
-    lossHistory: result.lossHistory,
-    options,
-    init: run.init ?? null,
-  };
 }
 
 /**
@@ -85,19 +50,13 @@ export async function trainStudent(
   input: TrainStudentInput
 ): Promise<TrainStudentResult> {
   return mapErrors(async () => {
-    const { store } = deps;
     const ctx = Context.current();
-    const [train, valid] = await Promise.all([
-      store.getJsonl<RationaleRecord | Example>(input.train),
-      store.getJsonl<RationaleRecord | Example>(input.valid),
-    ]);
-    const s = input.student;
     const report = progressReporter(deps.client, 'trainStudent');
     const resume = resumePoint(ctx.info.heartbeatDetails);
     // Every heartbeat carries the newest checkpoint: details are replaced, not merged, so one without it would lose it.
     const beat: TrainHeartbeat = {
       step: resume?.checkpointStep ?? 0,
-      total: s.steps,
+      total: input.student.steps,
       ...resume,
       ...(resume ? { resumedFrom: resume.checkpointStep } : {}),
     };
@@ -107,19 +66,13 @@ export async function trainStudent(
     };
     heartbeat();
     const keepalive = setInterval(heartbeat, KEEPALIVE_MS);
-
     if (resume)
       ctx.log.info(`trainStudent: resuming after step ${resume.checkpointStep} (attempt ${ctx.info.attempt})`);
     try {
-      const run = await trainFromStore(
-        store,
-        {
-          options: studentOptionsOf(s),
-          records: train.map(toTrainRecord),
-          valid: valid.map(toTrainRecord),
-          init: s.init,
-          resumeFrom: resume?.checkpoint,
-        },
+      return await trainStudentFromStore(
+        deps.store,
+        input,
+        { resumeFrom: resume?.checkpoint, attempt: ctx.info.attempt },
         {
           signal: ctx.cancellationSignal,
           onProgress: (p) => {
@@ -135,18 +88,6 @@ export async function trainStudent(
           onFailed: (step, err) => ctx.log.warn(`trainStudent: checkpoint at step ${step} not stored: ${err.message}`),
         }
       );
-      const result = run.training;
-      const trainLog = await store.putJson(trainLogOf(run, s, ctx.info.attempt));
-      return {
-        checkpoint: run.checkpoint,
-        trainLog,
-        backend: result.backend,
-        steps: result.steps,
-        finalLoss: result.finalLoss,
-        validLoss: result.validLoss,
-        params: result.params,
-        wallMs: result.wallMs,
-      };
     } finally {
       clearInterval(keepalive);
     }

@@ -1,13 +1,18 @@
 /**
  * What every activity takes and returns, and the `Activities` interface the workflows proxy. These cross Temporal,
  * so they hold references and small summaries only, never data. Types only: nothing here runs.
+ *
+ * A type that a lib function produces is defined beside that function (lib/ cannot import the contract) and
+ * re-exported here, so it exists once and every layer above lib/ imports it from one place.
  */
 import type { ArtifactRef } from '../lib/store/artifact-store';
 import type { PipelineSpec, TaskKind } from '../lib/pipeline/spec';
 import type { BatchStatus } from '../lib/teacher/batch';
 import type { SampleResult } from '../lib/data/sample';
-import type { EvaluateInput, EvaluateResult } from '../lib/student/evaluate-split';
 import type { ValidateRationalesInput, ValidateRationalesResult } from '../lib/data/rationales';
+import type { TrainStudentInput, TrainStudentResult } from '../lib/student/train-stage';
+import type { EvaluateInput, EvaluateResult } from '../lib/student/evaluate-split';
+import type { RegisterModelInput, RegisterModelResult } from '../lib/registry/run';
 import type {
   FinishTeacherInput,
   FinishTeacherResult,
@@ -18,22 +23,15 @@ import type {
   TeacherPlan,
   TeacherShardInput,
   TeacherShardResult,
-  TeacherSpec,
-  TeacherStageFigures,
   TeacherStageInput,
-  TeacherSummary,
 } from '../lib/teacher/stage/types';
 
-// Types a lib function produces are defined beside it and re-exported here, so each exists once.
-export type { ArtifactRef, PipelineSpec, TaskKind, BatchStatus, SampleResult };
-export type { ValidateRationalesInput, ValidateRationalesResult, EvaluateInput, EvaluateResult };
-
-// ---- promptTeacher (run by the teacherStage workflow) -------------------------------------------------------------
-
-// The shapes of the teacher stage's steps are the library's own (`lib/teacher/stage/types.ts`): one definition.
+export type { ArtifactRef, PipelineSpec, TaskKind, BatchStatus };
+// sample
+export type { SampleResult };
+// promptTeacher: the teacherStage workflow's steps (lib/teacher/stage/types.ts)
+export type { PromptTeacherResult, TeacherSpec, TeacherSummary, TeacherStageFigures } from '../lib/teacher/stage/types';
 export type {
-  TeacherSpec,
-  TeacherSummary,
   TeacherStageInput,
   TeacherPlan,
   TeacherShardInput,
@@ -42,81 +40,14 @@ export type {
   TeacherBatchSubmitted,
   TeacherBatchPollInput,
   TeacherBatchCollectInput,
-  TeacherStageFigures,
   FinishTeacherInput,
   FinishTeacherResult,
 };
-
-export interface PromptTeacherResult {
-  /** JSONL of `{ id, completion, cached, promptHash, error?, samples?, votes?, usage? }`, one per train and valid example. */
-  responses: ArtifactRef;
-  /** Examples. */
-  total: number;
-  /** Examples answered wholly from the cross-run response cache. */
-  cached: number;
-  /** Examples with no completion after retries (each `error` says why). */
-  failed: number;
-  /** Examples never sent because the cost budget ran out. */
-  notSent: number;
-  /** Tokens the stage spent, failed attempts included (journalled per call, summed per shard). */
-  usage: { promptTokens: number; completionTokens: number };
-  /** Dollars, at the spec's prices; absent without prices. */
-  costUsd?: number;
-  budget?: { maxCostUsd: number; exhausted: boolean };
-  /** Calls (examples × samples): made by this stage, found in a shard journal after a crash, found in the cache. */
-  calls: { planned: number; sent: number; resumed: number; cached: number };
-  shards: number;
-  mode: 'direct' | 'batch';
-  samples: number;
-  teacher: TeacherSummary;
-}
-
-// ---- trainStudent -------------------------------------------------------------------------------------------------
-
-export interface TrainStudentInput {
-  student: PipelineSpec['student'];
-  /** Validated rationale records, or plain examples when the method needs no teacher (standard finetuning). */
-  train: ArtifactRef;
-  valid: ArtifactRef;
-}
-
-export interface TrainStudentResult {
-  checkpoint: ArtifactRef;
-  /** JSON loss curve and run statistics. */
-  trainLog: ArtifactRef;
-  backend: string;
-  steps: number;
-  finalLoss: number;
-  validLoss?: number;
-  params: number;
-  wallMs: number;
-}
-
-// ---- registerModel ------------------------------------------------------------------------------------------------
-
-export interface RegisterModelInput {
-  spec: PipelineSpec;
-  task: TaskKind;
-  workflowId: string;
-  runId: string;
-  sample: SampleResult;
-  teacher?: PromptTeacherResult;
-  validation?: ValidateRationalesResult;
-  training: TrainStudentResult;
-  evaluation: EvaluateResult;
-}
-
-export interface RegisterModelResult {
-  name: string;
-  version: number;
-  /** Registry key of the version record. */
-  key: string;
-  manifestKey: string;
-  manifestUri: string;
-  checkpointUri: string;
-}
-
-// ---- the pipeline -------------------------------------------------------------------------------------------------
+// validateRationales, trainStudent, evaluate, registerModel
+export type { ValidateRationalesInput, ValidateRationalesResult };
+export type { TrainStudentInput, TrainStudentResult };
+export type { EvaluateInput, EvaluateResult };
+export type { RegisterModelInput, RegisterModelResult };
 
 /** What a finished run returns: small, and enough for a CLI to print and a caller to find everything else. */
 export interface PipelineResult {

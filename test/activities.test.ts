@@ -2,52 +2,39 @@
  * Activity tests: each stage's activity function in a MockActivityEnvironment, so heartbeats and cancellation are
  * observed directly, with a real filesystem store and the real local teacher server.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import test from 'ava';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
-import { createActivities } from '../activities';
-import { openStore } from '../lib/store';
 import { sha256Hex, type ArtifactStore } from '../lib/store/artifact-store';
+import { createActivities } from '../activities';
 import { readT5 } from '../lib/student/hf';
 import { readCheckpointMeta, serializeWeights } from '../lib/student/checkpoint';
 import { parseSpec } from '../lib/pipeline/spec';
 import { startLocalTeacherServer, type LocalTeacherServer } from '../lib/teacher/local-server';
+import type { Activities, TeacherStageInput } from '../contract';
+import { activityFixture, runIn } from './helpers/activities';
 
 const DATASETS = resolve(__dirname, '..', '..', 'shared', 'datasets');
 let tmp: string;
 let store: ArtifactStore;
 let server: LocalTeacherServer;
-let activities: ReturnType<typeof createActivities>;
+let activities: Activities;
+let close: (() => Promise<void>) | undefined;
 
 test.before(async () => {
-  tmp = await mkdtemp(join(tmpdir(), 'stepwise-activities-'));
-  store = openStore(join(tmp, 'store'));
   server = await startLocalTeacherServer({ model: 'scripted-test', errorRate: 0.1, latencyMs: 5 });
-  activities = createActivities({
-    store,
-    codeVersion: 'test',
-    apiKey: (variable) => process.env[variable],
-    scripted: async () => ({ url: server.url, model: 'scripted-test' }),
-  });
+  ({ tmp, store, activities, close } = await activityFixture('stepwise-activities-', async () => ({
+    url: server.url,
+    model: 'scripted-test',
+  })));
 });
 
 test.after.always(async () => {
   await server?.close();
-  await store?.close();
-  if (tmp) await rm(tmp, { recursive: true, force: true });
+  await close?.();
 });
-
-/** `env.run` with the activity's own types (the SDK's signature erases them). */
-function runIn<A extends unknown[], R>(
-  env: MockActivityEnvironment,
-  fn: (...args: A) => Promise<R>,
-  ...args: A
-): Promise<R> {
-  return env.run(fn, ...args);
-}
 
 const demo = parseSpec({ name: 'act-demo', data: { kind: 'demo', size: 100, seed: 5 }, teacher: { kind: 'scripted' } });
 
@@ -75,8 +62,8 @@ test('sample subsamples the reference CQA train split and holds out 10% for vali
 
 /** Plan, every shard, finish: the teacher stage's activities in order, as the teacherStage workflow runs them. */
 async function runTeacherStage(
-  acts: ReturnType<typeof createActivities>,
-  input: Parameters<ReturnType<typeof createActivities>['planTeacher']>[0],
+  acts: Activities,
+  input: TeacherStageInput,
   onEnv: (env: MockActivityEnvironment) => void = () => undefined
 ) {
   const plan = await runIn(new MockActivityEnvironment(), acts.planTeacher, input);

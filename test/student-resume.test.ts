@@ -20,6 +20,7 @@ import {
   type TrainProgress,
   type TrainRecord,
 } from '../lib/student/train';
+import { runIn } from './helpers/activities';
 
 // Resumed runs are compared with uninterrupted ones bit for bit: both run in this process, on one backend.
 test.before(async () => {
@@ -76,15 +77,6 @@ async function runCollecting(opts: TrainOptionsInput) {
     onProgress: (p) => progress.push(p),
   });
   return { result, checkpoints, progress };
-}
-
-/** `env.run` with the activity's own types (the SDK's signature erases them). */
-function runIn<A extends unknown[], R>(
-  env: MockActivityEnvironment,
-  fn: (...args: A) => Promise<R>,
-  ...args: A
-): Promise<R> {
-  return env.run(fn, ...args);
 }
 
 /** Tensors of a checkpoint by name, and the training loop's state where it has one. */

@@ -2,15 +2,11 @@
  * Validation filters: the rationale checks as domain code (constructed rationales for every reason, and the recorded
  * PaLM rationales of CQA and SVAMP), and the validateRationales activity that applies them and reports every drop.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import test from 'ava';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ApplicationFailure } from '@temporalio/common';
-import { createActivities } from '../activities';
 import type { RationaleRecord } from '../lib/data/rationales';
-import { openStore } from '../lib/store';
 import type { ArtifactStore } from '../lib/store/artifact-store';
 import { InputError } from '../lib/errors';
 import { parseSpec } from '../lib/pipeline/spec';
@@ -27,6 +23,8 @@ import {
   type LabelContext,
   type RationaleCheckOptions,
 } from '../lib/data/rationale-checks';
+import type { Activities } from '../contract';
+import { activityFixture, runIn } from './helpers/activities';
 
 const DATASETS = resolve(__dirname, '..', '..', 'shared', 'datasets');
 
@@ -270,36 +268,17 @@ test('recorded SVAMP train rationales rarely if ever state a different answer', 
 // ---------------------------------------------------------------------------------------------------------------
 // The activity
 
-let tmp: string;
 let store: ArtifactStore;
-let activities: ReturnType<typeof createActivities>;
+let activities: Activities;
+let close: (() => Promise<void>) | undefined;
 
 test.before(async () => {
-  tmp = await mkdtemp(join(tmpdir(), 'stepwise-validate-'));
-  store = openStore(join(tmp, 'store'));
-  activities = createActivities({
-    store,
-    codeVersion: 'test',
-    apiKey: (variable) => process.env[variable],
-    scripted: async () => {
-      throw new Error('no teacher in the validate tests');
-    },
-  });
+  ({ store, activities, close } = await activityFixture('stepwise-validate-'));
 });
 
 test.after.always(async () => {
-  await store?.close();
-  if (tmp) await rm(tmp, { recursive: true, force: true });
+  await close?.();
 });
-
-/** `env.run` with the activity's own types (the SDK's signature erases them). */
-function runIn<A extends unknown[], R>(
-  env: MockActivityEnvironment,
-  fn: (...args: A) => Promise<R>,
-  ...args: A
-): Promise<R> {
-  return env.run(fn, ...args);
-}
 
 interface Report {
   total: number;

@@ -110,6 +110,9 @@ function childExecArgv(): string[] {
   return [...inherited, '--require', require.resolve('tsx/cjs')];
 }
 
+/** How a job ended, as far as the child told us: its result or its error. */
+type Outcome = { ok: true; value: TrainJobResult | PredictJobResult } | { ok: false; error: unknown };
+
 /**
  * Runs `job` in a child process and resolves with its result.
  * Rejects with an `InputError` when the child rejected the job's input (never worth retrying), an `AbortError` when
@@ -130,56 +133,16 @@ export function runStudentJob(
     }
     let child: ChildProcess;
     try {
-      child = fork(require.resolve('./child-main'), [], {
-        execArgv: childExecArgv(),
-        stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-        serialization: 'advanced',
-      });
+      child = forkChild();
     } catch (err) {
       reject(err);
       return;
     }
-    let stderr = '';
-    const keepTail = (chunk: Buffer) => {
-      stderr = (stderr + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES);
-    };
-    child.stderr?.on('data', keepTail);
-    // The child never writes results to stdout; whatever libraries print there is kept with stderr for diagnosis.
-    child.stdout?.on('data', keepTail);
-
-    let outcome: { ok: true; value: TrainJobResult | PredictJobResult } | { ok: false; error: unknown } | undefined;
-    let aborted = false;
-    let killTimer: NodeJS.Timeout | undefined;
-
-    const onAbort = () => {
-      aborted = true;
-      child.kill('SIGTERM');
-      killTimer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
-      killTimer.unref();
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-
-    child.on('message', (message: ChildMessage) => {
-      if (message.type === 'progress') {
-        try {
-          (hooks.onProgress as ((p: unknown) => void) | undefined)?.(message.progress);
-        } catch {
-          // A failing progress callback (a heartbeat after cancellation, say) must not lose the job's result.
-        }
-      } else if (message.type === 'checkpoint') {
-        try {
-          hooks.onCheckpoint?.({ step: message.step, path: message.path });
-        } catch {
-          // As for progress: the caller's bookkeeping must not lose the job.
-        }
-      } else if (message.type === 'result') {
-        outcome = { ok: true, value: message.result };
-        child.disconnect();
-      } else if (message.type === 'error') {
-        outcome = { ok: false, error: reviveError(message.error) };
-        child.disconnect();
-      }
-    });
+    const stderrTail = keepOutputTail(child);
+    // Set once the child has answered; the promise settles only at 'exit', so the process is gone by then.
+    let outcome: Outcome | undefined;
+    const abort = killOnAbort(child, signal);
+    forwardMessages(child, hooks, (o) => (outcome = o));
 
     child.on('spawn', () => {
       if (child.pid !== undefined) hooks.onSpawn?.(child.pid);
@@ -189,34 +152,126 @@ export function runStudentJob(
     child.on('error', (err) => {
       // Spawn failures; a child that did spawn reports through 'exit'.
       if (child.pid === undefined) {
-        signal?.removeEventListener('abort', onAbort);
+        abort.stopListening();
         reject(err);
       }
     });
 
     child.on('exit', (code, exitSignal) => {
-      signal?.removeEventListener('abort', onAbort);
-      if (killTimer) clearTimeout(killTimer);
-      if (aborted && !outcome) {
+      abort.stopListening();
+      abort.cancelKill();
+      if (abort.aborted() && !outcome) {
         reject(abortError(signal!));
       } else if (outcome?.ok) {
         resolve(outcome.value);
       } else if (outcome) {
         reject(outcome.error);
       } else {
-        const how = exitSignal ? `was killed by ${exitSignal}` : `exited with code ${code}`;
-        const tail = stderr.trim().split('\n').slice(-20).join('\n');
-        reject(
-          new StudentChildCrashError(
-            `student ${job.kind} process ${how} before reporting a result${tail ? `; stderr tail:\n${tail}` : ''}`,
-            code,
-            exitSignal,
-            stderr
-          )
-        );
+        reject(crashError(job.kind, code, exitSignal, stderrTail()));
       }
     });
   });
+}
+
+/** Forks `child-main` with the TypeScript loader, its stdout and stderr piped back, and an IPC channel. */
+function forkChild(): ChildProcess {
+  return fork(require.resolve('./child-main'), [], {
+    execArgv: childExecArgv(),
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+    // Structured clone rather than JSON: NaN (a final loss with no steps) and undefined fields arrive as they were sent.
+    serialization: 'advanced',
+  });
+}
+
+/** Keeps the last {@link STDERR_TAIL_BYTES} of the child's output; returns a reader of what is kept so far. */
+function keepOutputTail(child: ChildProcess): () => string {
+  let stderr = '';
+  const keepTail = (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES);
+  };
+  child.stderr?.on('data', keepTail);
+  // The child never writes results to stdout; whatever libraries print there is kept with stderr for diagnosis.
+  child.stdout?.on('data', keepTail);
+  return () => stderr;
+}
+
+/** The abort wiring of one child: whether it was aborted, and the clean-up once the child is gone. */
+interface AbortWiring {
+  aborted(): boolean;
+  /** Removes the listener from the signal (which may outlive the job). */
+  stopListening(): void;
+  /** Cancels a pending SIGKILL. */
+  cancelKill(): void;
+}
+
+/** On abort, SIGTERM the child (a chance to exit cleanly) and SIGKILL it if it is still there after the grace period. */
+function killOnAbort(child: ChildProcess, signal: AbortSignal | undefined): AbortWiring {
+  let aborted = false;
+  let killTimer: NodeJS.Timeout | undefined;
+  const onAbort = () => {
+    aborted = true;
+    child.kill('SIGTERM');
+    killTimer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
+    // The timer must not keep the parent alive on its own.
+    killTimer.unref();
+  };
+  signal?.addEventListener('abort', onAbort, { once: true });
+  return {
+    aborted: () => aborted,
+    stopListening: () => signal?.removeEventListener('abort', onAbort),
+    cancelKill: () => {
+      if (killTimer) clearTimeout(killTimer);
+    },
+  };
+}
+
+/**
+ * Passes progress and checkpoint messages to the hooks, and hands the child's answer (result or error) to `onOutcome`,
+ * then disconnects so that the child can exit.
+ */
+function forwardMessages(
+  child: ChildProcess,
+  hooks: JobHooks<TrainProgress> | JobHooks<PredictProgress>,
+  onOutcome: (outcome: Outcome) => void
+): void {
+  child.on('message', (message: ChildMessage) => {
+    if (message.type === 'progress') {
+      try {
+        (hooks.onProgress as ((p: unknown) => void) | undefined)?.(message.progress);
+      } catch {
+        // A failing progress callback (a heartbeat after cancellation, say) must not lose the job's result.
+      }
+    } else if (message.type === 'checkpoint') {
+      try {
+        hooks.onCheckpoint?.({ step: message.step, path: message.path });
+      } catch {
+        // As for progress: the caller's bookkeeping must not lose the job.
+      }
+    } else if (message.type === 'result') {
+      onOutcome({ ok: true, value: message.result });
+      child.disconnect();
+    } else if (message.type === 'error') {
+      onOutcome({ ok: false, error: reviveError(message.error) });
+      child.disconnect();
+    }
+  });
+}
+
+/** The error for a child that exited without answering, with the last 20 lines of its output in the message. */
+function crashError(
+  kind: StudentJob['kind'],
+  code: number | null,
+  exitSignal: NodeJS.Signals | null,
+  stderr: string
+): StudentChildCrashError {
+  const how = exitSignal ? `was killed by ${exitSignal}` : `exited with code ${code}`;
+  const tail = stderr.trim().split('\n').slice(-20).join('\n');
+  return new StudentChildCrashError(
+    `student ${kind} process ${how} before reporting a result${tail ? `; stderr tail:\n${tail}` : ''}`,
+    code,
+    exitSignal,
+    stderr
+  );
 }
 
 function abortError(signal: AbortSignal): Error {

@@ -252,6 +252,25 @@ interface Search {
   done: boolean;
 }
 
+/** What stays fixed over one beam search. */
+interface BeamSettings {
+  numBeams: number;
+  lengthPenalty: number;
+  earlyStopping: boolean;
+  eos: number;
+  vocab: number;
+  /** Continuations looked at per input and step: 2·numBeams, fewer only for a tiny vocabulary. */
+  candidates: number;
+}
+
+/** The best `candidates` continuations of each active input after one decoder step, flat: [A·candidates] each. */
+interface StepCandidates {
+  /** Summed log-probabilities (the beam's so far plus the new token's). */
+  values: tf.TypedArray;
+  /** Indices into the input's numBeams·vocab continuations: beam·vocab + token. */
+  indices: tf.TypedArray;
+}
+
 /**
  * Beam search over one batch of encoded sources, step for step as HF's `_beam_search`: at each step the 2·numBeams
  * best continuations of all beams of an input (by summed log-probability) are taken; those ending in eos among the
@@ -261,35 +280,24 @@ interface Search {
  */
 export function beamSearchIds(model: T5Model, sources: readonly number[][], opts: GenerateOptions): Hypothesis[][] {
   checkGenerateOptions(opts);
-  const numBeams = opts.numBeams ?? 1;
-  const lengthPenalty = opts.lengthPenalty ?? 1;
-  const earlyStopping = opts.earlyStopping ?? false;
-  const { eos_token_id: eos, decoder_start_token_id: start, vocab_size: vocab } = model.config;
-  const candidates = Math.min(2 * numBeams, numBeams * vocab);
-  const searches: Search[] = sources.map(() => ({
-    // All beams start as the start token alone; only the first counts until they differ.
-    running: Array.from({ length: numBeams }, (_, b) => ({ ids: [], logProb: b === 0 ? 0 : EXCLUDED })),
-    finished: [],
-    improvable: true,
-    done: false,
-  }));
+  const settings = beamSettings(model, opts);
+  const { numBeams } = settings;
+  const searches = sources.map(() => startSearch(numBeams));
   if (sources.length === 0) return [];
   const cache = startCache(model, sources);
   try {
     // Beam b of the a-th active input is row a·numBeams + b.
     cache.select(sources.flatMap((_, i) => Array<number>(numBeams).fill(i)));
     let active = sources.map((_, i) => i);
-    let next = active.flatMap(() => Array<number>(numBeams).fill(start));
+    let next = active.flatMap(() => Array<number>(numBeams).fill(model.config.decoder_start_token_id));
     for (let step = 0; step < opts.maxLength && active.length > 0; step++) {
-      const rows = active.length * numBeams;
-      const runningLogProbs = active.flatMap((s) => searches[s].running.map((b) => b.logProb));
-      const [values, indices] = tf.tidy(() => {
-        const hidden = model.decodeStep(cache, tf.tensor2d(next, [rows, 1], 'int32')); // [A·N, 1, D]
-        const logProbs = tf.logSoftmax(tf.reshape(model.logits(hidden), [rows, vocab])); // [A·N, V]
-        const total = tf.add(logProbs, tf.tensor2d(runningLogProbs, [rows, 1])); // [A·N, V]
-        const top = tf.topk(tf.reshape(total, [active.length, numBeams * vocab]), candidates); // [A, 2N]
-        return [top.values.dataSync(), top.indices.dataSync()];
-      });
+      const top = topCandidates(
+        model,
+        cache,
+        next,
+        active.map((s) => searches[s]),
+        settings
+      );
       const last = step + 1 >= opts.maxLength;
       const length = step + 1; // generated tokens after this step, eos included
       const rowsNext: number[] = [];
@@ -297,47 +305,11 @@ export function beamSearchIds(model: T5Model, sources: readonly number[][], opts
       const stillActive: number[] = [];
       active.forEach((s, a) => {
         const search = searches[s];
-        const full = search.finished.length === numBeams && earlyStopping;
-        const continuing: Beam[] = [];
-        const fromRows: number[] = [];
-        const ending: { beam: number; token: number; logProb: number }[] = [];
-        for (let k = 0; k < candidates; k++) {
-          const index = indices[a * candidates + k];
-          const beam = Math.floor(index / vocab);
-          const token = index % vocab;
-          const logProb = values[a * candidates + k];
-          if (token === eos || last) {
-            // Only the first numBeams candidates may finish: the others are there so enough beams run on.
-            if (k < numBeams) ending.push({ beam, token, logProb });
-          } else if (continuing.length < numBeams) {
-            continuing.push({ ids: [...search.running[beam].ids, token], logProb });
-            fromRows.push(a * numBeams + beam);
-          }
-        }
-        if (!full && search.improvable) {
-          for (const e of ending) {
-            const ids = e.token === eos ? search.running[e.beam].ids : [...search.running[e.beam].ids, e.token];
-            search.finished.push({ ids, score: e.logProb / length ** lengthPenalty, finished: e.token === eos });
-          }
-          search.finished.sort((x, y) => y.score - x.score);
-          search.finished.length = Math.min(search.finished.length, numBeams);
-        }
-        // Fewer continuing candidates than beams (every one ended): pad with excluded copies, as HF's scores do.
-        while (continuing.length < numBeams) {
-          continuing.push({ ids: [...search.running[0].ids, eos], logProb: EXCLUDED * 2 });
-          fromRows.push(a * numBeams);
-        }
-        search.running = continuing;
-        if (search.finished.length === numBeams) {
-          const bestPossible = continuing[0].logProb / length ** lengthPenalty;
-          const worstFinished = search.finished[numBeams - 1].score;
-          if (!(bestPossible > worstFinished)) search.improvable = false;
-        }
-        search.done = last || !search.improvable || (search.finished.length === numBeams && earlyStopping);
+        const fromRows = advanceSearch(search, a, top, length, last, settings);
         if (!search.done) {
           stillActive.push(s);
           rowsNext.push(...fromRows);
-          tokensNext.push(...continuing.map((b) => b.ids[b.ids.length - 1]));
+          tokensNext.push(...search.running.map((b) => b.ids[b.ids.length - 1]));
         }
       });
       if (stillActive.length === 0) break;
@@ -351,4 +323,103 @@ export function beamSearchIds(model: T5Model, sources: readonly number[][], opts
     cache.dispose();
   }
   return searches.map((s) => s.finished);
+}
+
+function beamSettings(model: T5Model, opts: GenerateOptions): BeamSettings {
+  const numBeams = opts.numBeams ?? 1;
+  const { eos_token_id: eos, vocab_size: vocab } = model.config;
+  return {
+    numBeams,
+    lengthPenalty: opts.lengthPenalty ?? 1,
+    earlyStopping: opts.earlyStopping ?? false,
+    eos,
+    vocab,
+    candidates: Math.min(2 * numBeams, numBeams * vocab),
+  };
+}
+
+function startSearch(numBeams: number): Search {
+  return {
+    // All beams start as the start token alone; only the first counts until they differ.
+    running: Array.from({ length: numBeams }, (_, b) => ({ ids: [], logProb: b === 0 ? 0 : EXCLUDED })),
+    finished: [],
+    improvable: true,
+    done: false,
+  };
+}
+
+/**
+ * One decoder step for every running beam of the active inputs (`next`: each beam's last token, [A·N]), and the best
+ * continuations of each input over all its beams. Every tensor it makes is freed before it returns.
+ */
+function topCandidates(
+  model: T5Model,
+  cache: DecoderCache,
+  next: number[],
+  active: readonly Search[],
+  { numBeams, vocab, candidates }: BeamSettings
+): StepCandidates {
+  const rows = active.length * numBeams;
+  const runningLogProbs = active.flatMap((search) => search.running.map((b) => b.logProb));
+  return tf.tidy(() => {
+    const hidden = model.decodeStep(cache, tf.tensor2d(next, [rows, 1], 'int32')); // [A·N, 1, D]
+    const logProbs = tf.logSoftmax(tf.reshape(model.logits(hidden), [rows, vocab])); // [A·N, V]
+    const total = tf.add(logProbs, tf.tensor2d(runningLogProbs, [rows, 1])); // [A·N, V]
+    const top = tf.topk(tf.reshape(total, [active.length, numBeams * vocab]), candidates); // [A, 2N]
+    return { values: top.values.dataSync(), indices: top.indices.dataSync() };
+  });
+}
+
+/**
+ * Moves the a-th active input's search one step on from its candidates `top`: records the beams that end, keeps
+ * numBeams running ones, and decides whether the input is done.
+ * @returns per new running beam, the row (in this step's batch) of the beam it continues
+ */
+function advanceSearch(
+  search: Search,
+  a: number,
+  top: StepCandidates,
+  length: number,
+  last: boolean,
+  settings: BeamSettings
+): number[] {
+  const { numBeams, lengthPenalty, earlyStopping, eos, vocab, candidates } = settings;
+  const full = search.finished.length === numBeams && earlyStopping;
+  const continuing: Beam[] = [];
+  const fromRows: number[] = [];
+  const ending: { beam: number; token: number; logProb: number }[] = [];
+  for (let k = 0; k < candidates; k++) {
+    const index = top.indices[a * candidates + k];
+    const beam = Math.floor(index / vocab);
+    const token = index % vocab;
+    const logProb = top.values[a * candidates + k];
+    if (token === eos || last) {
+      // Only the first numBeams candidates may finish: the others are there so enough beams run on.
+      if (k < numBeams) ending.push({ beam, token, logProb });
+    } else if (continuing.length < numBeams) {
+      continuing.push({ ids: [...search.running[beam].ids, token], logProb });
+      fromRows.push(a * numBeams + beam);
+    }
+  }
+  if (!full && search.improvable) {
+    for (const e of ending) {
+      const ids = e.token === eos ? search.running[e.beam].ids : [...search.running[e.beam].ids, e.token];
+      search.finished.push({ ids, score: e.logProb / length ** lengthPenalty, finished: e.token === eos });
+    }
+    search.finished.sort((x, y) => y.score - x.score);
+    search.finished.length = Math.min(search.finished.length, numBeams);
+  }
+  // Fewer continuing candidates than beams (every one ended): pad with excluded copies, as HF's scores do.
+  while (continuing.length < numBeams) {
+    continuing.push({ ids: [...search.running[0].ids, eos], logProb: EXCLUDED * 2 });
+    fromRows.push(a * numBeams);
+  }
+  search.running = continuing;
+  if (search.finished.length === numBeams) {
+    const bestPossible = continuing[0].logProb / length ** lengthPenalty;
+    const worstFinished = search.finished[numBeams - 1].score;
+    if (!(bestPossible > worstFinished)) search.improvable = false;
+  }
+  search.done = last || !search.improvable || (search.finished.length === numBeams && earlyStopping);
+  return fromRows;
 }

@@ -16,7 +16,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InputError } from '../../errors';
-import { LibraryTokenizer, METASPACE, SPACE, t5PostProcessor, type StudentTokenizer } from './common';
+import { LibraryTokenizer, METASPACE, SPACE, specialToken, t5PostProcessor, type StudentTokenizer } from './common';
 
 export const PAD_ID = 0;
 export const EOS_ID = 1;
@@ -48,15 +48,7 @@ function tokenizerJson(tokens: readonly string[], merges: ReadonlyArray<readonly
     truncation: null,
     padding: null,
     // Special tokens written literally in the text are matched before normalisation.
-    added_tokens: SPECIAL_TOKENS.map((content, id) => ({
-      id,
-      content,
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: false,
-      special: true,
-    })),
+    added_tokens: SPECIAL_TOKENS.map((content, id) => specialToken(content, id)),
     normalizer: {
       type: 'Sequence',
       normalizers: [

@@ -44,6 +44,11 @@ export function t5PostProcessor(eosId: number) {
 }
 
 /** Throws the InputError for a field of a tokenizer file that does not hold what it should. */
+/** A tokenizer.json `added_tokens` entry for a special token: matched literally, before normalisation. */
+export function specialToken(content: string, id: number) {
+  return { id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true };
+}
+
 export function bad(field: string, value: unknown, expected: string): never {
   throw new InputError(`${field} is ${JSON.stringify(value)?.slice(0, 120)}; expected ${expected}`, field);
 }

@@ -5,7 +5,7 @@
  */
 import { Reader } from 'protobufjs/minimal';
 import { InputError } from '../../errors';
-import { bad, METASPACE, t5PostProcessor } from './common';
+import { bad, METASPACE, specialToken, t5PostProcessor } from './common';
 
 interface SentencePieceModel {
   pieces: { piece: string; score: number; type: number }[];
@@ -83,18 +83,11 @@ export function sentencePieceToTokenizerJson(bytes: Uint8Array, extraIds = 100):
   if (!Number.isSafeInteger(extraIds) || extraIds < 0) bad('extraIds', extraIds, 'an integer ≥ 0');
   const vocab: [string, number][] = model.pieces.map((p) => [p.piece, p.score]);
   for (let i = extraIds - 1; i >= 0; i--) vocab.push([`<extra_id_${i}>`, 0]);
-  const added = (content: string, id: number) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  });
   // SentencePiece's control and unknown pieces (T5: <pad>, </s>, <unk>) are special; so are the sentinels.
-  const addedTokens = model.pieces.flatMap((p, id) => (p.type === 2 || p.type === 3 ? [added(p.piece, id)] : []));
-  for (let id = model.pieces.length; id < vocab.length; id++) addedTokens.push(added(vocab[id][0], id));
+  const addedTokens = model.pieces.flatMap((p, id) =>
+    p.type === 2 || p.type === 3 ? [specialToken(p.piece, id)] : []
+  );
+  for (let id = model.pieces.length; id < vocab.length; id++) addedTokens.push(specialToken(vocab[id][0], id));
   const eos = vocab.findIndex(([p]) => p === '</s>');
   if (eos < 0) bad('spiece.model', 'a model without </s>', 'a T5 SentencePiece model');
   const charsmap = Buffer.from(model.precompiledCharsmap).toString('base64');

@@ -103,3 +103,28 @@ export interface FinishTeacherResult extends TeacherStageFigures {
   /** JSONL, one record per train and valid example, in plan order. */
   responses: ArtifactRef;
 }
+
+/** What the whole stage returns: the responses artifact and the stage's accounting. */
+export interface PromptTeacherResult {
+  /** JSONL of `{ id, completion, cached, promptHash, error?, samples?, votes?, usage? }`, one per train and valid example. */
+  responses: ArtifactRef;
+  /** Examples. */
+  total: number;
+  /** Examples answered wholly from the cross-run response cache. */
+  cached: number;
+  /** Examples with no completion after retries (each `error` says why). */
+  failed: number;
+  /** Examples never sent because the cost budget ran out. */
+  notSent: number;
+  /** Tokens the stage spent, failed attempts included (journalled per call, summed per shard). */
+  usage: { promptTokens: number; completionTokens: number };
+  /** Dollars, at the spec's prices; absent without prices. */
+  costUsd?: number;
+  budget?: { maxCostUsd: number; exhausted: boolean };
+  /** Calls (examples × samples): made by this stage, found in a shard journal after a crash, found in the cache. */
+  calls: { planned: number; sent: number; resumed: number; cached: number };
+  shards: number;
+  mode: 'direct' | 'batch';
+  samples: number;
+  teacher: TeacherSummary;
+}

@@ -1,0 +1,161 @@
+/**
+ * The registerModel stage's work: write the run manifest (every artifact by role, hash and location) and append a
+ * model version whose lineage names the data, the teacher, the training and the code that produced it.
+ */
+import type { ArtifactStore, ArtifactRef } from '../store/artifact-store';
+import type { SampleResult } from '../data/sample';
+import type { ValidateRationalesResult } from '../data/rationales';
+import { labelSourceOf, type PipelineSpec, type TaskKind } from '../pipeline/spec';
+import type { EvaluateResult } from '../student/evaluate-split';
+import type { TrainStudentResult } from '../student/train-stage';
+import type { PromptTeacherResult } from '../teacher/stage/types';
+import { registerVersion, runManifestKey, versionKey, type ModelLineage } from './registry';
+
+export interface RegisterModelInput {
+  spec: PipelineSpec;
+  task: TaskKind;
+  workflowId: string;
+  runId: string;
+  sample: SampleResult;
+  teacher?: PromptTeacherResult;
+  validation?: ValidateRationalesResult;
+  training: TrainStudentResult;
+  evaluation: EvaluateResult;
+}
+
+export interface RegisterModelResult {
+  name: string;
+  version: number;
+  /** Registry key of the version record. */
+  key: string;
+  manifestKey: string;
+  manifestUri: string;
+  checkpointUri: string;
+}
+
+/**
+ * Write the run manifest (every artifact by hash and role) and append a model version whose lineage names the
+ * data, the teacher, the training and the code that produced it.
+ */
+export async function registerRun(
+  store: ArtifactStore,
+  input: RegisterModelInput,
+  codeVersion: string
+): Promise<RegisterModelResult> {
+  const mKey = runManifestKey(input.workflowId);
+  const version = await registerVersion(store, {
+    name: input.spec.name,
+    metrics: {
+      accuracy: input.evaluation.accuracy,
+      correct: input.evaluation.correct,
+      total: input.evaluation.total,
+      majorityBaseline: input.evaluation.majorityBaseline.accuracy,
+    },
+    checkpoint: { ...input.training.checkpoint, uri: store.uri(input.training.checkpoint) },
+    lineage: lineageOf(input, codeVersion, store.uri(mKey)),
+  });
+  // The manifest names the version it produced; writing it after registration keeps the two consistent.
+  const manifest = {
+    ...manifestOf(store, input, codeVersion),
+    model: { name: version.name, version: version.version },
+  };
+  await store.putKey(mKey, JSON.stringify(manifest, null, 2), { contentType: 'application/json' });
+  return {
+    name: version.name,
+    version: version.version,
+    key: versionKey(version.name, version.version),
+    manifestKey: mKey,
+    manifestUri: store.uri(mKey),
+    checkpointUri: version.checkpoint.uri,
+  };
+}
+
+/** Every artifact of the run by role, hash and location, with the spec, metrics and teacher accounting. */
+function manifestOf(store: ArtifactStore, input: RegisterModelInput, codeVersion: string) {
+  const artifacts: { role: string; ref: ArtifactRef | undefined }[] = [
+    { role: 'split/train', ref: input.sample.train },
+    { role: 'split/valid', ref: input.sample.valid },
+    { role: 'split/test', ref: input.sample.test },
+    { role: 'teacher/responses', ref: input.teacher?.responses },
+    { role: 'rationales/train', ref: input.validation?.train },
+    { role: 'rationales/valid', ref: input.validation?.valid },
+    { role: 'rationales/report', ref: input.validation?.report },
+    { role: 'student/checkpoint', ref: input.training.checkpoint },
+    { role: 'student/train-log', ref: input.training.trainLog },
+    { role: 'eval/predictions', ref: input.evaluation.predictions },
+    { role: 'eval/metrics', ref: input.evaluation.metrics },
+  ];
+  return {
+    workflowId: input.workflowId,
+    runId: input.runId,
+    codeVersion,
+    spec: input.spec,
+    artifacts: artifacts
+      .filter((a): a is { role: string; ref: ArtifactRef } => a.ref !== undefined)
+      .map(({ role, ref }) => ({ role, sha256: ref.sha256, size: ref.size, uri: store.uri(ref) })),
+    metrics: {
+      accuracy: input.evaluation.accuracy,
+      correct: input.evaluation.correct,
+      total: input.evaluation.total,
+      majorityBaseline: input.evaluation.majorityBaseline,
+    },
+    ...(input.teacher ? { teacher: teacherAccounting(input.teacher) } : {}),
+  };
+}
+
+/** What a registered version records about where it came from: data, teacher, validation, training, code, run. */
+function lineageOf(input: RegisterModelInput, codeVersion: string, manifestUri: string): ModelLineage {
+  const s = input.spec.student;
+  return {
+    dataset: {
+      kind: input.spec.data.kind,
+      task: input.task,
+      source: input.sample.source,
+      datasetHash: input.sample.datasetHash,
+      sampleHash: input.sample.sampleHash,
+      counts: input.sample.counts,
+    },
+    teacher: input.teacher && {
+      kind: input.teacher.teacher.kind,
+      model: input.teacher.teacher.model,
+      templateHash: input.teacher.teacher.templateHash,
+      responses: input.teacher.responses.sha256,
+      cached: input.teacher.cached,
+      failed: input.teacher.failed,
+      ...teacherAccounting(input.teacher),
+    },
+    validation: input.validation && {
+      report: input.validation.report.sha256,
+      kept: input.validation.kept,
+      dropped: input.validation.dropped,
+      teacherAccuracy: input.validation.teacherAccuracy,
+    },
+    training: {
+      method: s.method,
+      labelSource: labelSourceOf(input.spec),
+      config: { ...s },
+      backend: input.training.backend,
+      steps: input.training.steps,
+      finalLoss: input.training.finalLoss,
+      params: input.training.params,
+    },
+    codeVersion,
+    workflowId: input.workflowId,
+    runId: input.runId,
+    manifest: manifestUri,
+  };
+}
+
+/** What the teacher stage cost and how it got its answers: recorded in the manifest and in lineage alike. */
+function teacherAccounting(t: PromptTeacherResult) {
+  return {
+    mode: t.mode,
+    samples: t.samples,
+    shards: t.shards,
+    notSent: t.notSent,
+    calls: t.calls,
+    usage: t.usage,
+    ...(t.costUsd === undefined ? {} : { costUsd: t.costUsd }),
+    ...(t.budget ? { budget: t.budget } : {}),
+  };
+}
