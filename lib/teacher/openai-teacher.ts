@@ -10,13 +10,14 @@ import OpenAI from 'openai';
 
 import { InputError } from '../errors';
 import type { ArtifactStore } from '../store/artifact-store';
-import { estimatePromptTokens } from './budget';
+import { estimatePromptTokens, type Usage } from './budget';
 import { mapWithConcurrency } from './pool';
 import type { RateLimiter } from './rate-limit';
-import { backoffMs, classifyError } from './retry';
+import { backoffMs, classifyError, type ErrorClass } from './retry';
 import {
   promptHash,
   teacherCacheKey,
+  type CallBudget,
   type CallOptions,
   type ChatMessage,
   type CompleteOptions,
@@ -68,56 +69,126 @@ export const RATE_LIMIT_RETRIES = 20;
  * @throws InputError when a config field is out of range (the message names it).
  */
 export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactStore): Teacher {
-  const { baseURL, model, limiter } = cfg;
-  const temperature = cfg.temperature ?? 0;
-  const maxTokens = cfg.maxTokens ?? 256;
-  const maxRetries = cfg.maxRetries ?? 5;
-  const timeoutMs = cfg.timeoutMs ?? 120_000;
-  const retryBaseMs = cfg.retryBaseMs ?? 500;
-  validateConfig(cfg, { temperature, maxTokens, maxRetries });
+  return new OpenAITeacher(cfg, store);
+}
 
-  const client = new OpenAI({
-    baseURL,
-    apiKey: cfg.apiKey ?? 'unused',
-    timeout: timeoutMs,
-    maxRetries: 0,
-  });
+type ChatCompletion = OpenAI.Chat.Completions.ChatCompletion;
 
-  async function lookupKey(key: string, base: { id: string; promptHash: string }) {
-    const hit = store ? readCached(await store.getKey(key), model) : undefined;
+/** One request as the endpoint will get it, and its identity in the response cache. */
+interface PreparedCall {
+  /** Only role and content: extra fields a caller carries along are not sent. */
+  messages: ChatMessage[];
+  seed?: number;
+  key: string;
+  base: { id: string; promptHash: string };
+}
+
+/** One call's progress across its attempts: what a response reports however the call ends. */
+interface CallProgress {
+  attempts: number;
+  lastError: string;
+  /** Everything the attempts spent, failed ones included: an empty completion is billed like any other. */
+  spent: Usage;
+}
+
+/** One attempt's outcome: the endpoint's completion, or the failure classified for the retry decision. */
+type AttemptOutcome = { completion: ChatCompletion } | { failed: ErrorClass };
+
+/** The teacher {@link createOpenAITeacher} returns: settings resolved and validated once, shared by every call. */
+class OpenAITeacher implements Teacher {
+  readonly kind = 'openai' as const;
+  readonly model: string;
+  readonly sampling: { temperature: number; maxTokens: number };
+  private readonly temperature: number;
+  private readonly maxTokens: number;
+  private readonly maxRetries: number;
+  private readonly timeoutMs: number;
+  private readonly retryBaseMs: number;
+  private readonly limiter?: RateLimiter;
+  private readonly client: OpenAI;
+
+  constructor(
+    cfg: OpenAITeacherConfig,
+    private readonly store?: ArtifactStore
+  ) {
+    this.model = cfg.model;
+    this.limiter = cfg.limiter;
+    this.temperature = cfg.temperature ?? 0;
+    this.maxTokens = cfg.maxTokens ?? 256;
+    this.maxRetries = cfg.maxRetries ?? 5;
+    this.timeoutMs = cfg.timeoutMs ?? 120_000;
+    this.retryBaseMs = cfg.retryBaseMs ?? 500;
+    validateConfig(cfg, { temperature: this.temperature, maxTokens: this.maxTokens, maxRetries: this.maxRetries });
+    this.sampling = { temperature: this.temperature, maxTokens: this.maxTokens };
+    this.client = new OpenAI({
+      baseURL: cfg.baseURL,
+      apiKey: cfg.apiKey ?? 'unused',
+      timeout: this.timeoutMs,
+      maxRetries: 0,
+    });
+  }
+
+  async callOne(request: TeacherRequest, opts: CallOptions = {}): Promise<TeacherResponse> {
+    opts.signal?.throwIfAborted();
+    const messages: ChatMessage[] = request.messages.map((m) => ({ role: m.role, content: m.content }));
+    const seed = request.seed;
+    const hash = this.hashOf(messages, seed);
+    const call: PreparedCall = {
+      messages,
+      seed,
+      key: teacherCacheKey(hash),
+      base: { id: request.id, promptHash: hash },
+    };
+    if (!opts.skipLookup) {
+      const hit = await this.lookupKey(call.key, call.base);
+      if (hit) return hit;
+    }
+    return this.callWithRetries(call, opts);
+  }
+
+  async lookup(request: TeacherRequest): Promise<TeacherResponse | undefined> {
+    const hash = this.hashOf(request.messages, request.seed);
+    return this.lookupKey(teacherCacheKey(hash), { id: request.id, promptHash: hash });
+  }
+
+  async complete(requests: readonly TeacherRequest[], opts: CompleteOptions = {}): Promise<TeacherResponse[]> {
+    const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
+    if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+      throw new InputError(
+        `concurrency is ${JSON.stringify(opts.concurrency)}; expected an integer >= 1`,
+        'concurrency'
+      );
+    }
+    let done = 0;
+    return mapWithConcurrency(
+      requests,
+      concurrency,
+      async (request) => {
+        const response = await this.callOne(request, { signal: opts.signal });
+        opts.onProgress?.(++done, requests.length);
+        return response;
+      },
+      opts.signal
+    );
+  }
+
+  private hashOf(messages: readonly ChatMessage[], seed: number | undefined): string {
+    const { model, temperature, maxTokens } = this;
+    return promptHash({ model, messages, temperature, maxTokens, seed });
+  }
+
+  private async lookupKey(key: string, base: { id: string; promptHash: string }): Promise<TeacherResponse | undefined> {
+    const hit = this.store ? readCached(await this.store.getKey(key), this.model) : undefined;
     if (hit === undefined) return undefined;
     return { ...base, completion: hit.completion, cached: true, attempts: 0, finishReason: hit.finishReason };
   }
 
-  async function callOne(request: TeacherRequest, opts: CallOptions = {}): Promise<TeacherResponse> {
+  /** Attempts the call until it yields a non-empty completion, fails for good, runs out of retries or budget. */
+  private async callWithRetries(call: PreparedCall, opts: CallOptions): Promise<TeacherResponse> {
     const { signal, budget } = opts;
-    signal?.throwIfAborted();
-    const messages: ChatMessage[] = request.messages.map((m) => ({ role: m.role, content: m.content }));
-    const seed = request.seed;
-    const hash = promptHash({ model, messages, temperature, maxTokens, seed });
-    const key = teacherCacheKey(hash);
-    const base = { id: request.id, promptHash: hash };
-
-    if (!opts.skipLookup) {
-      const hit = await lookupKey(key, base);
-      if (hit) return hit;
-    }
-
-    const estimate = estimatePromptTokens(messages);
-    // Everything the attempts spent, failed ones included: an empty completion is billed like any other.
-    const spent = { promptTokens: 0, completionTokens: 0 };
-    const withUsage = () => (spent.promptTokens + spent.completionTokens > 0 ? { usage: { ...spent } } : {});
-    let lastError = '';
-    let attempts = 0;
-    /** No completion: why, with what the attempts made so far spent. */
-    const failure = (error: string): TeacherResponse => ({
-      ...base,
-      completion: '',
-      cached: false,
-      attempts,
-      ...withUsage(),
-      error,
-    });
+    const { maxRetries, maxTokens, limiter } = this;
+    const estimate = estimatePromptTokens(call.messages);
+    const progress: CallProgress = { attempts: 0, lastError: '', spent: { promptTokens: 0, completionTokens: 0 } };
     // Rate limiting is the endpoint asking us to slow down, not the call failing: 429s draw on a budget of their own
     // (RATE_LIMIT_RETRIES more), so a busy account delays calls rather than failing them.
     let rateLimitedRetries = 0;
@@ -126,42 +197,21 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
       const reservation = budget?.reserve(estimate, maxTokens);
       if (budget && reservation === undefined) {
         const why = 'not sent: the cost budget (teacher.maxCost) cannot cover this call';
-        return { ...failure(lastError ? `${lastError}; then ${why}` : why), notSent: 'budget' };
+        const error = progress.lastError ? `${progress.lastError}; then ${why}` : why;
+        return { ...failedResponse(call.base, progress, error), notSent: 'budget' };
       }
       // Rate limits count the prompt and the most the completion may take, as providers do when admitting a call;
-      // providers never refund what a call did not use, so neither does the limiter (see settle below).
+      // providers never refund what a call did not use, so neither does the limiter (see chargeUsage).
       await limiter?.acquire(estimate + maxTokens, signal);
-      attempts++;
-      let completion: OpenAI.Chat.Completions.ChatCompletion;
-      // Our own deadline: the SDK's timeout stops at the response headers, and a body that stalls after them would
-      // otherwise hang the call for ever.
-      // A timer of our own, cleared when the call ends (AbortSignal.timeout's would live on for the whole timeout,
-      // and at a thousand calls a second that is a lot of timers).
-      const deadlineController = new AbortController();
-      const deadline = deadlineController.signal;
-      const deadlineTimer = setTimeout(
-        () => deadlineController.abort(new DOMException(`timeout after ${timeoutMs} ms`, 'TimeoutError')),
-        timeoutMs
-      );
-      try {
-        completion = await withLinkedSignal(signal, deadline, (callSignal) =>
-          client.chat.completions.create(
-            { model, messages, temperature, max_tokens: maxTokens, ...(seed === undefined ? {} : { seed }) },
-            { signal: callSignal }
-          )
-        );
-        // A 200 that is not JSON comes back from the SDK as a string: as malformed as a body cut short.
-        if (!Array.isArray((completion as { choices?: unknown })?.choices)) {
-          throw new SyntaxError(`expected a chat.completion object, got ${JSON.stringify(completion).slice(0, 80)}`);
-        }
-      } catch (err) {
-        clearTimeout(deadlineTimer);
+      progress.attempts++;
+      const outcome = await this.attemptOnce(call, signal);
+      if ('failed' in outcome) {
         budget?.settle(reservation ?? 0, undefined);
         if (signal?.aborted) throw signal.reason;
-        const verdict = classifyError(err, { timeoutMs, timeoutSignal: deadline });
-        lastError = verdict.reason;
+        const verdict = outcome.failed;
+        progress.lastError = verdict.reason;
         if (!verdict.retryable) break;
-        const waitMs = verdict.retryAfterMs ?? backoffMs(attempt + rateLimitedRetries, { baseMs: retryBaseMs });
+        const waitMs = verdict.retryAfterMs ?? backoffMs(attempt + rateLimitedRetries, { baseMs: this.retryBaseMs });
         // A 429 is about the account, not this call: everyone sharing the limiter waits it out.
         if (verdict.rateLimited) {
           limiter?.pause(waitMs);
@@ -170,69 +220,118 @@ export function createOpenAITeacher(cfg: OpenAITeacherConfig, store?: ArtifactSt
         if (attempt < maxRetries) await sleep(waitMs, signal);
         continue;
       }
-      clearTimeout(deadlineTimer);
-      const choice = completion.choices?.[0];
-      const text = choice?.message?.content ?? '';
-      const usage = completion.usage
-        ? {
-            promptTokens: completion.usage.prompt_tokens ?? 0,
-            completionTokens: completion.usage.completion_tokens ?? 0,
-          }
-        : undefined;
-      budget?.settle(reservation ?? 0, usage);
-      // Only ever more than estimated: a prompt the endpoint counted as longer than our estimate.
-      if (usage) limiter?.settle(estimate + maxTokens, Math.max(estimate, usage.promptTokens) + maxTokens);
-      if (usage) {
-        spent.promptTokens += usage.promptTokens;
-        spent.completionTokens += usage.completionTokens;
-      }
+      const { text, finishReason, usage } = readCompletion(outcome.completion);
+      this.chargeUsage(usage, { reservation, budget, estimate, spent: progress.spent });
       if (text.trim() === '') {
-        lastError = `empty completion (finish_reason ${JSON.stringify(choice?.finish_reason ?? null)})`;
-        if (attempt < maxRetries) await sleep(backoffMs(attempt, { baseMs: retryBaseMs }), signal);
+        progress.lastError = `empty completion (finish_reason ${JSON.stringify(finishReason ?? null)})`;
+        if (attempt < maxRetries) await sleep(backoffMs(attempt, { baseMs: this.retryBaseMs }), signal);
         continue;
       }
-      const finishReason = choice?.finish_reason ?? undefined;
-      if (store) {
-        const record: CachedResponse = { model, completion: text, finishReason, usage };
-        const write = store.putKey(key, JSON.stringify(record), { contentType: 'application/json' });
-        if (opts.deferWrite) opts.deferWrite(write);
-        else await write;
-      }
-      return { ...base, completion: text, cached: false, attempts, finishReason, ...withUsage() };
+      await this.cacheCompletion(call.key, { model: this.model, completion: text, finishReason, usage }, opts);
+      const { base } = call;
+      return {
+        ...base,
+        completion: text,
+        cached: false,
+        attempts: progress.attempts,
+        finishReason,
+        ...usageOf(progress),
+      };
     }
-    return failure(`${lastError} (after ${attempts} attempt${attempts === 1 ? '' : 's'})`);
+    const { attempts } = progress;
+    return failedResponse(
+      call.base,
+      progress,
+      `${progress.lastError} (after ${attempts} attempt${attempts === 1 ? '' : 's'})`
+    );
   }
 
-  return {
-    kind: 'openai',
-    model,
-    sampling: { temperature, maxTokens },
-    callOne,
-    async lookup(request: TeacherRequest) {
-      const hash = promptHash({ model, messages: request.messages, temperature, maxTokens, seed: request.seed });
-      return lookupKey(teacherCacheKey(hash), { id: request.id, promptHash: hash });
-    },
-    async complete(requests: readonly TeacherRequest[], opts: CompleteOptions = {}): Promise<TeacherResponse[]> {
-      const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
-      if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
-        throw new InputError(
-          `concurrency is ${JSON.stringify(opts.concurrency)}; expected an integer >= 1`,
-          'concurrency'
-        );
-      }
-      let done = 0;
-      return mapWithConcurrency(
-        requests,
-        concurrency,
-        async (request) => {
-          const response = await callOne(request, { signal: opts.signal });
-          opts.onProgress?.(++done, requests.length);
-          return response;
-        },
-        opts.signal
+  /**
+   * One HTTP attempt under our own deadline: the SDK's timeout stops at the response headers, and a body that stalls
+   * after them would otherwise hang the call for ever. Never rejects: a failure comes back classified.
+   */
+  private async attemptOnce(call: PreparedCall, signal: AbortSignal | undefined): Promise<AttemptOutcome> {
+    const { model, temperature, maxTokens, timeoutMs } = this;
+    const { messages, seed } = call;
+    // A timer of our own, cleared when the call ends (AbortSignal.timeout's would live on for the whole timeout,
+    // and at a thousand calls a second that is a lot of timers).
+    const deadlineController = new AbortController();
+    const deadline = deadlineController.signal;
+    const deadlineTimer = setTimeout(
+      () => deadlineController.abort(new DOMException(`timeout after ${timeoutMs} ms`, 'TimeoutError')),
+      timeoutMs
+    );
+    try {
+      const completion = await withLinkedSignal(signal, deadline, (callSignal) =>
+        this.client.chat.completions.create(
+          { model, messages, temperature, max_tokens: maxTokens, ...(seed === undefined ? {} : { seed }) },
+          { signal: callSignal }
+        )
       );
-    },
-  };
+      // A 200 that is not JSON comes back from the SDK as a string: as malformed as a body cut short.
+      if (!Array.isArray((completion as { choices?: unknown })?.choices)) {
+        throw new SyntaxError(`expected a chat.completion object, got ${JSON.stringify(completion).slice(0, 80)}`);
+      }
+      return { completion };
+    } catch (err) {
+      return { failed: classifyError(err, { timeoutMs, timeoutSignal: deadline }) };
+    } finally {
+      clearTimeout(deadlineTimer);
+    }
+  }
+
+  /** Replaces the attempt's budget reservation and limiter estimate by what the endpoint says it used. */
+  private chargeUsage(
+    usage: Usage | undefined,
+    at: { reservation: number | undefined; budget: CallBudget | undefined; estimate: number; spent: Usage }
+  ): void {
+    const { maxTokens, limiter } = this;
+    at.budget?.settle(at.reservation ?? 0, usage);
+    if (!usage) return;
+    // Only ever more than estimated: a prompt the endpoint counted as longer than our estimate.
+    limiter?.settle(at.estimate + maxTokens, Math.max(at.estimate, usage.promptTokens) + maxTokens);
+    at.spent.promptTokens += usage.promptTokens;
+    at.spent.completionTokens += usage.completionTokens;
+  }
+
+  /** Writes a completion to the response cache, or hands the write to the caller when it defers writes. */
+  private async cacheCompletion(key: string, record: CachedResponse, opts: CallOptions): Promise<void> {
+    if (!this.store) return;
+    const write = this.store.putKey(key, JSON.stringify(record), { contentType: 'application/json' });
+    if (opts.deferWrite) opts.deferWrite(write);
+    else await write;
+  }
+}
+
+/** The completion text, finish reason and reported usage of a chat.completion. */
+function readCompletion(completion: ChatCompletion): {
+  text: string;
+  finishReason: string | undefined;
+  usage: Usage | undefined;
+} {
+  const choice = completion.choices?.[0];
+  const usage = completion.usage
+    ? {
+        promptTokens: completion.usage.prompt_tokens ?? 0,
+        completionTokens: completion.usage.completion_tokens ?? 0,
+      }
+    : undefined;
+  return { text: choice?.message?.content ?? '', finishReason: choice?.finish_reason ?? undefined, usage };
+}
+
+/** The `usage` field of a response: present only once the attempts spent something. */
+function usageOf(progress: CallProgress): { usage?: Usage } {
+  const { spent } = progress;
+  return spent.promptTokens + spent.completionTokens > 0 ? { usage: { ...spent } } : {};
+}
+
+/** No completion: why, with what the attempts made so far spent. */
+function failedResponse(
+  base: { id: string; promptHash: string },
+  progress: CallProgress,
+  error: string
+): TeacherResponse {
+  return { ...base, completion: '', cached: false, attempts: progress.attempts, ...usageOf(progress), error };
 }
 
 /** Resolves after `ms`, or rejects with the signal's reason as soon as it aborts. */

@@ -6,7 +6,7 @@
  */
 import type { Usage } from './budget';
 import type { Journal } from './journal';
-import type { CallBudget, ChatMessage, Teacher, TeacherResponse } from './types';
+import type { CallBudget, ChatMessage, Teacher, TeacherRequest, TeacherResponse } from './types';
 
 /** An example as a shard file holds it: enough to rebuild its prompt, never the prompt itself (that is 50x larger). */
 export interface ShardExample {
@@ -90,17 +90,13 @@ export interface RunShardOptions {
  * in shard order. Stops taking new calls once the budget refuses one; calls in flight finish and are journalled.
  */
 export async function runShard(opts: RunShardOptions): Promise<{ responses: ShardResponse[]; stats: ShardStats }> {
-  const { examples, samples, teacher, journal, signal } = opts;
-  const done = new Map<string, CallRecord>();
-  for (const r of opts.prior) {
-    const key = `${r.i}.${r.s}`;
-    // A success is final; a later failure record never replaces it.
-    if (r.completion !== undefined && r.error === undefined) done.set(key, r);
-  }
+  const { examples, samples } = opts;
+  const done = successesOf(opts.prior);
+  const { pending, resumed } = unfinishedCalls(examples.length, samples, done);
   const stats: ShardStats = {
     examples: examples.length,
     calls: examples.length * samples,
-    resumed: 0,
+    resumed,
     cached: 0,
     sent: 0,
     failed: 0,
@@ -108,96 +104,180 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
     budgetStopped: false,
     usage: { promptTokens: 0, completionTokens: 0 },
   };
-  const pending: { i: number; s: number }[] = [];
-  for (let i = 0; i < examples.length; i++) {
-    for (let s = 0; s < samples; s++) {
-      if (done.has(`${i}.${s}`)) stats.resumed++;
-      else pending.push({ i, s });
-    }
-  }
   const records = new Map(done);
-  let finished = stats.resumed;
-  opts.onProgress?.(finished, stats.calls);
-
-  const requestFor = (i: number, s: number) => {
-    const example = examples[i];
-    return {
-      id: example.id,
-      messages: opts.messagesFor(example),
-      source: example.source,
-      ...(samples > 1 ? { seed: s } : {}),
-    };
-  };
-  // Cache lookups for the whole shard first, a few dozen at a time: a call then goes straight to the endpoint, and
-  // no slot waits on a store round-trip before its request.
-  const hits = new Map<string, TeacherResponse>();
-  if (teacher.lookup) {
-    let k = 0;
-    const lookups = async () => {
-      while (k < pending.length) {
-        signal?.throwIfAborted();
-        const { i, s } = pending[k++];
-        const hit = await teacher.lookup!(requestFor(i, s));
-        if (hit) hits.set(`${i}.${s}`, hit);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(32, pending.length) }, lookups));
-  }
-
-  let next = 0;
-  let stop = false;
-  // Journal appends and cache writes in flight: started as each call finishes, awaited before the shard reports.
-  const background = new Set<Promise<unknown>>();
-  let backgroundError: unknown;
-  const inBackground = (p: Promise<unknown>) => {
-    const tracked = p.catch((err: unknown) => {
-      backgroundError ??= err;
-    });
-    background.add(tracked);
-    void tracked.finally(() => background.delete(tracked));
-  };
-  const worker = async () => {
-    while (!stop && next < pending.length) {
-      signal?.throwIfAborted();
-      const { i, s } = pending[next++];
-      const response =
-        hits.get(`${i}.${s}`) ??
-        (await teacher.callOne(requestFor(i, s), {
-          signal,
-          budget: opts.budget,
-          skipLookup: teacher.lookup !== undefined,
-          deferWrite: inBackground,
-        }));
-      const record = toRecord(i, s, response, opts.stageId);
-      if (response.notSent) {
-        stop = true;
-      } else {
-        if (response.cached) stats.cached++;
-        else if ((response.attempts ?? 0) > 0) stats.sent++;
-        if (response.error !== undefined) stats.failed++;
-        if (response.usage) {
-          stats.usage.promptTokens += response.usage.promptTokens;
-          stats.usage.completionTokens += response.usage.completionTokens;
-        }
-        // Cache hits need no journal entry to be free next time, but journalling them keeps resume O(journal).
-        // The append is under way at once and durable within one store round-trip (a group commit); the slot does
-        // not wait for it, so a slow store does not idle the endpoint. Appends in flight are bounded all the same.
-        inBackground(journal.append(record));
-        if (background.size > 4 * opts.concurrency) await Promise.race(background);
-        if (backgroundError !== undefined) throw backgroundError;
-        records.set(`${i}.${s}`, record);
-        opts.onProgress?.(++finished, stats.calls);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency, pending.length)) }, worker));
-  await journal.flush();
-  await Promise.all(background);
-  if (backgroundError !== undefined) throw backgroundError;
-  stats.budgetStopped = stop || (opts.budget?.exhausted ?? false);
+  opts.onProgress?.(stats.resumed, stats.calls);
+  const hits = await lookupAll(opts.teacher, pending, (i, s) => requestOf(opts, i, s), opts.signal);
+  const calls = new ShardCalls(opts, pending, hits, stats, records);
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency, pending.length)) }, () => calls.run()));
+  await opts.journal.flush();
+  await calls.background.drain();
+  stats.budgetStopped = calls.stopped || (opts.budget?.exhausted ?? false);
   // Calls with no record at all: refused by the budget, or never reached after it stopped the shard.
   stats.notSent = stats.calls - records.size;
   return { responses: foldShard(examples, samples, records, opts.labelOf), stats };
+}
+
+/** The successes earlier attempts journalled, by `i.s`. */
+function successesOf(prior: readonly CallRecord[]): Map<string, CallRecord> {
+  const done = new Map<string, CallRecord>();
+  for (const r of prior) {
+    const key = `${r.i}.${r.s}`;
+    // A success is final; a later failure record never replaces it.
+    if (r.completion !== undefined && r.error === undefined) done.set(key, r);
+  }
+  return done;
+}
+
+/** The calls still to make, in shard order, and how many earlier attempts already finished. */
+function unfinishedCalls(
+  examples: number,
+  samples: number,
+  done: ReadonlyMap<string, CallRecord>
+): { pending: { i: number; s: number }[]; resumed: number } {
+  const pending: { i: number; s: number }[] = [];
+  let resumed = 0;
+  for (let i = 0; i < examples; i++) {
+    for (let s = 0; s < samples; s++) {
+      if (done.has(`${i}.${s}`)) resumed++;
+      else pending.push({ i, s });
+    }
+  }
+  return { pending, resumed };
+}
+
+/** The request for example `i`, sample `s`: seeded only when there are several samples to tell apart. */
+function requestOf(opts: RunShardOptions, i: number, s: number): TeacherRequest {
+  const example = opts.examples[i];
+  return {
+    id: example.id,
+    messages: opts.messagesFor(example),
+    source: example.source,
+    ...(opts.samples > 1 ? { seed: s } : {}),
+  };
+}
+
+/**
+ * Cache lookups for the whole shard first, a few dozen at a time: a call then goes straight to the endpoint, and
+ * no slot waits on a store round-trip before its request.
+ */
+async function lookupAll(
+  teacher: Teacher,
+  pending: readonly { i: number; s: number }[],
+  requestFor: (i: number, s: number) => TeacherRequest,
+  signal: AbortSignal | undefined
+): Promise<Map<string, TeacherResponse>> {
+  const hits = new Map<string, TeacherResponse>();
+  if (!teacher.lookup) return hits;
+  let k = 0;
+  const lookups = async () => {
+    while (k < pending.length) {
+      signal?.throwIfAborted();
+      const { i, s } = pending[k++];
+      const hit = await teacher.lookup!(requestFor(i, s));
+      if (hit) hits.set(`${i}.${s}`, hit);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(32, pending.length) }, lookups));
+  return hits;
+}
+
+/** Journal appends and cache writes in flight: started as each call finishes, awaited before the shard reports. */
+class BackgroundWrites {
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private error: unknown;
+
+  /** Tracks a write; its failure is kept for {@link throwIfFailed} rather than left unhandled. */
+  readonly add = (p: Promise<unknown>): void => {
+    const tracked = p.catch((err: unknown) => {
+      this.error ??= err;
+    });
+    this.inFlight.add(tracked);
+    void tracked.finally(() => this.inFlight.delete(tracked));
+  };
+
+  get size(): number {
+    return this.inFlight.size;
+  }
+
+  /** Settles when any write in flight has. */
+  anySettled(): Promise<unknown> {
+    return Promise.race(this.inFlight);
+  }
+
+  throwIfFailed(): void {
+    if (this.error !== undefined) throw this.error;
+  }
+
+  /** Waits for every write in flight, then rethrows the first failure. */
+  async drain(): Promise<void> {
+    await Promise.all(this.inFlight);
+    this.throwIfFailed();
+  }
+}
+
+/** The pending calls of one shard, taken in order by concurrent slots that share the tallies. */
+class ShardCalls {
+  /** Set once the budget refuses a call: no slot takes another. */
+  stopped = false;
+  readonly background = new BackgroundWrites();
+  private next = 0;
+  private finished: number;
+
+  constructor(
+    private readonly opts: RunShardOptions,
+    private readonly pending: readonly { i: number; s: number }[],
+    private readonly hits: ReadonlyMap<string, TeacherResponse>,
+    private readonly stats: ShardStats,
+    private readonly records: Map<string, CallRecord>
+  ) {
+    this.finished = stats.resumed;
+  }
+
+  /** One slot: takes the next pending call until none is left or the budget stops the shard. */
+  async run(): Promise<void> {
+    const { signal, journal } = this.opts;
+    while (!this.stopped && this.next < this.pending.length) {
+      signal?.throwIfAborted();
+      const { i, s } = this.pending[this.next++];
+      const response = this.hits.get(`${i}.${s}`) ?? (await this.send(i, s));
+      if (response.notSent) {
+        this.stopped = true;
+        continue;
+      }
+      this.count(response);
+      const record = toRecord(i, s, response, this.opts.stageId);
+      // Cache hits need no journal entry to be free next time, but journalling them keeps resume O(journal).
+      // The append is under way at once and durable within one store round-trip (a group commit); the slot does
+      // not wait for it, so a slow store does not idle the endpoint. Appends in flight are bounded all the same.
+      this.background.add(journal.append(record));
+      if (this.background.size > 4 * this.opts.concurrency) await this.background.anySettled();
+      this.background.throwIfFailed();
+      this.records.set(`${i}.${s}`, record);
+      this.opts.onProgress?.(++this.finished, this.stats.calls);
+    }
+  }
+
+  private send(i: number, s: number): Promise<TeacherResponse> {
+    const { teacher } = this.opts;
+    return teacher.callOne(requestOf(this.opts, i, s), {
+      signal: this.opts.signal,
+      budget: this.opts.budget,
+      skipLookup: teacher.lookup !== undefined,
+      deferWrite: this.background.add,
+    });
+  }
+
+  /** Adds a finished call (not one the budget refused) to the shard's figures. */
+  private count(response: TeacherResponse): void {
+    const { stats } = this;
+    if (response.cached) stats.cached++;
+    else if ((response.attempts ?? 0) > 0) stats.sent++;
+    if (response.error !== undefined) stats.failed++;
+    if (response.usage) {
+      stats.usage.promptTokens += response.usage.promptTokens;
+      stats.usage.completionTokens += response.usage.completionTokens;
+    }
+  }
 }
 
 /** Journal records as the fold takes them: the success for each (example, sample), else the latest failure. */
