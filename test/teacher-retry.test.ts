@@ -205,15 +205,16 @@ test('a server that never answers is a retryable timeout naming the timeout', as
 });
 
 test('a stall after the headers outlives the SDK timeout; the caller’s deadline makes it a retryable timeout', async (t) => {
-  const deadline = AbortSignal.timeout(300);
-  // The SDK's 100 ms timeout stops at the headers, so only the 300 ms deadline ends this call, mid-body.
-  const err = await sdkError('stall-body', { timeout: 100, signal: deadline });
+  // The SDK's 1 s timeout stops at the headers, so only the 3 s deadline ends this call, mid-body. (Both leave the
+  // headers, which come at once, ample time on a busy machine: a 100 ms SDK timeout could fire before them.)
+  const deadline = AbortSignal.timeout(3000);
+  const err = await sdkError('stall-body', { timeout: 1000, signal: deadline });
   t.false(err instanceof APIConnectionTimeoutError);
   t.is((err as Error).name, 'AbortError');
-  t.deepEqual(classifyError(err, { timeoutMs: 300, timeoutSignal: deadline }), {
+  t.deepEqual(classifyError(err, { timeoutMs: 3000, timeoutSignal: deadline }), {
     retryable: true,
     rateLimited: false,
-    reason: 'timeout after 300 ms',
+    reason: 'timeout after 3000 ms',
   });
   // Without the deadline there is no telling it from the caller giving up.
   t.is(classifyError(err).reason, 'aborted');

@@ -8,8 +8,6 @@ import { settings } from '../infra/config';
 import { withCudaLibraryPath } from '../infra/cuda';
 import { setup } from '../infra/setup';
 
-export type { QueueKind };
-
 /**
  * Keep the SDK to warnings and errors: an interactive run or a test prints its own progress, and worker state
  * changes would bury it. Must run before the first worker or connection is created; later calls are no-ops.

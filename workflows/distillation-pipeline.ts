@@ -72,8 +72,6 @@ const GPU_OPTIONS = {
 } satisfies ActivityOptions;
 const gpu = proxyActivities<Activities>(GPU_OPTIONS);
 
-export type { PipelineResult };
-
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
 /** Each stage's one-line summary in `progressQuery` (and so in the CLI's progress display). */
