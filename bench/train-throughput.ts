@@ -21,7 +21,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeBackend, initBackend, type BackendName } from '../lib/student/backend';
 import { makeConfig, PRESETS, type PresetName } from '../lib/student/config';
-import { parseTrainOptions, train, type TrainRecord } from '../lib/student/train';
+import { parseTrainOptions, train } from '../lib/student/train';
+import type { TrainRecord } from '../lib/student/pairs';
 
 /** The fixed config: t5-v1_1-small's shape at the student's default vocabulary, short sequences, batch 8. */
 const CONFIG = {

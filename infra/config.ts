@@ -13,9 +13,6 @@ import { pathToFileURL } from 'node:url';
 /** Forces one tfjs backend (`tensorflow`, `wasm`, `cpu`) instead of walking the ladder. */
 export const BACKEND_ENV = 'STEPWISE_TFJS_BACKEND';
 
-/** The teacher key's variable when a spec names none. */
-export const DEFAULT_API_KEY_ENV = 'OPENAI_API_KEY';
-
 type Env = Record<string, string | undefined>;
 
 export interface StepwiseSettings {

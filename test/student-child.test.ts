@@ -7,7 +7,7 @@ import { InputError } from '../lib/errors';
 import { readCheckpointMeta } from '../lib/student/checkpoint';
 import { runStudentJob, StudentChildCrashError } from '../lib/student/child';
 import { parseStudentOptions } from '../lib/student/options';
-import type { TrainRecord } from '../lib/student/train';
+import type { TrainRecord } from '../lib/student/pairs';
 import { isAlive } from './helpers/processes';
 
 // Each test starts a real child process (node + tsx + tfjs), so they run one at a time on our 2 cores.

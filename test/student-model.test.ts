@@ -6,7 +6,7 @@ import { makeConfig, PRESETS, type T5Config } from '../lib/student/config';
 import { paramSpecs, relativePositionBuckets, shiftRight, T5Model } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
 import { trainTokenizer } from '../lib/student/tokenizer';
-import { batchLoss, padBatch } from '../lib/student/train';
+import { batchLoss, padBatch } from '../lib/student/loss';
 
 const VOCAB = 500;
 

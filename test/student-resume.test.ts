@@ -18,8 +18,8 @@ import {
   type TrainCheckpoint,
   type TrainOptionsInput,
   type TrainProgress,
-  type TrainRecord,
 } from '../lib/student/train';
+import type { TrainRecord } from '../lib/student/pairs';
 import { runIn } from './helpers/activities';
 
 // Resumed runs are compared with uninterrupted ones bit for bit: both run in this process, on one backend.

@@ -8,15 +8,9 @@ import { mulberry32 } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
 import { createOptimizer } from '../lib/student/optim';
 import { BatchSampler } from '../lib/student/sampler';
-import {
-  buildPairs,
-  learningRateAt,
-  parseTrainOptions,
-  train,
-  type TrainHooks,
-  type TrainOptionsInput,
-  type TrainRecord,
-} from '../lib/student/train';
+import { parseTrainOptions, train, type TrainHooks, type TrainOptionsInput } from '../lib/student/train';
+import { buildPairs, type TrainRecord } from '../lib/student/pairs';
+import { learningRateAt } from '../lib/student/loop';
 
 // Training tests run one at a time: they count live tensors, and two trainings at once would only share 2 cores.
 test.before(async () => {

@@ -77,8 +77,7 @@ export async function getVersion(
   name: string,
   version: number
 ): Promise<ModelVersion | undefined> {
-  const bytes = await store.getKey(versionKey(name, version));
-  return bytes ? (JSON.parse(bytes.toString('utf8')) as ModelVersion) : undefined;
+  return store.getKeyJson<ModelVersion>(versionKey(name, version));
 }
 
 export async function latestVersion(store: ArtifactStore, name: string): Promise<ModelVersion | undefined> {
@@ -96,10 +95,9 @@ export async function registerVersion(
   entry: Omit<ModelVersion, 'version' | 'createdAt'>,
   now: Date = new Date()
 ): Promise<ModelVersion> {
-  const existing = await store.getKey(byRunKey(entry.name, entry.lineage.runId));
+  const existing = await store.getKeyJson<{ version: number }>(byRunKey(entry.name, entry.lineage.runId));
   if (existing) {
-    const { version } = JSON.parse(existing.toString('utf8')) as { version: number };
-    const found = await getVersion(store, entry.name, version);
+    const found = await getVersion(store, entry.name, existing.version);
     if (found) return found;
   }
   const versions = await listVersions(store, entry.name);

@@ -191,6 +191,12 @@ export class ArtifactStore {
     }
   }
 
+  /** Read a named key holding JSON, or `undefined` when it does not exist. */
+  async getKeyJson<T>(key: string): Promise<T | undefined> {
+    const bytes = await this.getKey(key);
+    return bytes ? (JSON.parse(bytes.toString('utf8')) as T) : undefined;
+  }
+
   async listKeys(prefix: string): Promise<string[]> {
     return this.backend.list(prefix);
   }

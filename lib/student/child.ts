@@ -10,7 +10,8 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { InputError } from '../errors';
 import type { BackendName } from './backend';
 import type { StudentOptions } from './options';
-import type { TrainProgress, TrainRecord, TrainResult } from './train';
+import type { TrainProgress, TrainResult } from './train';
+import type { TrainRecord } from './pairs';
 
 export interface TrainJob {
   kind: 'train';

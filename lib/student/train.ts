@@ -38,19 +38,6 @@ import { BatchSampler } from './sampler';
 import { T5Model } from './t5';
 import { loadTokenizer, trainTokenizer, type StudentTokenizer } from './tokenizer';
 
-export { METHODS, defaultLabelSource, type LabelSource, type Method } from './options';
-export {
-  buildPairs,
-  EXPLAIN_PREFIX,
-  isMethod,
-  PREDICT_PREFIX,
-  type PairSet,
-  type TextPair,
-  type TrainRecord,
-} from './pairs';
-export { batchLoss, padBatch } from './loss';
-export { learningRateAt } from './loop';
-
 /** What a run trains on and from, beside its options: data and bytes, not settings a spec could hold. */
 export interface TrainInputs {
   /** Validation records: the loss every `evalEvery` steps (and at the end) is computed on them. */

@@ -7,6 +7,9 @@
 import { z } from 'zod';
 import { oneOf } from '../schema';
 
+/** The teacher key's variable when a spec names none: the one the OpenAI SDK itself reads. */
+export const DEFAULT_API_KEY_ENV = 'OPENAI_API_KEY';
+
 /** `batch` sends each shard through the provider's batch API (OpenAI `/v1/batches`) and waits on durable timers. */
 export const TEACHER_MODES = ['direct', 'batch'] as const;
 export type TeacherMode = (typeof TEACHER_MODES)[number];
@@ -87,7 +90,7 @@ export const teacherSchema = z.discriminatedUnion('kind', [
       apiKeyEnv: z
         .string()
         .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'expected an environment variable name')
-        .default('OPENAI_API_KEY'),
+        .default(DEFAULT_API_KEY_ENV),
       ...callingFields,
     })
     .strict(),

@@ -16,6 +16,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InputError } from '../../errors';
+import { MIN_VOCAB_SIZE } from '../options';
 import { LibraryTokenizer, METASPACE, SPACE, specialToken, t5PostProcessor, type StudentTokenizer } from './common';
 
 export const PAD_ID = 0;
@@ -80,16 +81,16 @@ function tokenizerJson(tokens: readonly string[], merges: ReadonlyArray<readonly
  * alphabet and the first merges up to `vocabSize` tokens. When the alphabet alone is larger than that, the rarest
  * characters are left out (they encode as unk). A corpus too small for `vocabSize` gives a smaller vocabulary.
  * Deterministic: the same texts give the same tokenizer.
- * @throws InputError when texts has no text or vocabSize is not an integer ≥ 16.
+ * @throws InputError when texts has no text or vocabSize is not an integer ≥ {@link MIN_VOCAB_SIZE}.
  */
 export async function trainTokenizer(
   texts: readonly string[],
   opts: { vocabSize?: number } = {}
 ): Promise<StudentTokenizer> {
   const vocabSize = opts.vocabSize ?? DEFAULT_VOCAB_SIZE;
-  if (!Number.isSafeInteger(vocabSize) || vocabSize < 16) {
+  if (!Number.isSafeInteger(vocabSize) || vocabSize < MIN_VOCAB_SIZE) {
     throw new InputError(
-      `vocabSize is ${JSON.stringify(opts.vocabSize)}; expected an integer of at least 16`,
+      `vocabSize is ${JSON.stringify(opts.vocabSize)}; expected an integer of at least ${MIN_VOCAB_SIZE}`,
       'vocabSize'
     );
   }

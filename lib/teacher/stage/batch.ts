@@ -21,7 +21,7 @@ import { buildPrompt } from '../templates';
 import { promptHash, teacherCacheKey } from '../types';
 import { budgetFor, successes } from './accounting';
 import { callingSpec, endpointOf, type CallingSpec, type Endpoint, type StageDeps } from './endpoint';
-import { batchKey, readKeyJson, writeKeyJson, type BatchRecord } from './layout';
+import { batchKey, writeKeyJson, type BatchRecord } from './layout';
 import { isFinished, openShard, shardOutcome, type OpenShard } from './open-shard';
 import type {
   TeacherBatchCollectInput,
@@ -174,7 +174,7 @@ export async function collectShardBatch(
   const endpoint = await endpointOf(spec, deps);
   const client = batchClient(endpoint);
   const status = await batchStatus(client, input.batchId);
-  const submitted = (await readKeyJson<BatchRecord>(store, batchKey(shardKey, input.round)))?.calls ?? [];
+  const submitted = (await store.getKeyJson<BatchRecord>(batchKey(shardKey, input.round)))?.calls ?? [];
   const answers = await batchAnswers(client, status);
   const shard: BatchShard = { store, spec, endpoint, input, open };
   const { answered, failed: failedAnswers } = await journalAnswers(shard, answers, hooks);

@@ -3,12 +3,12 @@
  * `openai` teacher to its URL and the API key its spec names (read where the calls are made), and replay to the
  * recorded completions. The caller supplies the two things only a worker knows: the scripted server and the keys.
  */
-import { DEFAULT_API_KEY_ENV } from '../../../infra/config';
 import { InputError } from '../../errors';
 import type { ArtifactStore } from '../../store/artifact-store';
 import { createOpenAITeacher } from '../openai-teacher';
 import { createRateLimiter } from '../rate-limit';
 import { createReplayTeacher, REPLAY_MODEL } from '../replay-teacher';
+import { DEFAULT_API_KEY_ENV } from '../options';
 import type { Teacher } from '../types';
 import type { TeacherShardInput, TeacherSpec } from './types';
 

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { ArtifactStore } from '../../store/artifact-store';
 import { Journal } from '../journal';
 import { foldShard, indexRecords, type CallRecord, type ShardExample } from '../shard';
-import { doneKey, journalPrefix, readKeyJson, readPlan, shardKeyOf, type PlanDoc, type ShardDone } from './layout';
+import { doneKey, journalPrefix, readPlan, shardKeyOf, type PlanDoc, type ShardDone } from './layout';
 import { labeller } from './open-shard';
 import type { FinishTeacherInput, FinishTeacherResult, TeacherStageFigures } from './types';
 
@@ -55,7 +55,7 @@ export async function assembleResponses(
 async function shardLines(store: ArtifactStore, doc: PlanDoc, index: number): Promise<string[]> {
   const shard = doc.shards[index];
   const shardKey = shardKeyOf(doc.identity, shard.ref);
-  const done = await readKeyJson<ShardDone>(store, doneKey(shardKey));
+  const done = await store.getKeyJson<ShardDone>(doneKey(shardKey));
   if (done) return (await store.get(done.responses)).toString('utf8').split('\n');
   const [examples, { records }] = await Promise.all([
     store.getJsonl<ShardExample>(shard.ref),

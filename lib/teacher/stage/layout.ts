@@ -68,12 +68,6 @@ export function readPlan(store: ArtifactStore, plan: ArtifactRef): Promise<PlanD
   return store.getJson<PlanDoc>(plan);
 }
 
-/** Reads a JSON record stored under a plain key; undefined when there is none. */
-export async function readKeyJson<T>(store: ArtifactStore, key: string): Promise<T | undefined> {
-  const bytes = await store.getKey(key);
-  return bytes ? (JSON.parse(bytes.toString('utf8')) as T) : undefined;
-}
-
 /** Writes a JSON record under a plain key (canonical, so equal records are equal bytes). */
 export async function writeKeyJson(store: ArtifactStore, key: string, value: unknown): Promise<void> {
   await store.putKey(key, canonicalJson(value), { contentType: 'application/json' });

@@ -10,16 +10,7 @@ import { costOf } from '../budget';
 import { Journal } from '../journal';
 import { foldShard, indexRecords, type CallRecord, type ShardExample } from '../shard';
 import { journalUsage, priceOf } from './accounting';
-import {
-  doneKey,
-  journalPrefix,
-  readKeyJson,
-  readPlan,
-  shardKeyOf,
-  writeKeyJson,
-  type PlanDoc,
-  type ShardDone,
-} from './layout';
+import { doneKey, journalPrefix, readPlan, shardKeyOf, writeKeyJson, type PlanDoc, type ShardDone } from './layout';
 import type { TeacherShardInput, TeacherShardResult } from './types';
 
 /** One shard's plan entry, examples and journal, opened for a step. */
@@ -57,7 +48,7 @@ export async function openShard(
   const shard = doc.shards[input.index];
   if (!shard) throw new InputError(`shard ${input.index} is not in the plan (${doc.shards.length} shards)`, 'index');
   const shardKey = shardKeyOf(doc.identity, shard.ref);
-  const done = await readKeyJson<ShardDone>(store, doneKey(shardKey));
+  const done = await store.getKeyJson<ShardDone>(doneKey(shardKey));
   if (done) {
     if (done.stageId === input.stageId) return done.result;
     if (done.result.failed === 0) {
