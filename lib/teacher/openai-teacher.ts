@@ -50,11 +50,20 @@ export interface OpenAITeacherConfig {
 }
 
 /** What the response cache holds for one call. */
-interface CachedResponse {
+/** A response cache record, under `teacherCacheKey(promptHash)`. */
+export interface CachedResponse {
   model: string;
   completion: string;
   finishReason?: string;
   usage?: { promptTokens: number; completionTokens: number };
+}
+
+/**
+ * Writes a completion into the response cache. The one writer of the record format: direct calls and batch
+ * collection both go through it, so a later run finds either the same way.
+ */
+export function writeCachedResponse(store: ArtifactStore, key: string, record: CachedResponse): Promise<unknown> {
+  return store.putKey(key, JSON.stringify(record), { contentType: 'application/json' });
 }
 
 export const DEFAULT_CONCURRENCY = 8;
@@ -297,7 +306,7 @@ class OpenAITeacher implements Teacher {
   /** Writes a completion to the response cache, or hands the write to the caller when it defers writes. */
   private async cacheCompletion(key: string, record: CachedResponse, opts: CallOptions): Promise<void> {
     if (!this.store) return;
-    const write = this.store.putKey(key, JSON.stringify(record), { contentType: 'application/json' });
+    const write = writeCachedResponse(this.store, key, record);
     if (opts.deferWrite) opts.deferWrite(write);
     else await write;
   }

@@ -15,7 +15,7 @@ import {
 } from '../batch';
 import { estimatePromptTokens } from '../budget';
 import { mapWithConcurrency } from '../pool';
-import { createOpenAITeacher } from '../openai-teacher';
+import { createOpenAITeacher, writeCachedResponse } from '../openai-teacher';
 import { indexRecords } from '../shard';
 import { buildPrompt } from '../templates';
 import { promptHash, teacherCacheKey } from '../types';
@@ -225,7 +225,13 @@ async function journalAnswers(
       ...(a.usage ? { usage: a.usage } : {}),
     };
     if (a.completion !== undefined) {
-      await cacheAnswer(store, hash, endpoint.model, a);
+      const { completion, finishReason, usage } = a;
+      await writeCachedResponse(store, teacherCacheKey(hash), {
+        model: endpoint.model,
+        completion,
+        finishReason,
+        usage,
+      });
       void journal.append({
         ...base,
         completion: a.completion,
@@ -251,13 +257,4 @@ function journalUnanswered(shard: BatchShard, customIds: readonly string[], stat
     const id = shard.open.examples[i].id;
     void shard.open.journal.append({ i, s, id, promptHash: '', error: why, stage: shard.input.stageId });
   }
-}
-
-/** Writes a batch completion into the response cache, as `createOpenAITeacher` writes a direct one. */
-async function cacheAnswer(store: ArtifactStore, hash: string, model: string, a: BatchAnswer): Promise<void> {
-  await store.putKey(
-    teacherCacheKey(hash),
-    JSON.stringify({ model, completion: a.completion, finishReason: a.finishReason, usage: a.usage }),
-    { contentType: 'application/json' }
-  );
 }
