@@ -31,11 +31,16 @@ export interface ActivityDeps {
   codeVersion: string;
   /** A teacher API key by the name of its environment variable (`teacher.apiKeyEnv`), read on this worker. */
   apiKey: ApiKeyLookup;
+  /**
+   * The folders spec-named files must lie under (`STEPWISE_DATA_ROOTS`). Workers always set it (workers/deps.ts);
+   * left out, as tests wiring activities by hand do, paths are not confined.
+   */
+  dataRoots?: readonly string[];
 }
 
 export function createActivities(deps: ActivityDeps): Activities {
   return {
-    sample: (spec) => sample(deps.store, spec),
+    sample: (spec) => sample(deps.store, spec, deps.dataRoots),
     planTeacher: (input) => planTeacher(deps, input),
     teacherShard: (input) => teacherShard(deps, input),
     submitTeacherBatch: (input) => submitTeacherBatch(deps, input),

@@ -2,7 +2,7 @@ import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { stageProgressSignal, type StageName } from '../contract';
-import { InputError } from '../lib/errors';
+import { InputError, storeCredentialError } from '../lib/errors';
 import { SpecError } from '../lib/pipeline/spec';
 
 /**
@@ -40,11 +40,32 @@ export function progressReporter(client: Client | undefined, stage: StageName, m
   };
 }
 
+/** How often a stage with no progress of its own heartbeats while it works. */
+const KEEPALIVE_MS = 1000;
+
+/**
+ * Run an activity body while heartbeating every second. The cheap stages have no progress to report, but a heartbeat
+ * is how Temporal learns that their worker died: within the stage's heartbeat timeout, not its start-to-close timeout
+ * of minutes. Its beats carry no details: none of these stages resumes from what a heartbeat holds.
+ */
+export async function withKeepalive<T>(body: () => Promise<T>): Promise<T> {
+  const ctx = Context.current();
+  const keepalive = setInterval(() => ctx.heartbeat(), KEEPALIVE_MS);
+  try {
+    return await body();
+  } finally {
+    clearInterval(keepalive);
+  }
+}
+
 /** Bad input never succeeds on retry: surface it as a non-retryable failure carrying the user-facing message. */
 export function nonRetryableIfInputError(err: unknown): unknown {
   if (err instanceof InputError || err instanceof SpecError || (err instanceof Error && err.name === 'InputError')) {
     return ApplicationFailure.nonRetryable(err.message, 'InputError');
   }
+  // A refused S3 key fails every attempt alike: say which variable to fix, once, instead of the SDK's signing dump.
+  const credentials = storeCredentialError(err);
+  if (credentials) return ApplicationFailure.nonRetryable(credentials.message, 'InputError');
   return err;
 }
 

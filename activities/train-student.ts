@@ -1,21 +1,27 @@
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import type { ArtifactStore, ArtifactRef } from '../lib/store/artifact-store';
-import { trainStudentFromStore } from '../lib/student/train-stage';
+import { trainStudentFromStore, type StoredCheckpoint } from '../lib/student/train-stage';
+import { resolveInRoots } from '../lib/data/roots';
 import type { TrainStudentInput, TrainStudentResult } from '../contract';
 import { mapErrors, progressReporter } from './progress';
 
 /**
- * What trainStudent heartbeats. Temporal keeps the last heartbeat's details for the next attempt, so the newest
- * resume checkpoint in the store is where a retry (on another worker, after a crash) picks up training.
+ * What trainStudent heartbeats. Temporal keeps the last heartbeat's details for the next attempt, so the stored resume
+ * checkpoints named here are where a retry (on another worker, after a crash) picks up training.
  */
 export interface TrainHeartbeat {
   step: number;
   total: number;
   loss?: number;
-  /** The newest resume checkpoint in the store, and the step it was taken after. */
+  /** The newest resume checkpoint in the store, and the step it was taken after (`checkpoints[0]`). */
   checkpoint?: ArtifactRef;
   checkpointStep?: number;
+  /**
+   * The last {@link CHECKPOINTS_KEPT} stored resume checkpoints, newest first: a retry resumes from the newest that
+   * reads back intact, so one corrupted at rest costs an interval of recomputation instead of the run.
+   */
+  checkpoints?: StoredCheckpoint[];
   /** The step this attempt resumed after, when it did. */
   resumedFrom?: number;
 }
@@ -24,55 +30,79 @@ export interface TrainHeartbeat {
  * short heartbeat timeout, and the child's progress arrives only between steps. */
 const KEEPALIVE_MS = 1000;
 
+/** How many stored checkpoints a heartbeat names: the newest, and one to fall back to should it be damaged. */
+const CHECKPOINTS_KEPT = 2;
+
 function isArtifactRef(value: unknown): value is ArtifactRef {
   const ref = value as ArtifactRef | undefined;
   return typeof ref?.sha256 === 'string' && typeof ref.size === 'number';
 }
 
-/** The stored checkpoint a retry resumes from: the newest one the previous attempt heartbeated, if any. */
-function resumePoint(details: unknown): { checkpoint: ArtifactRef; checkpointStep: number } | undefined {
+function isStoredCheckpoint(value: unknown): value is StoredCheckpoint {
+  const c = value as StoredCheckpoint | undefined;
+  return isArtifactRef(c?.ref) && typeof c.step === 'number';
+}
+
+/**
+ * The stored checkpoints a retry may resume from, newest first: those the previous attempt heartbeated (only the
+ * newest, from an attempt of a version that named one).
+ */
+function resumePoints(details: unknown): StoredCheckpoint[] {
   const prior = details as Partial<TrainHeartbeat> | undefined;
+  if (Array.isArray(prior?.checkpoints)) return prior.checkpoints.filter(isStoredCheckpoint);
   return isArtifactRef(prior?.checkpoint) && typeof prior.checkpointStep === 'number'
-    ? { checkpoint: prior.checkpoint, checkpointStep: prior.checkpointStep }
-    : undefined;
+    ? [{ ref: prior.checkpoint, step: prior.checkpointStep }]
+    : [];
+}
+
+/** Sets what `beat` says of the stored checkpoints: the list, and its newest in the single fields readers use. */
+function nameCheckpoints(beat: TrainHeartbeat, checkpoints: StoredCheckpoint[]): void {
+  beat.checkpoints = checkpoints.slice(0, CHECKPOINTS_KEPT);
+  const [newest] = beat.checkpoints;
+  if (newest) {
+    beat.checkpoint = newest.ref;
+    beat.checkpointStep = newest.step;
+  } else {
+    delete beat.checkpoint;
+    delete beat.checkpointStep;
+  }
 }
 
 /**
  * Train the student in a child process: tfjs calls are synchronous native work that would otherwise block this
  * worker's event loop, and with it heartbeats and cancellation. Cancelling the activity kills the child.
  *
- * Resumable: each resume checkpoint the child writes is uploaded to the store and its reference heartbeated; a retry
- * finds the newest in `heartbeatDetails`, downloads it and continues from its step, so a killed worker costs at most
- * one checkpoint interval of recomputation (plus the steps taken while that checkpoint was uploading).
+ * Resumable: each resume checkpoint the child writes is uploaded to the store and its reference heartbeated, with the
+ * one before it; a retry finds them in `heartbeatDetails` and continues from the newest that reads back intact, so a
+ * killed worker costs at most one checkpoint interval of recomputation (plus the steps taken while that checkpoint
+ * was uploading), and a checkpoint corrupted at rest one interval more.
  */
 export async function trainStudent(
-  deps: { store: ArtifactStore; client?: Client },
+  deps: { store: ArtifactStore; client?: Client; dataRoots?: readonly string[] },
   input: TrainStudentInput
 ): Promise<TrainStudentResult> {
   return mapErrors(async () => {
+    // The sample stage checked the spec's paths; a GPU worker may be configured with other roots, so it checks too.
+    if (deps.dataRoots && input.student.init) await resolveInRoots(input.student.init, 'student.init', deps.dataRoots);
     const ctx = Context.current();
     const report = progressReporter(deps.client, 'trainStudent');
-    const resume = resumePoint(ctx.info.heartbeatDetails);
-    // Every heartbeat carries the newest checkpoint: details are replaced, not merged, so one without it would lose it.
-    const beat: TrainHeartbeat = {
-      step: resume?.checkpointStep ?? 0,
-      total: input.student.steps,
-      ...resume,
-      ...(resume ? { resumedFrom: resume.checkpointStep } : {}),
-    };
+    const resume = resumePoints(ctx.info.heartbeatDetails);
+    // Every heartbeat carries the stored checkpoints: details are replaced, not merged, so one without them would
+    // lose them.
+    const beat: TrainHeartbeat = { step: resume[0]?.step ?? 0, total: input.student.steps };
+    nameCheckpoints(beat, resume);
+    if (resume[0]) beat.resumedFrom = resume[0].step;
     const heartbeat = () => {
       const { step, total, ...details } = beat;
       report(step, total, details);
     };
     heartbeat();
     const keepalive = setInterval(heartbeat, KEEPALIVE_MS);
-    if (resume)
-      ctx.log.info(`trainStudent: resuming after step ${resume.checkpointStep} (attempt ${ctx.info.attempt})`);
     try {
       return await trainStudentFromStore(
         deps.store,
         input,
-        { resumeFrom: resume?.checkpoint, attempt: ctx.info.attempt },
+        { resumeFrom: resume, attempt: ctx.info.attempt },
         {
           signal: ctx.cancellationSignal,
           onProgress: (p) => {
@@ -81,11 +111,31 @@ export async function trainStudent(
             heartbeat();
           },
           onStored: (ref, step) => {
-            beat.checkpoint = ref;
-            beat.checkpointStep = step;
+            nameCheckpoints(beat, [{ ref, step }, ...(beat.checkpoints ?? [])]);
             heartbeat();
           },
           onFailed: (step, err) => ctx.log.warn(`trainStudent: checkpoint at step ${step} not stored: ${err.message}`),
+          onRejected: (bad, err) => {
+            ctx.log.warn(`trainStudent: not resuming from the checkpoint at step ${bad.step}: ${err.message}`);
+            // Named no more: a later attempt must not try it again.
+            nameCheckpoints(
+              beat,
+              (beat.checkpoints ?? []).filter((c) => c.ref.sha256 !== bad.ref.sha256)
+            );
+            heartbeat();
+          },
+          onResumePoint: (from) => {
+            if (from) {
+              ctx.log.info(`trainStudent: resuming after step ${from.step} (attempt ${ctx.info.attempt})`);
+              beat.step = from.step;
+              beat.resumedFrom = from.step;
+            } else if (resume.length > 0) {
+              ctx.log.warn(`trainStudent: no stored checkpoint is usable; training again from the start`);
+              beat.step = 0;
+              delete beat.resumedFrom;
+            }
+            heartbeat();
+          },
         }
       );
     } finally {

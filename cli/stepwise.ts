@@ -4,8 +4,9 @@
  */
 import { Command } from 'commander';
 import { SpecError } from '../lib/pipeline/spec';
-import { InputError } from '../lib/errors';
+import { InputError, storeCredentialError } from '../lib/errors';
 import { addRunCommand } from './commands/run';
+import { addResumeCommand } from './commands/resume';
 import { addWorkerCommand } from './commands/worker';
 import { addDevCommand } from './commands/dev';
 import { addValidateCommand } from './commands/validate';
@@ -14,10 +15,12 @@ import { addCancelCommand } from './commands/cancel';
 import { addSetupCommand } from './commands/setup';
 import { addImportT5Command } from './commands/import-t5';
 import { addExportT5Command } from './commands/export-t5';
+import { addCodecServerCommand } from './commands/codec-server';
 
 /** Registration order is the order `stepwise --help` lists the commands in. */
 const COMMANDS = [
   addRunCommand,
+  addResumeCommand,
   addWorkerCommand,
   addDevCommand,
   addValidateCommand,
@@ -26,6 +29,7 @@ const COMMANDS = [
   addSetupCommand,
   addImportT5Command,
   addExportT5Command,
+  addCodecServerCommand,
 ];
 
 async function run() {
@@ -42,6 +46,7 @@ run().catch((err) => {
   // Input problems are the user's to fix: one line naming the field says more than a stack trace.
   if (err instanceof SpecError) console.error(`invalid spec: ${err.message}`);
   else if (err instanceof InputError) console.error(`stepwise: ${err.message}`);
+  else if (storeCredentialError(err)) console.error(`stepwise: ${storeCredentialError(err)!.message}`);
   else console.error(err);
   process.exit(1);
 });

@@ -7,7 +7,7 @@
  * read is a handful of property lookups.
  */
 import { homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { delimiter, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 /** Forces one tfjs backend (`tensorflow`, `wasm`, `cpu`) instead of walking the ladder. */
@@ -38,6 +38,23 @@ export interface StepwiseSettings {
   clusterConfigured: boolean;
   /** `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` and `AWS_REGION` / `AWS_DEFAULT_REGION`, as the AWS CLI reads them. */
   s3: { endpoint?: string; region: string };
+  /** `STEPWISE_STORE_SSE`: server-side encryption of S3 store objects, `AES256` (SSE-S3) or `aws:kms`; none when unset. */
+  storeSse?: string;
+  /** `STEPWISE_STORE_KMS_KEY_ID`: the KMS key of `aws:kms` encryption (default: the bucket's or account's key). */
+  storeKmsKeyId?: string;
+  /**
+   * `STEPWISE_DATA_ROOTS`: the folders (separated like PATH) a worker reads spec-named files under (data, recorded
+   * completions, `student.init`); default the worker's current folder. A spec is untrusted input: without this, any
+   * user who can start a run could have a worker read any file it can.
+   */
+  dataRoots: string[];
+  /**
+   * `STEPWISE_PAYLOAD_KEYS`: `id:base64key,…` (the first encrypts, all decrypt), or `STEPWISE_PAYLOAD_KEYS_FILE`: a file
+   * of the same (keys mounted as a secret). Either set: Temporal payloads are encrypted with AES-256-GCM. Raw here;
+   * workers/codec.ts parses and checks them, so a bad key fails the process that would use it, not every reader.
+   */
+  payloadKeys?: string;
+  payloadKeysFile?: string;
 }
 
 const nonEmpty = (value: string | undefined) => (value === undefined || value === '' ? undefined : value);
@@ -56,12 +73,26 @@ export function settings(env: Env = process.env): StepwiseSettings {
     workerMemoryLogSeconds: Number.isFinite(memoryLog) && memoryLog > 0 ? memoryLog : 0,
     temporalCliPath: nonEmpty(env.TEMPORAL_CLI_PATH),
     versitygwPath: nonEmpty(env.VERSITYGW_PATH),
+    storeSse: nonEmpty(env.STEPWISE_STORE_SSE),
+    storeKmsKeyId: nonEmpty(env.STEPWISE_STORE_KMS_KEY_ID),
     clusterConfigured: Boolean(env.TEMPORAL_ADDRESS),
     s3: {
       endpoint: nonEmpty(env.AWS_ENDPOINT_URL_S3) ?? nonEmpty(env.AWS_ENDPOINT_URL),
       region: nonEmpty(env.AWS_REGION) ?? nonEmpty(env.AWS_DEFAULT_REGION) ?? 'us-east-1',
     },
+    dataRoots: dataRootsFrom(env.STEPWISE_DATA_ROOTS),
+    payloadKeys: nonEmpty(env.STEPWISE_PAYLOAD_KEYS),
+    payloadKeysFile: nonEmpty(env.STEPWISE_PAYLOAD_KEYS_FILE),
   };
+}
+
+/** The configured data roots, absolute; empty entries (a stray delimiter) are dropped rather than meaning "/". */
+function dataRootsFrom(value: string | undefined): string[] {
+  const roots = (value ?? '')
+    .split(delimiter)
+    .filter((root) => root.trim() !== '')
+    .map((root) => resolve(root));
+  return roots.length > 0 ? roots : [process.cwd()];
 }
 
 /**

@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { CreateBucketCommand, HeadBucketCommand, S3Client } from '@aws-sdk/client-s3';
 
 import { cacheDir, ensureOnce, freePort, runCommand, waitFor, which, type Log } from './cache';
-import { startServiceProcess } from './service-process';
+import { startServiceProcess, type ServiceProcess } from './service-process';
 import { settings } from './config';
 
 /**
@@ -71,9 +71,16 @@ export interface S3ServerOptions {
 
 export interface S3Server extends S3Endpoint {
   region: 'us-east-1';
-  /** Process id of the gateway, for tests that check nothing is left behind. */
-  pid: number;
+  /** Process id of the gateway, for tests that check nothing is left behind (the current one, after a restart). */
+  readonly pid: number;
   stop(): Promise<void>;
+  /** SIGKILL the gateway at once, as a crash would (no graceful shutdown of requests in flight); resolves once reaped. */
+  kill(): Promise<void>;
+  /**
+   * Start the gateway again (after `stop` or `kill`) on the same port and data folder, so clients holding the
+   * endpoint reconnect to the same objects; resolves once it answers HTTP. For outage tests.
+   */
+  restart(): Promise<void>;
 }
 
 /** Start versitygw in single-account `posix` mode over `dataDir`, resolving once it answers HTTP. */
@@ -84,10 +91,45 @@ export async function startS3Server(opts: S3ServerOptions): Promise<S3Server> {
   const port = opts.port ?? (await freePort());
   const accessKey = opts.accessKey ?? 'stepwise';
   const secretKey = opts.secretKey ?? 'stepwise-dev-secret';
+  const endpoint = `http://127.0.0.1:${port}`;
+  const launch = () => launchVersitygw(binary, dataDir, port, { ...opts, accessKey, secretKey });
+  let service = await launch();
+  opts.log?.(`S3 gateway at ${endpoint} serving ${dataDir}`);
+  return {
+    endpoint,
+    accessKey,
+    secretKey,
+    region: 'us-east-1',
+    get pid() {
+      return service.pid;
+    },
+    stop: () => service.stop(),
+    async kill() {
+      // SIGKILL first: a SIGTERM would let the gateway shut down gracefully, which a crash does not.
+      try {
+        if (service.pid > 0) process.kill(-service.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      await service.stop();
+    },
+    async restart() {
+      await service.stop();
+      service = await launch();
+    },
+  };
+}
+
+async function launchVersitygw(
+  binary: string,
+  dataDir: string,
+  port: number,
+  opts: { accessKey: string; secretKey: string; log?: Log }
+): Promise<ServiceProcess> {
   const healthPath = '/stepwise-health';
   const args = ['--port', `127.0.0.1:${port}`, '--quiet', '--health', healthPath, 'posix', dataDir];
   const service = startServiceProcess('versitygw', binary, args, {
-    env: { ...process.env, ROOT_ACCESS_KEY: accessKey, ROOT_SECRET_KEY: secretKey },
+    env: { ...process.env, ROOT_ACCESS_KEY: opts.accessKey, ROOT_SECRET_KEY: opts.secretKey },
     log: opts.log,
   });
   const endpoint = `http://127.0.0.1:${port}`;
@@ -105,8 +147,7 @@ export async function startS3Server(opts: S3ServerOptions): Promise<S3Server> {
     await service.stop(2_000);
     throw err;
   }
-  opts.log?.(`S3 gateway at ${endpoint} serving ${dataDir}`);
-  return { endpoint, accessKey, secretKey, region: 'us-east-1', pid: service.pid, stop: () => service.stop() };
+  return service;
 }
 
 /** Create `bucket` unless it already exists (and is ours). */

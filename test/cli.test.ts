@@ -4,6 +4,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
+import { parseSpec } from '../lib/pipeline/spec';
+import { runWorkflowId } from '../cli/shared/run-identity';
 
 const run = promisify(execFile);
 const BIN = resolve(__dirname, '..', 'bin', 'stepwise.js');
@@ -37,7 +39,19 @@ test('validate reproduces the paper teacher accuracy on SVAMP test: 148/200', as
 });
 
 test('every command has --help', async (t) => {
-  for (const command of ['run', 'worker', 'dev', 'validate', 'models', 'cancel', 'setup', 'import-t5', 'export-t5']) {
+  for (const command of [
+    'run',
+    'resume',
+    'worker',
+    'dev',
+    'validate',
+    'models',
+    'cancel',
+    'setup',
+    'import-t5',
+    'export-t5',
+    'codec-server',
+  ]) {
     const r = await stepwise([command, '--help']);
     t.is(r.code, 0, command);
     t.regex(r.stdout, new RegExp(`Usage: stepwise ${command}`));
@@ -81,4 +95,45 @@ test('teacher flags land in the spec and are validated like it: a budget without
   t.is(selfConsistent.code, 2);
   t.regex(selfConsistent.stderr, /spec\.teacher\.temperature: .*self-consistency/);
   t.notRegex(selfConsistent.stderr, /Temporal dev server/);
+});
+
+test('a run id is derived from the spec and the content of its data: same spec, same id; changed data, new id', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const train = join(dir, 'train.jsonl');
+  const testFile = join(dir, 'test.jsonl');
+  await writeFile(train, '{"input":"a","label":"x"}\n');
+  await writeFile(testFile, '{"input":"b","label":"y"}\n');
+  const spec = (fields: object) =>
+    parseSpec({
+      name: 'ids',
+      data: { kind: 'jsonl', train, test: testFile },
+      teacher: { kind: 'replay', dir },
+      ...fields,
+    });
+  const id = await runWorkflowId(spec({}));
+  t.regex(id, /^stepwise-ids-[0-9a-f]{12}$/);
+  // Field order and spelled-out defaults do not matter: the spec is compared after validation, canonically.
+  const reordered = parseSpec({
+    student: { steps: 400 },
+    teacher: { dir, kind: 'replay' },
+    data: { test: testFile, train, kind: 'jsonl' },
+    name: 'ids',
+  });
+  t.is(await runWorkflowId(reordered), id);
+  t.not(await runWorkflowId(spec({ student: { steps: 401 } })), id);
+  await writeFile(train, '{"input":"a","label":"z"}\n');
+  t.not(await runWorkflowId(spec({})), id, 'the same paths with other content are another run');
+});
+
+test('resume with no interrupted run in the state says so and exits 2', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const r = await stepwise(['resume'], { STEPWISE_HOME: join(dir, 'state'), TEMPORAL_ADDRESS: '' });
+  t.is(r.code, 2, r.stderr);
+  t.regex(r.stderr, new RegExp(`no interrupted run in the state folder ${join(dir, 'state')}`));
+  const named = await stepwise(['resume', 'stepwise-nope-000000000000'], {
+    STEPWISE_HOME: join(dir, 'state'),
+    TEMPORAL_ADDRESS: '',
+  });
+  t.is(named.code, 2, named.stderr);
+  t.regex(named.stderr, /no run stepwise-nope-000000000000 in the state folder/);
 });

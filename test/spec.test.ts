@@ -1,4 +1,7 @@
 import test from 'ava';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { InputError } from '../lib/errors';
 import { demoSpec, parseSpec, SpecError } from '../lib/pipeline/spec';
 import { DEFAULT_RATIONALE_CHECKS } from '../lib/data/rationale-checks';
 
@@ -54,4 +57,42 @@ test('a validate section whose length limits cross is rejected, naming maxRation
   });
   t.regex(err!.message, /spec\.validate\.maxRationaleChars: got 10, must be at least validate\.minRationaleChars/);
   t.throws(() => parseSpec({ ...demoSpec(), validate: { dropMismatch: true } }), { message: /spec\.validate/ });
+});
+
+test('a SpecError is an InputError naming its first field, so every caller treats it as bad input', (t) => {
+  const err = t.throws(() => parseSpec({ ...demoSpec(), student: { alpha: 2, steps: -1 } }), {
+    instanceOf: InputError,
+  });
+  t.true(err instanceof SpecError);
+  t.is(err!.field, 'student.alpha');
+  t.regex(err!.message, /spec\.student\.alpha: got 2.*; spec\.student\.steps: got -1/);
+});
+
+test('an unknown field is named by its full path at every depth', (t) => {
+  const deep = {
+    name: 'd',
+    data: { kind: 'demo' },
+    teacher: { kind: 'scripted', price: { inputPerMillionTokens: 1, outputPerMillionTokens: 2, perCall: 3 } },
+  };
+  const err = t.throws(() => parseSpec(deep), { instanceOf: SpecError });
+  t.deepEqual(
+    err!.issues.map((i) => i.field),
+    ['teacher.price.perCall']
+  );
+});
+
+test('the specs in the committed replay histories still parse (old runs replay with today’s parser)', (t) => {
+  const history = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'pipeline-history.json'), 'utf8'));
+  const started = history.events[0].workflowExecutionStartedEventAttributes;
+  const spec = JSON.parse(Buffer.from(started.input.payloads[0].data, 'base64').toString('utf8'));
+  t.like(parseSpec(spec), { name: spec.name, data: { kind: 'demo' } });
+});
+
+test('a JSONL dataset may name an id field, which the loader then checks for duplicates', (t) => {
+  const spec = parseSpec({
+    name: 'ids',
+    data: { kind: 'jsonl', train: 'a.jsonl', test: 'b.jsonl', idField: 'uid' },
+    teacher: { kind: 'openai', url: 'http://127.0.0.1:1/v1', model: 'm' },
+  });
+  t.like(spec.data, { kind: 'jsonl', idField: 'uid' });
 });

@@ -4,6 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer, type AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 
 import { ensureBucket, startS3Server, type S3Server } from '../infra/s3-server';
@@ -17,8 +18,10 @@ import {
   openStore,
   parseStoreLocation,
   S3Backend,
+  StoreUnavailableError,
   type BlobBackend,
 } from '../lib/store';
+import { isTransientS3Error } from '../lib/store/s3-store';
 
 /** A fresh, empty store for one test, and how to dispose of it. */
 interface Fixture {
@@ -172,6 +175,43 @@ function storeContract(name: string, fresh: () => Promise<Fixture>): void {
     }
   });
 
+  test(`${name}: a body stream that fails midway leaves nothing under its key`, async (t) => {
+    const { backend, dispose } = await fresh();
+    try {
+      // More than one multipart part reaches the backend before the source fails (a disk error, a killed reader).
+      async function* failing() {
+        yield randomBytes(6 * 1024 * 1024);
+        throw new Error('source read failed');
+      }
+      await t.throwsAsync(backend.put('objects/partial.bin', Readable.from(failing()), { ifNoneMatch: true }), {
+        message: /source read failed/,
+      });
+      t.false(await backend.exists('objects/partial.bin'));
+      t.deepEqual(await backend.list(''), []);
+    } finally {
+      await dispose();
+    }
+  });
+
+  test(`${name}: a stream factory body is stored like the bytes it streams`, async (t) => {
+    const { backend, dispose } = await fresh();
+    try {
+      const bytes = randomBytes(64 * 1024);
+      let opened = 0;
+      const body = () => {
+        opened += 1;
+        return Readable.from([bytes.subarray(0, 1000), bytes.subarray(1000)]);
+      };
+      t.true(await backend.put('objects/factory.bin', body, { ifNoneMatch: true }));
+      t.true((await backend.get('objects/factory.bin')).equals(bytes));
+      t.is(opened, 1, 'opened once when nothing failed');
+      // A create-only write of a key that exists writes nothing, whatever the body.
+      t.false(await backend.put('objects/factory.bin', body, { ifNoneMatch: true }));
+    } finally {
+      await dispose();
+    }
+  });
+
   test(`${name}: list returns every key under a prefix, recursively and sorted`, async (t) => {
     const { store, dispose } = await fresh();
     try {
@@ -255,6 +295,41 @@ test('S3Backend: list follows continuation tokens past one page of 1000 keys', a
       await Promise.all(keys.slice(i, i + 50).map((k) => backend.put(k, Buffer.from(k))));
     }
     t.deepEqual(await backend.list('k/'), keys);
+  } finally {
+    await backend.close();
+  }
+});
+
+test('S3Backend: an unreachable store is retried for its budget, then fails naming the store', async (t) => {
+  // A port nothing listens on: every attempt is refused at once, as during a gateway restart.
+  const closed = await new Promise<number>((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+  const backend = new S3Backend({
+    bucket: BUCKET,
+    prefix: 'down',
+    endpoint: `http://127.0.0.1:${closed}`,
+    retryForMs: 2_000,
+  });
+  try {
+    const started = Date.now();
+    const err = await t.throwsAsync(backend.get('objects/x'), { instanceOf: StoreUnavailableError });
+    const elapsed = Date.now() - started;
+    t.true(elapsed >= 1_000 && elapsed < 20_000, `gave up after ${elapsed} ms`);
+    t.true(err!.message.includes(`s3://${BUCKET}/down`), err!.message);
+    t.regex(err!.message, /GET 'objects\/x' failed for [\d.]+ s \(.*ECONNREFUSED/);
+    // Not-found and bad requests are answers, not outages: never retried.
+    t.true(isTransientS3Error(Object.assign(new Error('refused'), { code: 'ECONNREFUSED' })));
+    t.true(isTransientS3Error(Object.assign(new Error('x'), { $metadata: { httpStatusCode: 503 } })));
+    t.false(
+      isTransientS3Error(Object.assign(new Error('x'), { name: 'NoSuchKey', $metadata: { httpStatusCode: 404 } }))
+    );
+    t.false(
+      isTransientS3Error(Object.assign(new Error('x'), { name: 'AccessDenied', $metadata: { httpStatusCode: 403 } }))
+    );
   } finally {
     await backend.close();
   }

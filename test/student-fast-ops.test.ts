@@ -17,19 +17,41 @@ import { tf } from '../lib/student/tf';
 
 const LADDER: BackendName[] = ['tensorflow', 'wasm', 'cpu'];
 
+/**
+ * Whether this machine must have the native build: `STEPWISE_EXPECT_NATIVE=1` (.ci/run sets it), or any CI run
+ * (`CI=true`, as CI services set it) that did not opt out of the build with `STEPWISE_SKIP_NATIVE=1`, since
+ * `npm test`'s setup builds it; `STEPWISE_EXPECT_NATIVE=0` says it may be missing. Where it is expected, a missing
+ * native backend fails these tests: passing on wasm alone would leave the fused kernels, the ones training uses on
+ * the native backend, untested.
+ */
+function nativeExpected(): boolean {
+  const expect = process.env.STEPWISE_EXPECT_NATIVE;
+  if (expect === '1' || expect === '0') return expect === '1';
+  return process.env.CI === 'true' && process.env.STEPWISE_SKIP_NATIVE !== '1';
+}
+
 async function eachBackend(run: (backend: BackendName) => void | Promise<void>): Promise<BackendName[]> {
   const done: BackendName[] = [];
+  const skipped: string[] = [];
   for (const wanted of LADDER) {
     let backend: BackendName;
     try {
       // STEPWISE_TFJS_BACKEND, when set, wins over `wanted`: then every round runs on that one backend.
       backend = (await initBackend(wanted)).backend;
-    } catch {
+    } catch (err) {
+      skipped.push(`${wanted}: ${(err as Error).message}`);
       continue;
     }
     if (done.includes(backend)) continue;
     done.push(backend);
     await run(backend);
+  }
+  if (nativeExpected() && !done.includes('tensorflow')) {
+    throw new Error(
+      `the native tfjs build is expected here (STEPWISE_EXPECT_NATIVE=1, or CI=true without STEPWISE_SKIP_NATIVE=1) ` +
+        `but only ${done.join(', ') || 'no backend'} ran (${skipped.join('; ') || 'STEPWISE_TFJS_BACKEND forces another'}); ` +
+        'run `npx stepwise setup` to build it, or set STEPWISE_EXPECT_NATIVE=0 to test without it'
+    );
   }
   return done;
 }

@@ -20,6 +20,18 @@ import { tf } from '../lib/student/tf';
 import { loadTokenizer, sentencePieceToTokenizerJson } from '../lib/student/tokenizer';
 
 const FIXTURES = join(__dirname, 'fixtures', 't5-tiny');
+/**
+ * Our logits against transformers' (float32, PyTorch on the CPU). Measured on the tensorflow, wasm and cpu backends:
+ * at most 1.7e-6 (the logits reach 3.4, so that is a few float32 roundings); the bound leaves a 6x margin for other
+ * machines' kernels while staying far below what a real divergence in the model (a scale, a bias) moves them by.
+ */
+const MAX_LOGIT_DIFF = 1e-5;
+/** The mean loss over the vector's labels: measured 0 to 4.8e-7. */
+const MAX_LOSS_DIFF = 1e-5;
+// Parity is a float32 claim. On Ampere and later GPUs TensorFlow multiplies matrices in TF32 (10-bit mantissas) by
+// default, a documented speed-for-precision trade of the hardware rather than a difference in the model: switched off
+// here so the GPU is held to the same bound. Read by cuBLAS when the native backend starts (initBackend, below).
+process.env.NVIDIA_TF32_OVERRIDE ??= '0';
 const VARIANTS = ['v1_1', 'original'] as const;
 
 interface Vector {
@@ -61,8 +73,8 @@ for (const variant of VARIANTS) {
       t.log(
         `${variant}: max |logit diff| ${maxDiff.toExponential(2)}, |loss diff| ${Math.abs(loss - v.loss).toExponential(2)}`
       );
-      t.true(maxDiff <= 1e-4, `max abs logit difference ${maxDiff}`);
-      t.true(Math.abs(loss - v.loss) <= 1e-5, `loss ${loss} vs transformers' ${v.loss}`);
+      t.true(maxDiff <= MAX_LOGIT_DIFF, `max abs logit difference ${maxDiff}`);
+      t.true(Math.abs(loss - v.loss) <= MAX_LOSS_DIFF, `loss ${loss} vs transformers' ${v.loss}`);
     } finally {
       model.dispose();
     }

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -267,6 +267,13 @@ test.serial(
     t.is(firstLog.checkpointsStored, 2);
     // Every heartbeat after the first upload still names a checkpoint: details are replaced, never merged.
     t.true(beats.slice(beats.indexOf(withCheckpoint[0])).every((b) => b.checkpoint));
+    // The last two, newest first: the one to resume from, and the one to fall back to should it be corrupt.
+    const last = beats[beats.length - 1];
+    t.deepEqual(
+      last.checkpoints?.map((c) => c.step),
+      [20, 10]
+    );
+    t.deepEqual(last.checkpoints?.[0].ref, last.checkpoint);
 
     // The retry: Temporal hands the last heartbeat's details to the next attempt.
     const retryFrom = withCheckpoint.find((b) => b.checkpointStep === 10)!;
@@ -282,6 +289,7 @@ test.serial(
       total: 30,
       checkpoint: retryFrom.checkpoint,
       checkpointStep: 10,
+      checkpoints: [{ ref: retryFrom.checkpoint, step: 10 }],
       resumedFrom: 10,
     });
     t.deepEqual(secondLog.lossHistory, firstLog.lossHistory);
@@ -293,3 +301,47 @@ test.serial(
     );
   }
 );
+
+test.serial('a run started from student.init resumes from its checkpoints, the init staged again', async (t) => {
+  const tmp = await mkdtemp(join(tmpdir(), 'stepwise-resume-init-'));
+  const store = openStore(join(tmp, 'store'));
+  t.teardown(async () => {
+    await store.close();
+    await rm(tmp, { recursive: true, force: true });
+  });
+  // A trained student as the init: a Stepwise checkpoint with its own tokenizer and shape.
+  const { checkpoint } = await train(records, parseTrainOptions({ method: 'standard-finetune', steps: 2, seed: 9 }));
+  const initPath = join(tmp, 'init.safetensors');
+  await writeFile(initPath, checkpoint);
+  const rows = (rs: TrainRecord[]) => rs.map((r, i) => ({ id: `r${i}`, ...r }));
+  const student = parseSpec({
+    name: 'resume-init',
+    data: { kind: 'demo' },
+    teacher: { kind: 'scripted' },
+    student: { steps: 16, batchSize: 8, checkpointEvery: 8, backend: 'auto', init: initPath },
+  }).student;
+  const input = { student, train: await store.putJsonl(rows(records)), valid: await store.putJsonl(rows(valid)) };
+  const readLog = async (ref: Parameters<typeof store.get>[0]) => JSON.parse((await store.get(ref)).toString());
+
+  const env = new MockActivityEnvironment();
+  const beats: TrainHeartbeat[] = [];
+  env.on('heartbeat', (d: TrainHeartbeat) => beats.push(d));
+  const first = await runIn(env, trainStudent, { store }, input);
+  const retryFrom = beats.find((b) => b.checkpointStep === 8)!;
+  t.truthy(retryFrom, 'a checkpoint at step 8 was heartbeated');
+  // The run's options record the init's hash, so a retry must be given the init again to be allowed to resume.
+  const second = await runIn(
+    new MockActivityEnvironment({ heartbeatDetails: retryFrom, attempt: 2 }),
+    trainStudent,
+    { store },
+    input
+  );
+  const [firstLog, secondLog] = await Promise.all([readLog(first.trainLog), readLog(second.trainLog)]);
+  t.is(secondLog.resumedFrom, 8);
+  t.deepEqual(secondLog.init, firstLog.init, "the same init weights in both attempts' lineage");
+  t.deepEqual(secondLog.lossHistory, firstLog.lossHistory);
+  t.deepEqual(
+    contents(await store.get(second.checkpoint)).weights,
+    contents(await store.get(first.checkpoint)).weights
+  );
+});

@@ -15,6 +15,7 @@ import { startLocalTeacherServer } from '../lib/teacher';
 import type { ShardResponse } from '../lib/teacher/shard';
 import { CPU_TASK_QUEUE } from '../contract';
 import { teacherStage } from '../workflows';
+import { recordFigures } from './helpers/figures';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
 
 const MODEL = 'teacher-under-test';
@@ -120,6 +121,20 @@ test.serial(
     const responses = await services().store.getJsonl<ShardResponse>(result.responses);
     t.is(responses.length, 300);
     t.true(responses.every((r) => parseCompletion('demo', r.completion).ok));
+    // By example id: each example's prompt (one sample each) answered by the server exactly once, none lost.
+    const ids = new Set(responses.map((r) => r.id));
+    const answeredTimes = responses.map((r) => stats.answeredByPromptHash[r.promptHash] ?? 0);
+    const teacherCallsRepeated = answeredTimes.reduce((sum, n) => sum + Math.max(0, n - 1), 0);
+    const examplesLost = 300 - ids.size + responses.filter((r) => r.error !== undefined || r.completion === '').length;
+    t.is(teacherCallsRepeated, 0, 'teacher calls answered twice');
+    t.is(examplesLost, 0);
+    const survived = result.total === 300 && teacherCallsRepeated === 0 && examplesLost === 0;
+    recordFigures('kill-teacher-shard', {
+      faultsTried: 1,
+      faultsSurvived: survived ? 1 : 0,
+      teacherCallsRepeated,
+      examplesLost,
+    });
     for (const w of workers) await killed(w);
   }
 );

@@ -148,8 +148,11 @@ test('a dropped connection and a hung request are retried', async (t) => {
   const [response] = await teacher.complete(requestsFor(generateDemoTask({ n: 1, seed: 4 })));
   t.is(response.error, undefined);
   t.true(parseCompletion('demo', response.completion).ok);
-  // dropped, hung past the timeout, answered
-  t.is(server.stats().requests, 3);
+  // Dropped, hung past the timeout, answered: at least three requests (a loaded machine may also let an ordinary
+  // one outlive the timeout), and the one answer delivered once.
+  const stats = server.stats();
+  t.true(stats.requests >= 3, `${stats.requests} requests`);
+  t.is(stats.answered, 1);
 });
 
 test('an empty completion is retried, then returned as an error and never cached', async (t) => {

@@ -1,4 +1,5 @@
 import { getEventListeners } from 'node:events';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 
@@ -66,52 +67,83 @@ function ratePerMinute(starts: readonly Start[], weight: (s: Start) => number): 
 /**
  * A start is timed when the caller's `await` resumes, a little after the limiter let it go: well under a millisecond
  * on an idle machine (the limiter's own decisions, timed inside it, meet the bound exactly), but a busy machine can
- * preempt the process in between for several. Each window's allowance is widened by this much of the rate (0.27
- * request at 1080/min); a fixed-window limiter would overshoot by whole windows' worth, far beyond it. A server sees
- * the same noise, and the network's, in its arrival times, which is why clients run at 90% of its limit.
+ * preempt the process in between for as long as it likes (other test files run beside this one on two cores). So
+ * each window's allowance is widened by the event loop's worst stall measured during the run, at least
+ * {@link MIN_JITTER_MS}: the bound then holds on a loaded machine for the reason it holds on an idle one, and a
+ * fixed-window limiter, which overshoots by whole windows' worth, still fails it unless the machine stalled for
+ * whole windows. A server sees the same noise, and the network's, in its arrival times, which is why clients run at
+ * 90% of its limit.
  */
-const JITTER_MS = 15;
+const MIN_JITTER_MS = 15;
 const EPS = 1e-6;
+
+/** Runs `body` while measuring the event loop's stalls; resolves with its result and the worst stall in ms. */
+async function measuringStalls<T>(body: () => Promise<T>): Promise<{ value: T; stallMs: number }> {
+  const delay = monitorEventLoopDelay({ resolution: 5 });
+  delay.enable();
+  try {
+    const value = await body();
+    return { value, stallMs: Math.max(MIN_JITTER_MS, delay.max / 1e6) };
+  } finally {
+    delay.disable();
+  }
+}
+
+/**
+ * The least share of the limit a run must reach. Timers fire late on a busy machine, and refill beyond the
+ * limiter's {@link SLACK_MS} is lost for the length of each late wake-up: with the loop's mean stall small the run
+ * must reach 95% of the limit; when the machine was too busy for that, a lower floor still tells a working limiter
+ * from one that wastes most of it (a limiter that lost refill on every start would fall far below).
+ */
+function throughputFloor(stallMs: number): number {
+  return stallMs <= 4 * MIN_JITTER_MS ? 0.95 : 0.75;
+}
 
 test.serial(
   'request starts stay within R·w/60000 + b over every sliding window, and a 20-per-second sliding server never refuses a client at 90%',
   async (t) => {
     const perMinute = 1080; // 18/s: 90% of a server allowing 20 requests in any 1 s window
     const limiter = createRateLimiter({ requestsPerMinute: perMinute });
-    const starts = await drive(limiter, { workers: 64, total: 72, estimate: () => 0 });
+    const { value: starts, stallMs } = await measuringStalls(() =>
+      drive(limiter, { workers: 64, total: 72, estimate: () => 0 })
+    );
 
     const b = 1 + (perMinute * SLACK_MS) / MINUTE_MS;
     const excess = maxExcess(starts, perMinute, () => 1);
-    const jitter = JITTER_MS * (perMinute / MINUTE_MS);
+    const jitter = stallMs * (perMinute / MINUTE_MS);
     t.log(
       `worst excess over any window: ${excess.toFixed(3)} requests (b = ${b.toFixed(3)}, + ${jitter.toFixed(2)} for jitter)`
     );
     t.true(excess <= b + jitter + EPS);
 
-    // The server's rule: a request shares a window with every request that arrived in the 1000 ms before it.
+    // The server's rule: a request shares a window with every request that arrived in the 1000 ms before it. The
+    // 10% headroom (2 requests) covers the limiter's burst and ordinary jitter; a stall longer than that headroom's
+    // worth of time (110 ms) bunches starts further, as it would bunch arrivals at a real server.
     let busiest = 0;
     for (let j = 0, i = 0; j < starts.length; j++) {
       while (starts[i].at <= starts[j].at - 1000) i++;
       busiest = Math.max(busiest, j - i + 1);
     }
-    t.log(`busiest 1 s window: ${busiest} requests (server limit 20)`);
-    t.true(busiest <= 20);
+    t.log(`busiest 1 s window: ${busiest} requests (server limit 20), worst stall ${stallMs.toFixed(0)} ms`);
+    t.true(busiest <= 20 + Math.max(0, Math.ceil(jitter - 2)));
 
     const rate = ratePerMinute(starts, () => 1);
     t.log(`throughput: ${rate.toFixed(1)}/min = ${((100 * rate) / perMinute).toFixed(1)}% of the limit`);
-    t.true(rate >= 0.95 * perMinute);
+    t.true(rate >= throughputFloor(stallMs) * perMinute);
   }
 );
 
 test.serial('token starts stay within T·w/60000 + one request over every sliding window, near the limit', async (t) => {
   const perMinute = 60_000; // 1000 tokens/s
   const limiter = createRateLimiter({ tokensPerMinute: perMinute });
-  const starts = await drive(limiter, { workers: 64, total: 60, estimate: (i) => 20 + ((i * 37) % 61) });
+  const { value: starts, stallMs } = await measuringStalls(() =>
+    drive(limiter, { workers: 64, total: 60, estimate: (i) => 20 + ((i * 37) % 61) })
+  );
 
   const largest = Math.max(...starts.map((s) => s.estimated));
   const b = largest + (perMinute * SLACK_MS) / MINUTE_MS;
   const excess = maxExcess(starts, perMinute, (s) => s.estimated);
-  const jitter = JITTER_MS * (perMinute / MINUTE_MS);
+  const jitter = stallMs * (perMinute / MINUTE_MS);
   t.log(
     `worst excess over any window: ${excess.toFixed(1)} tokens (b = ${b.toFixed(1)}, + ${jitter.toFixed(2)} for jitter)`
   );
@@ -119,7 +151,7 @@ test.serial('token starts stay within T·w/60000 + one request over every slidin
 
   const rate = ratePerMinute(starts, (s) => s.estimated);
   t.log(`throughput: ${rate.toFixed(0)} tokens/min = ${((100 * rate) / perMinute).toFixed(1)}% of the limit`);
-  t.true(rate >= 0.95 * perMinute);
+  t.true(rate >= throughputFloor(stallMs) * perMinute);
 });
 
 test.serial(
@@ -128,15 +160,18 @@ test.serial(
     const perMinute = 60_000;
     const limiter = createRateLimiter({ tokensPerMinute: perMinute });
     // Each call is estimated at 100 tokens and uses 40: without refunds only 40% of the budget would be used.
-    const starts = await drive(limiter, { workers: 64, total: 90, estimate: () => 100, actual: () => 40 });
+    const { value: starts, stallMs } = await measuringStalls(() =>
+      drive(limiter, { workers: 64, total: 90, estimate: () => 100, actual: () => 40 })
+    );
 
     const rate = ratePerMinute(starts, (s) => s.actual);
     t.log(`actual tokens: ${rate.toFixed(0)}/min = ${((100 * rate) / perMinute).toFixed(1)}% of the limit`);
-    t.true(rate >= 0.95 * perMinute);
-    // Refunds come back one call at a time, so the actual tokens stay smooth too: within a few requests' worth.
+    t.true(rate >= throughputFloor(stallMs) * perMinute);
+    // Refunds come back one call at a time, so the actual tokens stay smooth too: within a few requests' worth,
+    // plus whatever a stall of the event loop bunched together.
     const excess = maxExcess(starts, perMinute, (s) => s.actual);
     t.log(`worst excess of actual tokens over any window: ${excess.toFixed(1)} tokens`);
-    t.true(excess <= 3 * 100);
+    t.true(excess <= 3 * 100 + stallMs * (perMinute / MINUTE_MS));
     t.true(rate <= 1.05 * perMinute);
   }
 );
@@ -145,14 +180,17 @@ test.serial('extra consumption reported by settle puts the budget in debt and ho
   const perMinute = 60_000;
   const limiter = createRateLimiter({ tokensPerMinute: perMinute });
   // Estimated at 20, used 60: the estimates alone would let three times the limit through.
-  const starts = await drive(limiter, { workers: 64, total: 40, estimate: () => 20, actual: () => 60 });
+  const { value: starts, stallMs } = await measuringStalls(() =>
+    drive(limiter, { workers: 64, total: 40, estimate: () => 20, actual: () => 60 })
+  );
 
   const rate = ratePerMinute(starts, (s) => s.actual);
   t.log(`actual tokens: ${rate.toFixed(0)}/min = ${((100 * rate) / perMinute).toFixed(1)}% of the limit`);
-  // The debt is charged when the call settles, up to ~40 ms after its start, while 64 callers are waiting: allow
-  // those in-flight calls' extra tokens on top of the limit, far below the 3x of trusting the estimates.
+  // The debt is charged when the call settles, up to ~40 ms after its start (later if the loop stalls), while 64
+  // callers are waiting: allow those in-flight calls' extra tokens on top of the limit, far below the 3x of trusting
+  // the estimates.
   t.true(rate <= 1.25 * perMinute);
-  t.true(rate >= 0.8 * perMinute);
+  t.true(rate >= (throughputFloor(stallMs) - 0.15) * perMinute);
 });
 
 test.serial('a request larger than the whole per-minute budget starts at once when the bucket is idle', async (t) => {
@@ -198,26 +236,29 @@ test.serial('a later, longer pause extends the current one for every waiter', as
 test.serial(
   'an aborted waiter rejects with the signal’s reason at once and takes nothing from the budget',
   async (t) => {
-    const limiter = createRateLimiter({ requestsPerMinute: 600 }); // one start per 100 ms
+    // One start a second: margins of hundreds of ms tell the outcomes apart however busy the machine is.
+    const limiter = createRateLimiter({ requestsPerMinute: 60 });
     const t0 = performance.now();
     await limiter.acquire(1);
     const controller = new AbortController();
     const aborted = limiter.acquire(1, controller.signal);
-    const after = limiter.acquire(1).then(() => performance.now());
+    let nextStarted = false;
+    const after = limiter.acquire(1).then(() => {
+      nextStarted = true;
+      return performance.now();
+    });
     await sleep(10);
     const reason = new Error('shard cancelled');
     controller.abort(reason);
-    const rejectedAt = await aborted.then(
+    await aborted.then(
       () => t.fail('the aborted waiter started'),
-      (err: unknown) => {
-        t.is(err, reason);
-        return performance.now();
-      }
+      (err: unknown) => t.is(err, reason)
     );
-    t.true(rejectedAt - t0 < 60, `rejected ${(rejectedAt - t0).toFixed(1)} ms in`);
-    // Had the aborted waiter kept its place, the next one would start ~200 ms in, not ~100.
+    // At once: before the next start, which is a second away.
+    t.false(nextStarted, 'rejected before the next waiter could start');
+    // Had the aborted waiter kept its place, the next one would start ~2 s in, not ~1 s.
     const nextAt = await after;
-    t.true(nextAt - t0 < 180, `next waiter started ${(nextAt - t0).toFixed(1)} ms in`);
+    t.true(nextAt - t0 < 1700, `next waiter started ${(nextAt - t0).toFixed(1)} ms in`);
     t.is(getEventListeners(controller.signal, 'abort').length, 0);
 
     const already = AbortSignal.abort(new Error('too late'));

@@ -145,7 +145,14 @@ test('backoffMs draws from [0, min(max, base·2^attempt)] with full jitter', (t)
 
 test('a 429 from the SDK is retryable and rate limited, with the wait the server asked for', async (t) => {
   const inMs = classifyError(await sdkError('status-429', { headers: { 'retry-after-ms': '150' } }));
-  t.deepEqual(inMs, { retryable: true, rateLimited: true, reason: 'HTTP 429: fault 429', retryAfterMs: 150 });
+  // A refusal: the endpoint did no work, so nothing was billed.
+  t.deepEqual(inMs, {
+    retryable: true,
+    rateLimited: true,
+    reason: 'HTTP 429: fault 429',
+    retryAfterMs: 150,
+    notProcessed: true,
+  });
   const inSeconds = classifyError(await sdkError('status-429', { headers: { 'retry-after': '2' } }));
   t.is(inSeconds.retryAfterMs, 2000);
   const unsaid = classifyError(await sdkError('status-429'));
@@ -167,6 +174,8 @@ test('server errors, request timeouts and conflicts from the SDK are retryable',
     t.false(c.rateLimited);
     t.is(c.reason, `HTTP ${status}: fault ${status}`);
     t.is(c.retryAfterMs, 1000);
+    // A 5xx may come after the endpoint did (and billed) the work; a 408 or 409 is a refusal before any.
+    t.is(c.notProcessed, status < 500 ? true : undefined, String(status));
   }
   const html = classifyError(await sdkError('html-500'));
   t.true(html.retryable);
@@ -176,7 +185,12 @@ test('server errors, request timeouts and conflicts from the SDK are retryable',
 test('client errors from the SDK are not retryable', async (t) => {
   for (const status of [400, 401, 403, 404, 422]) {
     const c = classifyError(await sdkError(`status-${status}`));
-    t.deepEqual(c, { retryable: false, rateLimited: false, reason: `HTTP ${status}: fault ${status}` });
+    t.deepEqual(c, {
+      retryable: false,
+      rateLimited: false,
+      reason: `HTTP ${status}: fault ${status}`,
+      notProcessed: true,
+    });
   }
 });
 
@@ -191,6 +205,8 @@ test('a dropped connection is a retryable connection error saying what happened'
   const c = classifyError(err);
   t.true(c.retryable);
   t.regex(c.reason, /^connection error: other side closed/);
+  // The request went out before the connection dropped: the endpoint may have done (and billed) the work.
+  t.is(c.notProcessed, undefined);
 });
 
 test('a server that never answers is a retryable timeout naming the timeout', async (t) => {
@@ -259,6 +275,7 @@ test('plain fetch failures, timeouts and unknown errors are classified too', asy
   const c = classifyError(refused);
   t.true(c.retryable);
   t.regex(c.reason, /^connection error: .*ECONNREFUSED/);
+  t.true(c.notProcessed, 'a refused connection never reached the endpoint: nothing billed');
 
   const timedOut = classifyError(new DOMException('The operation was aborted due to timeout', 'TimeoutError'));
   t.true(timedOut.retryable);

@@ -1,3 +1,4 @@
+import type { DataConverter } from '@temporalio/common';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { NativeConnectionOptions } from '@temporalio/worker';
 
@@ -5,6 +6,8 @@ import type { NativeConnectionOptions } from '@temporalio/worker';
 export interface TemporalTarget {
   connectionOptions: NativeConnectionOptions;
   namespace: string;
+  /** How payloads are encoded (workers/codec.ts); default: encrypted when this process has payload keys configured. */
+  dataConverter?: DataConverter;
 }
 
 /**

@@ -48,6 +48,7 @@ export function createActivityDeps(opts: { store: ArtifactStore | string; client
     client: opts.client,
     codeVersion: codeVersion(),
     apiKey: (variable) => apiKeyFrom(variable),
+    dataRoots: settings().dataRoots,
     scripted: async (errorRate) => {
       let server = servers.get(errorRate);
       if (!server) {

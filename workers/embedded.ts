@@ -1,20 +1,28 @@
 import { startTemporalDevServer } from '../infra/temporal';
 import { freePort } from '../infra/cache';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from './pipeline-worker';
+import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
 
 /**
  * Everything `npm start` needs in one process: a Temporal dev server with SQLite persistence in the state folder,
  * and workers for both queues. Stopping shuts the workers down first so no activity is orphaned mid-write.
+ *
+ * Runs an earlier process left open in the state (it was killed) are picked up by these workers as soon as they
+ * poll; `interrupted` lists them, and the attempts the dead process held are released first so they retry now.
  */
 export async function startEmbedded(opts: { stateDir: string; store: string; log?: (line: string) => void }) {
   quietTemporalLogs();
   // The UI is the point of a local run: it shows every stage's inputs, outputs, retries and timings.
   const server = await startTemporalDevServer({ stateDir: opts.stateDir, uiPort: await freePort(), log: opts.log });
+  let connected: Awaited<ReturnType<typeof connectTemporal>> | undefined;
   try {
     const temporal = await connectTemporal({
       connectionOptions: { address: server.address },
       namespace: server.namespace,
     });
+    connected = temporal;
+    const interrupted = await openPipelineRuns(temporal.client);
+    if (interrupted.length > 0) await releaseOrphanedAttempts(temporal.client, opts.log ?? (() => undefined));
     const pipeline = await createPipelineWorkers({
       connection: temporal.connection,
       client: temporal.client,
@@ -30,6 +38,7 @@ export async function startEmbedded(opts: { stateDir: string; store: string; log
       uiUrl: server.uiUrl,
       namespace: server.namespace,
       store: pipeline.deps.store,
+      interrupted,
       async stop() {
         pipeline.shutdown();
         await running.catch(() => undefined);
@@ -39,6 +48,7 @@ export async function startEmbedded(opts: { stateDir: string; store: string; log
       },
     };
   } catch (err) {
+    await connected?.close().catch(() => undefined);
     await server.stop();
     throw err;
   }

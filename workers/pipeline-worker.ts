@@ -1,8 +1,10 @@
 import { Client, Connection } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { taskQueueOf, type QueueKind } from '../contract';
 import { createActivityDeps } from './deps';
+import { dataConverterFromSettings, describePayloadEncryption } from './codec';
 import type { TemporalTarget } from './connection';
 import { settings } from '../infra/config';
 import { withCudaLibraryPath } from '../infra/cuda';
@@ -31,8 +33,13 @@ export interface PipelineWorkersOptions {
   queues: QueueKind[];
   /** Artifact store location (`file:///…`, a folder, or `s3://bucket/prefix`). */
   store: string;
-  /** A prebuilt workflow bundle (tests build it once); otherwise the workflows are bundled at start. */
+  /**
+   * A prebuilt workflow bundle (tests build it once); otherwise the workflows are bundled at start. With encrypted
+   * payloads it must have been bundled with the data converter's `failureConverterPath`.
+   */
   workflowBundle?: WorkerOptions['workflowBundle'];
+  /** The client's data converter (`connectTemporal(…).dataConverter`): both sides must encode payloads alike. */
+  dataConverter?: DataConverter;
 }
 
 /**
@@ -45,6 +52,7 @@ export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
   const workflowSource = opts.workflowBundle
     ? { workflowBundle: opts.workflowBundle }
     : { workflowsPath: require.resolve('../workflows') };
+  const dataConverter = opts.dataConverter ?? dataConverterFromSettings();
   const workers: Worker[] = [];
   for (const queue of opts.queues) {
     workers.push(
@@ -53,6 +61,7 @@ export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
         namespace: opts.namespace,
         taskQueue: taskQueueOf(queue),
         activities,
+        dataConverter,
         maxHeartbeatThrottleInterval: MAX_HEARTBEAT_THROTTLE,
         ...(queue === 'cpu' ? workflowSource : { maxConcurrentActivityTaskExecutions: 1 }),
       })
@@ -69,16 +78,23 @@ export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
   };
 }
 
-/** Connect a worker process to Temporal: a native connection for workers and a client for progress signals. */
+/**
+ * Connect a worker process to Temporal: a native connection for workers and a client for progress signals. The
+ * client encodes payloads with the target's data converter (default: encrypted when payload keys are configured);
+ * pass the returned `dataConverter` to {@link createPipelineWorkers} so the workers match it.
+ * @throws InputError naming the variable when the configured payload keys are malformed (before connecting).
+ */
 export async function connectTemporal(target: TemporalTarget) {
+  const dataConverter = target.dataConverter ?? dataConverterFromSettings();
   const connection = await NativeConnection.connect(target.connectionOptions);
   const clientConnection = await Connection.connect(
     target.connectionOptions as Parameters<typeof Connection.connect>[0]
   );
-  const client = new Client({ connection: clientConnection, namespace: target.namespace });
+  const client = new Client({ connection: clientConnection, namespace: target.namespace, dataConverter });
   return {
     connection,
     client,
+    dataConverter,
     async close() {
       await clientConnection.close();
       await connection.close();
@@ -100,10 +116,12 @@ export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget
     namespace: opts.target.namespace,
     queues: [opts.queue],
     store: opts.store,
+    dataConverter: temporal.dataConverter,
   });
   console.log(
     `stepwise worker: queue ${taskQueueOf(opts.queue)} on ${opts.target.connectionOptions.address ?? 'localhost:7233'} ` +
-      `(namespace ${opts.target.namespace}), store ${pipeline.deps.store.location}`
+      `(namespace ${opts.target.namespace}), store ${pipeline.deps.store.location}, ` +
+      describePayloadEncryption(temporal.dataConverter)
   );
   const memoryLog = memoryLogger(settings().workerMemoryLogSeconds);
   try {

@@ -42,9 +42,12 @@ import { teacherStage } from './teacher-stage';
 /** Failure types that no retry can fix. */
 const NON_RETRYABLE = ['InputError', 'NoUsableRationales'];
 
-// Cheap I/O stages (sample, validate, register): seconds of work; a few quick retries cover a flaky store.
+// Cheap I/O stages (sample, validate, register): seconds of work; a few quick retries cover a flaky store. They
+// heartbeat every second while they work (activities/progress.ts withKeepalive), so a dead worker is noticed within
+// the heartbeat timeout and the stage retried elsewhere, not after the ten-minute start-to-close timeout.
 const io = proxyActivities<Activities>({
   startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '30 seconds',
   retry: {
     initialInterval: '1s',
     backoffCoefficient: 2,
@@ -55,12 +58,11 @@ const io = proxyActivities<Activities>({
 });
 
 // Training and evaluation run on the GPU queue. Hours are normal, so liveness comes from heartbeats (the child
-// process reports every step); cancellation waits for the activity to kill its child, so no training outlives
-// a cancelled run.
+// process reports every step; the heartbeat timeout is the spec's, set where the stages are called); cancellation
+// waits for the activity to kill its child, so no training outlives a cancelled run.
 const GPU_OPTIONS = {
   taskQueue: GPU_TASK_QUEUE,
   startToCloseTimeout: '24 hours',
-  heartbeatTimeout: '2 minutes',
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: {
     initialInterval: '10s',
@@ -70,15 +72,25 @@ const GPU_OPTIONS = {
     nonRetryableErrorTypes: NON_RETRYABLE,
   },
 } satisfies ActivityOptions;
-const gpu = proxyActivities<Activities>(GPU_OPTIONS);
 
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
+/**
+ * What the teacher stage did with its calls: sent now, or reused (journalled by an earlier attempt or run, or found
+ * in the cache), e.g. "1200 reused, 0 sent" after a crash. Results recorded before `calls` existed say "N responses".
+ */
+function teacherCalls(r: PromptTeacherResult): string {
+  if (!r.calls) return `${r.total} responses`;
+  const reused = r.calls.resumed + r.calls.cached;
+  return reused > 0 ? `${reused} reused, ${r.calls.sent} sent` : `${r.calls.sent} sent`;
+}
 
 /** Each stage's one-line summary in `progressQuery` (and so in the CLI's progress display). */
 const summary = {
   sample: (r: SampleResult) => `train ${r.counts.train}, valid ${r.counts.valid}, test ${r.counts.test}`,
   promptTeacher: (r: PromptTeacherResult) =>
-    `${r.total} responses (${r.cached} cached, ${r.failed} failed` +
+    teacherCalls(r) +
+    ` (${r.cached} cached, ${r.failed} failed` +
     (r.notSent ? `, ${r.notSent} not sent: budget` : '') +
     ')' +
     (r.costUsd === undefined ? '' : `, $${r.costUsd.toFixed(4)}`),
@@ -173,15 +185,15 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
   }
 
   // Training resumes from its last checkpoint on retry, so the sooner a dead worker is noticed the less time is lost:
-  // its heartbeat timeout is the spec's (the activity heartbeats every second or two however long a step takes).
-  const trainer = proxyActivities<Activities>({
+  // the GPU stages' heartbeat timeout is the spec's (both heartbeat every second or two however long a step takes).
+  const gpuStages = proxyActivities<Activities>({
     ...GPU_OPTIONS,
     heartbeatTimeout: spec.student.heartbeatTimeoutSeconds * 1000,
   });
   const training: TrainStudentResult = await stage(
     'trainStudent',
     () =>
-      trainer.trainStudent({
+      gpuStages.trainStudent({
         student: spec.student,
         train: validation?.train ?? sample.train,
         valid: validation?.valid ?? sample.valid,
@@ -192,7 +204,7 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
   const evaluation: EvaluateResult = await stage(
     'evaluate',
     () =>
-      gpu.evaluate({
+      gpuStages.evaluate({
         task,
         checkpoint: training.checkpoint,
         test: sample.test,

@@ -8,6 +8,7 @@ import {
   ApplicationFailure,
   continueAsNew,
   getExternalWorkflowHandle,
+  patched,
   proxyActivities,
   setHandler,
   sleep,
@@ -77,6 +78,9 @@ function stageActivities(spec: TeacherStageInput['teacher']): { acts: StageActiv
       maximumAttempts: 20,
       nonRetryableErrorTypes: NON_RETRYABLE,
     },
+    // Shards fan out over every worker serving the queue: eager dispatch would hand each one to the worker that
+    // runs this workflow, piling the whole stage onto one process, to save a poll on work that takes minutes.
+    allowEagerDispatch: false,
   });
   // Batch polls and submissions are single quick HTTP calls; collection reads one output file.
   const batchActs = proxyActivities<Activities>({
@@ -144,10 +148,16 @@ class ShardScheduler {
     const spec = input.teacher;
     this.calling = spec.kind === 'replay' ? undefined : spec;
     const calling = this.calling;
-    // Concurrency and rate limits are the stage's; the shards in flight split them evenly, wherever they run.
-    this.parallel = Math.max(1, Math.min(spec.parallelShards, state.plan.shards));
+    // Concurrency and rate limits are the stage's totals; the shards in flight split them, wherever they run, so
+    // the shares never add up to more than the total: each shard in flight needs one concurrent call at least, so
+    // no more shards run at once than the stage's concurrency, and the split rounds down. Runs started before this
+    // rule (no marker in their history) keep the old split, so their replay schedules the same shards.
+    const totalConcurrency = calling?.concurrency ?? 64;
+    const sharesFit = patched('stage-wide-concurrency');
+    const parallel = Math.min(spec.parallelShards, state.plan.shards, sharesFit ? totalConcurrency : Infinity);
+    this.parallel = Math.max(1, parallel);
     this.share = {
-      concurrency: Math.max(1, Math.ceil((calling?.concurrency ?? 64) / this.parallel)),
+      concurrency: Math.max(1, (sharesFit ? Math.floor : Math.ceil)(totalConcurrency / this.parallel)),
       ...(calling?.requestsPerMinute ? { requestsPerMinute: calling.requestsPerMinute / this.parallel } : {}),
       ...(calling?.tokensPerMinute ? { tokensPerMinute: calling.tokensPerMinute / this.parallel } : {}),
     };

@@ -6,6 +6,8 @@ import { Command } from 'commander';
 import { setup } from '../../infra/setup';
 import { freePort } from '../../infra/cache';
 import { startTemporalDevServer } from '../../infra/temporal';
+import { StateInUseError } from '../../infra/db-lock';
+import { InputError } from '../../lib/errors';
 import { startS3Server, ensureBucket } from '../../infra/s3-server';
 import { settings } from '../../infra/config';
 import { log } from '../shared/options';
@@ -22,7 +24,10 @@ export function addDevCommand(program: Command): void {
 async function serveDev(withS3: boolean): Promise<void> {
   await setup({ temporal: true, s3: withS3, log });
   const dir = settings().home;
-  const temporal = await startTemporalDevServer({ stateDir: dir, uiPort: await freePort(), log });
+  const temporal = await startTemporalDevServer({ stateDir: dir, uiPort: await freePort(), log }).catch((err) => {
+    // Another server holds this state folder: say so in one line, not a stack trace.
+    throw err instanceof StateInUseError ? new InputError(err.message, 'STEPWISE_HOME') : err;
+  });
   console.log(`TEMPORAL_ADDRESS=${temporal.address}`);
   if (temporal.uiUrl) console.log(`Temporal UI: ${temporal.uiUrl}`);
   let s3: Awaited<ReturnType<typeof startS3Server>> | undefined;

@@ -13,13 +13,17 @@ import {
   SpecError,
   type PipelineSpec,
 } from '../../lib/pipeline/spec';
-import { CPU_TASK_QUEUE, type PipelineResult } from '../../contract';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
+import { CPU_TASK_QUEUE } from '../../contract';
 import { settings } from '../../infra/config';
+import { checkRunId } from '../../lib/registry/names';
 import { distillationPipeline } from '../../workflows';
 import { log, number } from '../shared/options';
 import { specFromFlags, type RunFlags } from '../shared/spec-flags';
 import { openServices, type Services } from '../shared/services';
-import { describeFailure, follow } from '../shared/progress';
+import { followToEnd } from '../shared/progress';
+import { runWorkflowId } from '../shared/run-identity';
+import type { InterruptedRun } from '../../workers/interrupted';
 
 export function addRunCommand(program: Command): void {
   program
@@ -54,13 +58,22 @@ export function addRunCommand(program: Command): void {
     .option('--alpha <alpha>', 'label-loss weight', number('--alpha'))
     .addOption(new Option('--preset <preset>', 'student size').choices(PRESETS))
     .option('--steps <n>', 'training steps', number('--steps'))
+    .option(
+      '--checkpoint-every <n>',
+      'training steps between resume checkpoints (at most this many are redone after a crash)',
+      number('--checkpoint-every')
+    )
     .option('--batch-size <n>', 'training batch size', number('--batch-size'))
     .option('--learning-rate <lr>', 'peak learning rate', number('--learning-rate'))
     .option('--fraction <f>', 'fraction of the training split to use', number('--fraction'))
     .option('--seed <n>', 'seed for sampling and training', number('--seed'))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(BACKENDS))
     .option('--store <location>', 'artifact store: a folder, file:///path or s3://bucket/prefix (env STEPWISE_STORE)')
-    .option('--id <workflowId>', 'workflow id (default stepwise-<name>-<timestamp>)')
+    .option(
+      '--id <workflowId>',
+      'workflow id (default stepwise-<name>-<hash of the spec and its data>: the same spec attaches to its run)'
+    )
+    .option('--new-run', 'a new run even if this spec already completed on this data (the id gets a timestamp)')
     .option('--detach', 'print the run id and return (needs TEMPORAL_ADDRESS)')
     .option('--json', 'print the result as one JSON line')
     .action(async (file: string | undefined, flags: RunFlags) => runPipeline(file, flags));
@@ -78,36 +91,78 @@ async function runPipeline(file: string | undefined, flags: RunFlags): Promise<v
     return;
   }
   const store = flags.store ?? settings().store;
-  const workflowId = flags.id ?? `stepwise-${spec.name}-${new Date().toISOString().replace(/[-:.]/g, '').slice(0, 15)}`;
+  // An id becomes a store key segment (runs/<id>/…): refuse one that would escape it before anything starts.
+  if (flags.id !== undefined) checkRunId(flags.id, '--id');
+  const workflowId = flags.id ?? (await runWorkflowId(spec)) + (flags.newRun ? `-${timestamp()}` : '');
   const started = Date.now();
   const services = await openServices(store);
+  try {
+    const others = services.interrupted.filter((r) => r.workflowId !== workflowId);
+    if (others.length > 0) {
+      log(
+        `stepwise: ${others.length} interrupted run(s) in ${services.where} continue alongside this one while it ` +
+          `runs: ${others.map((r) => r.workflowId).join(', ')} (\`stepwise resume <id>\` follows one to its end)`
+      );
+    }
+    const { handle, runId } = await startOrAttach(services, spec, workflowId);
+    if (flags.detach) {
+      console.log(flags.json ? JSON.stringify({ workflowId, runId }) : workflowId);
+      return;
+    }
+    await followToEnd(handle, services, { json: Boolean(flags.json), started, store });
+    await reportUnfinished(services, others);
+  } finally {
+    await services.stop();
+  }
+}
+
+const timestamp = () => new Date().toISOString().replace(/[-:.]/g, '').slice(0, 15);
+
+/**
+ * Starts the run, or attaches to the one with this id: a run in flight is followed (USE_EXISTING), a completed one
+ * is reported rather than trained again (same spec, same data, same deterministic training: `--new-run` trains anyway),
+ * and one that failed, was cancelled or was terminated is started afresh (ALLOW_DUPLICATE_FAILED_ONLY).
+ */
+async function startOrAttach(services: Services, spec: PipelineSpec, workflowId: string) {
+  const before = await services.client.workflow
+    .getHandle(workflowId)
+    .describe()
+    .catch(() => undefined);
   try {
     const handle = await services.client.workflow.start(distillationPipeline, {
       taskQueue: CPU_TASK_QUEUE,
       workflowId,
       args: [spec],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY',
     });
-    if (flags.detach) {
-      console.log(flags.json ? JSON.stringify({ workflowId, runId: handle.firstExecutionRunId }) : workflowId);
-      return;
+    if (before?.status.name === 'RUNNING') {
+      log(`stepwise: run ${workflowId} (started ${before.startTime.toISOString()}) is in flight: resuming it`);
+    } else {
+      log(`stepwise: run ${workflowId} started`);
     }
-    log(`stepwise: run ${workflowId} started`);
-    let result: PipelineResult;
-    try {
-      result = await follow(handle, Boolean(flags.json));
-    } catch (err) {
-      log(`stepwise: run ${workflowId} failed: ${describeFailure(err)}`);
-      process.exitCode = 1;
-      return;
-    }
-    const wallSeconds = Number(((Date.now() - started) / 1000).toFixed(1));
-    const link = services.uiUrl
-      ? `${services.uiUrl}/namespaces/${services.namespace}/workflows/${workflowId}`
-      : undefined;
-    if (flags.json) console.log(JSON.stringify({ ...result, wallSeconds, temporalUi: link, store }));
-    else printResult(result, services, link, wallSeconds);
-  } finally {
-    await services.stop();
+    return { handle, runId: handle.firstExecutionRunId };
+  } catch (err) {
+    if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+    log(
+      `stepwise: run ${workflowId} already completed this spec on this data: its result follows ` +
+        '(--new-run trains it again)'
+    );
+    const handle = services.client.workflow.getHandle<typeof distillationPipeline>(workflowId);
+    return { handle, runId: (await handle.describe()).runId };
+  }
+}
+
+/** Interrupted runs this process served but did not finish stay open in the state, for a later command. */
+async function reportUnfinished(services: Services, runs: InterruptedRun[]): Promise<void> {
+  for (const run of runs) {
+    const status = await services.client.workflow
+      .getHandle(run.workflowId)
+      .describe()
+      .then((d) => d.status.name)
+      .catch(() => undefined);
+    if (status === 'RUNNING')
+      log(`stepwise: run ${run.workflowId} is not finished: \`stepwise resume ${run.workflowId}\``);
   }
 }
 
@@ -122,21 +177,4 @@ async function validSpec(file: string | undefined, flags: RunFlags): Promise<Pip
     process.exitCode = 2;
     return undefined;
   }
-}
-
-function printResult(result: PipelineResult, services: Services, link: string | undefined, wallSeconds: number) {
-  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-  console.log('');
-  console.log(`Registered model ${result.name} version ${result.version}`);
-  console.log(
-    `  test accuracy   ${pct(result.accuracy)} (${result.correct}/${result.total}); majority-class baseline ${pct(result.majorityBaseline)}` +
-      (result.teacherAccuracy === undefined ? '' : `; teacher ${pct(result.teacherAccuracy)}`)
-  );
-  console.log(`  run id          ${result.workflowId} (Temporal run ${result.runId})`);
-  console.log(`  student backend ${result.backend}`);
-  console.log(`  manifest        ${result.manifestUri}`);
-  console.log(`  checkpoint      ${result.checkpointUri}`);
-  if (link) console.log(`  Temporal UI     ${link}  (run \`npx stepwise dev\` to browse it after this exits)`);
-  else console.log(`  Temporal        namespace ${services.namespace}, workflow ${result.workflowId}`);
-  console.log(`  wall time       ${wallSeconds.toFixed(1)} s`);
 }

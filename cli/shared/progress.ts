@@ -2,8 +2,10 @@
  * Following a running pipeline from the terminal: a bar per stage, fed by polling the workflow's progress query.
  */
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
-import { progressQuery, type PipelineProgress, type StageName } from '../../contract';
+import { progressQuery, type PipelineProgress, type PipelineResult, type StageName } from '../../contract';
 import type { distillationPipeline } from '../../workflows';
+import { log } from './options';
+import type { Services } from './services';
 
 const STAGE_LABELS: Record<StageName, string> = {
   sample: 'sample',
@@ -93,4 +95,47 @@ export function describeFailure(err: unknown): string {
     return parts.filter(Boolean).join(': ');
   }
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Follows a run to its end and prints its outcome: the registered model (or one JSON line with `json`), or the
+ * failure, which sets exit code 1. `started` is when this command began, for the wall time it reports.
+ */
+export async function followToEnd(
+  handle: WorkflowHandle<typeof distillationPipeline>,
+  services: Services,
+  opts: { json: boolean; started: number; store: string }
+): Promise<void> {
+  const workflowId = handle.workflowId;
+  let result: PipelineResult;
+  try {
+    result = await follow(handle, opts.json);
+  } catch (err) {
+    log(`stepwise: run ${workflowId} failed: ${describeFailure(err)}`);
+    process.exitCode = 1;
+    return;
+  }
+  const wallSeconds = Number(((Date.now() - opts.started) / 1000).toFixed(1));
+  const link = services.uiUrl
+    ? `${services.uiUrl}/namespaces/${services.namespace}/workflows/${workflowId}`
+    : undefined;
+  if (opts.json) console.log(JSON.stringify({ ...result, wallSeconds, temporalUi: link, store: opts.store }));
+  else printResult(result, services, link, wallSeconds);
+}
+
+function printResult(result: PipelineResult, services: Services, link: string | undefined, wallSeconds: number) {
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  console.log('');
+  console.log(`Registered model ${result.name} version ${result.version}`);
+  console.log(
+    `  test accuracy   ${pct(result.accuracy)} (${result.correct}/${result.total}); majority-class baseline ${pct(result.majorityBaseline)}` +
+      (result.teacherAccuracy === undefined ? '' : `; teacher ${pct(result.teacherAccuracy)}`)
+  );
+  console.log(`  run id          ${result.workflowId} (Temporal run ${result.runId})`);
+  console.log(`  student backend ${result.backend}`);
+  console.log(`  manifest        ${result.manifestUri}`);
+  console.log(`  checkpoint      ${result.checkpointUri}`);
+  if (link) console.log(`  Temporal UI     ${link}  (run \`npx stepwise dev\` to browse it after this exits)`);
+  else console.log(`  Temporal        namespace ${services.namespace}, workflow ${result.workflowId}`);
+  console.log(`  wall time       ${wallSeconds.toFixed(1)} s`);
 }

@@ -8,6 +8,9 @@ import { temporalTarget } from '../../workers/connection';
 import { settings } from '../../infra/config';
 import { connectTemporal } from '../../workers/pipeline-worker';
 import { startEmbedded } from '../../workers/embedded';
+import type { InterruptedRun } from '../../workers/interrupted';
+import { StateInUseError } from '../../infra/db-lock';
+import { InputError } from '../../lib/errors';
 import { log } from './options';
 
 /** A connected client, where to browse its runs, and how to let go of it. */
@@ -16,6 +19,10 @@ export interface Services {
   namespace: string;
   /** The Temporal UI of the embedded server; a cluster's UI address is not known here. */
   uiUrl?: string;
+  /** Where runs live, for messages: the embedded state folder, or the cluster's address and namespace. */
+  where: string;
+  /** Embedded: pipeline runs a killed process left open in the state, which this process's workers now continue. */
+  interrupted: InterruptedRun[];
   stop(): Promise<void>;
 }
 
@@ -24,12 +31,25 @@ export async function openServices(store: string): Promise<Services> {
   if (settings().clusterConfigured) {
     const target = temporalTarget();
     const temporal = await connectTemporal(target);
-    return { client: temporal.client, namespace: target.namespace, stop: () => temporal.close() };
+    return {
+      client: temporal.client,
+      namespace: target.namespace,
+      where: `namespace ${target.namespace} at ${target.connectionOptions.address ?? 'localhost:7233'}`,
+      interrupted: [],
+      stop: () => temporal.close(),
+    };
   }
   const dir = settings().home;
   log(`stepwise: preparing embedded services (state in ${dir})`);
   await setup({ temporal: true, tfjsNative: true, log });
-  const embedded = await startEmbedded({ stateDir: dir, store, log });
+  let embedded: Awaited<ReturnType<typeof startEmbedded>>;
+  try {
+    embedded = await startEmbedded({ stateDir: dir, store, log });
+  } catch (err) {
+    // Another `stepwise run` (or `stepwise dev`) serves this state: the user's to resolve, so one line, no stack.
+    if (err instanceof StateInUseError) throw new InputError(err.message, 'STEPWISE_HOME');
+    throw err;
+  }
   log(
     `stepwise: Temporal dev server at ${embedded.address}${embedded.uiUrl ? `, UI ${embedded.uiUrl}` : ''}; artifacts in ${embedded.store.location}`
   );
@@ -37,6 +57,8 @@ export async function openServices(store: string): Promise<Services> {
     client: embedded.client,
     namespace: embedded.namespace,
     uiUrl: embedded.uiUrl,
+    where: `the state folder ${dir}`,
+    interrupted: embedded.interrupted,
     stop: () => embedded.stop(),
   };
 }

@@ -28,6 +28,7 @@ export interface RunFlags {
   alpha?: number;
   preset?: string;
   steps?: number;
+  checkpointEvery?: number;
   batchSize?: number;
   learningRate?: number;
   fraction?: number;
@@ -37,15 +38,12 @@ export interface RunFlags {
   detach?: boolean;
   json?: boolean;
   id?: string;
+  newRun?: boolean;
 }
 
 /** A spec from a file (if given), the demo otherwise, with flags layered on top. Validated before anything starts. */
 export async function specFromFlags(file: string | undefined, flags: RunFlags): Promise<PipelineSpecInput> {
-  const base: Record<string, any> = file
-    ? JSON.parse(await readFile(file, 'utf8'))
-    : flags.dataDir || flags.train
-      ? {}
-      : demoSpec();
+  const base: Record<string, any> = file ? await readSpecFile(file) : flags.dataDir || flags.train ? {} : demoSpec();
   const spec: Record<string, any> = { ...base, student: { ...base.student }, sample: { ...base.sample } };
   if (flags.name) spec.name = flags.name;
   if (flags.dataDir) spec.data = { kind: 'reference', dir: flags.dataDir, task: flags.task };
@@ -61,6 +59,32 @@ export async function specFromFlags(file: string | undefined, flags: RunFlags): 
   return spec as PipelineSpecInput;
 }
 
+/**
+ * The spec file as a JSON object.
+ * @throws InputError naming the file when it cannot be read, is not JSON, or holds something other than an object.
+ */
+async function readSpecFile(file: string): Promise<Record<string, any>> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new InputError(`spec file ${file} cannot be read (${(err as NodeJS.ErrnoException).code})`, 'spec');
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new InputError(`spec file ${file} is not valid JSON (${(err as Error).message})`, 'spec');
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new InputError(
+      `spec file ${file} holds ${JSON.stringify(value)?.slice(0, 40)}; expected a JSON object`,
+      'spec'
+    );
+  }
+  return value as Record<string, any>;
+}
+
 /** Student and sampling flags onto `spec.student` / `spec.sample`; `--seed` seeds both, so one flag reruns a run. */
 function studentFlags(spec: Record<string, any>, flags: RunFlags): void {
   const student: [keyof RunFlags, string][] = [
@@ -68,6 +92,7 @@ function studentFlags(spec: Record<string, any>, flags: RunFlags): void {
     ['alpha', 'alpha'],
     ['preset', 'preset'],
     ['steps', 'steps'],
+    ['checkpointEvery', 'checkpointEvery'],
     ['batchSize', 'batchSize'],
     ['learningRate', 'learningRate'],
     ['backend', 'backend'],

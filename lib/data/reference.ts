@@ -83,24 +83,37 @@ export async function loadReferenceCompletions(dataDir: string, task: BenchmarkT
     if (batch.items.length !== batchSize) {
       throw new InputError(
         `${batch.path} holds ${batch.items.length} completions; expected ${batchSize} like the first batch, ` +
-          'since only the last batch may be short'
+          'since only the last batch may be short',
+        'path'
       );
     }
   }
   return batches.flatMap((batch) => batch.items);
 }
 
-function parseCompletionBatch(path: string, text: string): string[] {
+/**
+ * One batch file of recorded completions: a JSON array of strings.
+ * @throws InputError (field `path`) naming the file and what it held instead.
+ */
+export function parseCompletionBatch(path: string, text: string): string[] {
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new InputError(`${path}: not valid JSON (${(err as Error).message}); expected a JSON array of strings`);
+    throw new InputError(
+      `${path}: not valid JSON (${(err as Error).message}); expected a JSON array of strings`,
+      'path'
+    );
   }
-  if (!Array.isArray(value)) throw new InputError(`${path}: got ${describe(value)}; expected a JSON array of strings`);
+  if (!Array.isArray(value)) {
+    throw new InputError(`${path}: got ${describe(value)}; expected a JSON array of strings`, 'path');
+  }
   value.forEach((item, i) => {
     if (typeof item !== 'string') {
-      throw new InputError(`${path}: element ${i} is ${describe(item)}; expected a string (a teacher completion)`);
+      throw new InputError(
+        `${path}: element ${i} is ${describe(item)}; expected a string (a teacher completion)`,
+        'path'
+      );
     }
   });
   return value as string[];

@@ -9,8 +9,9 @@ import { loadReferenceSplit, referenceSplitExists } from './reference';
 import { loadJsonl } from './jsonl';
 import { generateDemoTask } from './demo-task';
 import { subsample, trainValidSplit } from './splits';
-import { InputError } from '../errors';
+import { InputError, inputErrorAt, withInputField } from '../errors';
 import type { PipelineSpec } from '../pipeline/spec';
+import { checkSpecPaths, resolveInRoots } from './roots';
 
 export interface SampleResult {
   /** sha256 over the full loaded splits, before subsampling: identifies the dataset version. */
@@ -35,7 +36,18 @@ interface LoadedSplits {
   valid?: Example[];
 }
 
-async function loadSplits(data: PipelineSpec['data']): Promise<LoadedSplits> {
+/**
+ * Reads one spec-named path: checked against the roots again at the read itself (the path may have changed since the
+ * stage's first check), and with a loader's InputError restated against the spec field that named the file.
+ */
+function readAt<T>(field: string, path: string, roots: readonly string[] | undefined, load: () => Promise<T>) {
+  return withInputField(field, async () => {
+    if (roots) await resolveInRoots(path, field, roots);
+    return load();
+  });
+}
+
+async function loadSplits(data: PipelineSpec['data'], roots: readonly string[] | undefined): Promise<LoadedSplits> {
   switch (data.kind) {
     case 'demo': {
       const all = generateDemoTask({ n: data.size, seed: data.seed });
@@ -44,21 +56,19 @@ async function loadSplits(data: PipelineSpec['data']): Promise<LoadedSplits> {
       return { source: `demo(size=${data.size},seed=${data.seed})`, train, test };
     }
     case 'reference': {
-      const [train, test] = await Promise.all([
-        loadReferenceSplit(data.dir, data.task, 'train'),
-        loadReferenceSplit(data.dir, data.task, 'test'),
-      ]);
-      const valid = (await referenceSplitExists(data.dir, data.task, 'valid'))
-        ? await loadReferenceSplit(data.dir, data.task, 'valid')
-        : undefined;
+      const load = (split: 'train' | 'test' | 'valid') =>
+        readAt('data.dir', data.dir, roots, () => loadReferenceSplit(data.dir, data.task, split));
+      const [train, test] = await Promise.all([load('train'), load('test')]);
+      const valid = (await referenceSplitExists(data.dir, data.task, 'valid')) ? await load('valid') : undefined;
       return { source: `reference:${data.dir}#${data.task}`, train, test, valid };
     }
     case 'jsonl': {
-      const fields = { inputField: data.inputField, labelField: data.labelField };
+      const fields = { inputField: data.inputField, labelField: data.labelField, idField: data.idField };
+      const load = (field: string, path: string) => readAt(field, path, roots, () => loadJsonl(path, fields));
       const [train, test, valid] = await Promise.all([
-        loadJsonl(data.train, fields),
-        loadJsonl(data.test, fields),
-        data.valid ? loadJsonl(data.valid, fields) : Promise.resolve(undefined),
+        load('data.train', data.train),
+        load('data.test', data.test),
+        data.valid ? load('data.valid', data.valid) : Promise.resolve(undefined),
       ]);
       return { source: `jsonl:${data.train}`, train, test, valid };
     }
@@ -67,21 +77,33 @@ async function loadSplits(data: PipelineSpec['data']): Promise<LoadedSplits> {
 
 /**
  * Load the dataset, subsample train with a seed, hold out validation where the data has none, write the splits.
- * @throws InputError when a split is empty or the sample leaves no training examples.
+ * With `roots` (a worker always passes its own), every path the spec names is checked first: under the roots, there,
+ * and `student.init` a checkpoint; nothing is read or written before that (lib/data/roots.ts).
+ * @throws InputError when a path is outside the roots or wrong, a split is empty or duplicates an example id (jsonl
+ *   with an id field), or the sample leaves no training examples.
  */
 export async function sampleDataset(
   store: ArtifactStore,
-  spec: Pick<PipelineSpec, 'data' | 'sample'>
+  spec: Pick<PipelineSpec, 'data' | 'sample'> & Partial<Pick<PipelineSpec, 'teacher' | 'student'>>,
+  roots?: readonly string[]
 ): Promise<SampleResult> {
-  const loaded = await loadSplits(spec.data);
+  if (roots) await checkSpecPaths(spec, roots);
+  const loaded = await loadSplits(spec.data, roots);
   for (const [name, rows] of Object.entries({ train: loaded.train, test: loaded.test })) {
     if (rows.length === 0) throw new InputError(`data: the ${name} split of ${loaded.source} is empty`, 'data');
   }
   const datasetHash = sha256Hex(canonicalJson({ train: loaded.train, test: loaded.test, valid: loaded.valid ?? null }));
-  let train = subsample(loaded.train, spec.sample.fraction, spec.sample.seed);
+  let train: Example[];
   let valid: Example[];
-  if (loaded.valid) valid = loaded.valid;
-  else ({ train, valid } = trainValidSplit(train, spec.sample.validFraction, spec.sample.seed));
+  try {
+    train = subsample(loaded.train, spec.sample.fraction, spec.sample.seed);
+    if (loaded.valid) valid = loaded.valid;
+    else ({ train, valid } = trainValidSplit(train, spec.sample.validFraction, spec.sample.seed));
+  } catch (err) {
+    // The split helpers name their own parameter (`validFraction`); the user wrote it under `sample`.
+    if (err instanceof InputError) throw inputErrorAt(`sample.${err.field ?? 'fraction'}`, err);
+    throw err;
+  }
   if (train.length === 0) {
     throw new InputError(
       `sample.fraction: got ${spec.sample.fraction}, which leaves no training examples of ${loaded.train.length}`,

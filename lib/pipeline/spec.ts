@@ -5,6 +5,7 @@
  * no Node built-ins, no I/O. Checks that need I/O (does the data folder exist?) happen in the `sample` activity.
  */
 import { z } from 'zod';
+import { InputError } from '../errors';
 import { BENCHMARK_TASKS, type TaskKind } from '../data/types';
 import { fieldIssues, oneOf, showValue, type FieldIssue } from '../schema';
 import { checkStudentOptions, studentOptionFields } from '../student/options';
@@ -45,6 +46,8 @@ const dataSchema = z.discriminatedUnion('kind', [
       valid: z.string().min(1).optional(),
       inputField: z.string().min(1).default('input'),
       labelField: z.string().min(1).default('label'),
+      /** A field holding each example's unique id (string or number); default none, ids are `<file>-<row>`. */
+      idField: z.string().min(1).optional(),
     })
     .strict(),
 ]);
@@ -75,8 +78,9 @@ const studentSchema = z
     init: z.string().min(1).optional(),
     ...training,
     /**
-     * Seconds trainStudent may go without a heartbeat before Temporal takes its worker for dead and retries it (from
-     * the last checkpoint) elsewhere. The worker heartbeats every second or two whatever a step costs.
+     * Seconds trainStudent (or evaluate) may go without a heartbeat before Temporal takes its worker for dead and
+     * retries it (training from the last checkpoint) elsewhere. The worker heartbeats every second or two whatever a
+     * step costs.
      */
     heartbeatTimeoutSeconds: z.number().int().min(5).max(3600).default(120),
   })
@@ -151,9 +155,16 @@ export type PipelineSpec = z.output<typeof pipelineSpecSchema>;
 /** A spec problem, phrased for a user: the field, the value given, and what was expected. */
 export type SpecIssue = FieldIssue;
 
-export class SpecError extends Error {
+/**
+ * A spec that does not validate. An {@link InputError} (whose `field` is the first bad field), so every caller that
+ * turns bad input into a clear, non-retryable failure treats it alike; `issues` lists every bad field.
+ */
+export class SpecError extends InputError {
   constructor(readonly issues: SpecIssue[]) {
-    super(issues.map((issue) => `spec.${issue.field}: got ${showValue(issue.value)}, ${issue.message}`).join('; '));
+    super(
+      issues.map((issue) => `spec.${issue.field}: got ${showValue(issue.value)}, ${issue.message}`).join('; '),
+      issues[0]?.field ?? '(root)'
+    );
     this.name = 'SpecError';
   }
 }

@@ -9,7 +9,16 @@ import { labelSourceOf, type PipelineSpec, type TaskKind } from '../pipeline/spe
 import type { EvaluateResult } from '../student/evaluate-split';
 import type { TrainStudentResult } from '../student/train-stage';
 import type { PromptTeacherResult } from '../teacher/stage/types';
-import { registerVersion, runManifestKey, versionKey, type ModelLineage } from './registry';
+import { checkModelName, checkRunId } from './names';
+import {
+  claimVersion,
+  getVersion,
+  publishVersion,
+  runManifestKey,
+  versionKey,
+  type ModelLineage,
+  type ModelVersion,
+} from './registry';
 
 export interface RegisterModelInput {
   spec: PipelineSpec;
@@ -28,23 +37,43 @@ export interface RegisterModelResult {
   version: number;
   /** Registry key of the version record. */
   key: string;
+  /** The workflow's named manifest (`runs/<workflowId>/manifest.json`): its latest run's. */
   manifestKey: string;
+  /** The immutable, content-addressed manifest the version's lineage names. */
   manifestUri: string;
   checkpointUri: string;
 }
 
 /**
- * Write the run manifest (every artifact by hash and role) and append a model version whose lineage names the
- * data, the teacher, the training and the code that produced it.
+ * Register the run exactly once, in an order that survives a crash or an overlapping attempt at any write:
+ *
+ * 1. claim a version number (a conditional create naming the run; a retry or a racing attempt finds it again);
+ * 2. write the manifest, which names that version: content-addressed (what the version's lineage points at, never
+ *    overwritten) and under the workflow's name (for people and tools looking by workflow id);
+ * 3. publish the version record, last, so no version is ever visible before the manifest it points at.
+ *
+ * Every write is a conditional create or follows from the activity's input, the code version and the claim alone, so
+ * repeating any prefix of this sequence writes the same records. A run already published returns its version untouched.
  */
 export async function registerRun(
   store: ArtifactStore,
   input: RegisterModelInput,
   codeVersion: string
 ): Promise<RegisterModelResult> {
+  const name = checkModelName(input.spec.name, 'name');
   const mKey = runManifestKey(input.workflowId);
-  const version = await registerVersion(store, {
-    name: input.spec.name,
+  const claim = await claimVersion(store, name, {
+    runId: checkRunId(input.runId, 'runId'),
+    workflowId: input.workflowId,
+  });
+  const published = await getVersion(store, name, claim.version);
+  if (published?.lineage.runId === claim.runId) return resultOf(published, mKey);
+
+  const manifest = { ...manifestOf(store, input, codeVersion), model: { name, version: claim.version } };
+  const manifestRef = await store.putJson(manifest);
+  await store.putKey(mKey, JSON.stringify(manifest, null, 2), { contentType: 'application/json' });
+  const version = await publishVersion(store, claim, {
+    name,
     metrics: {
       accuracy: input.evaluation.accuracy,
       correct: input.evaluation.correct,
@@ -52,20 +81,18 @@ export async function registerRun(
       majorityBaseline: input.evaluation.majorityBaseline.accuracy,
     },
     checkpoint: { ...input.training.checkpoint, uri: store.uri(input.training.checkpoint) },
-    lineage: lineageOf(input, codeVersion, store.uri(mKey)),
+    lineage: lineageOf(input, codeVersion, store.uri(manifestRef)),
   });
-  // The manifest names the version it produced; writing it after registration keeps the two consistent.
-  const manifest = {
-    ...manifestOf(store, input, codeVersion),
-    model: { name: version.name, version: version.version },
-  };
-  await store.putKey(mKey, JSON.stringify(manifest, null, 2), { contentType: 'application/json' });
+  return resultOf(version, mKey);
+}
+
+function resultOf(version: ModelVersion, manifestKey: string): RegisterModelResult {
   return {
     name: version.name,
     version: version.version,
     key: versionKey(version.name, version.version),
-    manifestKey: mKey,
-    manifestUri: store.uri(mKey),
+    manifestKey,
+    manifestUri: version.lineage.manifest,
     checkpointUri: version.checkpoint.uri,
   };
 }

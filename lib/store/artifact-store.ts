@@ -36,6 +36,55 @@ export class IntegrityError extends Error {
 }
 
 /**
+ * The store could not be reached for longer than its retry budget (an S3 outage, a network partition). Retryable:
+ * the activity's retry policy tries again later; the message names the store, the operation and the cause.
+ */
+export class StoreUnavailableError extends Error {
+  constructor(
+    readonly location: string,
+    readonly operation: string,
+    readonly key: string,
+    readonly triedMs: number,
+    cause: unknown
+  ) {
+    const why = cause instanceof Error ? `${cause.name}: ${cause.message}` : String(cause);
+    super(
+      `artifact store ${location} unavailable: ${operation} '${key}' failed for ${(triedMs / 1000).toFixed(1)} s (${why})`,
+      { cause }
+    );
+    this.name = 'StoreUnavailableError';
+  }
+}
+
+/**
+ * The store's disk is full (ENOSPC, or EDQUOT for a quota). Retryable, since freeing space fixes it without a new
+ * run, but named so an operator sees at once which store ran out of room; nothing half-written is left behind.
+ */
+export class StoreFullError extends Error {
+  readonly code: string;
+  constructor(
+    readonly location: string,
+    readonly key: string,
+    cause: NodeJS.ErrnoException
+  ) {
+    const code = cause.code ?? 'ENOSPC';
+    super(
+      `artifact store ${location} is full: no space left to write '${key}' (${code}); free space there or point ` +
+        `STEPWISE_STORE at a larger volume`,
+      { cause }
+    );
+    this.name = 'StoreFullError';
+    this.code = code;
+  }
+}
+
+/**
+ * What a backend writes: bytes, a one-shot stream, or a function opening a fresh stream of the same bytes, which
+ * lets a backend retry a large upload from the start after a dropped connection.
+ */
+export type BlobBody = Uint8Array | Readable | (() => Readable);
+
+/**
  * The few primitives a storage backend must provide; content addressing, integrity checks and JSON helpers are
  * built once on top of them in {@link ArtifactStore}, so the filesystem and S3 backends cannot drift apart.
  */
@@ -44,13 +93,10 @@ export interface BlobBackend {
   readonly location: string;
   /**
    * Write `body` at `key`. With `ifNoneMatch`, the write is a conditional create: it returns `false` (and writes
-   * nothing) when the key already exists, atomically with respect to concurrent writers.
+   * nothing) when the key already exists, atomically with respect to concurrent writers. Either the whole body
+   * appears under `key` or nothing does: a write cut off midway never leaves a partial object there.
    */
-  put(
-    key: string,
-    body: Uint8Array | Readable,
-    opts?: { ifNoneMatch?: boolean; contentType?: string }
-  ): Promise<boolean>;
+  put(key: string, body: BlobBody, opts?: { ifNoneMatch?: boolean; contentType?: string }): Promise<boolean>;
   /** Read the whole object, or throw {@link NotFoundError}. */
   get(key: string): Promise<Buffer>;
   /** Whether an object exists at `key`. */
@@ -118,7 +164,7 @@ export class ArtifactStore {
     const { size } = await stat(path);
     const key = objectKey(sha256);
     if (!(await this.backend.exists(key))) {
-      await this.backend.put(key, createReadStream(path), { ifNoneMatch: true, contentType });
+      await this.backend.put(key, () => createReadStream(path), { ifNoneMatch: true, contentType });
     }
     return { sha256, size };
   }

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 
 import { InputError } from '../errors';
-import { NotFoundError, type BlobBackend } from './artifact-store';
+import { NotFoundError, StoreFullError, type BlobBackend, type BlobBody } from './artifact-store';
 import { assertValidKey, assertValidPrefix, compareKeys } from './keys';
 
 /** Scratch folder inside the root: same filesystem, so the final rename/link is atomic. Never listed. */
@@ -38,17 +38,29 @@ export class FsBackend implements BlobBackend {
     return join(this.root, ...key.split('/'));
   }
 
-  async put(key: string, body: Uint8Array | Readable, opts: { ifNoneMatch?: boolean; contentType?: string } = {}) {
+  async put(key: string, body: BlobBody, opts: { ifNoneMatch?: boolean; contentType?: string } = {}) {
     const path = this.pathOf(key);
     if (opts.ifNoneMatch && (await this.exists(key))) {
       // Cheap early exit; the link() below is what makes the create atomic.
       if (body instanceof Readable) body.destroy();
       return false;
     }
+    try {
+      return await this.writeAtomically(path, typeof body === 'function' ? body() : body, opts.ifNoneMatch ?? false);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT')
+        throw new StoreFullError(this.location, key, err as NodeJS.ErrnoException);
+      throw err;
+    }
+  }
+
+  /** Write to a temp file, fsync, then publish at `path`; the temp file is removed whatever happens. */
+  private async writeAtomically(path: string, body: Uint8Array | Readable, createOnly: boolean): Promise<boolean> {
     const tmpDir = join(this.root, TMP_DIR);
-    await mkdir(tmpDir, { recursive: true });
     const tmp = join(tmpDir, randomUUID());
     try {
+      await mkdir(tmpDir, { recursive: true });
       const handle = await open(tmp, 'wx');
       try {
         if (body instanceof Readable) {
@@ -61,12 +73,13 @@ export class FsBackend implements BlobBackend {
         await handle.close();
       }
       await mkdir(dirname(path), { recursive: true });
-      if (!opts.ifNoneMatch) {
+      if (!createOnly) {
         await rename(tmp, path);
         return true;
       }
       return await createExclusive(tmp, path);
     } finally {
+      if (body instanceof Readable) body.destroy();
       await unlink(tmp).catch(() => undefined);
     }
   }
@@ -135,6 +148,9 @@ async function createExclusive(tmp: string, path: string): Promise<boolean> {
     return true;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    // The exclusive create succeeded, so a partial file there (the disk filled mid-copy) is ours to remove: left, it
+    // would look complete to the next put's dedup check.
+    await unlink(path).catch(() => undefined);
     throw err;
   }
 }

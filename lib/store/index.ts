@@ -41,7 +41,10 @@ export type StoreConfig =
  */
 export function parseStoreLocation(location: string): StoreConfig {
   const bad = (expected: string) =>
-    new InputError(`store: ${JSON.stringify(location)} is not a valid store location: expected ${expected}`, 'store');
+    new InputError(
+      `store (STEPWISE_STORE or --store): ${JSON.stringify(location)} is not a valid store location: expected ${expected}`,
+      'store'
+    );
   if (typeof location !== 'string' || location.trim() === '') {
     throw bad('s3://bucket/prefix, file:///absolute/path or a folder path');
   }

@@ -10,7 +10,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { Readable } from 'node:stream';
 
 import { InputError } from '../errors';
-import { NotFoundError, type BlobBackend } from './artifact-store';
+import { NotFoundError, StoreUnavailableError, type BlobBackend, type BlobBody } from './artifact-store';
 import { assertValidKey, assertValidPrefix, compareKeys } from './keys';
 import { settings } from '../../infra/config';
 
@@ -32,13 +32,53 @@ export interface S3BackendOptions {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
   /** Multipart part size in bytes (S3's minimum, 5 MiB, by default): bodies larger than one part go multipart. */
   partSize?: number;
+  /**
+   * Server-side encryption of every object written: `AES256` (SSE-S3) or `aws:kms` (SSE-KMS, with `kmsKeyId` or the
+   * bucket's default key). Default `$STEPWISE_STORE_SSE` / `$STEPWISE_STORE_KMS_KEY_ID`; none when unset.
+   */
+  sse?: S3Encryption;
+  kmsKeyId?: string;
+  /**
+   * How long one store call keeps retrying transient failures (connection refused or reset, 5xx, throttling) before
+   * giving up, in ms. Default 60 s: long enough to ride out a gateway restart, so a short outage costs a stage a
+   * pause rather than a failed attempt (the activity's retry policy still covers longer ones).
+   */
+  retryForMs?: number;
 }
 
+/** The server-side encryption modes S3 offers for objects (`x-amz-server-side-encryption`). */
+export const S3_ENCRYPTIONS = ['AES256', 'aws:kms'] as const;
+export type S3Encryption = (typeof S3_ENCRYPTIONS)[number];
+
 const MIN_PART_SIZE = 5 * 1024 * 1024;
+const DEFAULT_RETRY_FOR_MS = 60_000;
+/** Network failures that say "the server is not there right now", not "the request is wrong". */
+const TRANSIENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ECONNABORTED',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'UND_ERR_SOCKET',
+]);
+const TRANSIENT_NAMES = new Set([
+  'TimeoutError',
+  'RequestTimeout',
+  'SlowDown',
+  'ServiceUnavailable',
+  'InternalError',
+  'ThrottlingException',
+]);
 /** S3 asks clients to retry a conditional write that raced an in-flight one (409 ConditionalRequestConflict). */
 const CONFLICT_RETRIES = 4;
 
 type SdkError = Error & { $metadata?: { httpStatusCode?: number } };
+type WriteParams = { ServerSideEncryption?: S3Encryption; SSEKMSKeyId?: string };
+type PutParams = { Bucket: string; Key: string; ContentType?: string; IfNoneMatch?: string } & WriteParams;
 
 function statusOf(err: unknown): number | undefined {
   return (err as SdkError).$metadata?.httpStatusCode;
@@ -57,6 +97,48 @@ function isNotFound(err: unknown): boolean {
   return name === 'NoSuchKey' || name === 'NotFound' || statusOf(err) === 404;
 }
 
+/** Worth retrying: the service was unreachable, dropped the connection, or said it was overloaded or failing. */
+export function isTransientS3Error(err: unknown): boolean {
+  const e = err as SdkError & { code?: string; cause?: unknown };
+  const status = statusOf(err);
+  if (status !== undefined && (status >= 500 || status === 429)) return true;
+  if (e.code && TRANSIENT_CODES.has(e.code)) return true;
+  if (TRANSIENT_NAMES.has(e.name)) return true;
+  // A cancellation is not an outage.
+  if (e.name === 'AbortError') return false;
+  // A connection cut mid-response surfaces as a plain Error from the body stream ('aborted', 'socket hang up').
+  if (/^aborted$|socket hang up|premature close|other side closed/i.test(e.message ?? '')) return true;
+  return e.cause !== undefined && e.cause !== err && isTransientS3Error(e.cause);
+}
+
+/** The encryption settings, checked: a typo must not silently store objects unencrypted. */
+function encryptionOf(sse: string | undefined, kmsKeyId: string | undefined): WriteParams {
+  if (sse === undefined) {
+    if (kmsKeyId !== undefined) {
+      throw new InputError(
+        'STEPWISE_STORE_KMS_KEY_ID: a KMS key id is set but STEPWISE_STORE_SSE is not; expected STEPWISE_STORE_SSE=aws:kms',
+        'STEPWISE_STORE_KMS_KEY_ID'
+      );
+    }
+    return {};
+  }
+  if (!(S3_ENCRYPTIONS as readonly string[]).includes(sse)) {
+    throw new InputError(
+      `STEPWISE_STORE_SSE: ${JSON.stringify(sse)} is not a server-side encryption mode: expected ${S3_ENCRYPTIONS.join(' or ')}`,
+      'STEPWISE_STORE_SSE'
+    );
+  }
+  if (kmsKeyId !== undefined && sse !== 'aws:kms') {
+    throw new InputError(
+      `STEPWISE_STORE_KMS_KEY_ID: a KMS key id needs STEPWISE_STORE_SSE=aws:kms (got ${JSON.stringify(sse)})`,
+      'STEPWISE_STORE_KMS_KEY_ID'
+    );
+  }
+  return { ServerSideEncryption: sse as S3Encryption, ...(kmsKeyId ? { SSEKMSKeyId: kmsKeyId } : {}) };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
 /**
  * A {@link BlobBackend} on S3 or any S3-compatible service (versitygw, Cloudflare R2, GCS interop, Ceph RGW).
  * Conditional creates use `If-None-Match: *`, which these services evaluate atomically on the server.
@@ -68,6 +150,9 @@ export class S3Backend implements BlobBackend {
   readonly prefix: string;
   private readonly client: S3Client;
   private readonly partSize: number;
+  private readonly retryForMs: number;
+  /** Encryption parameters of every write (PutObject, CreateMultipartUpload); no ACL is ever sent. */
+  private readonly writeParams: WriteParams;
 
   constructor(opts: S3BackendOptions) {
     if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(opts.bucket ?? '')) {
@@ -82,7 +167,10 @@ export class S3Backend implements BlobBackend {
     if (this.prefix) assertValidKey(this.prefix);
     this.location = `s3://${this.bucket}${this.prefix ? `/${this.prefix}` : ''}`;
     this.partSize = Math.max(opts.partSize ?? MIN_PART_SIZE, MIN_PART_SIZE);
-    const env = settings().s3;
+    const all = settings();
+    const env = all.s3;
+    this.writeParams = encryptionOf(opts.sse ?? all.storeSse, opts.kmsKeyId ?? all.storeKmsKeyId);
+    this.retryForMs = opts.retryForMs ?? DEFAULT_RETRY_FOR_MS;
     const endpoint = opts.endpoint ?? env.endpoint;
     const config: S3ClientConfig = {
       region: opts.region ?? env.region,
@@ -98,22 +186,33 @@ export class S3Backend implements BlobBackend {
     return this.prefix ? `${this.prefix}/${key}` : key;
   }
 
-  async put(key: string, body: Uint8Array | Readable, opts: { ifNoneMatch?: boolean; contentType?: string } = {}) {
-    const Key = this.fullKey(key);
-    const params = {
+  async put(key: string, body: BlobBody, opts: { ifNoneMatch?: boolean; contentType?: string } = {}) {
+    const params: PutParams = {
       Bucket: this.bucket,
-      Key,
+      Key: this.fullKey(key),
       ContentType: opts.contentType,
+      ...this.writeParams,
       ...(opts.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
     };
+    // A one-shot stream cannot be replayed, so it gets one attempt (the SDK still retries each buffered part); a
+    // stream factory is reopened from the start for each attempt.
+    if (body instanceof Readable) return this.putOnce(key, params, body);
+    return this.retrying('PUT', key, () => this.putOnce(key, params, typeof body === 'function' ? body() : body));
+  }
+
+  private async putOnce(key: string, params: PutParams, body: Uint8Array | Readable): Promise<boolean> {
+    const ifNoneMatch = params.IfNoneMatch !== undefined;
     if (body instanceof Readable || body.byteLength > this.partSize) {
-      // A stream cannot be replayed, so a 409 conflict is settled by looking rather than by retrying.
+      // Multipart: the object appears under its key only when CompleteMultipartUpload succeeds, so an upload cut off
+      // midway leaves nothing there (its parts are aborted, or expire with the bucket's lifecycle rules).
       try {
         await new Upload({ client: this.client, params: { ...params, Body: body }, partSize: this.partSize }).done();
         return true;
       } catch (err) {
-        if (opts.ifNoneMatch && isPreconditionFailed(err)) return false;
-        if (opts.ifNoneMatch && isConditionalConflict(err) && (await this.exists(key))) return false;
+        if (body instanceof Readable) body.destroy();
+        if (ifNoneMatch && isPreconditionFailed(err)) return false;
+        // A stream cannot be replayed, so a 409 conflict is settled by looking rather than by retrying.
+        if (ifNoneMatch && isConditionalConflict(err) && (await this.exists(key))) return false;
         throw err;
       }
     }
@@ -122,10 +221,10 @@ export class S3Backend implements BlobBackend {
         await this.client.send(new PutObjectCommand({ ...params, Body: body }));
         return true;
       } catch (err) {
-        if (opts.ifNoneMatch && isPreconditionFailed(err)) return false;
-        if (opts.ifNoneMatch && isConditionalConflict(err)) {
+        if (ifNoneMatch && isPreconditionFailed(err)) return false;
+        if (ifNoneMatch && isConditionalConflict(err)) {
           if (attempt < CONFLICT_RETRIES) {
-            await new Promise((r) => setTimeout(r, 50 * 2 ** attempt));
+            await sleep(50 * 2 ** attempt);
             continue;
           }
           // Still conflicting: another writer keeps winning the race, so the key exists or is about to.
@@ -136,25 +235,54 @@ export class S3Backend implements BlobBackend {
     }
   }
 
-  async get(key: string): Promise<Buffer> {
-    try {
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) }));
-      if (!out.Body) throw new Error(`S3 GetObject ${this.location}/${key} returned no body`);
-      return Buffer.from(await out.Body.transformToByteArray());
-    } catch (err) {
-      if (isNotFound(err)) throw new NotFoundError(key);
-      throw err;
+  /**
+   * Run one store call, retrying transient failures with capped exponential backoff for up to `retryForMs`; then
+   * a {@link StoreUnavailableError} naming the store. A retried conditional create whose first attempt landed
+   * (its response lost) answers "exists", which for content-addressed keys is the truth.
+   */
+  private async retrying<T>(operation: string, key: string, op: () => Promise<T>): Promise<T> {
+    const started = Date.now();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await op();
+      } catch (err) {
+        if (!isTransientS3Error(err)) throw err;
+        // Jittered, so the workers of a cluster do not all knock at once when the service comes back.
+        const wait = Math.min(5_000, 250 * 2 ** attempt) * (0.5 + Math.random() / 2);
+        if (Date.now() - started + wait > this.retryForMs) {
+          throw new StoreUnavailableError(this.location, operation, key, Date.now() - started, err);
+        }
+        await sleep(wait);
+      }
     }
   }
 
+  async get(key: string): Promise<Buffer> {
+    const Key = this.fullKey(key);
+    return this.retrying('GET', key, async () => {
+      try {
+        const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
+        if (!out.Body) throw new Error(`S3 GetObject ${this.location}/${key} returned no body`);
+        // Reading the body is part of the attempt: a connection cut mid-download is retried from the start.
+        return Buffer.from(await out.Body.transformToByteArray());
+      } catch (err) {
+        if (isNotFound(err)) throw new NotFoundError(key);
+        throw err;
+      }
+    });
+  }
+
   async exists(key: string): Promise<boolean> {
-    try {
-      await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) }));
-      return true;
-    } catch (err) {
-      if (isNotFound(err)) return false;
-      throw err;
-    }
+    const Key = this.fullKey(key);
+    return this.retrying('HEAD', key, async () => {
+      try {
+        await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }));
+        return true;
+      } catch (err) {
+        if (isNotFound(err)) return false;
+        throw err;
+      }
+    });
   }
 
   async list(prefix: string): Promise<string[]> {
@@ -163,8 +291,11 @@ export class S3Backend implements BlobBackend {
     const keys: string[] = [];
     let ContinuationToken: string | undefined;
     do {
-      const page = await this.client.send(
-        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: base + prefix, ContinuationToken })
+      const token = ContinuationToken;
+      const page = await this.retrying('LIST', prefix, () =>
+        this.client.send(
+          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: base + prefix, ContinuationToken: token })
+        )
       );
       for (const object of page.Contents ?? []) {
         // Folder markers ('a/') made by other tools are not objects of this store.

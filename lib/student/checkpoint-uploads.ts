@@ -2,9 +2,14 @@
  * The upload queue for resume checkpoints: files the training child writes (child.ts) go to the artifact store beside
  * training, one at a time. Only the newest checkpoint matters for a resume, so one that arrives while another uploads
  * replaces any still waiting; each file is deleted once stored or passed over.
+ *
+ * The store is content-addressed and skips a write whose object exists. A checkpoint a resume found damaged at rest
+ * would therefore stay damaged when training writes the same bytes again (it does, retracing its steps from an older
+ * checkpoint or the start): those are named in `damaged`, and written over.
  */
+import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import type { ArtifactRef, ArtifactStore } from '../store/artifact-store';
+import { objectKey, type ArtifactRef, type ArtifactStore } from '../store/artifact-store';
 import type { CheckpointFile } from './child';
 
 export interface CheckpointUploadHooks {
@@ -21,8 +26,10 @@ export class CheckpointUploads {
   stored = 0;
 
   constructor(
-    private readonly store: Pick<ArtifactStore, 'putFile'>,
-    private readonly hooks: CheckpointUploadHooks
+    private readonly store: Pick<ArtifactStore, 'putFile' | 'backend'>,
+    private readonly hooks: CheckpointUploadHooks,
+    /** sha256s of stored checkpoints known to be damaged: rewritten, not skipped, when training writes them again. */
+    private readonly damaged: ReadonlySet<string> = new Set()
   ) {}
 
   /** Queue a checkpoint file (the child's `onCheckpoint`); returns at once, the upload runs beside training. */
@@ -45,6 +52,12 @@ export class CheckpointUploads {
       this.waiting = undefined;
       try {
         const ref = await this.store.putFile(file.path, 'application/octet-stream');
+        if (this.damaged.has(ref.sha256)) {
+          // The bytes hash to the key, so writing them over the damaged object restores it.
+          await this.store.backend.put(objectKey(ref.sha256), () => createReadStream(file.path), {
+            contentType: 'application/octet-stream',
+          });
+        }
         this.stored += 1;
         this.hooks.onStored(ref, file.step);
       } catch (err) {

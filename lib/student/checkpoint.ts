@@ -10,11 +10,24 @@
  * weights under their HF names, as in a model checkpoint (so it also loads as a model), the optimiser's slot tensors
  * under `optimizer.<slot>.<param>`, the best weights so far under `best.<param>` (absent when they are the current
  * ones), and the loop's own state (step, sampler, loss history, early-stopping counters, options) as JSON in `state`.
+ *
+ * Both carry `checksum` in their metadata: the sha256 of the header (without it) and the tensor data. A store verifies
+ * an object against the reference that named it, but a checkpoint also travels as a plain file (`student.init`, a
+ * child's resume file, `stepwise export-t5`), where nothing else would notice a flipped bit; every read here checks it,
+ * and checks each model tensor's shape against the config, so a damaged checkpoint is a {@link CheckpointCorruptError}
+ * rather than a model that trains on garbage. The file format itself, which needs no TensorFlow.js, is checkpoint-file.ts.
  */
-import { endianness } from 'node:os';
 import { InputError } from '../errors';
+import {
+  assertLittleEndian,
+  corrupt,
+  decodeSafetensors,
+  encodeSafetensors,
+  readTable,
+  type CheckpointSource,
+} from './checkpoint-file';
 import { validateConfig, type T5Config } from './config';
-import { T5Model, type NamedWeight } from './t5';
+import { paramSpecs, T5Model, type NamedWeight } from './t5';
 import { loadTokenizer, type StudentTokenizer } from './tokenizer';
 
 /** How a checkpoint was trained. `method` decides the prefix at inference; the rest is provenance. */
@@ -33,26 +46,17 @@ export interface LoadedCheckpoint {
   training: TrainingMeta;
 }
 
-interface TensorEntry {
-  dtype: string;
-  shape: number[];
-  data_offsets: [number, number];
-}
-
 const FORMAT = 'stepwise-t5';
 const RESUME_FORMAT = 'stepwise-t5-resume';
 const OPTIMIZER_PREFIX = 'optimizer.';
 const BEST_PREFIX = 'best.';
 
-function assertLittleEndian(): void {
-  // Float32Array views use the machine's byte order; safetensors is little-endian.
-  if (endianness() !== 'LE') throw new Error('checkpoints are little-endian; this machine is big-endian');
-}
+export { CheckpointCorruptError, decodeSafetensors, encodeSafetensors, type CheckpointSource } from './checkpoint-file';
 
 /** The model's weights, config, tokenizer and training metadata as safetensors bytes. */
 export function serializeCheckpoint(model: T5Model, tokenizer: StudentTokenizer, training: TrainingMeta): Buffer {
   assertLittleEndian();
-  return encodeSafetensors(model.exportWeights(), {
+  return encodeCheckpoint(model.exportWeights(), {
     format: FORMAT,
     config: JSON.stringify(model.config),
     tokenizer: tokenizer.toJSON(),
@@ -67,7 +71,7 @@ export function serializeWeights(
   tokenizer: StudentTokenizer,
   training: TrainingMeta
 ): Buffer {
-  return encodeSafetensors(weights, {
+  return encodeCheckpoint(weights, {
     format: FORMAT,
     config: JSON.stringify(config),
     tokenizer: tokenizer.toJSON(),
@@ -95,7 +99,7 @@ export function serializeResumeCheckpoint(
   parts: Omit<ResumeCheckpoint, 'tokenizer'> & { tokenizer: StudentTokenizer }
 ): Buffer {
   const prefixed = (prefix: string, ws: readonly NamedWeight[]) => ws.map((w) => ({ ...w, name: prefix + w.name }));
-  return encodeSafetensors(
+  return encodeCheckpoint(
     [...parts.weights, ...prefixed(OPTIMIZER_PREFIX, parts.optimizer), ...prefixed(BEST_PREFIX, parts.best ?? [])],
     {
       format: RESUME_FORMAT,
@@ -109,18 +113,39 @@ export function serializeResumeCheckpoint(
 }
 
 /**
- * Parses a resume checkpoint.
- * @throws InputError when the bytes are not one (a model checkpoint cannot be resumed: it has no optimiser state).
+ * Parses a resume checkpoint, its checksum and tensor shapes verified.
+ * @throws CheckpointCorruptError when the bytes are damaged; InputError when they are not a resume checkpoint (a
+ *   model checkpoint cannot be resumed: it has no optimiser state).
  */
-export function readResumeCheckpoint(buf: Uint8Array): ResumeCheckpoint {
-  const { weights, metadata } = decodeSafetensors(buf);
+export function readResumeCheckpoint(
+  buf: Uint8Array,
+  from: CheckpointSource = { field: 'resumeFrom' }
+): ResumeCheckpoint {
+  const { weights, metadata } = decodeSafetensors(buf, from);
+  const { config, tokenizer, training, state } = resumeMeta(metadata);
+  checkShapes(weights, config, metadata.hasBest === 'true', from);
+  const strip = (prefix: string) =>
+    weights.filter((w) => w.name.startsWith(prefix)).map((w) => ({ ...w, name: w.name.slice(prefix.length) }));
+  return {
+    config,
+    tokenizer,
+    training,
+    state,
+    weights: modelWeights(weights),
+    optimizer: strip(OPTIMIZER_PREFIX),
+    ...(metadata.hasBest === 'true' ? { best: strip(BEST_PREFIX) } : {}),
+  };
+}
+
+/** A resume checkpoint's metadata: the model's, plus the training loop's state. */
+function resumeMeta(metadata: Record<string, string>) {
   if (metadata.format !== RESUME_FORMAT) {
     throw new InputError(
       `resumeFrom has format ${JSON.stringify(metadata.format)}; expected '${RESUME_FORMAT}' (a checkpoint written during training)`,
       'resumeFrom'
     );
   }
-  const { config, tokenizer, training } = parseMeta(metadata);
+  const meta = parseMeta(metadata);
   let state: unknown;
   try {
     state = JSON.parse(metadata.state ?? '');
@@ -129,17 +154,7 @@ export function readResumeCheckpoint(buf: Uint8Array): ResumeCheckpoint {
   }
   if (state === null || typeof state !== 'object')
     throw new InputError(`resumeFrom has no training state`, 'resumeFrom');
-  const strip = (prefix: string) =>
-    weights.filter((w) => w.name.startsWith(prefix)).map((w) => ({ ...w, name: w.name.slice(prefix.length) }));
-  return {
-    config,
-    tokenizer,
-    training,
-    state: state as Record<string, unknown>,
-    weights: modelWeights(weights),
-    optimizer: strip(OPTIMIZER_PREFIX),
-    ...(metadata.hasBest === 'true' ? { best: strip(BEST_PREFIX) } : {}),
-  };
+  return { ...meta, state: state as Record<string, unknown> };
 }
 
 /** The model's own weights among a file's tensors (a resume checkpoint also holds optimiser and best-so-far ones). */
@@ -147,80 +162,76 @@ function modelWeights(weights: NamedWeight[]): NamedWeight[] {
   return weights.filter((w) => !w.name.startsWith(OPTIMIZER_PREFIX) && !w.name.startsWith(BEST_PREFIX));
 }
 
-/** safetensors bytes of float32 tensors, in the given order, with string metadata. */
-export function encodeSafetensors(weights: readonly NamedWeight[], metadata: Record<string, string>): Buffer {
-  assertLittleEndian();
-  const header: Record<string, unknown> = { __metadata__: metadata };
-  let offset = 0;
-  for (const w of weights) {
-    header[w.name] = { dtype: 'F32', shape: w.shape, data_offsets: [offset, offset + w.data.byteLength] };
-    offset += w.data.byteLength;
+/**
+ * Every model tensor (and best-so-far copy) has the name and shape `config` gives it: a header whose shapes were
+ * damaged, or tensors of another model under this config, fail here, naming the first tensor that does not fit.
+ * Optimiser slots are checked against the model when the optimiser loads them (optim.ts).
+ */
+function checkShapes(
+  tensors: readonly { name: string; shape: number[] }[],
+  config: T5Config,
+  hasBest: boolean,
+  from: CheckpointSource
+): void {
+  const specs = paramSpecs(config);
+  const expected = new Map(specs.map((s) => [s.name, s.shape]));
+  const shape = (dims: readonly number[]) => `[${dims.join(', ')}]`;
+  for (const t of tensors) {
+    if (t.name.startsWith(OPTIMIZER_PREFIX)) continue;
+    const name = t.name.startsWith(BEST_PREFIX) ? t.name.slice(BEST_PREFIX.length) : t.name;
+    const want = expected.get(name);
+    if (!want) throw corrupt(from, `tensor '${t.name}' is not a weight of its config's model`);
+    if (want.join() !== t.shape.join()) {
+      throw corrupt(
+        from,
+        `tensor '${t.name}' has shape ${shape(t.shape)}; its config ` +
+          `(d_model ${config.d_model}, d_ff ${config.d_ff}, vocab_size ${config.vocab_size}) makes it ${shape(want)}`
+      );
+    }
   }
-  let json = JSON.stringify(header);
-  // The reference writer pads the header with spaces so the data starts 8-byte aligned.
-  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
-  const headerBytes = Buffer.from(json, 'utf8');
-  const out = Buffer.allocUnsafe(8 + headerBytes.length + offset);
-  out.writeBigUInt64LE(BigInt(headerBytes.length), 0);
-  headerBytes.copy(out, 8);
-  let at = 8 + headerBytes.length;
-  for (const w of weights) {
-    out.set(new Uint8Array(w.data.buffer, w.data.byteOffset, w.data.byteLength), at);
-    at += w.data.byteLength;
+  const names = new Set(tensors.map((t) => t.name));
+  for (const prefix of hasBest ? ['', BEST_PREFIX] : ['']) {
+    const missing = specs.find((s) => !names.has(prefix + s.name));
+    if (missing) throw corrupt(from, `it has no tensor '${prefix + missing.name}', which its config requires`);
   }
-  return out;
+}
+
+/** A Stepwise checkpoint's safetensors bytes, with the embedded checksum (see the module comment). */
+function encodeCheckpoint(weights: readonly NamedWeight[], metadata: Record<string, string>): Buffer {
+  return encodeSafetensors(weights, metadata, { checksum: true });
+}
+
+/** What {@link verifyCheckpoint} learnt of a checkpoint that passed. */
+export interface VerifiedCheckpoint {
+  kind: 'model' | 'resume';
+  config: T5Config;
+  training: TrainingMeta;
+  /** Whether it carries a checksum (checkpoints written by other tools, or before checksums, do not). */
+  checksummed: boolean;
 }
 
 /**
- * Parses safetensors bytes: float32 tensors (copied out, so the buffer may be released) and the metadata.
- * @throws InputError when the bytes are not a well-formed float32 safetensors file.
+ * Checks checkpoint bytes without building a model or copying a tensor (a big model's resume checkpoint is gigabytes):
+ * well-formed, its checksum, a Stepwise model or resume checkpoint, and every model tensor's shape against its config.
+ * A resume checkpoint's training state is parsed too; whether it suits a run is for `train()` to say (resume.ts).
+ * @throws CheckpointCorruptError for damaged bytes; InputError for bytes that are not a Stepwise checkpoint.
  */
-export function decodeSafetensors(buf: Uint8Array): { weights: NamedWeight[]; metadata: Record<string, string> } {
+export function verifyCheckpoint(buf: Uint8Array, from: CheckpointSource = {}): VerifiedCheckpoint {
   assertLittleEndian();
   const bytes = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
-  const bad = (why: string): never => {
-    throw new InputError(`checkpoint is not a valid safetensors file: ${why}`, 'checkpoint');
-  };
-  if (bytes.length < 8) bad(`${bytes.length} bytes is shorter than the 8-byte header length`);
-  const headerLength = Number(bytes.readBigUInt64LE(0));
-  if (headerLength > bytes.length - 8) bad(`header length ${headerLength} exceeds the ${bytes.length} bytes given`);
-  let header: Record<string, unknown>;
-  try {
-    header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8'));
-  } catch (err) {
-    return bad(`header is not JSON (${(err as Error).message})`);
-  }
-  if (header === null || typeof header !== 'object' || Array.isArray(header)) return bad('header is not an object');
-  const dataStart = 8 + headerLength;
-  const dataLength = bytes.length - dataStart;
-  const metadata = (header.__metadata__ ?? {}) as Record<string, string>;
-  const weights: NamedWeight[] = [];
-  for (const [name, value] of Object.entries(header)) {
-    if (name === '__metadata__') continue;
-    const entry = value as TensorEntry;
-    if (entry?.dtype !== 'F32') bad(`tensor '${name}' has dtype ${JSON.stringify(entry?.dtype)}; expected F32`);
-    const [begin, end] = entry.data_offsets ?? [];
-    const count = Array.isArray(entry.shape) ? entry.shape.reduce((a, b) => a * b, 1) : NaN;
-    if (
-      !Number.isSafeInteger(begin) ||
-      !Number.isSafeInteger(end) ||
-      begin < 0 ||
-      end > dataLength ||
-      end - begin !== count * 4
-    ) {
-      bad(`tensor '${name}' has offsets ${JSON.stringify(entry.data_offsets)} that do not fit shape [${entry.shape}]`);
-    }
-    // Copied into a fresh, aligned buffer: a Float32Array view needs 4-byte alignment, which file reads don't promise.
-    const data = new Float32Array(count);
-    new Uint8Array(data.buffer).set(bytes.subarray(dataStart + begin, dataStart + end));
-    weights.push({ name, shape: entry.shape, data });
-  }
-  return { weights, metadata };
+  const { entries, metadata, checksummed } = readTable(bytes, from);
+  const kind = metadata.format === RESUME_FORMAT ? 'resume' : 'model';
+  const { config, training } = kind === 'resume' ? resumeMeta(metadata) : parseMeta(metadata);
+  checkShapes(entries, config, metadata.hasBest === 'true', from);
+  return { kind, config, training, checksummed };
 }
 
 /** The config, tokenizer JSON and training metadata of a checkpoint, without building the model. */
-export function readCheckpointMeta(buf: Uint8Array): { config: T5Config; tokenizer: string; training: TrainingMeta } {
-  return parseMeta(decodeSafetensors(buf).metadata);
+export function readCheckpointMeta(
+  buf: Uint8Array,
+  from: CheckpointSource = {}
+): { config: T5Config; tokenizer: string; training: TrainingMeta } {
+  return parseMeta(decodeSafetensors(buf, from).metadata);
 }
 
 function parseMeta(metadata: Record<string, string>): { config: T5Config; tokenizer: string; training: TrainingMeta } {
@@ -246,12 +257,13 @@ function parseMeta(metadata: Record<string, string>): { config: T5Config; tokeni
 
 /**
  * A working student from checkpoint bytes (on the current tfjs backend): a model checkpoint, or the current weights of
- * a resume checkpoint.
- * @throws InputError when the bytes are not a Stepwise student checkpoint or its weights do not match its config.
+ * a resume checkpoint. Checksum and shapes are verified first.
+ * @throws CheckpointCorruptError for damaged bytes; InputError when they are not a Stepwise student checkpoint.
  */
-export function loadCheckpoint(buf: Uint8Array): LoadedCheckpoint {
-  const { weights, metadata } = decodeSafetensors(buf);
+export function loadCheckpoint(buf: Uint8Array, from: CheckpointSource = {}): LoadedCheckpoint {
+  const { weights, metadata } = decodeSafetensors(buf, from);
   const { config, tokenizer: tokenizerJson, training } = parseMeta(metadata);
+  checkShapes(weights, config, metadata.hasBest === 'true', from);
   const tokenizer = loadTokenizer(tokenizerJson);
   // Published T5 checkpoints pad their embedding matrix past the tokenizer (32,100 tokens, vocab_size 32,128).
   if (tokenizer.vocabSize > config.vocab_size) {

@@ -87,10 +87,8 @@ process.once('message', (message: { type: 'job'; job: StudentJob }) => {
     .then((result) => send({ type: 'result', result }))
     .catch((err: unknown) => {
       const e = err instanceof Error ? err : new Error(String(err));
-      return send({
-        type: 'error',
-        error: { name: e.name, message: e.message, stack: e.stack, field: (e as { field?: string }).field },
-      });
+      const { field, source } = e as { field?: string; source?: string };
+      return send({ type: 'error', error: { name: e.name, message: e.message, stack: e.stack, field, source } });
     })
     .catch(() => process.exit(70))
     .finally(() => {

@@ -9,6 +9,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { InputError } from '../errors';
 import type { BackendName } from './backend';
+import { CheckpointCorruptError } from './checkpoint-file';
 import type { StudentOptions } from './options';
 import type { TrainProgress, TrainResult } from './train';
 import type { TrainRecord } from './pairs';
@@ -85,7 +86,17 @@ export type ChildMessage =
   | { type: 'progress'; progress: TrainProgress | PredictProgress }
   | ({ type: 'checkpoint' } & CheckpointFile)
   | { type: 'result'; result: TrainJobResult | PredictJobResult }
-  | { type: 'error'; error: { name: string; message: string; stack?: string; field?: string } };
+  | { type: 'error'; error: ChildError };
+
+/** An error as it crosses IPC: enough to rebuild the error classes a caller tells apart. */
+export interface ChildError {
+  name: string;
+  message: string;
+  stack?: string;
+  field?: string;
+  /** A {@link CheckpointCorruptError}'s source. */
+  source?: string;
+}
 
 /** The child ended without a result: killed, out of memory, a native crash. Retrying may help. */
 export class StudentChildCrashError extends Error {
@@ -281,8 +292,14 @@ function abortError(signal: AbortSignal): Error {
   return err;
 }
 
-function reviveError(e: { name: string; message: string; stack?: string; field?: string }): Error {
-  const err = e.name === 'InputError' ? new InputError(e.message, e.field) : new Error(e.message);
+function reviveError(e: ChildError): Error {
+  // Rebuilt as the classes they were: an InputError (a corrupt checkpoint is one) must stay non-retryable.
+  const err =
+    e.name === 'CheckpointCorruptError'
+      ? new CheckpointCorruptError(e.message, e.field ?? 'checkpoint', e.source ?? e.field ?? 'checkpoint')
+      : e.name === 'InputError'
+        ? new InputError(e.message, e.field)
+        : new Error(e.message);
   err.name = e.name;
   if (e.stack) err.stack = e.stack;
   return err;

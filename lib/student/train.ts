@@ -50,8 +50,8 @@ export interface TrainInputs {
   resumeFrom?: Uint8Array;
   /**
    * Start from these weights instead of a fresh init: a Stepwise checkpoint (from `stepwise import-t5`, or a trained
-   * student). Its config and tokenizer replace `preset`, `config` and `vocabSize`; a resumed run ignores it (the
-   * resume checkpoint already holds the weights it reached).
+   * student). Its config and tokenizer replace `preset`, `config` and `vocabSize`. A resumed run needs it too (its hash
+   * is among the options a resume must match) but starts from the weights the resume checkpoint holds.
    */
   initFrom?: Uint8Array;
 }
@@ -190,7 +190,7 @@ async function startingPoint(
   }
   if (opts.initFrom) {
     // A pretrained init brings its own tokenizer and shape, for the same reason.
-    const init = loadCheckpoint(opts.initFrom);
+    const init = loadCheckpoint(opts.initFrom, { field: 'initFrom' });
     return { tokenizer: init.tokenizer, config: init.config, model: init.model };
   }
   const tokenizer = await trainTokenizer(

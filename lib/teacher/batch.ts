@@ -3,9 +3,11 @@
  * shard's calls go up as one JSONL file; the provider answers within its completion window (hours), usually at a
  * lower price. Submission is idempotent: every batch carries the shard key and round in its metadata, and a
  * submission first looks for a live batch with the same ones, so a worker that died between creating a batch and
- * reporting it never makes the provider run (and bill) the same calls twice.
+ * reporting it never makes the provider run (and bill) the same calls twice. Creates are never retried blindly:
+ * a create whose answer was lost (a timeout, a dropped connection, a 5xx) may have created the batch, so the SDK's
+ * own retries are off for it, and the lost answer is recovered by listing batches for the shard's metadata.
  */
-import OpenAI, { toFile } from 'openai';
+import OpenAI, { APIError, toFile } from 'openai';
 
 import type { Usage } from './budget';
 import type { ChatMessage } from './types';
@@ -60,9 +62,23 @@ export function batchClient(endpoint: BatchEndpoint): OpenAI {
     baseURL: endpoint.baseURL,
     apiKey: endpoint.apiKey ?? 'unused',
     timeout: endpoint.timeoutMs ?? 600_000,
-    // Submission, polling and collection are idempotent, so the SDK's own retries are safe here.
+    // Polling, listing and downloads are idempotent, so the SDK's own retries are safe for them; the two creates
+    // (file and batch) turn them off per request (see submitBatch).
     maxRetries: 4,
   });
+}
+
+/** Per-request options for a create: no SDK retry, since a retry after a lost answer would create a second one. */
+const CREATE_ONCE = { maxRetries: 0 } as const;
+
+/**
+ * Whether a failed create may nevertheless have happened at the provider: anything but a refusal the API answered
+ * (a 4xx other than 408/409/429 is a validation or auth error: nothing was created).
+ */
+function mayHaveCreated(err: unknown): boolean {
+  if (!(err instanceof APIError) || err.status === undefined) return true;
+  const s = err.status;
+  return s === 408 || s === 409 || s === 429 || s >= 500;
 }
 
 /** The live batch submitted for this shard and round, if a previous attempt got as far as creating it. */
@@ -104,17 +120,34 @@ export async function submitBatch(
       },
     })
   );
-  const file = await client.files.create({
-    file: await toFile(Buffer.from(lines.join('\n') + '\n', 'utf8'), `stepwise-${opts.shardKey}-${opts.round}.jsonl`),
-    purpose: 'batch',
-  });
-  const batch = await client.batches.create({
-    input_file_id: file.id,
-    endpoint: '/v1/chat/completions',
-    completion_window: '24h',
-    metadata: { stepwise_shard: opts.shardKey, stepwise_round: String(opts.round) },
-  });
-  return batch.id;
+  // A lost answer to the upload leaves an orphan file at most (files are not billed as calls); the caller's retry
+  // uploads again. Still no blind SDK retry: each try would leave one more orphan.
+  const file = await client.files.create(
+    {
+      file: await toFile(Buffer.from(lines.join('\n') + '\n', 'utf8'), `stepwise-${opts.shardKey}-${opts.round}.jsonl`),
+      purpose: 'batch',
+    },
+    CREATE_ONCE
+  );
+  try {
+    const batch = await client.batches.create(
+      {
+        input_file_id: file.id,
+        endpoint: '/v1/chat/completions',
+        completion_window: '24h',
+        metadata: { stepwise_shard: opts.shardKey, stepwise_round: String(opts.round) },
+      },
+      CREATE_ONCE
+    );
+    return batch.id;
+  } catch (err) {
+    if (!mayHaveCreated(err)) throw err;
+    // The provider may have created (and will bill) the batch though its answer never arrived: find it by its
+    // metadata. If it is not there (yet), the error stands; the caller's retry looks again before creating.
+    const created = await findBatch(client, opts.shardKey, opts.round).catch(() => undefined);
+    if (created !== undefined) return created;
+    throw err;
+  }
 }
 
 export async function batchStatus(client: OpenAI, batchId: string): Promise<BatchStatus> {

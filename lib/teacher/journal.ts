@@ -74,9 +74,13 @@ export class Journal<R> {
     });
   }
 
-  /** Resolves when everything appended so far is in the store. */
+  /**
+   * Resolves when everything appended so far is in the store.
+   * @throws the store's error when a write failed for good: the records after it never landed.
+   */
   async flush(): Promise<void> {
     while (this.writing) await this.writing;
+    if (this.failed !== undefined) throw this.failed;
   }
 
   /** Records this journal object has made durable, in the order written: with the ones read at open, the whole journal. */

@@ -215,9 +215,17 @@ class OpenAITeacher implements Teacher {
       progress.attempts++;
       const outcome = await this.attemptOnce(call, signal);
       if ('failed' in outcome) {
-        budget?.settle(reservation ?? 0, undefined);
-        if (signal?.aborted) throw signal.reason;
         const verdict = outcome.failed;
+        // A provider bills what it processed even when the answer never arrived (a timeout, a dropped or cut-off
+        // response): unless the endpoint surely did no work, the attempt's worst case counts as spent, in the
+        // budget and in the usage the journal keeps, so spend stays under maxCost by the provider's count too.
+        const unreported = verdict.notProcessed ? undefined : { promptTokens: estimate, completionTokens: maxTokens };
+        budget?.settle(reservation ?? 0, unreported);
+        if (signal?.aborted) throw signal.reason;
+        if (unreported) {
+          progress.spent.promptTokens += unreported.promptTokens;
+          progress.spent.completionTokens += unreported.completionTokens;
+        }
         progress.lastError = verdict.reason;
         if (!verdict.retryable) break;
         const waitMs = verdict.retryAfterMs ?? backoffMs(attempt + rateLimitedRetries, { baseMs: this.retryBaseMs });

@@ -78,7 +78,17 @@ export interface ErrorClass {
   reason: string;
   /** What the server asked for in `retry-after-ms` / `retry-after`, when it said. */
   retryAfterMs?: number;
+  /**
+   * Set when the endpoint certainly did not process the request, so nothing was billed: it answered a 4xx (a
+   * refusal, 429 included), or it was never reached (connection refused, name not resolved). Absent, a failed
+   * attempt may have been processed and billed though no usage came back (a timeout, a dropped or cut-off
+   * response, a 5xx), and a budget must count it.
+   */
+  notProcessed?: true;
 }
+
+/** Connection failures that happen before a request can reach the endpoint. */
+const NEVER_REACHED_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 /** Statuses the SDK itself retries: request timeout, lock conflict, rate limit, and every server error. */
 function retryableStatus(status: number): boolean {
@@ -119,7 +129,7 @@ export function classifyError(
   if (isAbort) return { retryable: false, rateLimited: false, reason: 'aborted' };
   if (err instanceof APIConnectionTimeoutError) return timeout(err.message);
   if (err instanceof APIConnectionError) {
-    return { retryable: true, rateLimited: false, reason: `connection error: ${oneLine(rootCause(err))}` };
+    return connectionError(err);
   }
   if (err instanceof APIError && err.status !== undefined) return classifyStatus(err, err.status);
   if (err instanceof SyntaxError) {
@@ -133,11 +143,29 @@ export function classifyError(
       reason: `malformed response: body truncated (${oneLine(rootCause(err))})`,
     };
   }
-  if (isConnectionFailure(err)) {
-    return { retryable: true, rateLimited: false, reason: `connection error: ${oneLine(rootCause(err))}` };
-  }
+  if (isConnectionFailure(err)) return connectionError(err);
   // Anything else is most likely a bug on our side; retrying would only repeat it.
   return { retryable: false, rateLimited: false, reason: `error: ${oneLine(`${name}: ${errorMessage(err)}`)}` };
+}
+
+function connectionError(err: unknown): ErrorClass {
+  const never = NEVER_REACHED_CODES.has(rootCode(err) ?? '');
+  return {
+    retryable: true,
+    rateLimited: false,
+    reason: `connection error: ${oneLine(rootCause(err))}`,
+    ...(never ? { notProcessed: true as const } : {}),
+  };
+}
+
+/** The innermost `code` along the cause chain, if any (`ECONNREFUSED`, `UND_ERR_SOCKET`, …). */
+function rootCode(err: unknown): string | undefined {
+  let code: string | undefined;
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 6; e = e.cause, depth++) {
+    const c = (e as { code?: unknown }).code;
+    if (typeof c === 'string') code = c;
+  }
+  return code;
 }
 
 function classifyStatus(err: APIError, status: number): ErrorClass {
@@ -155,6 +183,8 @@ function classifyStatus(err: APIError, status: number): ErrorClass {
     rateLimited: status === 429 && !outOfCredit,
     reason,
     ...(wait === undefined ? {} : { retryAfterMs: wait }),
+    // A 4xx is the endpoint refusing the request before any work; a 5xx may come after the work was done.
+    ...(status >= 400 && status < 500 ? { notProcessed: true as const } : {}),
   };
 }
 

@@ -242,15 +242,24 @@ class ShardCalls {
       const response = this.hits.get(`${i}.${s}`) ?? (await this.send(i, s));
       if (response.notSent) {
         this.stopped = true;
-        continue;
+        // Refused by the budget after attempts the endpoint may have billed: journalled as a failure all the same,
+        // so what those attempts spent is counted by this stage and by the next launch of the shard.
+        if (!response.attempts) continue;
       }
       this.count(response);
       const record = toRecord(i, s, response, this.opts.stageId);
       // Cache hits need no journal entry to be free next time, but journalling them keeps resume O(journal).
       // The append is under way at once and durable within one store round-trip (a group commit); the slot does
       // not wait for it, so a slow store does not idle the endpoint. Appends in flight are bounded all the same.
-      this.background.add(journal.append(record));
-      if (this.background.size > 4 * this.opts.concurrency) await this.background.anySettled();
+      if (this.opts.budget) {
+        // Under a budget the slot waits for its record: a retry of this shard learns what was spent from the
+        // journal, and sets aside one worst-case call per slot of a dead attempt. That covers the calls in flight
+        // only if no slot has moved on past an answer that is not yet written down.
+        await journal.append(record);
+      } else {
+        this.background.add(journal.append(record));
+        if (this.background.size > 4 * this.opts.concurrency) await this.background.anySettled();
+      }
       this.background.throwIfFailed();
       this.records.set(`${i}.${s}`, record);
       this.opts.onProgress?.(++this.finished, this.stats.calls);

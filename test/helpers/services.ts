@@ -7,7 +7,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { delimiter, join } from 'node:path';
+import type { DataConverter } from '@temporalio/common';
 import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/temporal';
 import { ensureBucket, startS3Server, type S3Server } from '../../infra/s3-server';
@@ -30,10 +31,19 @@ export interface Services {
   stop(): Promise<void>;
 }
 
-let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
-/** The workflow bundle, built once per test process (webpack takes seconds). */
-export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundle ??= bundleWorkflowCode({ workflowsPath: require.resolve('../../workflows'), logger: quietLogger });
+const bundles = new Map<string, Promise<WorkflowBundleWithSourceMap>>();
+/**
+ * The workflow bundle, built once per test process (webpack takes seconds); with a failure converter (encrypted
+ * payloads, workers/codec.ts) bundled in when its path is given, as a worker bundling at start would.
+ */
+export function workflowBundle(failureConverterPath?: string): Promise<WorkflowBundleWithSourceMap> {
+  const key = failureConverterPath ?? '';
+  let bundle = bundles.get(key);
+  if (!bundle) {
+    const workflowsPath = require.resolve('../../workflows');
+    bundle = bundleWorkflowCode({ workflowsPath, failureConverterPath, logger: quietLogger });
+    bundles.set(key, bundle);
+  }
   return bundle;
 }
 
@@ -46,13 +56,22 @@ const quietLogger = {
   error: (m: string) => console.error(m),
 };
 
-export async function startServices(opts: { s3?: boolean } = {}): Promise<Services> {
+export interface ServicesOptions {
+  /** false: a filesystem store instead of the S3 server. */
+  s3?: boolean;
+  /** The client's and in-process workers' data converter (e.g. workers/codec.ts's, to encrypt payloads). */
+  dataConverter?: DataConverter;
+  /** The S3 server's root credentials (default: its fixed dev pair), e.g. canaries to look for afterwards. */
+  s3Credentials?: { accessKey: string; secretKey: string };
+}
+
+export async function startServices(opts: ServicesOptions = {}): Promise<Services> {
   quietTemporalLogs();
   const tmp = await mkdtemp(join(tmpdir(), 'stepwise-e2e-'));
   const [temporal, s3, wb] = await Promise.all([
     startTemporalDevServer({ stateDir: join(tmp, 'temporal') }),
-    startS3Server({ dataDir: join(tmp, 's3') }),
-    workflowBundle(),
+    startS3Server({ dataDir: join(tmp, 's3'), ...opts.s3Credentials }),
+    workflowBundle(opts.dataConverter?.failureConverterPath),
   ]);
   const bucket = 'stepwise-test';
   await ensureBucket(s3, bucket);
@@ -61,11 +80,17 @@ export async function startServices(opts: { s3?: boolean } = {}): Promise<Servic
   process.env.AWS_SECRET_ACCESS_KEY = s3.secretKey;
   process.env.AWS_ENDPOINT_URL_S3 = s3.endpoint;
   process.env.AWS_REGION = s3.region;
+  // Workers confine spec paths to STEPWISE_DATA_ROOTS (default: their cwd, the repo); tests keep their data in temp
+  // folders and the shared datasets, so those are roots too unless a test sets its own.
+  process.env.STEPWISE_DATA_ROOTS ??= [process.cwd(), tmpdir(), join(__dirname, '..', '..', '..', 'shared')].join(
+    delimiter
+  );
   const storeLocation = opts.s3 === false ? `file://${join(tmp, 'artifacts')}` : `s3://${bucket}/e2e`;
   const store = openStore(storeLocation);
   const conn = await connectTemporal({
     connectionOptions: { address: temporal.address },
     namespace: temporal.namespace,
+    dataConverter: opts.dataConverter,
   });
   const stoppers = new Set<() => Promise<void>>();
 
@@ -77,6 +102,7 @@ export async function startServices(opts: { s3?: boolean } = {}): Promise<Servic
       queues,
       store: storeLocation,
       workflowBundle: wb,
+      dataConverter: conn.dataConverter,
     });
     const running = pipeline.run();
     const stopper = async () => {
@@ -113,10 +139,10 @@ export async function startServices(opts: { s3?: boolean } = {}): Promise<Servic
  * The services for this test file: started before its tests, with in-process workers for `workers` (both queues
  * unless told; none with `[]`), and stopped after them. A getter, because they exist only once `test.before` ran.
  */
-export function servicesForFile(opts: { s3?: boolean; workers?: QueueKind[] } = {}): () => Services {
+export function servicesForFile(opts: ServicesOptions & { workers?: QueueKind[] } = {}): () => Services {
   let services: Services | undefined;
   test.before(async () => {
-    services = await startServices(opts.s3 === undefined ? {} : { s3: opts.s3 });
+    services = await startServices(opts);
     if (opts.workers?.length !== 0) await services.startWorkers(opts.workers);
   });
   test.after.always(async () => {

@@ -106,8 +106,7 @@ export function completionFor(request: ChatRequest, content: string, model: stri
     content = content.slice(0, request.maxTokens * CHARS_PER_TOKEN);
     finishReason = 'length';
   }
-  const promptTokens = promptTokensOf(request.messages);
-  const completionTokens = approxTokens(content);
+  const { promptTokens, completionTokens } = usageFor(request, content);
   return {
     id,
     object: 'chat.completion',
@@ -126,5 +125,14 @@ export function completionFor(request: ChatRequest, content: string, model: stri
       completion_tokens: completionTokens,
       total_tokens: promptTokens + completionTokens,
     },
+  };
+}
+
+/** The usage a response to `request` with the answer `content` reports (and the server bills), after the cut. */
+export function usageFor(request: ChatRequest, content: string): { promptTokens: number; completionTokens: number } {
+  const completion = approxTokens(content);
+  return {
+    promptTokens: promptTokensOf(request.messages),
+    completionTokens: request.maxTokens === undefined ? completion : Math.min(completion, request.maxTokens),
   };
 }

@@ -11,6 +11,7 @@ import {
   completionFor,
   promptTokensOf,
   samplingOf,
+  usageFor,
   validateChatRequest,
   type ChatRequest,
 } from './chat-format';
@@ -57,16 +58,22 @@ export class ChatRoute {
     if (res.destroyed) return;
 
     const status = faults.takeStatus();
-    if (status) throw status;
+    if (status) {
+      counters.onInjectedStatus(this.deps.clock(), status.status);
+      throw status;
+    }
     if (faults.takeDrop()) {
       req.socket.destroy();
       return;
     }
+    // From here the provider generates the answer and bills it, whether or not the client is there to read it.
+    const content = this.answer(request);
+    counters.onBilled(usageFor(request, content));
     const hang = faults.takeHang();
     if (hang !== undefined) await this.wait(hang, res);
     await this.wait(this.deps.latencyMs, res);
     if (res.destroyed) return;
-    this.reply(request, res, () => {
+    this.reply(request, content, res, () => {
       delivered();
       counters.onAnswer(hash);
     });
@@ -84,7 +91,9 @@ export class ChatRoute {
     checkModel(request, this.deps.model);
     const hash = promptHash(request);
     counters.onPrompt(hash);
-    const completion = this.complete(request, this.answer(request));
+    const content = this.answer(request);
+    counters.onBilled(usageFor(request, content));
+    const completion = this.complete(request, content);
     counters.onAnswer(hash);
     return completion;
   }
@@ -113,11 +122,11 @@ export class ChatRoute {
   }
 
   /** Sends the answer, or the body fault that replaces it; `onDelivered` runs once a 200 was fully written. */
-  private reply(request: ChatRequest, res: ServerResponse, onDelivered: () => void): void {
+  private reply(request: ChatRequest, answer: string, res: ServerResponse, onDelivered: () => void): void {
     const fault = this.deps.faults.takeBodyFault();
-    if (fault === 'truncated') return sendTruncated(res, this.complete(request, this.answer(request)));
-    if (fault === 'malformed') return sendMalformed(res, this.complete(request, this.answer(request)));
-    const content = fault === 'empty' ? '' : this.answer(request);
+    if (fault === 'truncated') return sendTruncated(res, this.complete(request, answer));
+    if (fault === 'malformed') return sendMalformed(res, this.complete(request, answer));
+    const content = fault === 'empty' ? '' : answer;
     res.once('finish', onDelivered);
     sendJson(res, 200, this.complete(request, content));
   }

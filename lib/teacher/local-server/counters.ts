@@ -16,6 +16,8 @@ export class RequestCounters {
     answered: 0,
     repeatedAnswers: 0,
     rateLimited: 0,
+    billedPromptTokens: 0,
+    billedCompletionTokens: 0,
     held: 0,
     inFlight: 0,
     maxInFlight: 0,
@@ -23,6 +25,8 @@ export class RequestCounters {
   /** Per prompt hash; a Map, not an object, because 100k keys is an ordinary run. */
   private readonly byHash = new Map<string, { requests: number; answered: number }>();
   private readonly arrivals = new ArrivalLog();
+  /** When each injected error status was answered, on the server's clock: rare, so a plain array. */
+  private readonly injected: { at: number; status: number }[] = [];
 
   /** Counts a response in flight from now until it closes. */
   trackInFlight(res: ServerResponse): void {
@@ -52,6 +56,26 @@ export class RequestCounters {
   onAccepted(now: number, tokens: number): void {
     this.scalars.accepted++;
     this.arrivals.add(now, tokens);
+  }
+
+  /** An accepted request was answered with an injected error status at `now`. */
+  onInjectedStatus(now: number, status: number): void {
+    this.injected.push({ at: now, status });
+  }
+
+  injectedStatuses(): { at: number; status: number }[] {
+    return this.injected.map((e) => ({ ...e }));
+  }
+
+  /** Accepted arrivals at or after `from`, on the server's clock. */
+  acceptedFrom(from: number): number[] {
+    return this.arrivals.timesFrom(from);
+  }
+
+  /** A request was processed: the provider bills its usage whether or not the answer gets through. */
+  onBilled(usage: { promptTokens: number; completionTokens: number }): void {
+    this.scalars.billedPromptTokens += usage.promptTokens;
+    this.scalars.billedCompletionTokens += usage.completionTokens;
   }
 
   /** A completion for `hash` was delivered; the hash must have been counted by {@link onPrompt}. */

@@ -71,6 +71,13 @@ export class FaultInjector {
     return undefined;
   }
 
+  /** Whether the batch just created loses its answer (the connection is dropped instead). */
+  takeLostBatchCreate(): boolean {
+    if (!(this.plan.loseBatchCreates && this.plan.loseBatchCreates > 0)) return false;
+    this.plan.loseBatchCreates--;
+    return true;
+  }
+
   /** How a batch leaving `validating` ends, when a fault forces it. */
   takeBatchOutcome(): BatchOutcome | undefined {
     const plan = this.plan;

@@ -106,6 +106,13 @@ export class ArrivalLog {
     this.size++;
   }
 
+  /** Arrival times from `from` on (inclusive), in arrival order. O(arrivals). */
+  timesFrom(from: number): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.size; i++) if (this.times[i] >= from) out.push(this.times[i]);
+    return out;
+  }
+
   /**
    * The most requests (or their tokens) that arrived within any window of `windowMs`: for each arrival, those that
    * arrived less than `windowMs` before it, itself included. One pass with two pointers, O(arrivals).

@@ -38,6 +38,7 @@ export async function startLocalTeacherServer(opts: LocalTeacherServerOptions = 
     maxLines: config.maxBatchLines,
     answer: (body) => chat.answerLine(body),
     takeOutcome: () => faults.takeBatchOutcome(),
+    loseCreateAnswer: () => faults.takeLostBatchCreate(),
   });
   const routes: Routes = { model: config.model, chat, batches };
   const server = createServer((req, res) => {
@@ -59,6 +60,8 @@ export async function startLocalTeacherServer(opts: LocalTeacherServerOptions = 
     counters: () => counters.snapshot(),
     countFor: (hash) => counters.countFor(hash),
     maxInWindow: (windowMs, what) => counters.maxInWindow(windowMs, what),
+    injectedStatuses: () => counters.injectedStatuses(),
+    acceptedFrom: (from) => counters.acceptedFrom(from),
     hold: () => gate.hold(),
     holdAfter: (answers) => gate.holdAfter(answers),
     release: () => gate.release(),

@@ -32,6 +32,11 @@ export interface FaultPlan {
   emptyCompletion?: number;
   /** Arms {@link LocalTeacherServer.holdAfter} with this count (a plan without it leaves holding as it is). */
   holdAfter?: number;
+  /**
+   * The next this-many `POST /v1/batches` create their batch (it runs, and is billed), then drop the connection
+   * without answering: the client cannot tell whether it was created.
+   */
+  loseBatchCreates?: number;
   /** The next this-many batches end `failed` when they leave `validating`; none of their lines is answered. */
   failBatches?: number;
   /**
@@ -109,6 +114,14 @@ export interface LocalTeacherServerCounters {
   repeatedAnswers: number;
   /** Requests refused with 429 by {@link LocalTeacherServerOptions.rateLimit}. */
   rateLimited: number;
+  /**
+   * What the server billed, as a provider bills: the usage of every request it processed (went past refusals and
+   * injected error statuses or drops to generate an answer), whether or not the answer reached the client (a
+   * truncated or malformed body, a client that timed out or went away during a hang or latency), and of every
+   * batch line answered.
+   */
+  billedPromptTokens: number;
+  billedCompletionTokens: number;
   /** Requests held now (see {@link LocalTeacherServer.hold}) whose client is still waiting. */
   held: number;
   /** Requests being handled now (held ones included), and the most there ever were at once. */
@@ -140,6 +153,13 @@ export interface LocalTeacherServer {
    * sliding window of `windowMs`: for each arrival, it and those less than `windowMs` before it. O(accepted).
    */
   maxInWindow(windowMs: number, what: 'requests' | 'tokens'): number;
+  /**
+   * When (on the server's clock, `clock` or `performance.now`) each injected error status was answered: with
+   * {@link acceptedFrom}, a test sees what arrived after a 429 and before its `retry-after` ran out.
+   */
+  injectedStatuses(): { at: number; status: number }[];
+  /** Arrival times of accepted requests (those {@link maxInWindow} counts) at or after `from`, in order. */
+  acceptedFrom(from: number): number[];
   /** Hold every further accepted request (not answered) until {@link release}. */
   hold(): void;
   /**

@@ -126,7 +126,8 @@ async function journalCacheHits(shard: BatchShard, wanted: readonly WantedCall[]
     const hit = await cacheReader.lookup!({ id: examples[i].id, messages: call.messages, seed: call.seed });
     if (hit === undefined) return;
     hits.add(call.customId);
-    void journal.append({
+    // Awaited: a store failure must fail the step (and be retried), not surface later as an unhandled rejection.
+    await journal.append({
       i,
       s,
       id: examples[i].id,
@@ -136,7 +137,6 @@ async function journalCacheHits(shard: BatchShard, wanted: readonly WantedCall[]
       stage: input.stageId,
     });
   });
-  await journal.flush();
   return hits;
 }
 
@@ -170,17 +170,20 @@ export async function collectShardBatch(
   const spec = callingSpec(input.stage.teacher);
   const open = await openShard(store, input);
   if (isFinished(open)) return open;
-  const { doc, shardKey, examples, journal, prior } = open;
+  const { doc, shardKey, examples, prior } = open;
   const endpoint = await endpointOf(spec, deps);
   const client = batchClient(endpoint);
   const status = await batchStatus(client, input.batchId);
   const submitted = (await store.getKeyJson<BatchRecord>(batchKey(shardKey, input.round)))?.calls ?? [];
   const answers = await batchAnswers(client, status);
   const shard: BatchShard = { store, spec, endpoint, input, open };
-  const { answered, failed: failedAnswers } = await journalAnswers(shard, answers, hooks);
+  const appends: Promise<void>[] = [];
+  const { answered, failed: failedAnswers } = await journalAnswers(shard, answers, hooks, appends);
   const unanswered = submitted.filter((customId) => !answered.has(customId));
-  journalUnanswered(shard, unanswered, status);
-  await journal.flush();
+  journalUnanswered(shard, unanswered, status, appends);
+  // Every append, awaited together (they group-commit): a store failure fails the step rather than surfacing later
+  // as an unhandled rejection, and the retry collects again from what landed.
+  await Promise.all(appends);
   const failed = failedAnswers + unanswered.length;
   const counts = { resumed: successes(prior), cached: 0, sent: answers.length, failed, budgetStopped: false };
   const calls = examples.length * doc.samples;
@@ -198,7 +201,8 @@ export async function collectShardBatch(
 async function journalAnswers(
   shard: BatchShard,
   answers: readonly BatchAnswer[],
-  hooks: CollectHooks
+  hooks: CollectHooks,
+  appends: Promise<void>[]
 ): Promise<{ answered: Set<string>; failed: number }> {
   const { store, spec, endpoint, input } = shard;
   const { doc, examples, journal } = shard.open;
@@ -232,22 +236,30 @@ async function journalAnswers(
         finishReason,
         usage,
       });
-      void journal.append({
-        ...base,
-        completion: a.completion,
-        ...(a.finishReason ? { finishReason: a.finishReason } : {}),
-      });
+      pending(
+        appends,
+        journal.append({
+          ...base,
+          completion: a.completion,
+          ...(a.finishReason ? { finishReason: a.finishReason } : {}),
+        })
+      );
     } else {
       failed++;
-      void journal.append({ ...base, error: a.error ?? 'batch: no answer' });
+      pending(appends, journal.append({ ...base, error: a.error ?? 'batch: no answer' }));
     }
     hooks.onCollected?.(answered.size);
   }
   return { answered, failed };
 }
 
-/** Journals the submitted calls the batch never answered as failures, with the provider's reason (not awaited). */
-function journalUnanswered(shard: BatchShard, customIds: readonly string[], status: BatchStatus): void {
+/** Journals the submitted calls the batch never answered as failures, with the provider's reason, into `appends`. */
+function journalUnanswered(
+  shard: BatchShard,
+  customIds: readonly string[],
+  status: BatchStatus,
+  appends: Promise<void>[]
+): void {
   const why =
     status.status === 'completed'
       ? 'batch completed without an answer for this call'
@@ -255,6 +267,16 @@ function journalUnanswered(shard: BatchShard, customIds: readonly string[], stat
   for (const customId of customIds) {
     const [i, s] = customId.split('.').map(Number);
     const id = shard.open.examples[i].id;
-    void shard.open.journal.append({ i, s, id, promptHash: '', error: why, stage: shard.input.stageId });
+    pending(appends, shard.open.journal.append({ i, s, id, promptHash: '', error: why, stage: shard.input.stageId }));
   }
+}
+
+/**
+ * Adds an append to those the caller awaits together. A handler is attached at once: an append that fails while the
+ * caller is still awaiting something else (a cache write) would otherwise count as unhandled, which kills a worker.
+ * The caller's `Promise.all` still sees the failure.
+ */
+function pending(appends: Promise<void>[], append: Promise<void>): void {
+  append.catch(() => undefined);
+  appends.push(append);
 }

@@ -1,9 +1,10 @@
 /** Direct mode: one shard's calls made one by one (concurrently), each journalled as it finishes. */
+import { costOf, estimatePromptTokens } from '../budget';
 import { runShard } from '../shard';
 import { buildPrompt } from '../templates';
-import { budgetFor } from './accounting';
+import { attemptBudget, priceOf } from './accounting';
 import { shardTeacher, type StageDeps } from './endpoint';
-import { isFinished, labeller, openShard, shardOutcome } from './open-shard';
+import { isFinished, labeller, openShard, shardOutcome, type OpenShard } from './open-shard';
 import type { TeacherShardInput, TeacherShardResult } from './types';
 
 /** How the caller follows and stops a shard. */
@@ -28,6 +29,7 @@ export async function promptShard(
   if (isFinished(open)) return open;
   const { doc, examples, journal, prior } = open;
   const teacher = await shardTeacher(deps, input);
+  const budget = await attemptBudget(deps.store, open.shardKey, input, prior, inFlightWorstUsd(input, open));
   const { stats } = await runShard({
     examples,
     messagesFor: (ex) => buildPrompt(doc.task, ex.input),
@@ -37,11 +39,21 @@ export async function promptShard(
     journal,
     prior,
     stageId: input.stageId,
-    budget: budgetFor(input, prior),
+    budget,
     labelOf: labeller(doc.task),
     signal: hooks.signal,
     onProgress: hooks.onProgress,
   });
   // Every call has a record (failures included: they are data about the teacher, and are retried by a re-run).
   return shardOutcome(deps.store, input, open, stats, (index) => index.size === stats.calls);
+}
+
+/** What this attempt's calls in flight could cost at most: its concurrency at the worst case of the shard's calls. */
+function inFlightWorstUsd(input: TeacherShardInput, { doc, examples }: Pick<OpenShard, 'doc' | 'examples'>): number {
+  const spec = input.stage.teacher;
+  const price = priceOf(spec);
+  if (input.budgetUsd === undefined || !price || spec.kind === 'replay') return 0;
+  let longest = 0;
+  for (const ex of examples) longest = Math.max(longest, estimatePromptTokens(buildPrompt(doc.task, ex.input)));
+  return input.concurrency * costOf({ promptTokens: longest, completionTokens: spec.maxTokens }, price);
 }

@@ -8,8 +8,10 @@ import type { ArtifactStore } from '../../store/artifact-store';
 import { createOpenAITeacher } from '../openai-teacher';
 import { createRateLimiter } from '../rate-limit';
 import { createReplayTeacher, REPLAY_MODEL } from '../replay-teacher';
+import { resolveInRoots } from '../../data/roots';
 import { DEFAULT_API_KEY_ENV } from '../options';
 import type { Teacher } from '../types';
+import { pauseKey, sharedPauseLimiter } from './shared-pause';
 import type { TeacherShardInput, TeacherSpec } from './types';
 
 /** Resolves the built-in scripted teacher to a running local OpenAI-compatible server (started once per worker). */
@@ -23,6 +25,8 @@ export interface StageDeps {
   store: ArtifactStore;
   scripted: ScriptedTeacherProvider;
   apiKey: ApiKeyLookup;
+  /** `STEPWISE_DATA_ROOTS` (lib/data/roots.ts); absent, recording folders are not confined (tests wiring by hand). */
+  dataRoots?: readonly string[];
 }
 
 /** A teacher that is called over HTTP (scripted or openai), as opposed to replayed from recordings. */
@@ -86,7 +90,7 @@ export function callingSpec(spec: TeacherSpec): CallingSpec {
  * @throws InputError for a replay teacher without a folder or a benchmark task, or an unset key variable.
  */
 export async function shardTeacher(
-  deps: Pick<StageDeps, 'store' | 'scripted' | 'apiKey'>,
+  deps: Pick<StageDeps, 'store' | 'scripted' | 'apiKey' | 'dataRoots'>,
   input: TeacherShardInput
 ): Promise<Teacher> {
   const spec = input.stage.teacher;
@@ -98,14 +102,18 @@ export async function shardTeacher(
     if (task === 'demo' || task === 'jsonl') {
       throw new InputError(`replay needs a reference benchmark task, got '${task}'`, 'teacher.kind');
     }
+    // The plan's preflight checked the folder on its worker; a shard may run on a worker with other roots.
+    if (deps.dataRoots) await resolveInRoots(dataDir, spec.dir ? 'teacher.dir' : 'data.dir', deps.dataRoots);
     return createReplayTeacher({ dataDir, task });
   }
   const endpoint = await endpointOf(spec, deps);
-  // Always a limiter, limits or not: it is also how a 429's retry-after pauses every call of the shard at once.
-  const limiter = createRateLimiter({
-    requestsPerMinute: input.requestsPerMinute,
-    tokensPerMinute: input.tokensPerMinute,
-  });
+  // Always a limiter, limits or not: it is also how a 429's retry-after pauses every call of the shard at once,
+  // and, through the store, every other shard calling this endpoint on any worker.
+  const limiter = sharedPauseLimiter(
+    createRateLimiter({ requestsPerMinute: input.requestsPerMinute, tokensPerMinute: input.tokensPerMinute }),
+    deps.store,
+    pauseKey(endpoint)
+  );
   return createOpenAITeacher(
     {
       ...endpoint,

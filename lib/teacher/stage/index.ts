@@ -34,5 +34,6 @@ export {
   type PlanDoc,
   type ShardDone,
 } from './layout';
-export { budgetFor, journalUsage, priceOf, successes } from './accounting';
+export { attemptBudget, attemptsPrefix, budgetFor, journalUsage, priceOf, successes } from './accounting';
+export { pauseKey, sharedPauseLimiter, PAUSE_CACHE_MS, type PauseRecord } from './shared-pause';
 export { isFinished, labeller, openShard, shardOutcome, type OpenShard, type ShardCounts } from './open-shard';

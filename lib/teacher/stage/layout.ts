@@ -5,6 +5,10 @@
  * - `teacher/journal/<shardKey>/…jsonl`: every finished call, appended as it finishes (see `lib/teacher/journal.ts`);
  * - `teacher/shards/<shardKey>.json`: a finished shard's responses artifact and figures ({@link ShardDone});
  * - `teacher/batches/<shardKey>/<round>.json`: which calls a batch-mode round submitted ({@link BatchRecord});
+ * - `teacher/attempts/<shardKey>/<launch>/…json`: one mark per attempt of a direct-mode launch with a budget, so a
+ *   retry sets aside what a dead attempt's calls in flight may have cost (see `accounting.ts`);
+ * - `teacher/pauses/<endpoint>.json`: when a 429 told a shard to wait, for every shard of that endpoint
+ *   (see `shared-pause.ts`);
  * - `cache/teacher/<promptHash>.json`: the cross-run response cache, keyed by model, prompt and sampling parameters
  *   (see `teacherCacheKey` in `lib/teacher/types.ts`).
  *

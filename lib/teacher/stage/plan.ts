@@ -4,6 +4,7 @@ import type { ShardExample } from '../shard';
 import { templateHash } from '../templates';
 import { modelOf, type StageDeps } from './endpoint';
 import { identityOf, type PlanDoc } from './layout';
+import { preflightTeacher, type PreflightDeps } from './preflight';
 import type { TeacherPlan, TeacherStageInput } from './types';
 
 /**
@@ -11,9 +12,11 @@ import type { TeacherPlan, TeacherStageInput } from './types';
  * the plan that lists them; nothing is called yet. The same examples and teacher always give the same plan.
  */
 export async function planShards(
-  deps: Pick<StageDeps, 'store' | 'scripted'>,
+  deps: Pick<StageDeps, 'store' | 'scripted'> & PreflightDeps,
   input: TeacherStageInput
 ): Promise<TeacherPlan> {
+  // A wrong URL, key or recording folder fails here, once, instead of in every shard (lib/teacher/stage/preflight.ts).
+  await preflightTeacher(deps, input);
   const { store } = deps;
   const { model, url } = await modelOf(input.teacher, deps.scripted);
   const { identity, samples } = identityOf(input.teacher, input.task, model);

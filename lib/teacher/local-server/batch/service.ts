@@ -13,7 +13,10 @@ import { fileJson, FileStore } from './files';
 import { IdSequence, newBatch, type BatchObject } from './model';
 import { BatchRunner, type BatchRunnerDeps } from './runner';
 
-export type BatchServiceDeps = Omit<BatchRunnerDeps, 'files' | 'ids'>;
+export type BatchServiceDeps = Omit<BatchRunnerDeps, 'files' | 'ids'> & {
+  /** Whether the batch just created loses its answer (a fault): the connection is dropped instead. */
+  loseCreateAnswer(): boolean;
+};
 
 /** The body of `POST /v1/batches` is a small JSON object. */
 const MAX_JSON_BYTES = 1024 * 1024;
@@ -26,7 +29,7 @@ export class BatchService {
   private readonly order: string[] = [];
   private readonly runner: BatchRunner;
 
-  constructor(deps: BatchServiceDeps) {
+  constructor(private readonly deps: BatchServiceDeps) {
     this.runner = new BatchRunner({ ...deps, files: this.files, ids: this.ids });
   }
 
@@ -57,7 +60,14 @@ export class BatchService {
       res.end(file.content);
     } else if (path === '/v1/batches') {
       allow('GET', 'POST');
-      sendJson(res, 200, method === 'POST' ? await this.create(req) : this.list(query));
+      if (method === 'GET') {
+        sendJson(res, 200, this.list(query));
+      } else {
+        const batch = await this.create(req);
+        // The batch exists and runs either way; only its answer is lost.
+        if (this.deps.loseCreateAnswer()) req.socket.destroy();
+        else sendJson(res, 200, batch);
+      }
     } else if ((m = /^\/v1\/batches\/([^/]+)$/.exec(path))) {
       allow('GET');
       sendJson(res, 200, this.get(decodeURIComponent(m[1])));

@@ -1,0 +1,82 @@
+/**
+ * A run's workflow id, derived from what the run computes: the validated spec and the content of the data it names.
+ * Starting the same spec on the same data again then names the same workflow, which Temporal resolves to the run
+ * already in flight (`stepwise run` starts with the USE_EXISTING conflict policy) instead of a second run.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { PipelineSpec } from '../../lib/pipeline/spec';
+
+/** JSON with object keys sorted at every level, so equal specs print equally whatever order their fields came in. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map((v) => canonicalJson(v ?? null)).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/**
+ * The files and folders a spec reads besides the store: datasets, recorded completions, an init checkpoint. The
+ * demo has none: its generator's parameters are spec fields.
+ */
+export function dataPathsOf(spec: PipelineSpec): string[] {
+  const paths: string[] = [];
+  if (spec.data.kind === 'reference') paths.push(join(spec.data.dir, spec.data.task));
+  if (spec.data.kind === 'jsonl')
+    paths.push(spec.data.train, spec.data.test, ...(spec.data.valid ? [spec.data.valid] : []));
+  if (spec.teacher.kind === 'replay' && spec.teacher.dir) paths.push(spec.teacher.dir);
+  if (spec.student.init) paths.push(spec.student.init);
+  return paths;
+}
+
+async function hashFile(file: string, into: ReturnType<typeof createHash>): Promise<void> {
+  for await (const chunk of createReadStream(file)) into.update(chunk as Buffer);
+}
+
+/**
+ * Folds a file, or every file under a folder in name order, into the hash: relative names and contents. A path this
+ * machine cannot read (a cluster worker's mount) counts by its name only; the workers report it if it is missing.
+ */
+async function hashPath(path: string, into: ReturnType<typeof createHash>, name = path): Promise<void> {
+  let info;
+  try {
+    info = await stat(path);
+  } catch {
+    into.update(`unreadable ${name}\n`);
+    return;
+  }
+  if (info.isDirectory()) {
+    const entries = (await readdir(path)).sort();
+    for (const entry of entries) await hashPath(join(path, entry), into, `${name}/${entry}`);
+    return;
+  }
+  into.update(`file ${name} ${info.size}\n`);
+  await hashFile(path, into);
+}
+
+/** sha256 of the data a spec reads, in hex. */
+export async function dataHash(spec: PipelineSpec): Promise<string> {
+  const hash = createHash('sha256');
+  // Names inside the hash are relative: the paths themselves are already in the spec.
+  for (const [i, path] of dataPathsOf(spec).entries()) {
+    hash.update(`path ${i}\n`);
+    await hashPath(resolve(path), hash, '.');
+  }
+  return hash.digest('hex');
+}
+
+/** `stepwise-<name>-<12 hex of sha256(canonical spec, data hash)>`: equal for the same spec on the same data. */
+export async function runWorkflowId(spec: PipelineSpec): Promise<string> {
+  const digest = createHash('sha256')
+    .update(canonicalJson(spec))
+    .update('\n')
+    .update(await dataHash(spec))
+    .digest('hex');
+  return `stepwise-${spec.name}-${digest.slice(0, 12)}`;
+}
