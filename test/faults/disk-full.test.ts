@@ -19,7 +19,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { CPU_TASK_QUEUE } from '../../contract';
 import { distillationPipeline } from '../../workflows';
 import { openStore, sha256Hex, StoreFullError, type ArtifactStore } from '../../lib/store';
-import { figuresOnOutcome } from '../helpers/figures';
+import { figuresOnOutcome } from '../helpers/figures-hook';
 import { servicesForFile, startWorkerProcess } from '../helpers/services';
 import { killGroup } from '../helpers/processes';
 

@@ -19,7 +19,8 @@ import { defaultPayloadConverter } from '@temporalio/common';
 import { CPU_TASK_QUEUE, type PipelineResult, type SampleResult } from '../../contract';
 import { distillationPipeline } from '../../workflows';
 import { objectKey, S3Backend, sha256Hex, type ArtifactStore } from '../../lib/store';
-import { faultMode, figuresOnOutcome } from '../helpers/figures';
+import { faultMode } from '../helpers/figures';
+import { figuresOnOutcome } from '../helpers/figures-hook';
 import { servicesForFile } from '../helpers/services';
 import { startS3Proxy, type HttpHead, type S3Proxy } from '../helpers/s3-proxy';
 

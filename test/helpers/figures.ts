@@ -6,7 +6,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import test from 'ava';
 
 export interface FaultFigures {
   /** Faults injected, and how many of them the run survived (completed with the promised outcome). */
@@ -50,24 +49,4 @@ export function recordFigures(name: string, figures: FaultFigures): void {
  */
 export function faultMode(): 'quick' | 'full' {
   return process.env.STEPWISE_FAULTS === 'full' ? 'full' : 'quick';
-}
-
-/**
- * For a test file whose faults are recorded once each test's outcome is known (ava's `t.passed` is accurate in
- * afterEach, and a failed assertion throws, so a record at the end of a test body is never reached on failure):
- * returns `expect(name, figures)`, whose figures the file's afterEach hook records, with `faultsSurvived: 0` when
- * the test failed. Call once, at the top level of the test file.
- */
-export function figuresOnOutcome(): (name: string, figures: FaultFigures) => FaultFigures {
-  let pending: { name: string; figures: FaultFigures } | undefined;
-  test.afterEach.always((t) => {
-    if (!pending) return;
-    const { name, figures } = pending;
-    pending = undefined;
-    recordFigures(name, t.passed ? figures : { ...figures, faultsSurvived: 0 });
-  });
-  return (name, figures) => {
-    pending = { name, figures };
-    return figures;
-  };
 }
