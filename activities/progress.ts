@@ -41,7 +41,7 @@ export function progressReporter(client: Client | undefined, stage: StageName, m
 }
 
 /** How often a stage with no progress of its own heartbeats while it works. */
-const KEEPALIVE_MS = 1000;
+export const KEEPALIVE_MS = 1000;
 
 /**
  * Run an activity body while heartbeating every second. The cheap stages have no progress to report, but a heartbeat

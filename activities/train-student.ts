@@ -4,7 +4,7 @@ import type { ArtifactStore, ArtifactRef } from '../lib/store/artifact-store';
 import { trainStudentFromStore, type StoredCheckpoint } from '../lib/student/train-stage';
 import { resolveInRoots } from '../lib/data/roots';
 import type { TrainStudentInput, TrainStudentResult } from '../contract';
-import { mapErrors, progressReporter } from './progress';
+import { KEEPALIVE_MS, mapErrors, progressReporter } from './progress';
 
 /**
  * What trainStudent heartbeats. Temporal keeps the last heartbeat's details for the next attempt, so the stored resume
@@ -25,10 +25,6 @@ export interface TrainHeartbeat {
   /** The step this attempt resumed after, when it did. */
   resumedFrom?: number;
 }
-
-/** The worker heartbeats this often whatever a training step costs: a step of a big model can take longer than a
- * short heartbeat timeout, and the child's progress arrives only between steps. */
-const KEEPALIVE_MS = 1000;
 
 /** How many stored checkpoints a heartbeat names: the newest, and one to fall back to should it be damaged. */
 const CHECKPOINTS_KEPT = 2;
@@ -97,6 +93,8 @@ export async function trainStudent(
       report(step, total, details);
     };
     heartbeat();
+    // Whatever a training step costs: a big model's step can outlast a short heartbeat timeout, and the child's
+    // progress arrives only between steps.
     const keepalive = setInterval(heartbeat, KEEPALIVE_MS);
     try {
       return await trainStudentFromStore(

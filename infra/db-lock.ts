@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { randomUUID } from 'node:crypto';
 
-import type { Log } from './cache';
+import { pidAlive, type Log } from './cache';
 
 /** What a lock file says. `*Start` is the process's start time (Linux), so a reused pid is not taken for the holder. */
 export interface LockHolder {
@@ -64,13 +64,7 @@ export function processStartTime(pid: number): string | undefined {
 
 /** Whether `pid` runs and is the same process that was recorded (not a later one that reused the pid). */
 function running(pid: number | undefined, start: string | undefined): boolean {
-  if (!pid || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    // EPERM: it exists, under another user.
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
+  if (!pid || pid <= 0 || !pidAlive(pid)) return false;
   const stat = procStat(pid);
   // A killed child its parent has not reaped yet (a zombie) still answers kill(0), but holds no files.
   if (stat?.[0] === 'Z') return false;
