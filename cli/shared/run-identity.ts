@@ -8,6 +8,7 @@ import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { PipelineSpec } from '../../lib/pipeline/spec';
+import { specPaths } from '../../lib/data/roots';
 
 /** JSON with object keys sorted at every level, so equal specs print equally whatever order their fields came in. */
 export function canonicalJson(value: unknown): string {
@@ -26,13 +27,11 @@ export function canonicalJson(value: unknown): string {
  * demo has none: its generator's parameters are spec fields.
  */
 export function dataPathsOf(spec: PipelineSpec): string[] {
-  const paths: string[] = [];
-  if (spec.data.kind === 'reference') paths.push(join(spec.data.dir, spec.data.task));
-  if (spec.data.kind === 'jsonl')
-    paths.push(spec.data.train, spec.data.test, ...(spec.data.valid ? [spec.data.valid] : []));
-  if (spec.teacher.kind === 'replay' && spec.teacher.dir) paths.push(spec.teacher.dir);
-  if (spec.student.init) paths.push(spec.student.init);
-  return paths;
+  // The same paths the data roots confine (lib/data/roots.ts); a reference folder holds every task, and only the
+  // spec's task's files are its data.
+  return specPaths(spec).map(({ field, path }) =>
+    field === 'data.dir' && spec.data.kind === 'reference' ? join(path, spec.data.task) : path
+  );
 }
 
 async function hashFile(file: string, into: ReturnType<typeof createHash>): Promise<void> {
