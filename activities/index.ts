@@ -20,6 +20,8 @@ import { validateRationales } from './validate-rationales';
 import { trainStudent } from './train-student';
 import { evaluate } from './evaluate';
 import { registerModel } from './register-model';
+import { decideGate, planGate, promoteVersion, recordApproval, resolveInit } from './gate';
+import { teacherOnEvalSet } from './teacher-eval';
 
 export interface ActivityDeps {
   store: ArtifactStore;
@@ -51,6 +53,12 @@ export function createActivities(deps: ActivityDeps): Activities {
     trainStudent: (input) => trainStudent(deps, input),
     evaluate: (input) => evaluate(deps, input),
     registerModel: (input) => registerModel(deps, input),
+    resolveInit: (ref) => resolveInit(deps, ref),
+    planGate: (input) => planGate(deps, input),
+    teacherOnEvalSet: (input) => teacherOnEvalSet(deps, input),
+    decideGate: (input) => decideGate(deps, input),
+    recordApproval: (input) => recordApproval(deps, input),
+    promoteVersion: (input) => promoteVersion(deps, input),
   };
 }
 

@@ -11,6 +11,7 @@ import { addWorkerCommand } from './commands/worker';
 import { addDevCommand } from './commands/dev';
 import { addValidateCommand } from './commands/validate';
 import { addModelsCommand } from './commands/models';
+import { addRunsCommand } from './commands/runs';
 import { addCancelCommand } from './commands/cancel';
 import { addSetupCommand } from './commands/setup';
 import { addImportT5Command } from './commands/import-t5';
@@ -25,6 +26,7 @@ const COMMANDS = [
   addDevCommand,
   addValidateCommand,
   addModelsCommand,
+  addRunsCommand,
   addCancelCommand,
   addSetupCommand,
   addImportT5Command,

@@ -2,7 +2,7 @@
  * Names shared by the workflow, its workers and its clients: task queues, stages, the progress query and signal.
  * Pure declarations, safe to import from the workflow bundle and from Node code alike.
  */
-import { defineQuery, defineSignal } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 
 /** Cheap I/O stages and teacher calls. */
 export const CPU_TASK_QUEUE = 'stepwise';
@@ -23,6 +23,7 @@ export const STAGES = [
   'trainStudent',
   'evaluate',
   'registerModel',
+  'gate',
 ] as const;
 export type StageName = (typeof STAGES)[number];
 
@@ -38,6 +39,8 @@ export interface PipelineProgress {
   step: number;
   total: number;
   stages: { name: StageName; status: StageStatus; summary?: string }[];
+  /** Set while the run waits on a person: the version awaiting approval, and until when before the timeout policy. */
+  awaitingApproval?: { name: string; version: number; alias: string; deadline: string };
 }
 
 export interface StageProgressUpdate {
@@ -66,3 +69,29 @@ export interface TeacherStageProgress {
 
 /** `temporal workflow query --workflow-id '<run id>/teacher' --type teacherProgress` */
 export const teacherProgressQuery = defineQuery<TeacherStageProgress>('teacherProgress');
+
+/** A person's decision on a version awaiting approval (`stepwise models approve|reject NAME@VERSION`). */
+export interface ApprovalDecision {
+  /** The version the decision is about: refused unless it is the one the run awaits approval for. */
+  version: number;
+  /** Who decides: recorded in the audit log; must be non-empty. */
+  identity: string;
+  comment?: string;
+}
+
+/** What an approval update returns once the decision is recorded: the run's promotion outcome. */
+export interface ApprovalOutcome {
+  name: string;
+  version: number;
+  outcome: 'promoted' | 'rejected';
+  alias: string;
+  /** The version the alias named before a promotion (null: none). */
+  previous?: number | null;
+}
+
+/**
+ * Temporal Updates a run waiting for approval accepts. The validator refuses (writing nothing to the history) a
+ * decision about another version, an empty identity, or one arriving when the run is not waiting.
+ */
+export const approveUpdate = defineUpdate<ApprovalOutcome, [ApprovalDecision]>('approve');
+export const rejectUpdate = defineUpdate<ApprovalOutcome, [ApprovalDecision]>('reject');

@@ -5,4 +5,5 @@
  * import it.
  */
 export * from './definitions';
+export * from './search-attributes';
 export type * from './stages';

@@ -10,9 +10,18 @@ import type { PipelineSpec, TaskKind } from '../lib/pipeline/spec';
 import type { BatchStatus } from '../lib/teacher/batch';
 import type { SampleResult } from '../lib/data/sample';
 import type { ValidateRationalesInput, ValidateRationalesResult } from '../lib/data/rationales';
-import type { TrainStudentInput, TrainStudentResult } from '../lib/student/train-stage';
+import type { ResolvedInit, TrainStudentInput, TrainStudentResult } from '../lib/student/train-stage';
 import type { EvaluateInput, EvaluateResult } from '../lib/student/evaluate-split';
 import type { RegisterModelInput, RegisterModelResult } from '../lib/registry/run';
+import type {
+  ApprovalInput,
+  DecideGateInput,
+  GateOutcome,
+  GatePlan,
+  GatePlanInput,
+  PromoteInput,
+} from '../lib/registry/gate-stage';
+import type { TeacherEvalInput, TeacherEvalResult } from '../lib/teacher/eval-set';
 import type {
   FinishTeacherInput,
   FinishTeacherResult,
@@ -45,9 +54,12 @@ export type {
 };
 // validateRationales, trainStudent, evaluate, registerModel
 export type { ValidateRationalesInput, ValidateRationalesResult };
-export type { TrainStudentInput, TrainStudentResult };
+export type { TrainStudentInput, TrainStudentResult, ResolvedInit };
 export type { EvaluateInput, EvaluateResult };
 export type { RegisterModelInput, RegisterModelResult };
+// gate
+export type { GatePlanInput, GatePlan, DecideGateInput, GateOutcome, ApprovalInput, PromoteInput };
+export type { TeacherEvalInput, TeacherEvalResult };
 
 /** What a finished run returns: small, and enough for a CLI to print and a caller to find everything else. */
 export interface PipelineResult {
@@ -64,6 +76,25 @@ export interface PipelineResult {
   manifestUri: string;
   checkpointUri: string;
   registryKey: string;
+  /** What the promotion gate decided (absent when the gate is off, and in runs from before it existed). */
+  promotion?: PromotionSummary;
+}
+
+/** The promotion gate's outcome for a run, as its result and the CLI's summary say it. */
+export interface PromotionSummary {
+  /** promoted: the alias now names this version; rejected: the gate or a person said no. */
+  outcome: 'promoted' | 'rejected';
+  alias: string;
+  /** The version the alias named before (null: none; the model's first promotion). */
+  previous: number | null;
+  /** One sentence with both numbers, e.g. "candidate 71.3% vs champion v2 70.0%: +1.3 points, p = 0.41 ≥ 0.05". */
+  reason: string;
+  pValue?: number;
+  /** Candidate and teacher accuracy on the same frozen evaluation set (the teacher's where it was measured). */
+  candidateAccuracy?: number;
+  teacherAccuracy?: number;
+  /** Who approved or rejected it, when the spec asked for a person's approval (or the timeout policy's name). */
+  decidedBy?: string;
 }
 
 /**
@@ -87,10 +118,22 @@ export interface Activities {
   finishTeacher(input: FinishTeacherInput): Promise<FinishTeacherResult>;
   /** Parse completions into rationales and labels; report what was dropped and why. */
   validateRationales(input: ValidateRationalesInput): Promise<ValidateRationalesResult>;
+  /** `student.init: NAME@REF`: resolve the registered version once, before training. */
+  resolveInit(ref: string): Promise<ResolvedInit>;
   /** Train the student (GPU queue). */
   trainStudent(input: TrainStudentInput): Promise<TrainStudentResult>;
   /** Decode and score the test split (GPU queue). */
   evaluate(input: EvaluateInput): Promise<EvaluateResult>;
   /** Write the manifest and append a model version with its lineage. */
   registerModel(input: RegisterModelInput): Promise<RegisterModelResult>;
+  /** Gate: find the champion the alias names and the frozen evaluation set to compare on (reads only). */
+  planGate(input: GatePlanInput): Promise<GatePlan>;
+  /** Gate: the teacher's accuracy on the frozen evaluation set, where asking it costs nothing (replay, scripted). */
+  teacherOnEvalSet(input: TeacherEvalInput): Promise<TeacherEvalResult>;
+  /** Gate: decide on the paired per-example outcomes; record the decision on the candidate. */
+  decideGate(input: DecideGateInput): Promise<GateOutcome>;
+  /** Gate: a person's approval or rejection (or the timeout policy's), in the audit log. */
+  recordApproval(input: ApprovalInput): Promise<{ seq: number }>;
+  /** Gate: move the alias to the candidate if it still names the champion it was compared with. */
+  promoteVersion(input: PromoteInput): Promise<{ previous: number | null }>;
 }

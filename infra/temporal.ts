@@ -76,10 +76,19 @@ export interface TemporalDevServerOptions {
   headless?: boolean;
   /** A namespace to create besides `default`. */
   namespace?: string;
+  /**
+   * Custom search attributes to register at start (`--search-attribute NAME=TYPE`, e.g. `{ StepwiseModel:
+   * 'Keyword' }`): the server refuses a workflow that sets one it does not know. Registering one the database already
+   * holds is a no-op, so a restarted server keeps its state.
+   */
+  searchAttributes?: Record<string, DevServerSearchAttributeType>;
   /** How long to wait for the frontend to answer; the first start on a cold disk takes a few seconds. */
   startTimeoutMs?: number;
   log?: Log;
 }
+
+/** The search attribute types `temporal server start-dev --search-attribute` accepts. */
+export type DevServerSearchAttributeType = 'Text' | 'Keyword' | 'Int' | 'Double' | 'Bool' | 'Datetime' | 'KeywordList';
 
 export interface TemporalDevServer {
   /** `127.0.0.1:<port>`, for `Connection.connect({ address })` and `NativeConnection.connect`. */
@@ -118,6 +127,8 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     uiUrl = `http://127.0.0.1:${uiPort}`;
   }
   if (namespace !== 'default') args.push('--namespace', namespace);
+  for (const [name, type] of Object.entries(opts.searchAttributes ?? {}))
+    args.push('--search-attribute', `${name}=${type}`);
 
   const lock = await acquireDbLock(dbFile, { log: opts.log });
   const service = startServiceProcess('temporal', cli, args, { log: opts.log });

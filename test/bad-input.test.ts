@@ -223,6 +223,31 @@ const specCases: Case[] = [
   ['an unknown backend', student({ backend: 'tpu' }), /expected one of auto, tensorflow/, 'spec.student.backend'],
   ['a teacher URL that is not a URL', openaiAt(() => 'nope'), /got "nope"/, 'spec.teacher.url'],
   ['a fraction of zero', () => demoWith({ sample: { fraction: 0 } }), /got 0/, 'spec.sample.fraction'],
+  [
+    'a numeric gate alias',
+    () => demoWith({ gate: { alias: '7' } }),
+    /got "7", an alias needs a letter/,
+    'spec.gate.alias',
+  ],
+  [
+    'a gate alias with a slash',
+    () => demoWith({ gate: { alias: 'a/b' } }),
+    /got "a\/b", expected a name/,
+    'spec.gate.alias',
+  ],
+  ['a significance level of 1', () => demoWith({ gate: { mcNemarAlpha: 1 } }), /got 1, .*<1/, 'spec.gate.mcNemarAlpha'],
+  [
+    'an unknown timeout policy',
+    () => demoWith({ gate: { approval: { onTimeout: 'maybe' } } }),
+    /expected one of reject, promote/,
+    'spec.gate.approval.onTimeout',
+  ],
+  [
+    'an unknown gate field',
+    () => demoWith({ gate: { minImprovment: 0.1 } }),
+    /"minImprovment"/,
+    'spec.gate.minImprovment',
+  ],
 ];
 
 // The data, and the data roots: refused by the sample stage, once, naming the spec field (and the file's line).
@@ -291,6 +316,18 @@ const sampleCases: Case[] = [
   ],
   ['a student.init out of the roots', student({ init: '/etc/hostname' }), /is outside the data roots/, 'student.init'],
   ['a missing student.init', student({ init: at('none.safetensors') }), /cannot be read \(ENOENT\)/, 'student.init'],
+  [
+    'a student.init naming an alias no model has',
+    student({ init: 'nobody@champion' }),
+    /nobody@champion: no versions of model nobody|has no alias/,
+    'student.init',
+  ],
+  [
+    'a student.init naming version 0',
+    student({ init: 'nobody@0' }),
+    /names version 0; versions count from 1/,
+    'student.init',
+  ],
 ];
 
 // The teacher: refused by the stage's preflight when it plans, before a single call.

@@ -46,6 +46,7 @@ test('every command has --help', async (t) => {
     'dev',
     'validate',
     'models',
+    'runs',
     'cancel',
     'setup',
     'import-t5',

@@ -51,7 +51,7 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   t.is(progress.stage, 'done');
   t.deepEqual(
     progress.stages.map((s) => s.status),
-    ['done', 'done', 'done', 'done', 'done', 'done']
+    ['done', 'done', 'done', 'done', 'done', 'done', 'done']
   );
 
   // The objects are in the bucket, seen by a plain S3 client rather than through our own backend.
@@ -124,15 +124,25 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   t.deepEqual(version.lineage.teacher?.usage, manifest.teacher.usage);
   t.is(manifest.teacher.calls.planned, manifest.teacher.calls.sent + manifest.teacher.calls.cached);
 
-  // Five stages ran as activities of their types; the teacher stage ran as a child workflow of its own, whose
-  // history shows its plan, shard and finish activities.
+  // Five stages ran as activities of their types, and the promotion gate as its plan, decision and promotion; the
+  // teacher stage ran as a child workflow of its own, whose history shows its plan, shard and finish activities.
   const history = await handle.fetchHistory();
   const activityTypes = new Set(
     (history.events ?? [])
       .map((e) => e.activityTaskScheduledEventAttributes?.activityType?.name)
       .filter((n): n is string => Boolean(n))
   );
-  t.deepEqual([...activityTypes].sort(), ['evaluate', 'registerModel', 'sample', 'trainStudent', 'validateRationales']);
+  t.deepEqual([...activityTypes].sort(), [
+    'decideGate',
+    'evaluate',
+    'planGate',
+    'promoteVersion',
+    'registerModel',
+    'sample',
+    'teacherOnEvalSet',
+    'trainStudent',
+    'validateRationales',
+  ]);
   const child = (history.events ?? []).find((e) => e.startChildWorkflowExecutionInitiatedEventAttributes);
   t.is(child?.startChildWorkflowExecutionInitiatedEventAttributes?.workflowType?.name, 'teacherStage');
   const teacherHistory = await services().client.workflow.getHandle(`${workflowId}/teacher`).fetchHistory();
@@ -207,9 +217,10 @@ test('the baselines run too: standard finetuning skips the teacher, standard dis
       'trainStudent:done',
       'evaluate:done',
       'registerModel:done',
+      'gate:done',
     ]
   );
-  t.is(ftProgress.stageCount, 4);
+  t.is(ftProgress.stageCount, 5);
   const ft = (await getVersion(services().store, 'e2e-finetune', 1))!;
   t.is(ft.lineage.teacher, undefined);
   t.is(ft.lineage.training.method, 'standard-finetune');

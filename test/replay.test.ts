@@ -26,6 +26,17 @@ test('a recorded history of the teacher stage (its child workflow) replays again
   );
 });
 
+// A run with the promotion gate and a person's approval by Update (recorded by test/gate-workflow.test.ts with
+// STEPWISE_RECORD_HISTORY=1): the workflow shape of runs started since the gate existed.
+const gatedHistory = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'gated-pipeline-history.json'), 'utf8'));
+const gatedId: string = gatedHistory.events[0].workflowExecutionStartedEventAttributes.workflowId ?? 'gated';
+
+test('a recorded history of a gated, approved run replays against the current workflow code', async (t) => {
+  await t.notThrowsAsync(
+    Worker.runReplayHistory({ workflowsPath: require.resolve('../workflows') }, gatedHistory, gatedId)
+  );
+});
+
 test('a workflow that reorders its stages fails replay with a determinism error', async (t) => {
   const err = await t.throwsAsync(
     Worker.runReplayHistory({ workflowsPath: require.resolve('./fixtures/reordered-pipeline') }, history, pipelineId)

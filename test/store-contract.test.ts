@@ -226,6 +226,35 @@ function storeContract(name: string, fresh: () => Promise<Fixture>): void {
     }
   });
 
+  test(`${name}: a compare-and-swap succeeds only against the tag it read, and one of 16 racers wins`, async (t) => {
+    const { store, dispose } = await fresh();
+    try {
+      t.is(await store.getKeyTagged('heads/a.json'), undefined);
+      t.true(await store.swapKey('heads/a.json', '{"n":0}', undefined), 'created when absent');
+      t.false(await store.swapKey('heads/a.json', '{"n":9}', undefined), 'a create finds it present');
+      const first = (await store.getKeyTagged<{ n: number }>('heads/a.json'))!;
+      t.deepEqual(first.value, { n: 0 });
+      t.false(await store.swapKey('heads/a.json', '{"n":9}', '"not-its-tag"'), 'a wrong tag writes nothing');
+      t.false(await store.swapKey('heads/missing.json', '{"n":9}', first.etag), 'a tag never matches a missing key');
+      t.deepEqual((await store.getKeyTagged('heads/a.json'))!.value, { n: 0 });
+      let tag = first.etag;
+      for (let round = 1; round <= 3; round++) {
+        const results = await Promise.all(
+          Array.from({ length: 16 }, (_, i) => store.swapKey('heads/a.json', JSON.stringify({ n: round, by: i }), tag))
+        );
+        t.is(results.filter(Boolean).length, 1, `round ${round}: exactly one winner`);
+        const now = (await store.getKeyTagged<{ n: number; by: number }>('heads/a.json'))!;
+        t.is(now.value.n, round);
+        t.true(results[now.value.by], 'the winner is the one whose bytes are there');
+        t.not(now.etag, tag);
+        tag = now.etag;
+      }
+      t.deepEqual(await store.listKeys('heads/'), ['heads/a.json'], 'no lock or scratch file is ever listed');
+    } finally {
+      await dispose();
+    }
+  });
+
   test(`${name}: keys that could escape the store or differ between backends are rejected`, async (t) => {
     const { backend, dispose } = await fresh();
     try {

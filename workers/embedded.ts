@@ -2,6 +2,7 @@ import { startTemporalDevServer } from '../infra/temporal';
 import { freePort } from '../infra/cache';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from './pipeline-worker';
 import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
+import { devServerSearchAttributes } from './search-attributes';
 
 /**
  * Everything `npm start` needs in one process: a Temporal dev server with SQLite persistence in the state folder,
@@ -13,7 +14,12 @@ import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
 export async function startEmbedded(opts: { stateDir: string; store: string; log?: (line: string) => void }) {
   quietTemporalLogs();
   // The UI is the point of a local run: it shows every stage's inputs, outputs, retries and timings.
-  const server = await startTemporalDevServer({ stateDir: opts.stateDir, uiPort: await freePort(), log: opts.log });
+  const server = await startTemporalDevServer({
+    stateDir: opts.stateDir,
+    uiPort: await freePort(),
+    searchAttributes: devServerSearchAttributes(),
+    log: opts.log,
+  });
   let connected: Awaited<ReturnType<typeof connectTemporal>> | undefined;
   try {
     const temporal = await connectTemporal({

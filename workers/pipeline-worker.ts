@@ -9,6 +9,7 @@ import type { TemporalTarget } from './connection';
 import { settings } from '../infra/config';
 import { withCudaLibraryPath } from '../infra/cuda';
 import { setup } from '../infra/setup';
+import { ensureSearchAttributes } from './search-attributes';
 
 /**
  * Keep the SDK to warnings and errors: an interactive run or a test prints its own progress, and worker state
@@ -110,6 +111,8 @@ export async function connectTemporal(target: TemporalTarget) {
 export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget; store: string }): Promise<void> {
   if (opts.queue === 'gpu') await prepareGpuWorker();
   const temporal = await connectTemporal(opts.target);
+  // Runs set these attributes; a cluster that lacks them and will not take them from us gets one line on how to add them.
+  await ensureSearchAttributes(temporal.client.connection, opts.target.namespace, (line) => console.log(line));
   const pipeline = await createPipelineWorkers({
     connection: temporal.connection,
     client: temporal.client,

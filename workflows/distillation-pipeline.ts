@@ -4,23 +4,36 @@
  */
 import {
   ActivityCancellationType,
+  ActivityFailure,
   ApplicationFailure,
   type ActivityOptions,
+  condition,
   executeChild,
   isCancellation,
+  patched,
   proxyActivities,
   setHandler,
+  upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import {
+  approveUpdate,
   GPU_TASK_QUEUE,
+  hasStepwiseSearchAttributes,
+  StepwiseDatasetHash,
+  StepwiseOutcome,
+  type RunOutcome,
+  rejectUpdate,
   progressQuery,
   stageProgressSignal,
   STAGES,
   type Activities,
   type EvaluateResult,
   type PipelineProgress,
+  type ApprovalDecision,
+  type ApprovalOutcome,
   type PipelineResult,
+  type PromotionSummary,
   type PromptTeacherResult,
   type RegisterModelResult,
   type SampleResult,
@@ -33,6 +46,8 @@ import {
   SpecError,
   taskOf,
   usesTeacher,
+  isModelRef,
+  type GateSpec,
   type PipelineSpec,
   type PipelineSpecInput,
   type TaskKind,
@@ -100,6 +115,10 @@ const summary = {
   evaluate: (r: EvaluateResult) =>
     `accuracy ${pct(r.accuracy)} (${r.correct}/${r.total}); majority baseline ${pct(r.majorityBaseline.accuracy)}`,
   registerModel: (r: RegisterModelResult) => `${r.name} v${r.version}`,
+  gate: (r: PromotionSummary) =>
+    (r.outcome === 'promoted'
+      ? `promoted to ${r.alias}${r.previous === null ? '' : ` (was v${r.previous})`}`
+      : `not promoted to ${r.alias}`) + `: ${r.reason}`,
 };
 
 /** The spec, parsed: a bad one fails the run at once, non-retryably, before any stage is scheduled. */
@@ -152,6 +171,11 @@ function trackStages(runs: (stage: StageName) => boolean) {
     }
   }
   return Object.assign(stage, {
+    progress,
+    skip: (name: StageName) => {
+      progress.stages.find((s) => s.name === name)!.status = 'skipped';
+      progress.stageCount -= 1;
+    },
     done: () => {
       progress.stage = 'done';
     },
@@ -164,12 +188,31 @@ function trackStages(runs: (stage: StageName) => boolean) {
  */
 export async function distillationPipeline(specInput: PipelineSpecInput): Promise<PipelineResult> {
   const spec = validSpec(specInput);
+  const withTeacher = usesTeacher(spec);
+  const stage = trackStages((name) =>
+    name === 'gate' ? spec.gate.enabled : withTeacher || (name !== 'promptTeacher' && name !== 'validateRationales')
+  );
+  const approvals = approvalInbox(stage.progress);
+  const attributes = searchAttributes();
+  try {
+    return await pipeline(spec, stage, approvals, attributes);
+  } catch (err) {
+    attributes.outcome('failed');
+    throw err;
+  }
+}
+
+async function pipeline(
+  spec: PipelineSpec,
+  stage: ReturnType<typeof trackStages>,
+  approvals: ReturnType<typeof approvalInbox>,
+  attributes: ReturnType<typeof searchAttributes>
+): Promise<PipelineResult> {
   const task = taskOf(spec);
   const withTeacher = usesTeacher(spec);
-  const stage = trackStages((name) => withTeacher || (name !== 'promptTeacher' && name !== 'validateRationales'));
   const { workflowId, runId } = workflowInfo();
-
   const sample: SampleResult = await stage('sample', () => io.sample(spec), summary.sample);
+  attributes.datasetHash(sample.datasetHash);
 
   let teacherResult: PromptTeacherResult | undefined;
   let validation: ValidateRationalesResult | undefined;
@@ -192,9 +235,14 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
   });
   const training: TrainStudentResult = await stage(
     'trainStudent',
-    () =>
+    async () =>
       gpuStages.trainStudent({
         student: spec.student,
+        // A registered version (`my-model@champion`) is resolved once here, so every attempt starts from it. Specs
+        // of runs from before references existed never match, so their histories replay unchanged.
+        ...(spec.student.init !== undefined && isModelRef(spec.student.init)
+          ? { initFrom: await io.resolveInit(spec.student.init) }
+          : {}),
         train: validation?.train ?? sample.train,
         valid: validation?.valid ?? sample.valid,
       }),
@@ -231,8 +279,241 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
     summary.registerModel
   );
 
+  let promotion: PromotionSummary | undefined;
+  // Runs from before the gate existed never reach it: `patched` is false when their histories replay.
+  if (spec.gate.enabled && !patched('promotion-gate')) stage.skip('gate');
+  else if (spec.gate.enabled) {
+    promotion = await stage(
+      'gate',
+      () =>
+        promotionGate({
+          spec,
+          task,
+          registered,
+          training,
+          evaluation,
+          sample,
+          gpu: gpuStages,
+          approvals,
+          progress: stage.progress,
+          attributes,
+        }),
+      summary.gate
+    );
+  }
+  attributes.outcome(promotion?.outcome ?? 'registered');
+
   stage.done();
-  return { ...resultOf(registered, training, evaluation, validation), workflowId, runId };
+  return {
+    ...resultOf(registered, training, evaluation, validation),
+    workflowId,
+    runId,
+    ...(promotion ? { promotion } : {}),
+  };
+}
+
+/**
+ * Keeps the run's search attributes current (dataset hash, outcome), so `temporal workflow list --query` and
+ * `stepwise runs ls` find it by where it stands. Only for runs started with the attributes (the cluster knows them:
+ * a server fails every workflow task that sets an unknown one), and only in runs from after upserts existed, so the
+ * histories of runs already in flight replay unchanged.
+ */
+function searchAttributes() {
+  const on = hasStepwiseSearchAttributes(workflowInfo().typedSearchAttributes) && patched('search-attributes');
+  return {
+    datasetHash(hash: string) {
+      if (on) upsertSearchAttributes([{ key: StepwiseDatasetHash, value: hash }]);
+    },
+    outcome(outcome: RunOutcome) {
+      if (on) upsertSearchAttributes([{ key: StepwiseOutcome, value: outcome }]);
+    },
+  };
+}
+
+type Decision = ApprovalDecision & { kind: 'approve' | 'reject' };
+
+/**
+ * The approval Updates. Registered from the start so an early or stray update meets the validator, which refuses it
+ * (nothing is written to the history) unless the run is waiting for a decision on exactly that version and the
+ * identity is non-empty. The handler returns once the decision is carried out, with the outcome.
+ */
+function approvalInbox(progress: PipelineProgress) {
+  let decision: Decision | undefined;
+  let outcome: ApprovalOutcome | undefined;
+  const validator = (d: ApprovalDecision) => {
+    const waiting = progress.awaitingApproval;
+    if (!waiting) throw new Error('this run is not waiting for an approval');
+    if (decision) throw new Error(`v${waiting.version} was already ${decision.kind}d by ${decision.identity}`);
+    if (!d || typeof d.version !== 'number' || d.version !== waiting.version) {
+      throw new Error(
+        `version: this run awaits approval of ${waiting.name} v${waiting.version}, not v${String(d?.version)}`
+      );
+    }
+    if (typeof d.identity !== 'string' || !d.identity.trim()) throw new Error('identity: must be non-empty');
+    if (d.comment !== undefined && typeof d.comment !== 'string') throw new Error('comment: must be a string');
+  };
+  const handler = (kind: Decision['kind']) => async (d: ApprovalDecision) => {
+    decision = { ...d, identity: d.identity.trim(), kind };
+    await condition(() => outcome !== undefined);
+    return outcome!;
+  };
+  setHandler(approveUpdate, handler('approve'), { validator });
+  setHandler(rejectUpdate, handler('reject'), { validator });
+  return {
+    /** Wait for a decision until the deadline; undefined when none came. */
+    async wait(timeoutMs: number): Promise<Decision | undefined> {
+      return (await condition(() => decision !== undefined, timeoutMs)) ? decision : undefined;
+    },
+    settle(result: ApprovalOutcome) {
+      outcome = result;
+    },
+  };
+}
+
+interface GateRun {
+  spec: PipelineSpec;
+  task: TaskKind;
+  registered: RegisterModelResult;
+  training: TrainStudentResult;
+  evaluation: EvaluateResult;
+  sample: SampleResult;
+  gpu: ReturnType<typeof proxyActivities<Activities>>;
+  approvals: ReturnType<typeof approvalInbox>;
+  progress: PipelineProgress;
+  attributes: ReturnType<typeof searchAttributes>;
+}
+
+/**
+ * The promotion gate: compare the candidate with the champion on the champion's frozen evaluation set (evaluating
+ * the candidate there first when that set is not its own test split), record the decision, wait for a person when
+ * the spec asks, and move the alias only if it still names the champion the candidate was compared with.
+ */
+async function promotionGate(run: GateRun): Promise<PromotionSummary> {
+  const { spec, registered } = run;
+  const gate: GateSpec = spec.gate;
+  const { workflowId, runId } = workflowInfo();
+  const base = { name: registered.name, version: registered.version };
+  const plan = await io.planGate({
+    ...base,
+    gate,
+    candidate: { test: run.sample.test, predictions: run.evaluation.predictions },
+  });
+  const candidatePredictions =
+    plan.candidatePredictions ??
+    (
+      await run.gpu.evaluate({
+        task: run.task,
+        checkpoint: run.training.checkpoint,
+        test: plan.evalSet,
+        evaluate: spec.evaluate,
+        backend: spec.student.backend,
+      })
+    ).predictions;
+  // The teacher on the very same examples, where that costs nothing (recorded completions, the demo's teacher).
+  const teacher = await io.teacherOnEvalSet({
+    teacher: spec.teacher,
+    task: run.task,
+    dataDir: spec.data.kind === 'reference' ? spec.data.dir : undefined,
+    evalSet: plan.evalSet,
+  });
+  const decided = await io.decideGate({
+    ...base,
+    workflowId,
+    runId,
+    gate,
+    plan,
+    candidatePredictions,
+    teacher: teacher.measured
+      ? { accuracy: teacher.accuracy, predictions: teacher.predictions, model: teacher.model }
+      : { unmeasured: teacher.reason },
+  });
+  const summary = (outcome: PromotionSummary['outcome'], reason: string, decidedBy?: string): PromotionSummary => ({
+    outcome,
+    alias: plan.alias,
+    previous: plan.champion?.version ?? null,
+    reason,
+    ...(decided.pValue === undefined ? {} : { pValue: decided.pValue }),
+    candidateAccuracy: decided.candidateAccuracy,
+    ...(decided.teacherAccuracy === undefined ? {} : { teacherAccuracy: decided.teacherAccuracy }),
+    ...(decidedBy ? { decidedBy } : {}),
+  });
+  if (!decided.passed) return summary('rejected', decided.reason);
+
+  let decidedBy: string | undefined;
+  let why = decided.reason;
+  if (gate.approval) {
+    const approval = await awaitApproval(run, gate.approval, plan.alias);
+    decidedBy = approval.identity;
+    why = approval.comment || `${approval.kind}d by ${approval.identity}`;
+    await io.recordApproval({
+      ...base,
+      workflowId,
+      runId,
+      decision: approval.kind,
+      identity: approval.identity,
+      comment: why,
+    });
+    if (approval.kind === 'reject') {
+      const result = summary('rejected', `rejected by ${approval.identity}: ${why}`, decidedBy);
+      run.approvals.settle({ ...base, outcome: 'rejected', alias: plan.alias });
+      return result;
+    }
+  }
+  let result: PromotionSummary;
+  try {
+    const moved = await io.promoteVersion({
+      ...base,
+      alias: plan.alias,
+      expect: plan.champion?.version ?? null,
+      workflowId,
+      runId,
+      why: decidedBy ? `approved by ${decidedBy}: ${why}` : decided.reason,
+      details: { gate: decided.record, pValue: decided.pValue },
+    });
+    result = { ...summary('promoted', decided.reason, decidedBy), previous: moved.previous };
+  } catch (err) {
+    // The alias moved while this run was gated against its old champion: never promote over a version the
+    // candidate was not compared with. The version stays as the gate left it, for a person to decide.
+    if (!(
+      err instanceof ActivityFailure &&
+      err.cause instanceof ApplicationFailure &&
+      err.cause.type === 'RegistryConflict'
+    )) {
+      throw err;
+    }
+    result = summary('rejected', `not promoted: ${err.cause.message}`, decidedBy);
+  }
+  run.approvals.settle({ ...base, outcome: result.outcome, alias: plan.alias, previous: result.previous });
+  return result;
+}
+
+/** Wait durably for a person's decision; at the deadline, apply the spec's timeout policy as the decision. */
+async function awaitApproval(
+  run: GateRun,
+  policy: NonNullable<GateSpec['approval']>,
+  alias: string
+): Promise<Decision> {
+  const { progress } = run;
+  const timeoutMs = policy.timeoutSeconds * 1000;
+  progress.awaitingApproval = {
+    name: run.registered.name,
+    version: run.registered.version,
+    alias,
+    deadline: new Date(Date.now() + timeoutMs).toISOString(),
+  };
+  run.attributes.outcome('awaiting-approval');
+  try {
+    const decision = await run.approvals.wait(timeoutMs);
+    if (decision) return decision;
+    return {
+      kind: policy.onTimeout === 'promote' ? 'approve' : 'reject',
+      version: run.registered.version,
+      identity: `approval-timeout (${policy.onTimeout})`,
+      comment: `no decision within ${policy.timeoutSeconds} s: the spec's timeout policy is ${policy.onTimeout}`,
+    };
+  } finally {
+    delete progress.awaitingApproval;
+  }
 }
 
 /**

@@ -11,6 +11,7 @@ import { InputError } from '../../lib/errors';
 import { startS3Server, ensureBucket } from '../../infra/s3-server';
 import { settings } from '../../infra/config';
 import { log } from '../shared/options';
+import { devServerSearchAttributes } from '../../workers/search-attributes';
 
 export function addDevCommand(program: Command): void {
   program
@@ -24,7 +25,12 @@ export function addDevCommand(program: Command): void {
 async function serveDev(withS3: boolean): Promise<void> {
   await setup({ temporal: true, s3: withS3, log });
   const dir = settings().home;
-  const temporal = await startTemporalDevServer({ stateDir: dir, uiPort: await freePort(), log }).catch((err) => {
+  const temporal = await startTemporalDevServer({
+    stateDir: dir,
+    uiPort: await freePort(),
+    searchAttributes: devServerSearchAttributes(),
+    log,
+  }).catch((err) => {
     // Another server holds this state folder: say so in one line, not a stack trace.
     throw err instanceof StateInUseError ? new InputError(err.message, 'STEPWISE_HOME') : err;
   });

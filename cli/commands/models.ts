@@ -1,32 +1,504 @@
 /**
- * `stepwise models`: what the registry holds, read straight from the artifact store (no Temporal needed).
+ * `stepwise models`: the registry, read and changed straight in the artifact store (lib/registry/audit.ts), except a
+ * decision on a version whose run is waiting for one, which goes to that run as a Temporal Update so the run carries
+ * it out (the audit record, then the alias move).
+ *
+ *   ls [NAME] | show REF | promote REF --alias A | approve REF | reject REF | archive REF | diff A B | history NAME
+ *   | at NAME@ALIAS --time T
  */
 import { Command } from 'commander';
-import { openStore } from '../../lib/store';
-import { listModels, listVersions, getVersion } from '../../lib/registry/registry';
+import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { approveUpdate, rejectUpdate, type ApprovalOutcome } from '../../contract';
 import { settings } from '../../infra/config';
+import { InputError } from '../../lib/errors';
+import { openStore, type ArtifactStore } from '../../lib/store';
+import { objectKey } from '../../lib/store/artifact-store';
+import { checkModelName } from '../../lib/registry/names';
+import { getVersion, listModels, listVersions, type ModelVersion } from '../../lib/registry/registry';
+import {
+  aliasAt,
+  changeStatus,
+  checkAliasName,
+  getAlias,
+  identity,
+  listAliases,
+  modelHistory,
+  moveAlias,
+  RegistryConflictError,
+  versionStatus,
+  type AuditRecord,
+} from '../../lib/registry/audit';
+import { parseModelRef, resolveRef } from '../../lib/registry/refs';
+import { temporalTarget } from '../../workers/connection';
+import { connectTemporal } from '../../workers/pipeline-worker';
+import { openServices } from '../shared/services';
+import { log } from '../shared/options';
+import {
+  diffFields,
+  diffTable,
+  historyLine,
+  parseTime,
+  pct,
+  recordClause,
+  sideBySide,
+  versionLabel,
+  type SplitHashes,
+} from '../shared/models-format';
+
+interface CommonFlags {
+  store?: string;
+  json?: boolean;
+}
+
+type Action<A extends unknown[], F> = (...args: [...A, F]) => Promise<void>;
+
+/**
+ * The subcommand's flags merged with the `models` command's: commander lets the parent take `--json` and `--store`
+ * wherever they stand on the line (`stepwise models ls --json` parses them on `models`), so read both.
+ */
+function withFlags<A extends unknown[], F = object>(body: Action<A, Opened & F>) {
+  return async (...args: unknown[]) => {
+    const command = args[args.length - 1] as Command;
+    const flags = command.optsWithGlobals<CommonFlags & F>();
+    const location = flags.store ?? settings().store;
+    const store = openStore(location);
+    try {
+      const opened = { ...flags, store, location };
+      await body(...([...args.slice(0, -2), opened] as unknown as [...A, Opened & F]));
+    } finally {
+      await store.close();
+    }
+  };
+}
+
+const addCommon = (c: Command) =>
+  c.option('--store <location>', 'artifact store (env STEPWISE_STORE)').option('--json', 'print JSON');
 
 export function addModelsCommand(program: Command): void {
-  program
-    .command('models')
-    .description('list registered models, or the versions of one with their metrics and lineage')
-    .argument('[name]')
-    .option('--store <location>', 'artifact store (env STEPWISE_STORE)')
-    .option('--json', 'print JSON')
-    .action(async (name: string | undefined, flags: { store?: string; json?: boolean }) => {
-      const store = openStore(flags.store ?? settings().store);
-      if (!name) {
-        const models = await listModels(store);
-        console.log(flags.json ? JSON.stringify(models) : models.join('\n') || '(no models registered)');
-        return;
-      }
-      const versions = await Promise.all((await listVersions(store, name)).map((v) => getVersion(store, name, v)));
-      if (flags.json) return console.log(JSON.stringify(versions));
-      for (const v of versions) {
-        if (!v) continue;
-        console.log(
-          `${v.name} v${v.version}  ${v.createdAt}  accuracy ${(100 * v.metrics.accuracy).toFixed(1)}%  ${v.lineage.training.method}  run ${v.lineage.workflowId}`
+  const models = addCommon(
+    program
+      .command('models')
+      .description(
+        'the model registry: versions, aliases, statuses and the audit log (`stepwise models ls` with no subcommand)'
+      )
+      .argument('[name]', 'a model: list its versions')
+  ).action(withFlags<[string | undefined]>(ls));
+
+  addCommon(
+    models
+      .command('ls')
+      .description('list models with their aliases, or the versions of one with status, aliases, accuracy and method')
+      .argument('[name]', 'a model: list its versions')
+  ).action(withFlags<[string | undefined]>(ls));
+
+  addCommon(
+    models
+      .command('show')
+      .description('one version: metrics, status and the record that set it, aliases, lineage, checkpoint')
+      .argument('<ref>', 'NAME@VERSION, NAME@ALIAS or NAME (its latest version)')
+  ).action(withFlags<[string]>(show));
+
+  addCommon(
+    models
+      .command('promote')
+      .description('point an alias at a version; refused if another promotion moved the alias meanwhile')
+      .argument('<ref>', 'the version to promote: NAME@VERSION (or NAME@ALIAS, resolved now)')
+      .requiredOption('--alias <alias>', 'the alias to move, e.g. champion')
+      .option('--why <reason>', 'recorded in the audit log (default "promoted by <identity>")')
+      .option('--identity <who>', 'who promotes, for the audit log (default: the OS user)')
+  ).action(withFlags<[string], PromoteFlags>(promote));
+
+  for (const kind of ['approve', 'reject'] as const) {
+    addCommon(
+      models
+        .command(kind)
+        .description(
+          `${kind} a candidate version: sent to its run when the run awaits approval, else recorded in the registry`
+        )
+        .argument('<ref>', 'NAME@VERSION')
+        .option('--comment <text>', 'why, recorded in the audit log')
+        .option('--identity <who>', 'who decides, for the audit log (default: the OS user)')
+    ).action(withFlags<[string], DecideFlags>((ref, flags) => decide(kind, ref, flags)));
+  }
+
+  addCommon(
+    models
+      .command('archive')
+      .description('archive a version no alias names')
+      .argument('<ref>', 'NAME@VERSION')
+      .option('--why <reason>', 'recorded in the audit log (default "archived by <identity>")')
+      .option('--identity <who>', 'who archives, for the audit log (default: the OS user)')
+  ).action(withFlags<[string], ArchiveFlags>(archive));
+
+  addCommon(
+    models
+      .command('diff')
+      .description(
+        'two versions side by side: config, data hashes, teacher, prompt, validation, backend, code, metrics'
+      )
+      .argument('<a>', 'NAME@REF')
+      .argument('<b>', 'NAME@REF')
+  ).action(withFlags<[string, string]>(diff));
+
+  addCommon(
+    models
+      .command('history')
+      .description('every change to a model, oldest first: registrations, gate decisions, approvals, alias moves')
+      .argument('<name>', 'a model name')
+  ).action(withFlags<[string]>(history));
+
+  addCommon(
+    models
+      .command('at')
+      .description('the version an alias named at a moment, from the audit log alone')
+      .argument('<ref>', 'NAME@ALIAS')
+      .requiredOption('--time <iso-8601>', 'e.g. 2026-03-03T12:00:00Z (a time without an offset is UTC)')
+  ).action(withFlags<[string], { time: string }>(at));
+}
+
+/** The flags with the store opened; `location` is the store as given, for processes started from here. */
+interface Opened {
+  json?: boolean;
+  store: ArtifactStore;
+  location: string;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading
+
+async function ls(name: string | undefined, flags: Opened): Promise<void> {
+  const { store } = flags;
+  if (!name) {
+    const listed = await Promise.all(
+      (await listModels(store)).map(async (model) => ({
+        name: model,
+        versions: (await listVersions(store, model)).length,
+        aliases: Object.fromEntries((await listAliases(store, model)).map((a) => [a.alias, a.version])),
+      }))
+    );
+    if (flags.json) return console.log(JSON.stringify(listed));
+    if (listed.length === 0) return console.log(`(no models registered in ${store.location})`);
+    for (const m of listed) {
+      const aliases = Object.entries(m.aliases).map(([alias, v]) => `${alias} → v${v}`);
+      console.log(`${m.name}  ${m.versions} version${m.versions === 1 ? '' : 's'}  ${aliases.join(', ')}`.trimEnd());
+    }
+    return;
+  }
+  const model = checkModelName(name, 'name');
+  const numbers = await listVersions(store, model);
+  if (numbers.length === 0) throw noModel(store, model);
+  const aliases = await listAliases(store, model);
+  const versions = await Promise.all(
+    numbers.map(async (n) => {
+      const [v, status] = await Promise.all([getVersion(store, model, n), versionStatus(store, model, n)]);
+      return {
+        version: n,
+        createdAt: v?.createdAt,
+        status: status?.status,
+        aliases: aliases.filter((a) => a.version === n).map((a) => a.alias),
+        accuracy: v?.metrics.accuracy,
+        method: v?.lineage.training.method,
+        workflowId: v?.lineage.workflowId,
+      };
+    })
+  );
+  if (flags.json) return console.log(JSON.stringify(versions));
+  for (const v of versions) {
+    console.log(
+      [
+        `${model} v${v.version}`,
+        v.createdAt ?? '-',
+        (v.status ?? '-').padEnd(9),
+        `accuracy ${pct(v.accuracy)}`,
+        v.method ?? '-',
+        v.aliases.length ? `[${v.aliases.join(', ')}]` : '',
+        v.workflowId ? `run ${v.workflowId}` : '',
+      ]
+        .filter(Boolean)
+        .join('  ')
+    );
+  }
+}
+
+async function show(ref: string, flags: Opened): Promise<void> {
+  const { store } = flags;
+  const { version: v } = await resolveRef(store, ref, 'ref');
+  const [status, aliases] = await Promise.all([
+    versionStatus(store, v.name, v.version),
+    listAliases(store, v.name).then((all) => all.filter((a) => a.version === v.version).map((a) => a.alias)),
+  ]);
+  if (flags.json) return console.log(JSON.stringify({ ...v, status, aliases }));
+  const l = v.lineage;
+  const t = l.training;
+  const lines = [
+    `${v.name} v${v.version}  registered ${v.createdAt}`,
+    `status      ${status?.status ?? '-'}${status?.record ? `  (${recordClause(status.record)})` : ''}`,
+    `aliases     ${aliases.join(', ') || '(none)'}`,
+    `metrics     accuracy ${pct(v.metrics.accuracy)} (${v.metrics.correct}/${v.metrics.total}), majority baseline ${pct(v.metrics.majorityBaseline)}`,
+    `data        ${l.dataset.kind} ${l.dataset.task} ${l.dataset.source}; dataset ${l.dataset.datasetHash}, sample ${l.dataset.sampleHash}; ${JSON.stringify(l.dataset.counts)}`,
+    l.teacher
+      ? `teacher     ${l.teacher.kind} ${l.teacher.model}; template ${l.teacher.templateHash}; responses ${l.teacher.responses}`
+      : `teacher     (none recorded)`,
+    ...(l.validation
+      ? [
+          `validation  kept ${l.validation.kept}, dropped ${JSON.stringify(l.validation.dropped)}; report ${l.validation.report}`,
+        ]
+      : []),
+    `training    ${t.method} (${t.labelSource} labels) on ${t.backend}: ${t.steps} steps, final loss ${t.finalLoss}, ${t.params} params` +
+      (t.initFrom ? `; from ${t.initFrom.name}@${t.initFrom.version} (${t.initFrom.ref})` : ''),
+    `code        ${l.codeVersion}`,
+    `run         ${l.workflowId} (run ${l.runId}); manifest ${l.manifest}`,
+    `checkpoint  ${v.checkpoint.uri} (${v.checkpoint.size} bytes)`,
+  ];
+  console.log(lines.join('\n'));
+}
+
+async function diff(a: string, b: string, flags: Opened): Promise<void> {
+  const { store } = flags;
+  const [va, vb] = await Promise.all([resolveRef(store, a, 'a'), resolveRef(store, b, 'b')]);
+  const [sa, sb] = await Promise.all([splitHashes(store, va.version), splitHashes(store, vb.version)]);
+  const rows = sideBySide(diffFields(va.version, sa), diffFields(vb.version, sb));
+  if (flags.json) return console.log(JSON.stringify(rows));
+  const label = (v: ModelVersion) => `${v.name}@${v.version}`;
+  console.log(diffTable([label(va.version), label(vb.version)], rows).join('\n'));
+}
+
+/** The split hashes from the version's run manifest; none when it cannot be read (the row then shows `-`). */
+async function splitHashes(store: ArtifactStore, v: ModelVersion): Promise<SplitHashes> {
+  const uri = v.lineage.manifest;
+  const addressed = /objects\/sha256\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(uri)?.[1];
+  const key = addressed ? objectKey(addressed) : /(runs\/[^/]+\/manifest\.json)$/.exec(uri)?.[1];
+  if (!key) return {};
+  try {
+    const bytes = await store.getKey(key);
+    const manifest =
+      bytes && (JSON.parse(bytes.toString('utf8')) as { artifacts?: { role: string; sha256: string }[] });
+    const of = (role: string) => manifest?.artifacts?.find((x) => x.role === role)?.sha256;
+    return { train: of('split/train'), valid: of('split/valid'), test: of('split/test') };
+  } catch {
+    return {};
+  }
+}
+
+async function history(name: string, flags: Opened): Promise<void> {
+  const { store } = flags;
+  const model = checkModelName(name, 'name');
+  const records = await modelHistory(store, model);
+  if (records.length === 0 && (await listVersions(store, model)).length === 0) throw noModel(store, model);
+  if (flags.json) return console.log(JSON.stringify(records));
+  for (const r of records) console.log(historyLine(r));
+}
+
+async function at(ref: string, flags: Opened & { time: string }): Promise<void> {
+  const { store } = flags;
+  const parsed = parseModelRef(ref, 'ref');
+  if (parsed.kind !== 'alias') {
+    throw new InputError(`ref: ${JSON.stringify(ref)} names a version, not an alias: expected NAME@ALIAS`, 'ref');
+  }
+  const time = parseTime(flags.time);
+  const records = await modelHistory(store, parsed.name);
+  const moves = records.filter((r) => r.action === 'alias' && r.alias === parsed.alias);
+  if (moves.length === 0) {
+    if (records.length === 0 && (await listVersions(store, parsed.name)).length === 0) {
+      throw noModel(store, parsed.name, 'ref');
+    }
+    throw new InputError(`ref: ${ref}: model ${parsed.name} has no alias ${JSON.stringify(parsed.alias)}`, 'ref');
+  }
+  const version = aliasAt(records, parsed.alias, time);
+  // The record that set it: the alias's last move at or before the time (aliasAt's own rule).
+  const setBy =
+    version === undefined
+      ? undefined
+      : moves
+          .filter((r) => r.when <= time.toISOString())
+          .sort((x, y) => x.seq - y.seq)
+          .at(-1);
+  if (flags.json) return console.log(JSON.stringify(setBy ? { version, record: setBy } : null));
+  const when = time.toISOString();
+  if (!setBy) {
+    const first = moves.sort((x, y) => x.seq - y.seq)[0];
+    return console.log(`${parsed.name}@${parsed.alias} at ${when}: no version (first set ${first.when})`);
+  }
+  console.log(`${parsed.name}@${parsed.alias} at ${when}: v${version}  (set by ${recordClause(setBy)})`);
+}
+
+function noModel(store: ArtifactStore, name: string, field = 'name'): InputError {
+  return new InputError(`${field}: no model ${JSON.stringify(name)} in ${store.location}`, field);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Changing
+
+interface PromoteFlags {
+  alias: string;
+  why?: string;
+  identity?: string;
+}
+
+/**
+ * Read the alias, then move it only if it still names what was read: a promotion decided against a state that
+ * changed meanwhile (another promote, a pipeline's gate) is refused, naming what the alias holds now.
+ */
+async function promote(ref: string, flags: Opened & PromoteFlags): Promise<void> {
+  const { store } = flags;
+  const alias = checkAliasName(flags.alias, '--alias');
+  const { version: v } = await resolveRef(store, ref, 'ref');
+  const who = identity(flags.identity);
+  const before = (await getAlias(store, v.name, alias))?.version ?? null;
+  if (before === v.version) {
+    if (flags.json) return console.log(JSON.stringify(null));
+    return console.log(`${alias}: already v${v.version}; nothing written`);
+  }
+  let record: AuditRecord;
+  try {
+    record = await moveAlias(store, v.name, alias, v.version, {
+      who,
+      why: flags.why?.trim() || `promoted by ${who}`,
+      expect: before,
+    });
+  } catch (err) {
+    if (!(err instanceof RegistryConflictError)) throw err;
+    const now = await getAlias(store, v.name, alias);
+    throw new InputError(
+      `--alias: ${alias} of ${v.name} was moved while promoting: it now names ${versionLabel(now?.version)}` +
+        (now ? ` (${now.record.action} by ${now.record.who} at ${now.record.when})` : '') +
+        `, not ${versionLabel(before)} as read; nothing was written`,
+      '--alias'
+    );
+  }
+  if (flags.json) return console.log(JSON.stringify(record));
+  console.log(`${alias}: ${versionLabel(before)} → v${v.version}`);
+}
+
+interface DecideFlags {
+  comment?: string;
+  identity?: string;
+}
+
+/**
+ * Approve or reject. A version whose run is waiting for this decision (its status head is the gate's record, marked
+ * awaiting approval) gets it through the run, which records it and moves the alias; otherwise the status changes
+ * here. Recording it here while the run waits would leave the run to fail at its timeout on a version no longer a
+ * candidate.
+ */
+async function decide(kind: 'approve' | 'reject', ref: string, flags: Opened & DecideFlags): Promise<void> {
+  const { store } = flags;
+  const done = kind === 'approve' ? 'approved' : 'rejected';
+  const { version: v } = await resolveRef(store, ref, 'ref');
+  const who = identity(flags.identity);
+  const comment = flags.comment?.trim();
+  const status = await versionStatus(store, v.name, v.version);
+  const waiting = status?.record && awaitsApproval(status.record) ? status.record.workflowId : undefined;
+  if (waiting) {
+    const outcome = await decideInRun(flags.location, waiting, kind, {
+      version: v.version,
+      identity: who,
+      ...(comment ? { comment } : {}),
+    });
+    if (outcome) {
+      if (flags.json) return console.log(JSON.stringify(outcome));
+      const moved =
+        outcome.outcome === 'promoted'
+          ? `; ${outcome.alias}: ${versionLabel(outcome.previous)} → v${outcome.version}`
+          : '';
+      return console.log(`${v.name} v${v.version}: ${done} by ${who} in run ${waiting}: ${outcome.outcome}${moved}`);
+    }
+    log(`stepwise: run ${waiting} is no longer running; recording the decision in the registry`);
+  }
+  const record = await changeStatus(store, v.name, v.version, kind, { who, why: comment || `${done} by ${who}` });
+  if (flags.json) return console.log(JSON.stringify(record));
+  console.log(`${v.name} v${v.version}: ${String(record.from)} → ${String(record.to)}`);
+}
+
+async function archive(ref: string, flags: Opened & ArchiveFlags): Promise<void> {
+  const { store } = flags;
+  const { version: v } = await resolveRef(store, ref, 'ref');
+  const who = identity(flags.identity);
+  const record = await changeStatus(store, v.name, v.version, 'archive', {
+    who,
+    why: flags.why?.trim() || `archived by ${who}`,
+  });
+  if (flags.json) return console.log(JSON.stringify(record));
+  console.log(`${v.name} v${v.version}: ${String(record.from)} → ${String(record.to)}`);
+}
+
+interface ArchiveFlags {
+  why?: string;
+  identity?: string;
+}
+
+/** The gate passed the version and its run now waits for a person (lib/registry/gate-stage.ts records this). */
+function awaitsApproval(record: AuditRecord): boolean {
+  return (
+    record.action === 'gate' &&
+    record.to === 'candidate' &&
+    record.workflowId !== undefined &&
+    (record.details as { awaitingApproval?: unknown } | undefined)?.awaitingApproval === true
+  );
+}
+
+/**
+ * Send the decision to the waiting run and return its outcome once the run has carried it out; undefined when the
+ * run is closed (nobody waits any more, so the registry is changed directly).
+ */
+async function decideInRun(
+  location: string,
+  workflowId: string,
+  kind: 'approve' | 'reject',
+  decision: { version: number; identity: string; comment?: string }
+): Promise<ApprovalOutcome | undefined> {
+  const temporal = await connectForDecision(location);
+  try {
+    const handle = temporal.client.workflow.getHandle(workflowId);
+    let running: boolean;
+    try {
+      running = (await handle.describe()).status.name === 'RUNNING';
+    } catch (err) {
+      if (!(err instanceof WorkflowNotFoundError)) throw err;
+      throw new InputError(
+        `ref: v${decision.version} awaits approval in run ${workflowId}, which ${temporal.where} does not have: ` +
+          'set TEMPORAL_ADDRESS (and TEMPORAL_NAMESPACE) to the Temporal service the run is on',
+        'ref'
+      );
+    }
+    if (!running) return undefined;
+    try {
+      return await handle.executeUpdate(kind === 'approve' ? approveUpdate : rejectUpdate, { args: [decision] });
+    } catch (err) {
+      // The run's validator refused it (another version, already decided): its message says why; nothing was written.
+      if (err instanceof WorkflowUpdateFailedError) {
+        throw new InputError(
+          `ref: run ${workflowId} refused the decision: ${err.cause?.message ?? err.message}`,
+          'ref'
         );
       }
-    });
+      throw err;
+    }
+  } finally {
+    await temporal.stop();
+  }
+}
+
+/**
+ * The Temporal service the waiting run is on: the configured cluster, or the embedded state's, started here with
+ * workers (the run's update handler needs one to run). A `stepwise run` still serving that state holds it: the user
+ * then points TEMPORAL_ADDRESS at the dev server that run printed.
+ */
+async function connectForDecision(store: string): Promise<{ client: Client; where: string; stop(): Promise<void> }> {
+  if (settings().clusterConfigured) {
+    const target = temporalTarget();
+    const temporal = await connectTemporal(target);
+    return { client: temporal.client, where: `namespace ${target.namespace}`, stop: () => temporal.close() };
+  }
+  try {
+    return await openServices(store);
+  } catch (err) {
+    if (err instanceof InputError && err.field === 'STEPWISE_HOME') {
+      throw new InputError(
+        `${err.message}; to decide on a run that process serves, set TEMPORAL_ADDRESS to the dev server address it printed`,
+        'STEPWISE_HOME'
+      );
+    }
+    throw err;
+  }
 }

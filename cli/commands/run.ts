@@ -24,6 +24,7 @@ import { openServices, type Services } from '../shared/services';
 import { followToEnd } from '../shared/progress';
 import { runWorkflowId } from '../shared/run-identity';
 import type { InterruptedRun } from '../../workers/interrupted';
+import { startPipelineRun } from '../../workers/search-attributes';
 
 export function addRunCommand(program: Command): void {
   program
@@ -129,13 +130,19 @@ async function startOrAttach(services: Services, spec: PipelineSpec, workflowId:
     .describe()
     .catch(() => undefined);
   try {
-    const handle = await services.client.workflow.start(distillationPipeline, {
-      taskQueue: CPU_TASK_QUEUE,
-      workflowId,
-      args: [spec],
-      workflowIdConflictPolicy: 'USE_EXISTING',
-      workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY',
-    });
+    // With its search attributes where the cluster has them (workers/search-attributes.ts), so `stepwise runs ls`
+    // and `temporal workflow list --query` find it from its first second.
+    const handle = await startPipelineRun(
+      services.client,
+      spec,
+      {
+        taskQueue: CPU_TASK_QUEUE,
+        workflowId,
+        workflowIdConflictPolicy: 'USE_EXISTING',
+        workflowIdReusePolicy: 'ALLOW_DUPLICATE_FAILED_ONLY',
+      },
+      log
+    );
     if (before?.status.name === 'RUNNING') {
       log(`stepwise: run ${workflowId} (started ${before.startTime.toISOString()}) is in flight: resuming it`);
     } else {

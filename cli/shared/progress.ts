@@ -14,6 +14,7 @@ const STAGE_LABELS: Record<StageName, string> = {
   trainStudent: 'train student',
   evaluate: 'evaluate',
   registerModel: 'register model',
+  gate: 'promotion gate',
 };
 
 /** One bar per stage: finished stages stay printed with their summary, the running one is redrawn in place. */
@@ -34,6 +35,16 @@ export class ProgressView {
       }
     }
     const current = p.stages.find((s) => s.status === 'running');
+    if (p.awaitingApproval && !this.printed.has('awaiting approval')) {
+      // Said once, in every mode: the run now waits on a person, possibly for days.
+      this.printed.add('awaiting approval');
+      const a = p.awaitingApproval;
+      this.write(
+        `… awaiting approval: ${a.name} v${a.version} for ${a.alias}, until ${a.deadline} ` +
+          `(stepwise models approve|reject ${a.name}@${a.version})`,
+        true
+      );
+    }
     if (current && this.tty) {
       const width = 30;
       const frac = p.total > 0 ? Math.min(1, p.step / p.total) : 0;
@@ -131,6 +142,20 @@ function printResult(result: PipelineResult, services: Services, link: string | 
     `  test accuracy   ${pct(result.accuracy)} (${result.correct}/${result.total}); majority-class baseline ${pct(result.majorityBaseline)}` +
       (result.teacherAccuracy === undefined ? '' : `; teacher ${pct(result.teacherAccuracy)}`)
   );
+  if (result.promotion) {
+    const p = result.promotion;
+    console.log(
+      p.outcome === 'promoted'
+        ? `  promotion       now ${p.alias}${p.previous === null ? '' : ` (replacing v${p.previous})`}: ${p.reason}`
+        : `  promotion       not promoted to ${p.alias}: ${p.reason}`
+    );
+    if (p.teacherAccuracy !== undefined && p.candidateAccuracy !== undefined) {
+      console.log(
+        `  vs teacher      student ${pct(p.candidateAccuracy)}, teacher ${pct(p.teacherAccuracy)} on the same evaluation set`
+      );
+    }
+    if (p.decidedBy) console.log(`  decided by      ${p.decidedBy}`);
+  }
   console.log(`  run id          ${result.workflowId} (Temporal run ${result.runId})`);
   console.log(`  student backend ${result.backend}`);
   console.log(`  manifest        ${result.manifestUri}`);

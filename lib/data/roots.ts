@@ -7,7 +7,8 @@
 import { open, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { InputError } from '../errors';
-import type { PipelineSpec } from '../pipeline/spec';
+
+import { isModelRef, type PipelineSpec } from '../pipeline/spec';
 
 /** The sections of a spec that name paths (teacher and student may be left out by callers that have none). */
 export type SpecWithPaths = Pick<PipelineSpec, 'data'> & Partial<Pick<PipelineSpec, 'teacher' | 'student'>>;
@@ -75,7 +76,10 @@ export function specPaths(spec: SpecWithPaths): SpecPath[] {
   if (teacher?.kind === 'replay' && teacher.dir !== undefined) {
     paths.push({ field: 'teacher.dir', path: teacher.dir, kind: 'dir' });
   }
-  if (student?.init !== undefined) paths.push({ field: 'student.init', path: student.init, kind: 'checkpoint' });
+  // A registry reference (`my-model@champion`) is no path: the workflow resolves it in the store.
+  if (student?.init !== undefined && !isModelRef(student.init)) {
+    paths.push({ field: 'student.init', path: student.init, kind: 'checkpoint' });
+  }
   return paths;
 }
 

@@ -10,7 +10,8 @@ import { loadJsonl } from './jsonl';
 import { generateDemoTask } from './demo-task';
 import { subsample, trainValidSplit } from './splits';
 import { InputError, inputErrorAt, withInputField } from '../errors';
-import type { PipelineSpec } from '../pipeline/spec';
+import { isModelRef, type PipelineSpec } from '../pipeline/spec';
+import { resolveRef } from '../registry/refs';
 import { checkSpecPaths, resolveInRoots } from './roots';
 
 export interface SampleResult {
@@ -78,7 +79,8 @@ async function loadSplits(data: PipelineSpec['data'], roots: readonly string[] |
 /**
  * Load the dataset, subsample train with a seed, hold out validation where the data has none, write the splits.
  * With `roots` (a worker always passes its own), every path the spec names is checked first: under the roots, there,
- * and `student.init` a checkpoint; nothing is read or written before that (lib/data/roots.ts).
+ * and `student.init` a checkpoint (or a registered version: `NAME@REF`); nothing is read or written before that
+ * (lib/data/roots.ts).
  * @throws InputError when a path is outside the roots or wrong, a split is empty or duplicates an example id (jsonl
  *   with an id field), or the sample leaves no training examples.
  */
@@ -88,6 +90,9 @@ export async function sampleDataset(
   roots?: readonly string[]
 ): Promise<SampleResult> {
   if (roots) await checkSpecPaths(spec, roots);
+  // A registered version as the init must exist before a teacher is paid; training resolves it again, once.
+  const init = spec.student?.init;
+  if (init !== undefined && isModelRef(init)) await resolveRef(store, init, 'student.init');
   const loaded = await loadSplits(spec.data, roots);
   for (const [name, rows] of Object.entries({ train: loaded.train, test: loaded.test })) {
     if (rows.length === 0) throw new InputError(`data: the ${name} split of ${loaded.source} is empty`, 'data');

@@ -115,6 +115,55 @@ const evaluateSchema = z
   })
   .strict();
 
+/**
+ * The promotion gate, run after registration: the candidate is compared with the version `alias` names, on that
+ * version's frozen evaluation set, and promoted to the alias only if it wins by the rules below.
+ */
+const gateSchema = z
+  .object({
+    /** Off: the version is registered as a candidate and nothing is promoted. */
+    enabled: z.boolean().default(true),
+    /** The alias the candidate challenges (and takes when it wins). */
+    alias: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'expected a name of letters, digits, ".", "_" or "-"')
+      .refine((a) => !/^\d+$/.test(a) && a !== 'latest', 'an alias needs a letter and cannot be "latest"')
+      .default('champion'),
+    /** What is compared: exact-match accuracy on the frozen evaluation set (the only metric evaluate produces). */
+    metric: oneOf(['accuracy']).default('accuracy'),
+    /** Accuracy points (0–1) the candidate must gain over the champion; 0 promotes a tie. */
+    minImprovement: z.number().min(-1).max(1).default(0),
+    /**
+     * Require McNemar's exact test on the paired per-example outcomes to reject "no difference" at this level: on a
+     * small test set a few examples' difference is noise, and a gate that promotes noise is worse than none.
+     */
+    mcNemarAlpha: z.number().gt(0).lt(1).optional(),
+    /** A model's first version: promoted if it beats the majority-class baseline, or always. */
+    firstVersion: oneOf(['beat-majority', 'always']).default('beat-majority'),
+    /** Also require the student to match the teacher's accuracy on the same examples (recorded either way). */
+    requireBeatTeacher: z.boolean().default(false),
+    /**
+     * Wait for a person (`stepwise models approve|reject`, a Temporal Update) after the gate passes, up to
+     * `timeoutSeconds`, then apply `onTimeout`.
+     */
+    approval: z
+      .object({
+        timeoutSeconds: z
+          .number()
+          .int()
+          .min(1)
+          .max(365 * 24 * 3600)
+          .default(7 * 24 * 3600),
+        onTimeout: oneOf(['reject', 'promote']).default('reject'),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+/** The gate's settings when a spec says nothing: on, challenging `champion`. */
+export const DEFAULT_GATE = gateSchema.parse({});
+
 export const pipelineSpecSchema = z
   .object({
     /** Registry model name: versions of one name form one model's history. */
@@ -125,6 +174,7 @@ export const pipelineSpecSchema = z
     validate: validateSchema.default(validateSchema.parse({})),
     student: studentSchema.default(studentSchema.parse({})),
     evaluate: evaluateSchema.default({ maxLength: 16, batchSize: 64 }),
+    gate: gateSchema.default(DEFAULT_GATE),
   })
   .strict()
   .superRefine((spec, ctx) => {
@@ -194,4 +244,16 @@ export function labelSourceOf(spec: PipelineSpec): 'gold' | 'teacher' {
 /** The zero-config demo: a generated task, the scripted teacher, the tiny student. */
 export function demoSpec(): PipelineSpecInput {
   return { name: 'demo-reviews', data: { kind: 'demo' }, teacher: { kind: 'scripted' } };
+}
+export type GateSpec = PipelineSpec['gate'];
+
+/**
+ * A registry reference (`NAME@VERSION`, `NAME@ALIAS`, `NAME@latest`) as `student.init` may give one instead of a
+ * file path: no `/`, exactly one `@`. Here, not in lib/registry, because the workflow tells the two apart too.
+ */
+export const MODEL_REF_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/** Whether `value` is a registry reference rather than a file path (write `./a@b` for a file so named). */
+export function isModelRef(value: string): boolean {
+  return MODEL_REF_PATTERN.test(value);
 }

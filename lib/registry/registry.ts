@@ -37,6 +37,8 @@ export interface ModelLineage {
     steps: number;
     finalLoss: number;
     params: number;
+    /** The registered version training started from, when `student.init` named one (`my-model@champion`). */
+    initFrom?: { ref: string; name: string; version: number; checkpoint: { sha256: string; size: number } };
   };
   codeVersion: string;
   workflowId: string;

@@ -10,6 +10,7 @@ import type { EvaluateResult } from '../student/evaluate-split';
 import type { TrainStudentResult } from '../student/train-stage';
 import type { PromptTeacherResult } from '../teacher/stage/types';
 import { checkModelName, checkRunId } from './names';
+import { recordRegistration, REGISTRY_IDENTITY } from './audit';
 import {
   claimVersion,
   getVersion,
@@ -67,7 +68,10 @@ export async function registerRun(
     workflowId: input.workflowId,
   });
   const published = await getVersion(store, name, claim.version);
-  if (published?.lineage.runId === claim.runId) return resultOf(published, mKey);
+  if (published?.lineage.runId === claim.runId) {
+    await logRegistration(store, published);
+    return resultOf(published, mKey);
+  }
 
   const manifest = { ...manifestOf(store, input, codeVersion), model: { name, version: claim.version } };
   const manifestRef = await store.putJson(manifest);
@@ -83,7 +87,23 @@ export async function registerRun(
     checkpoint: { ...input.training.checkpoint, uri: store.uri(input.training.checkpoint) },
     lineage: lineageOf(input, codeVersion, store.uri(manifestRef)),
   });
+  await logRegistration(store, version);
   return resultOf(version, mKey);
+}
+
+/**
+ * Start the version's status chain (a candidate) with the registration's audit record. After the version is
+ * published, and idempotent by the run's id, so a crash between the two is repaired by the stage's retry.
+ */
+async function logRegistration(store: ArtifactStore, version: ModelVersion): Promise<void> {
+  await recordRegistration(store, version.name, version.version, {
+    id: `register:${version.lineage.runId}`,
+    who: REGISTRY_IDENTITY,
+    why: `registered by run ${version.lineage.workflowId}: accuracy ${(100 * version.metrics.accuracy).toFixed(1)}% on ${version.metrics.total} test examples`,
+    workflowId: version.lineage.workflowId,
+    details: { accuracy: version.metrics.accuracy, checkpoint: version.checkpoint.sha256 },
+    now: new Date(version.createdAt),
+  });
 }
 
 function resultOf(version: ModelVersion, manifestKey: string): RegisterModelResult {
@@ -165,6 +185,7 @@ function lineageOf(input: RegisterModelInput, codeVersion: string, manifestUri: 
       steps: input.training.steps,
       finalLoss: input.training.finalLoss,
       params: input.training.params,
+      ...(input.training.initFrom ? { initFrom: input.training.initFrom } : {}),
     },
     codeVersion,
     workflowId: input.workflowId,

@@ -85,6 +85,17 @@ export class StoreFullError extends Error {
 export type BlobBody = Uint8Array | Readable | (() => Readable);
 
 /**
+ * How a backend writes. `ifNoneMatch`: a conditional create, `false` when the key exists. `ifMatch`: a
+ * compare-and-swap, `false` unless the key exists with exactly that entity tag (from `getTagged`) at the moment of
+ * the write, atomically with respect to concurrent writers: of N writers naming one tag, at most one succeeds.
+ */
+export interface PutOptions {
+  ifNoneMatch?: boolean;
+  ifMatch?: string;
+  contentType?: string;
+}
+
+/**
  * The few primitives a storage backend must provide; content addressing, integrity checks and JSON helpers are
  * built once on top of them in {@link ArtifactStore}, so the filesystem and S3 backends cannot drift apart.
  */
@@ -96,9 +107,14 @@ export interface BlobBackend {
    * nothing) when the key already exists, atomically with respect to concurrent writers. Either the whole body
    * appears under `key` or nothing does: a write cut off midway never leaves a partial object there.
    */
-  put(key: string, body: BlobBody, opts?: { ifNoneMatch?: boolean; contentType?: string }): Promise<boolean>;
+  put(key: string, body: BlobBody, opts?: PutOptions): Promise<boolean>;
   /** Read the whole object, or throw {@link NotFoundError}. */
   get(key: string): Promise<Buffer>;
+  /**
+   * Read a small named object with its entity tag, the token a compare-and-swap write (`put` with `ifMatch`) names;
+   * `undefined` when it does not exist.
+   */
+  getTagged(key: string): Promise<{ body: Buffer; etag: string } | undefined>;
   /** Whether an object exists at `key`. */
   exists(key: string): Promise<boolean>;
   /** All keys under `prefix` (recursive), sorted. */
@@ -225,6 +241,26 @@ export class ArtifactStore {
   async putKey(key: string, data: Uint8Array | string, opts: { createOnly?: boolean; contentType?: string } = {}) {
     const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
     return this.backend.put(key, bytes, { ifNoneMatch: opts.createOnly, contentType: opts.contentType });
+  }
+
+  /**
+   * Replace a small named key only if it still holds what was read with `getKeyTagged` (its `etag`), or create it
+   * only if absent (`etag` undefined): the compare-and-swap behind registry aliases and statuses. Returns false when
+   * another writer got there first, and writes nothing then.
+   */
+  async swapKey(key: string, data: string, etag: string | undefined, contentType = 'application/json') {
+    const bytes = Buffer.from(data, 'utf8');
+    return this.backend.put(
+      key,
+      bytes,
+      etag === undefined ? { ifNoneMatch: true, contentType } : { ifMatch: etag, contentType }
+    );
+  }
+
+  /** Read a named JSON key with its entity tag, or `undefined` when it does not exist. */
+  async getKeyTagged<T>(key: string): Promise<{ value: T; etag: string } | undefined> {
+    const tagged = await this.backend.getTagged(key);
+    return tagged && { value: JSON.parse(tagged.body.toString('utf8')) as T, etag: tagged.etag };
   }
 
   /** Read a named key, or `undefined` when it does not exist. */

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { copyFile, link, mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 
 import { InputError } from '../errors';
-import { NotFoundError, StoreFullError, type BlobBackend, type BlobBody } from './artifact-store';
+import { NotFoundError, StoreFullError, type BlobBackend, type BlobBody, type PutOptions } from './artifact-store';
 import { assertValidKey, assertValidPrefix, compareKeys } from './keys';
 
 /** Scratch folder inside the root: same filesystem, so the final rename/link is atomic. Never listed. */
@@ -38,8 +38,12 @@ export class FsBackend implements BlobBackend {
     return join(this.root, ...key.split('/'));
   }
 
-  async put(key: string, body: BlobBody, opts: { ifNoneMatch?: boolean; contentType?: string } = {}) {
+  async put(key: string, body: BlobBody, opts: PutOptions = {}) {
     const path = this.pathOf(key);
+    if (opts.ifMatch !== undefined) {
+      if (!(body instanceof Uint8Array)) throw new Error('artifact store: a compare-and-swap write needs the bytes');
+      return this.swap(key, path, body, opts.ifMatch);
+    }
     if (opts.ifNoneMatch && (await this.exists(key))) {
       // Cheap early exit; the link() below is what makes the create atomic.
       if (body instanceof Readable) body.destroy();
@@ -90,6 +94,44 @@ export class FsBackend implements BlobBackend {
     } catch (err) {
       if (isAbsent(err)) throw new NotFoundError(key);
       throw err;
+    }
+  }
+
+  async getTagged(key: string): Promise<{ body: Buffer; etag: string } | undefined> {
+    try {
+      const body = await this.get(key);
+      return { body, etag: etagOf(body) };
+    } catch (err) {
+      if (err instanceof NotFoundError) return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * Compare-and-swap on a folder: under an exclusive lock file beside the key, read what is there, compare its tag
+   * (the sha256 of its bytes, as `getTagged` gives it) and rename the new bytes into place. Renames are atomic, so
+   * readers never need the lock; only swappers of the same key wait for each other, for the milliseconds one takes.
+   */
+  private async swap(key: string, path: string, body: Uint8Array, etag: string): Promise<boolean> {
+    // Locks live in the scratch folder, which listings skip, named by the key's hash.
+    const release = await lockFile(join(this.root, TMP_DIR, 'locks', createHash('sha256').update(key).digest('hex')));
+    try {
+      let current: Buffer;
+      try {
+        current = await readFile(path);
+      } catch (err) {
+        if (isAbsent(err)) return false;
+        throw err;
+      }
+      if (etagOf(current) !== etag) return false;
+      return await this.writeAtomically(path, body, false);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT')
+        throw new StoreFullError(this.location, key, err as NodeJS.ErrnoException);
+      throw err;
+    } finally {
+      await release();
     }
   }
 
@@ -152,6 +194,48 @@ async function createExclusive(tmp: string, path: string): Promise<boolean> {
     // would look complete to the next put's dedup check.
     await unlink(path).catch(() => undefined);
     throw err;
+  }
+}
+
+/** A filesystem object's entity tag: the sha256 of its bytes, so equal content has an equal tag on any machine. */
+function etagOf(bytes: Uint8Array): string {
+  return `"${createHash('sha256').update(bytes).digest('hex')}"`;
+}
+
+/**
+ * A lock older than this is taken to be left by a dead process (a swap holds its lock for milliseconds) and is broken.
+ * A holder stalled for longer than this could then overlap another swapper: acceptable for the single-machine store.
+ */
+const STALE_LOCK_MS = 10_000;
+
+/** Take an exclusive lock file (O_EXCL create), waiting for a live holder and breaking a stale one; returns release. */
+async function lockFile(lock: string): Promise<() => Promise<void>> {
+  await mkdir(dirname(lock), { recursive: true });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const handle = await open(lock, 'wx');
+      await handle.close();
+      return () => unlink(lock).catch(() => undefined);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const age = await stat(lock).then(
+      (s) => Date.now() - s.mtimeMs,
+      () => 0
+    );
+    if (age > STALE_LOCK_MS) {
+      // Renamed away first, so of two processes breaking the same stale lock only one removes it.
+      const broken = `${lock}.stale-${randomUUID()}`;
+      if (
+        await rename(lock, broken).then(
+          () => true,
+          () => false
+        )
+      )
+        await unlink(broken).catch(() => undefined);
+      continue;
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(50, 2 + attempt * 2) * (0.5 + Math.random())));
   }
 }
 

@@ -10,7 +10,13 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { Readable } from 'node:stream';
 
 import { InputError } from '../errors';
-import { NotFoundError, StoreUnavailableError, type BlobBackend, type BlobBody } from './artifact-store';
+import {
+  NotFoundError,
+  StoreUnavailableError,
+  type BlobBackend,
+  type BlobBody,
+  type PutOptions,
+} from './artifact-store';
 import { assertValidKey, assertValidPrefix, compareKeys } from './keys';
 import { settings } from '../../infra/config';
 
@@ -78,7 +84,13 @@ const CONFLICT_RETRIES = 4;
 
 type SdkError = Error & { $metadata?: { httpStatusCode?: number } };
 type WriteParams = { ServerSideEncryption?: S3Encryption; SSEKMSKeyId?: string };
-type PutParams = { Bucket: string; Key: string; ContentType?: string; IfNoneMatch?: string } & WriteParams;
+type PutParams = {
+  Bucket: string;
+  Key: string;
+  ContentType?: string;
+  IfNoneMatch?: string;
+  IfMatch?: string;
+} & WriteParams;
 
 function statusOf(err: unknown): number | undefined {
   return (err as SdkError).$metadata?.httpStatusCode;
@@ -186,13 +198,14 @@ export class S3Backend implements BlobBackend {
     return this.prefix ? `${this.prefix}/${key}` : key;
   }
 
-  async put(key: string, body: BlobBody, opts: { ifNoneMatch?: boolean; contentType?: string } = {}) {
+  async put(key: string, body: BlobBody, opts: PutOptions = {}) {
     const params: PutParams = {
       Bucket: this.bucket,
       Key: this.fullKey(key),
       ContentType: opts.contentType,
       ...this.writeParams,
       ...(opts.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
+      ...(opts.ifMatch !== undefined ? { IfMatch: opts.ifMatch } : {}),
     };
     // A one-shot stream cannot be replayed, so it gets one attempt (the SDK still retries each buffered part); a
     // stream factory is reopened from the start for each attempt.
@@ -202,6 +215,7 @@ export class S3Backend implements BlobBackend {
 
   private async putOnce(key: string, params: PutParams, body: Uint8Array | Readable): Promise<boolean> {
     const ifNoneMatch = params.IfNoneMatch !== undefined;
+    if (params.IfMatch !== undefined) return this.swapOnce(params, body);
     if (body instanceof Readable || body.byteLength > this.partSize) {
       // Multipart: the object appears under its key only when CompleteMultipartUpload succeeds, so an upload cut off
       // midway leaves nothing there (its parts are aborted, or expire with the bucket's lifecycle rules).
@@ -229,6 +243,30 @@ export class S3Backend implements BlobBackend {
           }
           // Still conflicting: another writer keeps winning the race, so the key exists or is about to.
           if (await this.exists(key)) return false;
+        }
+        throw err;
+      }
+    }
+  }
+
+  /**
+   * A compare-and-swap (`If-Match`), for small named objects only. A mismatched tag (412) or a key deleted meanwhile
+   * (404) is a lost race: false. A 409 means another conditional write was in flight; the tag it raced for is what
+   * decides, so the write is simply tried again. A retried swap whose first attempt landed (its response lost) also
+   * answers false: callers tell that apart by reading back what is there (the registry's records carry their id).
+   */
+  private async swapOnce(params: PutParams, body: Uint8Array | Readable): Promise<boolean> {
+    if (body instanceof Readable)
+      throw new Error('artifact store: a compare-and-swap write needs the bytes, not a stream');
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.client.send(new PutObjectCommand({ ...params, Body: body }));
+        return true;
+      } catch (err) {
+        if (isPreconditionFailed(err) || isNotFound(err)) return false;
+        if (isConditionalConflict(err) && attempt < CONFLICT_RETRIES) {
+          await sleep(50 * 2 ** attempt);
+          continue;
         }
         throw err;
       }
@@ -267,6 +305,20 @@ export class S3Backend implements BlobBackend {
         return Buffer.from(await out.Body.transformToByteArray());
       } catch (err) {
         if (isNotFound(err)) throw new NotFoundError(key);
+        throw err;
+      }
+    });
+  }
+
+  async getTagged(key: string): Promise<{ body: Buffer; etag: string } | undefined> {
+    const Key = this.fullKey(key);
+    return this.retrying('GET', key, async () => {
+      try {
+        const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
+        if (!out.Body || !out.ETag) throw new Error(`S3 GetObject ${this.location}/${key} returned no body or ETag`);
+        return { body: Buffer.from(await out.Body.transformToByteArray()), etag: out.ETag };
+      } catch (err) {
+        if (isNotFound(err)) return undefined;
         throw err;
       }
     });

@@ -51,6 +51,8 @@ interface StoredTrainingJob {
   valid: TrainRecord[];
   /** A Stepwise checkpoint file on this machine to start from (the spec's `student.init`). */
   init?: string;
+  /** Or a stored checkpoint to start from: a registered version's, resolved from a `NAME@REF` init. */
+  initStored?: ArtifactRef;
   /** Stored resume checkpoints to continue from, newest first: the first that reads back intact is used. */
   resumeFrom?: readonly StoredCheckpoint[];
 }
@@ -80,20 +82,28 @@ interface StoredTrainingResult {
   rejected: RejectedCheckpoint[];
 }
 
-/** The init file, checked, stored, and written where the child reads it. */
-async function stageInit(store: ArtifactStore, file: string, dir: string): Promise<{ ref: ArtifactRef; path: string }> {
-  const bytes = await readFile(file).catch((err: NodeJS.ErrnoException) => {
-    throw new InputError(
-      `student.init: cannot read '${file}' on this worker (${err.code ?? err.message}); expected a checkpoint file from \`stepwise import-t5\``,
-      'student.init'
-    );
-  });
+/** The init file (or a registered version's stored checkpoint), checked, stored, and written where the child reads it. */
+async function stageInit(
+  store: ArtifactStore,
+  file: string | ArtifactRef,
+  dir: string
+): Promise<{ ref: ArtifactRef; path: string }> {
+  const bytes =
+    typeof file !== 'string'
+      ? await store.get(file)
+      : await readFile(file).catch((err: NodeJS.ErrnoException) => {
+          throw new InputError(
+            `student.init: cannot read '${file}' on this worker (${err.code ?? err.message}); expected a checkpoint file from \`stepwise import-t5\``,
+            'student.init'
+          );
+        });
+  const source = typeof file === 'string' ? file : store.uri(file);
   try {
     // Checked here, before anything is stored or trained: a damaged init is the user's to replace, not to retry.
-    verifyCheckpoint(bytes, { field: 'student.init', source: file });
+    verifyCheckpoint(bytes, { field: 'student.init', source });
   } catch (err) {
     if (err instanceof CheckpointCorruptError || !(err instanceof InputError)) throw err;
-    throw new InputError(`student.init: '${file}' is not a Stepwise checkpoint: ${err.message}`, 'student.init');
+    throw new InputError(`student.init: '${source}' is not a Stepwise checkpoint: ${err.message}`, 'student.init');
   }
   const ref = await store.put(bytes, 'application/octet-stream');
   const path = join(dir, 'init.safetensors');
@@ -172,7 +182,8 @@ async function trainFromStore(
   try {
     // Staged on a resume too: the run's options record the init's hash (resume.ts), and a run that can use none of
     // its checkpoints starts over from it.
-    const init = job.init ? await stageInit(store, job.init, dir) : undefined;
+    const source = job.initStored ?? job.init;
+    const init = source ? await stageInit(store, source, dir) : undefined;
     const resumePath = join(dir, 'resume-from.safetensors');
     const resumed = job.resumeFrom?.length
       ? await pickResumePoint(store, job.resumeFrom, resumePath, hooks, rejected)
@@ -201,8 +212,19 @@ async function trainFromStore(
   }
 }
 
+/** A `NAME@REF` init, as the workflow resolved it once (so every attempt starts from the same version). */
+export interface ResolvedInit {
+  /** The reference as the spec wrote it, e.g. `my-model@champion`. */
+  ref: string;
+  name: string;
+  version: number;
+  checkpoint: ArtifactRef;
+}
+
 export interface TrainStudentInput {
   student: PipelineSpec['student'];
+  /** Set when `student.init` names a registered version: its checkpoint replaces the path. */
+  initFrom?: ResolvedInit;
   /** Validated rationale records, or plain examples when the method needs no teacher (standard finetuning). */
   train: ArtifactRef;
   valid: ArtifactRef;
@@ -218,6 +240,8 @@ export interface TrainStudentResult {
   validLoss?: number;
   params: number;
   wallMs: number;
+  /** The registered version training started from, when `student.init` named one. */
+  initFrom?: ResolvedInit;
 }
 
 /**
@@ -283,7 +307,7 @@ export async function trainStudentFromStore(
       options: studentOptionsOf(s),
       records: train.map(toTrainRecord),
       valid: valid.map(toTrainRecord),
-      init: s.init,
+      ...(input.initFrom ? { initStored: input.initFrom.checkpoint } : { init: s.init }),
       resumeFrom: attempt.resumeFrom,
     },
     hooks
@@ -299,5 +323,6 @@ export async function trainStudentFromStore(
     validLoss: result.validLoss,
     params: result.params,
     wallMs: result.wallMs,
+    ...(input.initFrom ? { initFrom: input.initFrom } : {}),
   };
 }

@@ -80,6 +80,10 @@ export class HookedBackend implements BlobBackend {
     return this.inner.get(key);
   }
 
+  getTagged(key: string): Promise<{ body: Buffer; etag: string } | undefined> {
+    return this.inner.getTagged(key);
+  }
+
   exists(key: string): Promise<boolean> {
     return this.inner.exists(key);
   }

@@ -13,6 +13,7 @@ import test, { type ExecutionContext } from 'ava';
 import { ensureBucket, startS3Server, type S3Server } from '../../infra/s3-server';
 import { getVersion, listVersions } from '../../lib/registry/registry';
 import { registerRun, type RegisterModelResult } from '../../lib/registry/run';
+import { modelHistory, versionStatus } from '../../lib/registry/audit';
 import { openStore } from '../../lib/store';
 import type { ArtifactStore } from '../../lib/store/artifact-store';
 import { faultMode, recordFigures } from '../helpers/figures';
@@ -20,8 +21,11 @@ import { hooked, registerInput, type WriteHooks } from './register-fixture';
 
 const KINDS = ['fs', 's3'] as const;
 type Kind = (typeof KINDS)[number];
-/** The register stage's writes: claim, by-run record, manifest object, named manifest, version record. */
-const WRITES = 5;
+/**
+ * The register stage's writes: claim, by-run record, manifest object, named manifest, version record, then the
+ * version's status head (a candidate) and its registration record in the audit log.
+ */
+const WRITES = 7;
 const full = faultMode() === 'full';
 
 let tmp: string;
@@ -94,7 +98,18 @@ async function registeredOnce(
   t.is(versionsOfRun, 1, what);
   t.deepEqual(await listVersions(store, expected.name), [expected.version], what);
   t.is(named?.model.version, expected.version, `${what}: the named manifest`);
-  return problems.length === 0 && versionsOfRun === 1 && named?.model.version === expected.version;
+  // The registration is in the audit log exactly once, and the version is a candidate.
+  const registrations = (await modelHistory(store, expected.name)).filter(
+    (r) => r.action === 'register' && r.version === expected.version
+  );
+  t.is(registrations.length, 1, `${what}: one registration record`);
+  t.is((await versionStatus(store, expected.name, expected.version))?.status, 'candidate', what);
+  return (
+    problems.length === 0 &&
+    versionsOfRun === 1 &&
+    named?.model.version === expected.version &&
+    registrations.length === 1
+  );
 }
 
 /** One injected fault: counted as tried, and as survived when `check` says the registry came out right. */

@@ -14,6 +14,7 @@ import { startTemporalDevServer, type TemporalDevServer } from '../../infra/temp
 import { ensureBucket, startS3Server, type S3Server } from '../../infra/s3-server';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from '../../workers/pipeline-worker';
 import type { QueueKind } from '../../contract';
+import { devServerSearchAttributes } from '../../workers/search-attributes';
 import { openStore } from '../../lib/store';
 import type { ArtifactStore } from '../../lib/store/artifact-store';
 
@@ -69,7 +70,7 @@ export async function startServices(opts: ServicesOptions = {}): Promise<Service
   quietTemporalLogs();
   const tmp = await mkdtemp(join(tmpdir(), 'stepwise-e2e-'));
   const [temporal, s3, wb] = await Promise.all([
-    startTemporalDevServer({ stateDir: join(tmp, 'temporal') }),
+    startTemporalDevServer({ stateDir: join(tmp, 'temporal'), searchAttributes: devServerSearchAttributes() }),
     startS3Server({ dataDir: join(tmp, 's3'), ...opts.s3Credentials }),
     workflowBundle(opts.dataConverter?.failureConverterPath),
   ]);
