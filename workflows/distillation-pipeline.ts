@@ -34,6 +34,7 @@ import {
   type ApprovalOutcome,
   type PipelineResult,
   type PromotionSummary,
+  type ResolvedInit,
   type PromptTeacherResult,
   type RegisterModelResult,
   type SampleResult,
@@ -209,40 +210,18 @@ async function pipeline(
   attributes: ReturnType<typeof searchAttributes>
 ): Promise<PipelineResult> {
   const task = taskOf(spec);
-  const withTeacher = usesTeacher(spec);
   const { workflowId, runId } = workflowInfo();
   const sample: SampleResult = await stage('sample', () => io.sample(spec), summary.sample);
   attributes.datasetHash(sample.datasetHash);
+  const { teacherResult, validation } = await teacherStages(spec, task, sample, stage);
 
-  let teacherResult: PromptTeacherResult | undefined;
-  let validation: ValidateRationalesResult | undefined;
-  if (withTeacher) {
-    teacherResult = await stage('promptTeacher', () => promptTeacher(spec, task, sample), summary.promptTeacher);
-    const responses = teacherResult.responses;
-    validation = await stage(
-      'validateRationales',
-      () =>
-        io.validateRationales({ task, train: sample.train, valid: sample.valid, responses, validate: spec.validate }),
-      summary.validateRationales
-    );
-  }
-
-  // Training resumes from its last checkpoint on retry, so the sooner a dead worker is noticed the less time is lost:
-  // the GPU stages' heartbeat timeout is the spec's (both heartbeat every second or two however long a step takes).
-  const gpuStages = proxyActivities<Activities>({
-    ...GPU_OPTIONS,
-    heartbeatTimeout: spec.student.heartbeatTimeoutSeconds * 1000,
-  });
+  const gpuStages = gpuActivities(spec);
   const training: TrainStudentResult = await stage(
     'trainStudent',
     async () =>
       gpuStages.trainStudent({
         student: spec.student,
-        // A registered version (`my-model@champion`) is resolved once here, so every attempt starts from it. Specs
-        // of runs from before references existed never match, so their histories replay unchanged.
-        ...(spec.student.init !== undefined && isModelRef(spec.student.init)
-          ? { initFrom: await io.resolveInit(spec.student.init) }
-          : {}),
+        ...(await initOf(spec)),
         train: validation?.train ?? sample.train,
         valid: validation?.valid ?? sample.valid,
       }),
@@ -279,28 +258,18 @@ async function pipeline(
     summary.registerModel
   );
 
-  let promotion: PromotionSummary | undefined;
-  // Runs from before the gate existed never reach it: `patched` is false when their histories replay.
-  if (spec.gate.enabled && !patched('promotion-gate')) stage.skip('gate');
-  else if (spec.gate.enabled) {
-    promotion = await stage(
-      'gate',
-      () =>
-        promotionGate({
-          spec,
-          task,
-          registered,
-          training,
-          evaluation,
-          sample,
-          gpu: gpuStages,
-          approvals,
-          progress: stage.progress,
-          attributes,
-        }),
-      summary.gate
-    );
-  }
+  const promotion = await gateStage(stage, {
+    spec,
+    task,
+    registered,
+    training,
+    evaluation,
+    sample,
+    gpu: gpuStages,
+    approvals,
+    progress: stage.progress,
+    attributes,
+  });
   attributes.outcome(promotion?.outcome ?? 'registered');
 
   stage.done();
@@ -310,6 +279,56 @@ async function pipeline(
     runId,
     ...(promotion ? { promotion } : {}),
   };
+}
+
+/**
+ * The GPU queue's stages. Training resumes from its last checkpoint on retry, so the sooner a dead worker is noticed
+ * the less time is lost: their heartbeat timeout is the spec's (both heartbeat every second or two however long a
+ * step takes).
+ */
+function gpuActivities(spec: PipelineSpec) {
+  return proxyActivities<Activities>({
+    ...GPU_OPTIONS,
+    heartbeatTimeout: spec.student.heartbeatTimeoutSeconds * 1000,
+  });
+}
+
+/**
+ * A registered version as the init (`my-model@champion`), resolved once here so every training attempt starts from
+ * it. Specs of runs from before references existed never name one, so their histories replay unchanged.
+ */
+async function initOf(spec: PipelineSpec): Promise<{ initFrom?: ResolvedInit }> {
+  const init = spec.student.init;
+  return init !== undefined && isModelRef(init) ? { initFrom: await io.resolveInit(init) } : {};
+}
+
+/** The teacher and the validation of its rationales, for the methods that learn from a teacher. */
+async function teacherStages(
+  spec: PipelineSpec,
+  task: TaskKind,
+  sample: SampleResult,
+  stage: ReturnType<typeof trackStages>
+): Promise<{ teacherResult?: PromptTeacherResult; validation?: ValidateRationalesResult }> {
+  if (!usesTeacher(spec)) return {};
+  const teacherResult = await stage('promptTeacher', () => promptTeacher(spec, task, sample), summary.promptTeacher);
+  const responses = teacherResult.responses;
+  const validation = await stage(
+    'validateRationales',
+    () => io.validateRationales({ task, train: sample.train, valid: sample.valid, responses, validate: spec.validate }),
+    summary.validateRationales
+  );
+  return { teacherResult, validation };
+}
+
+/** The promotion gate as a stage, when the spec turns it on; undefined when it is off. */
+async function gateStage(stage: ReturnType<typeof trackStages>, run: GateRun): Promise<PromotionSummary | undefined> {
+  if (!run.spec.gate.enabled) return undefined;
+  // Runs from before the gate existed never reach it: `patched` is false when their histories replay.
+  if (!patched('promotion-gate')) {
+    stage.skip('gate');
+    return undefined;
+  }
+  return stage('gate', () => promotionGate(run), summary.gate);
 }
 
 /**
@@ -377,7 +396,7 @@ interface GateRun {
   training: TrainStudentResult;
   evaluation: EvaluateResult;
   sample: SampleResult;
-  gpu: ReturnType<typeof proxyActivities<Activities>>;
+  gpu: ReturnType<typeof gpuActivities>;
   approvals: ReturnType<typeof approvalInbox>;
   progress: PipelineProgress;
   attributes: ReturnType<typeof searchAttributes>;
@@ -390,43 +409,9 @@ interface GateRun {
  */
 async function promotionGate(run: GateRun): Promise<PromotionSummary> {
   const { spec, registered } = run;
-  const gate: GateSpec = spec.gate;
   const { workflowId, runId } = workflowInfo();
   const base = { name: registered.name, version: registered.version };
-  const plan = await io.planGate({
-    ...base,
-    gate,
-    candidate: { test: run.sample.test, predictions: run.evaluation.predictions },
-  });
-  const candidatePredictions =
-    plan.candidatePredictions ??
-    (
-      await run.gpu.evaluate({
-        task: run.task,
-        checkpoint: run.training.checkpoint,
-        test: plan.evalSet,
-        evaluate: spec.evaluate,
-        backend: spec.student.backend,
-      })
-    ).predictions;
-  // The teacher on the very same examples, where that costs nothing (recorded completions, the demo's teacher).
-  const teacher = await io.teacherOnEvalSet({
-    teacher: spec.teacher,
-    task: run.task,
-    dataDir: spec.data.kind === 'reference' ? spec.data.dir : undefined,
-    evalSet: plan.evalSet,
-  });
-  const decided = await io.decideGate({
-    ...base,
-    workflowId,
-    runId,
-    gate,
-    plan,
-    candidatePredictions,
-    teacher: teacher.measured
-      ? { accuracy: teacher.accuracy, predictions: teacher.predictions, model: teacher.model }
-      : { unmeasured: teacher.reason },
-  });
+  const { plan, decided } = await decideOnFrozenSet(run);
   const summary = (outcome: PromotionSummary['outcome'], reason: string, decidedBy?: string): PromotionSummary => ({
     outcome,
     alias: plan.alias,
@@ -441,8 +426,8 @@ async function promotionGate(run: GateRun): Promise<PromotionSummary> {
 
   let decidedBy: string | undefined;
   let why = decided.reason;
-  if (gate.approval) {
-    const approval = await awaitApproval(run, gate.approval, plan.alias);
+  if (spec.gate.approval) {
+    const approval = await awaitApproval(run, spec.gate.approval, plan.alias);
     decidedBy = approval.identity;
     why = approval.comment || `${approval.kind}d by ${approval.identity}`;
     await io.recordApproval({
@@ -474,17 +459,58 @@ async function promotionGate(run: GateRun): Promise<PromotionSummary> {
   } catch (err) {
     // The alias moved while this run was gated against its old champion: never promote over a version the
     // candidate was not compared with. The version stays as the gate left it, for a person to decide.
-    if (!(
-      err instanceof ActivityFailure &&
-      err.cause instanceof ApplicationFailure &&
-      err.cause.type === 'RegistryConflict'
-    )) {
-      throw err;
-    }
+    if (!isRegistryConflict(err)) throw err;
     result = summary('rejected', `not promoted: ${err.cause.message}`, decidedBy);
   }
   run.approvals.settle({ ...base, outcome: result.outcome, alias: plan.alias, previous: result.previous });
   return result;
+}
+
+const isRegistryConflict = (err: unknown): err is ActivityFailure & { cause: ApplicationFailure } =>
+  err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === 'RegistryConflict';
+
+/**
+ * Find the champion and its frozen evaluation set, score the candidate there (evaluating it first when that set is
+ * not its own test split), ask the teacher the same examples where that costs nothing, and decide.
+ */
+async function decideOnFrozenSet(run: GateRun) {
+  const { spec, registered } = run;
+  const { workflowId, runId } = workflowInfo();
+  const base = { name: registered.name, version: registered.version };
+  const plan = await io.planGate({
+    ...base,
+    gate: spec.gate,
+    candidate: { test: run.sample.test, predictions: run.evaluation.predictions },
+  });
+  const candidatePredictions =
+    plan.candidatePredictions ??
+    (
+      await run.gpu.evaluate({
+        task: run.task,
+        checkpoint: run.training.checkpoint,
+        test: plan.evalSet,
+        evaluate: spec.evaluate,
+        backend: spec.student.backend,
+      })
+    ).predictions;
+  const teacher = await io.teacherOnEvalSet({
+    teacher: spec.teacher,
+    task: run.task,
+    dataDir: spec.data.kind === 'reference' ? spec.data.dir : undefined,
+    evalSet: plan.evalSet,
+  });
+  const decided = await io.decideGate({
+    ...base,
+    workflowId,
+    runId,
+    gate: spec.gate,
+    plan,
+    candidatePredictions,
+    teacher: teacher.measured
+      ? { accuracy: teacher.accuracy, predictions: teacher.predictions, model: teacher.model }
+      : { unmeasured: teacher.reason },
+  });
+  return { plan, decided };
 }
 
 /** Wait durably for a person's decision; at the deadline, apply the spec's timeout policy as the decision. */
