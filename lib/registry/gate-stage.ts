@@ -137,11 +137,16 @@ export async function decideAndRecordGate(store: ArtifactStore, input: DecideGat
     ? candidateRows.filter((r) => r.correct).length / candidateRows.length
     : 0;
   const baseline = majorityBaseline(candidateRows.map((r) => ({ id: r.id, input: '', label: r.gold })));
+  const paired = championRows ? pairOutcomes(candidateRows, championRows) : undefined;
   const decision: GateDecision = decide({
     gate: input.gate,
     candidate: { version: input.version, accuracy: candidateAccuracy },
-    champion: input.plan.champion && { version: input.plan.champion.version, accuracy: input.plan.champion.accuracy },
-    paired: championRows ? pairOutcomes(candidateRows, championRows) : undefined,
+    // Both rules read the same rows: the champion's accuracy is taken from its paired outcomes.
+    champion:
+      input.plan.champion && paired
+        ? { version: input.plan.champion.version, accuracy: paired.championAccuracy }
+        : null,
+    paired,
     majorityBaseline: baseline.accuracy,
     teacherAccuracy: input.teacher && 'accuracy' in input.teacher ? input.teacher.accuracy : undefined,
   });
@@ -176,7 +181,7 @@ export async function decideAndRecordGate(store: ArtifactStore, input: DecideGat
     reason: decision.reason,
     champion: input.plan.champion?.version ?? null,
     candidateAccuracy,
-    ...(input.plan.champion ? { championAccuracy: input.plan.champion.accuracy } : {}),
+    ...(paired ? { championAccuracy: paired.championAccuracy } : {}),
     ...(decision.pValue === undefined ? {} : { pValue: decision.pValue }),
     ...(decision.teacherAccuracy === undefined ? {} : { teacherAccuracy: decision.teacherAccuracy }),
     record: { chain: record.chain, seq: record.seq },

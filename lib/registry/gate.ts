@@ -27,7 +27,8 @@ const logChoose = (n: number, k: number) => logGamma(n + 1) - logGamma(k + 1) - 
 /**
  * The two-sided exact McNemar p-value for `b` pairs the candidate alone got right and `c` the champion alone got
  * right: under "no difference" each discordant pair goes either way with probability 1/2, so the p-value is
- * min(1, 2·P(X ≤ min(b, c))) for X ~ Binomial(b + c, 1/2). Summed in log space, stable for any n.
+ * min(1, 2·P(X ≤ min(b, c))) for X ~ Binomial(b + c, 1/2). Stable to n = 100k and beyond: no factorial
+ * is ever formed, only its logarithm (tails below 1e-308 read as 0).
  */
 export function mcNemarExact(b: number, c: number): number {
   for (const [name, v] of [
@@ -36,15 +37,22 @@ export function mcNemarExact(b: number, c: number): number {
   ] as const) {
     if (!Number.isInteger(v) || v < 0) throw new RangeError(`mcNemarExact: ${name} must be a count, got ${v}`);
   }
+  // |b − c| ≤ 1 gives exactly 1 (the tail up to min(b, c) holds half the mass or more): said outright, not summed
+  // to 1 − ε, so a tie reads p = 1.
+  if (Math.abs(b - c) <= 1) return 1;
   const n = b + c;
-  if (n === 0) return 1;
   const k = Math.min(b, c);
-  const logHalfN = -n * Math.LN2;
-  // log-sum-exp over the tail terms, largest last (the tail grows towards k).
-  const terms = Array.from({ length: k + 1 }, (_, i) => logChoose(n, i) + logHalfN);
-  const max = Math.max(...terms);
-  const tail = Math.exp(max) * terms.reduce((sum, t) => sum + Math.exp(t - max), 0);
-  return Math.min(1, 2 * tail);
+  // Walk the tail down from its largest term, P(X = k), in units of that term: each step multiplies by
+  // i / (n − i + 1) < 1, so the sum never overflows and stops once the terms no longer change it. Only the one
+  // log-space term carries lgamma's rounding (about 1e-11 relative at n = 100k).
+  let term = 1;
+  let sum = 1;
+  for (let i = k; i > 0 && term > sum * 1e-17; i--) {
+    term *= i / (n - i + 1);
+    sum += term;
+  }
+  const logTail = logChoose(n, k) - n * Math.LN2 + Math.log(sum);
+  return Math.min(1, 2 * Math.exp(logTail));
 }
 
 /** One example's outcome, as the evaluate stage's predictions JSONL records it. */
