@@ -21,7 +21,11 @@ const STAGE_LABELS: Record<StageName, string> = {
 export class ProgressView {
   private printed = new Set<string>();
   private live = false;
-  constructor(private readonly tty: boolean) {}
+  constructor(
+    private readonly tty: boolean,
+    /** The embedded server's address, for the approval command's hint (a cluster's is in TEMPORAL_ADDRESS). */
+    private readonly embeddedAddress?: string
+  ) {}
 
   update(p: PipelineProgress) {
     for (const s of p.stages) {
@@ -41,7 +45,7 @@ export class ProgressView {
       const a = p.awaitingApproval;
       this.write(
         `… awaiting approval: ${a.name} v${a.version} for ${a.alias}, until ${a.deadline} ` +
-          `(stepwise models approve|reject ${a.name}@${a.version})`,
+          `(${this.embeddedAddress ? `TEMPORAL_ADDRESS=${this.embeddedAddress} ` : ''}stepwise models approve|reject ${a.name}@${a.version})`,
         true
       );
     }
@@ -69,8 +73,12 @@ export class ProgressView {
 }
 
 /** Shows the run's progress until it closes, then returns its result (or throws its failure). */
-export async function follow(handle: WorkflowHandle<typeof distillationPipeline>, json: boolean) {
-  const view = new ProgressView(Boolean(process.stderr.isTTY) && !json);
+export async function follow(
+  handle: WorkflowHandle<typeof distillationPipeline>,
+  json: boolean,
+  embeddedAddress?: string
+) {
+  const view = new ProgressView(Boolean(process.stderr.isTTY) && !json, embeddedAddress);
   const resultPromise = handle.result();
   let finished = false;
   resultPromise.then(
@@ -120,7 +128,7 @@ export async function followToEnd(
   const workflowId = handle.workflowId;
   let result: PipelineResult;
   try {
-    result = await follow(handle, opts.json);
+    result = await follow(handle, opts.json, services.embeddedAddress);
   } catch (err) {
     log(`stepwise: run ${workflowId} failed: ${describeFailure(err)}`);
     process.exitCode = 1;

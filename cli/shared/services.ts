@@ -21,6 +21,11 @@ export interface Services {
   uiUrl?: string;
   /** Where runs live, for messages: the embedded state folder, or the cluster's address and namespace. */
   where: string;
+  /**
+   * The embedded dev server's address: other `stepwise` commands (an approval) reach its runs with
+   * `TEMPORAL_ADDRESS` set to it while this process holds the state.
+   */
+  embeddedAddress?: string;
   /** Embedded: pipeline runs a killed process left open in the state, which this process's workers now continue. */
   interrupted: InterruptedRun[];
   stop(): Promise<void>;
@@ -58,6 +63,7 @@ export async function openServices(store: string): Promise<Services> {
     namespace: embedded.namespace,
     uiUrl: embedded.uiUrl,
     where: `the state folder ${dir}`,
+    embeddedAddress: embedded.address,
     interrupted: embedded.interrupted,
     stop: () => embedded.stop(),
   };
