@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
-import { parseSpec } from '../lib/pipeline/spec';
+import { demoSpec, parseSpec } from '../lib/pipeline/spec';
 import { runWorkflowId } from '../cli/shared/run-identity';
 
 const run = promisify(execFile);
@@ -122,6 +122,10 @@ test('a run id is derived from the spec and the content of its data: same spec, 
   });
   t.is(await runWorkflowId(reordered), id);
   t.not(await runWorkflowId(spec({ student: { steps: 401 } })), id);
+  t.not(await runWorkflowId(spec({ gate: { minImprovement: 0.02 } })), id, 'a gate of its own is part of the run');
+  // The default gate is not: the demo spec has the id it had before the gate existed (computed at commit acc3062),
+  // so `stepwise run` after an upgrade still finds the run it started before.
+  t.is(await runWorkflowId(parseSpec(demoSpec())), 'stepwise-demo-reviews-ee64a92ec534');
   await writeFile(train, '{"input":"a","label":"z"}\n');
   t.not(await runWorkflowId(spec({})), id, 'the same paths with other content are another run');
 });

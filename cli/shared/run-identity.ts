@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { PipelineSpec } from '../../lib/pipeline/spec';
+import { DEFAULT_GATE, type PipelineSpec } from '../../lib/pipeline/spec';
 import { specPaths } from '../../lib/data/roots';
 
 /** JSON with object keys sorted at every level, so equal specs print equally whatever order their fields came in. */
@@ -72,8 +72,12 @@ export async function dataHash(spec: PipelineSpec): Promise<string> {
 
 /** `stepwise-<name>-<12 hex of sha256(canonical spec, data hash)>`: equal for the same spec on the same data. */
 export async function runWorkflowId(spec: PipelineSpec): Promise<string> {
+  // A default gate is left out, so a spec keeps the id it had before the gate existed: `stepwise run` of the same spec
+  // after an upgrade still finds (and resumes) the run it started before.
+  const { gate, ...rest } = spec;
+  const hashed = canonicalJson(gate) === canonicalJson(DEFAULT_GATE) ? rest : spec;
   const digest = createHash('sha256')
-    .update(canonicalJson(spec))
+    .update(canonicalJson(hashed))
     .update('\n')
     .update(await dataHash(spec))
     .digest('hex');
