@@ -22,6 +22,7 @@ import { evaluate } from './evaluate';
 import { registerModel } from './register-model';
 import { decideGate, planGate, promoteVersion, recordApproval, resolveInit } from './gate';
 import { teacherOnEvalSet } from './teacher-eval';
+import { withOpenLineage } from './openlineage';
 
 export interface ActivityDeps {
   store: ArtifactStore;
@@ -41,7 +42,8 @@ export interface ActivityDeps {
 }
 
 export function createActivities(deps: ActivityDeps): Activities {
-  return {
+  // Every stage emits its OpenLineage events (activities/openlineage.ts), whatever the stage.
+  return withOpenLineage(deps, {
     sample: (spec) => sample(deps.store, spec, deps.dataRoots),
     planTeacher: (input) => planTeacher(deps, input),
     teacherShard: (input) => teacherShard(deps, input),
@@ -59,7 +61,7 @@ export function createActivities(deps: ActivityDeps): Activities {
     decideGate: (input) => decideGate(deps, input),
     recordApproval: (input) => recordApproval(deps, input),
     promoteVersion: (input) => promoteVersion(deps, input),
-  };
+  });
 }
 
 export type { Activities };

@@ -11,6 +11,8 @@ import { addWorkerCommand } from './commands/worker';
 import { addDevCommand } from './commands/dev';
 import { addValidateCommand } from './commands/validate';
 import { addModelsCommand } from './commands/models';
+import { addLineageCommand } from './commands/lineage';
+import { addVerifyCommand } from './commands/verify';
 import { addRunsCommand } from './commands/runs';
 import { addCancelCommand } from './commands/cancel';
 import { addSetupCommand } from './commands/setup';
@@ -26,6 +28,8 @@ const COMMANDS = [
   addDevCommand,
   addValidateCommand,
   addModelsCommand,
+  addLineageCommand,
+  addVerifyCommand,
   addRunsCommand,
   addCancelCommand,
   addSetupCommand,

@@ -55,6 +55,12 @@ export interface StepwiseSettings {
    */
   payloadKeys?: string;
   payloadKeysFile?: string;
+  /** `STEPWISE_OPENLINEAGE_URL`: an OpenLineage receiver; each stage's events are POSTed to `<url>/api/lineage`. */
+  openLineageUrl?: string;
+  /** `STEPWISE_OPENLINEAGE_API_KEY`: sent as `Authorization: Bearer …` with each event. */
+  openLineageApiKey?: string;
+  /** `STEPWISE_OPENLINEAGE_NAMESPACE`: the namespace of the stage jobs and the pipeline job (default `stepwise`). */
+  openLineageNamespace: string;
 }
 
 const nonEmpty = (value: string | undefined) => (value === undefined || value === '' ? undefined : value);
@@ -83,6 +89,9 @@ export function settings(env: Env = process.env): StepwiseSettings {
     dataRoots: dataRootsFrom(env.STEPWISE_DATA_ROOTS),
     payloadKeys: nonEmpty(env.STEPWISE_PAYLOAD_KEYS),
     payloadKeysFile: nonEmpty(env.STEPWISE_PAYLOAD_KEYS_FILE),
+    openLineageUrl: nonEmpty(env.STEPWISE_OPENLINEAGE_URL),
+    openLineageApiKey: nonEmpty(env.STEPWISE_OPENLINEAGE_API_KEY),
+    openLineageNamespace: nonEmpty(env.STEPWISE_OPENLINEAGE_NAMESPACE) ?? 'stepwise',
   };
 }
 

@@ -1,6 +1,8 @@
 import { ensureVersitygw } from './s3-server';
+import { ensureGraphviz } from './graphviz';
 import { ensureTemporalCli } from './temporal';
 import { ensureTfjsNative, type TfjsNativeStatus } from './tfjs-native';
+import { ensureOpenLineageSchemas } from './openlineage-schemas';
 import type { Log } from './cache';
 
 export { cacheDir } from './cache';
@@ -10,15 +12,21 @@ export interface SetupOptions {
   temporal?: boolean;
   /** Build the pinned S3 gateway (versitygw). */
   s3?: boolean;
+  /** Graphviz's dot (pinned Debian package), which renders `stepwise lineage --dot` in tests. */
+  graphviz?: boolean;
   /** Make the TensorFlow native backend loadable; a failure is reported, not thrown. */
   tfjsNative?: boolean;
+  /** Fetch the published OpenLineage JSON schemas the lineage tests validate events against. */
+  openLineageSchemas?: boolean;
   log?: Log;
 }
 
 export interface SetupResult {
   temporalCli?: string;
   versitygw?: string;
+  dot?: string;
   tfjsNative?: TfjsNativeStatus;
+  openLineageSchemas?: string;
 }
 
 /**
@@ -31,6 +39,8 @@ export async function setup(opts: SetupOptions): Promise<SetupResult> {
   // Sequential on purpose: on a 2-core machine the go build and the addon compile would only fight each other.
   if (opts.temporal) result.temporalCli = await ensureTemporalCli(opts.log);
   if (opts.s3) result.versitygw = await ensureVersitygw(opts.log);
+  if (opts.graphviz) result.dot = await ensureGraphviz(opts.log);
   if (opts.tfjsNative) result.tfjsNative = await ensureTfjsNative(opts.log);
+  if (opts.openLineageSchemas) result.openLineageSchemas = await ensureOpenLineageSchemas(opts.log);
   return result;
 }

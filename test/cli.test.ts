@@ -47,6 +47,8 @@ test('every command has --help', async (t) => {
     'validate',
     'models',
     'runs',
+    'lineage',
+    'verify',
     'cancel',
     'setup',
     'import-t5',

@@ -12,11 +12,21 @@ export function addSetupCommand(program: Command): void {
     .description(
       'install what Stepwise runs on (pinned, cached): Temporal CLI, the native tfjs build, and versitygw for tests'
     )
-    .option('--for-tests', 'also the S3 test server (versitygw)')
+    .option(
+      '--for-tests',
+      'also what tests need: the S3 test server (versitygw), Graphviz (dot), the OpenLineage schemas'
+    )
     .option('--no-native', 'skip the native tfjs build (wasm or cpu backends are used)')
     .option('--cuda', "also NVIDIA's CUDA 12 / cuDNN 9 runtime wheels for the native build's GPU use (about 3 GB)")
     .action(async (flags: { forTests?: boolean; native: boolean; cuda?: boolean }) => {
-      const r = await setup({ temporal: true, s3: Boolean(flags.forTests), tfjsNative: flags.native, log });
+      const r = await setup({
+        temporal: true,
+        s3: Boolean(flags.forTests),
+        graphviz: Boolean(flags.forTests),
+        openLineageSchemas: Boolean(flags.forTests),
+        tfjsNative: flags.native,
+        log,
+      });
       if (flags.cuda) {
         const libs = await ensureCudaLibraries(log);
         log(

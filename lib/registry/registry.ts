@@ -15,6 +15,9 @@ export interface ModelLineage {
     kind: string;
     model: string;
     templateHash: string;
+    /** sha256 of the template's worked examples, and how many (absent in versions registered before they were recorded). */
+    exemplarsHash?: string;
+    exemplarsCount?: number;
     responses: string;
     cached: number;
     failed: number;
@@ -41,6 +44,8 @@ export interface ModelLineage {
     initFrom?: { ref: string; name: string; version: number; checkpoint: { sha256: string; size: number } };
   };
   codeVersion: string;
+  /** `codeVersion` taken apart: the git commit and whether the tree had uncommitted changes (absent in older versions). */
+  code?: { version: string; commit?: string; dirty?: boolean };
   workflowId: string;
   runId: string;
   /** URI of the run's manifest: content-addressed since claims exist (older versions name `runs/<workflowId>/…`). */

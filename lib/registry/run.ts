@@ -11,6 +11,8 @@ import type { TrainStudentResult } from '../student/train-stage';
 import type { PromptTeacherResult } from '../teacher/stage/types';
 import { checkModelName, checkRunId } from './names';
 import { recordRegistration, REGISTRY_IDENTITY } from './audit';
+import { exemplarsHash, parseCodeVersion } from './lineage';
+import { getTemplate, templateHash } from '../teacher/templates';
 import {
   claimVersion,
   getVersion,
@@ -136,6 +138,7 @@ function manifestOf(store: ArtifactStore, input: RegisterModelInput, codeVersion
     workflowId: input.workflowId,
     runId: input.runId,
     codeVersion,
+    code: parseCodeVersion(codeVersion),
     spec: input.spec,
     artifacts: artifacts
       .filter((a): a is { role: string; ref: ArtifactRef } => a.ref !== undefined)
@@ -166,6 +169,13 @@ function lineageOf(input: RegisterModelInput, codeVersion: string, manifestUri: 
       kind: input.teacher.teacher.kind,
       model: input.teacher.teacher.model,
       templateHash: input.teacher.teacher.templateHash,
+      // The exemplars as this code holds them, recorded only when its template is the one the teacher was asked with.
+      ...(templateHash(input.task) === input.teacher.teacher.templateHash
+        ? {
+            exemplarsHash: exemplarsHash(getTemplate(input.task).exemplars),
+            exemplarsCount: getTemplate(input.task).exemplars.length,
+          }
+        : {}),
       responses: input.teacher.responses.sha256,
       cached: input.teacher.cached,
       failed: input.teacher.failed,
@@ -188,6 +198,7 @@ function lineageOf(input: RegisterModelInput, codeVersion: string, manifestUri: 
       ...(input.training.initFrom ? { initFrom: input.training.initFrom } : {}),
     },
     codeVersion,
+    code: parseCodeVersion(codeVersion),
     workflowId: input.workflowId,
     runId: input.runId,
     manifest: manifestUri,

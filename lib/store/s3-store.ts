@@ -11,6 +11,7 @@ import { Readable } from 'node:stream';
 
 import { InputError } from '../errors';
 import {
+  IntegrityError,
   NotFoundError,
   StoreUnavailableError,
   type BlobBackend,
@@ -305,6 +306,16 @@ export class S3Backend implements BlobBackend {
         return Buffer.from(await out.Body.transformToByteArray());
       } catch (err) {
         if (isNotFound(err)) throw new NotFoundError(key);
+        // The SDK checks the server's stored checksum itself: bytes altered at rest fail there, before our own hash
+        // check. The same corruption, so the same error (never retried into success).
+        const checksum = /^Checksum mismatch: expected "?([^"\s]+)"?.*received "?([^"\s]+)"?/i.exec(
+          (err as Error).message ?? ''
+        );
+        if (checksum) {
+          const altered = new IntegrityError(key, checksum[1], checksum[2]);
+          altered.message = `artifact store: object '${key}' fails its stored checksum (expected ${checksum[1]}, got ${checksum[2]}): altered at rest`;
+          throw altered;
+        }
         throw err;
       }
     });
