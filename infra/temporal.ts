@@ -109,6 +109,28 @@ export interface TemporalDevServer {
  * throws `StateInUseError` (infra/db-lock.ts); a stopped or killed one's lock is taken over.
  */
 export async function startTemporalDevServer(opts: TemporalDevServerOptions): Promise<TemporalDevServer> {
+  // A server that dies while starting on ports it chose itself most likely lost one of them (its own frontend port,
+  // or the internal ones it picks) to another process starting at the same moment: tried again on fresh ports. A
+  // caller's fixed port gets one attempt, as the failure is then about that port.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(opts);
+    } catch (err) {
+      if (!(err instanceof DevServerExited) || opts.port !== undefined || attempt >= 3) throw err;
+      opts.log?.(`Temporal dev server exited while starting (attempt ${attempt}); trying again on other ports`);
+    }
+  }
+}
+
+/** The dev server process exited before it answered: its own output says why. */
+class DevServerExited extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DevServerExited';
+  }
+}
+
+async function startOnce(opts: TemporalDevServerOptions): Promise<TemporalDevServer> {
   const cli = await ensureTemporalCli(opts.log);
   const stateDir = resolve(opts.stateDir);
   await mkdir(stateDir, { recursive: true });
@@ -157,14 +179,20 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
         what: `the Temporal dev server at ${address}`,
         abort: () => {
           const reason = service.exitReason();
-          return reason && `temporal server start-dev ${reason}:\n${service.outputTail().trim().slice(-4000)}`;
+          // A Go panic's cause is at its top and its goroutine dump below: keep both ends.
+          const out = service.outputTail().trim();
+          return (
+            reason &&
+            `temporal server start-dev ${reason}:\n${out.length > 6000 ? `${out.slice(0, 3000)}\n…\n${out.slice(-3000)}` : out}`
+          );
         },
       }
     );
   } catch (err) {
+    const exited = service.exitReason() !== undefined;
     await service.stop(2_000);
     await lock.release();
-    throw err;
+    throw exited && err instanceof Error ? new DevServerExited(err.message) : err;
   }
   opts.log?.(`Temporal dev server at ${address} (namespace ${namespace}${uiUrl ? `, UI ${uiUrl}` : ''})`);
   const stop = async () => {

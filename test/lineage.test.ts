@@ -6,13 +6,14 @@ import { execFile } from 'node:child_process';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { CPU_TASK_QUEUE, type PipelineResult } from '../contract';
 import { parseSpec } from '../lib/pipeline/spec';
-import { getVersion, type ModelVersion } from '../lib/registry/registry';
+import { getVersion, runManifestKey, type ModelVersion } from '../lib/registry/registry';
 import {
   exemplarsHash,
   LINEAGE_KINDS,
+  lineageObjects,
   lineageTree,
   parseCodeVersion,
   redact,
@@ -82,110 +83,151 @@ function version(): Promise<ModelVersion> {
   return registered;
 }
 
-test('lineage --json names every link from dataset bytes to run ids, each hash equal to what the store holds', async (t) => {
-  const v = await version();
-  const { store } = services();
-  const r = await stepwise(['lineage', `${v.name}@${v.version}`, '--json']);
-  t.is(r.code, 0, r.stderr);
-  const tree = JSON.parse(r.stdout) as LineageNode;
+/**
+ * Tests that need the version's objects intact. ava runs a file's tests concurrently, and the verify test damages
+ * objects on purpose: it waits for every one of these to finish first.
+ */
+const readersDone: Promise<void>[] = [];
+function readerTest(title: string, body: (t: ExecutionContext) => Promise<void>): void {
+  let done!: () => void;
+  readersDone.push(new Promise<void>((r) => (done = r)));
+  test(title, async (t) => {
+    try {
+      await body(t);
+    } finally {
+      done();
+    }
+  });
+}
 
-  const kinds = new Set(nodes(tree).map((n) => n.kind));
-  const expected: LineageKind[] = [
-    'model',
-    'dataset',
-    'sample',
-    'split',
-    'prompt-template',
-    'exemplars',
-    'teacher',
-    'responses',
-    'validation',
-    'rationales',
-    'tokenizer',
-    'training-config',
-    'backend',
-    'code',
-    'checkpoint',
-    'train-log',
-    'metrics',
-    'predictions',
-    'gate',
-    'approval',
-    'run',
-    'manifest',
-  ];
-  t.deepEqual(
-    expected.filter((k) => !kinds.has(k)),
-    []
-  );
-  t.true([...kinds].every((k) => (LINEAGE_KINDS as readonly string[]).includes(k)));
+readerTest(
+  'lineage --json names every link from dataset bytes to run ids, each hash equal to what the store holds',
+  async (t) => {
+    const v = await version();
+    const { store } = services();
+    const r = await stepwise(['lineage', `${v.name}@${v.version}`, '--json']);
+    t.is(r.code, 0, r.stderr);
+    const tree = JSON.parse(r.stdout) as LineageNode;
 
-  // Every stored object the tree names hashes, as stored, to the hash it is named by.
-  const stored = nodes(tree).filter((n) => n.uri && n.role);
-  t.true(stored.length >= 12, `${stored.length} stored objects`);
-  for (const n of stored) {
-    t.is(sha256Hex(await store.backend.get(objectKey(n.hash!))), n.hash!, n.role!);
-    t.true(n.uri!.endsWith(objectKey(n.hash!)), n.uri!);
+    const kinds = new Set(nodes(tree).map((n) => n.kind));
+    const expected: LineageKind[] = [
+      'model',
+      'dataset',
+      'sample',
+      'split',
+      'prompt-template',
+      'exemplars',
+      'teacher',
+      'responses',
+      'validation',
+      'rationales',
+      'tokenizer',
+      'training-config',
+      'backend',
+      'code',
+      'checkpoint',
+      'train-log',
+      'metrics',
+      'predictions',
+      'gate',
+      'approval',
+      'run',
+      'manifest',
+    ];
+    t.deepEqual(
+      expected.filter((k) => !kinds.has(k)),
+      []
+    );
+    t.true([...kinds].every((k) => (LINEAGE_KINDS as readonly string[]).includes(k)));
+
+    // Every stored object the tree names hashes, as stored, to the hash it is named by.
+    const stored = nodes(tree).filter((n) => n.uri && n.role);
+    t.true(stored.length >= 12, `${stored.length} stored objects`);
+    for (const n of stored) {
+      t.is(sha256Hex(await store.backend.get(objectKey(n.hash!))), n.hash!, n.role!);
+      t.true(n.uri!.endsWith(objectKey(n.hash!)), n.uri!);
+    }
+    const manifest = JSON.parse((await store.backend.get(objectKey(one(tree, 'manifest').hash!))).toString()) as {
+      artifacts: { role: string; sha256: string }[];
+    };
+    t.is(manifest.artifacts.length, 11);
+    for (const a of manifest.artifacts) {
+      t.is(stored.find((n) => n.role === a.role)?.hash, a.sha256, `manifest role ${a.role} is in the tree`);
+    }
+
+    // The recorded hashes: the version's, and those recomputed here from the code and the checkpoint's bytes.
+    t.is(one(tree, 'checkpoint').hash, v.checkpoint.sha256);
+    t.is(one(tree, 'dataset').hash, v.lineage.dataset.datasetHash);
+    t.is(one(tree, 'sample').hash, v.lineage.dataset.sampleHash);
+    t.is(one(tree, 'prompt-template').hash, templateHash('demo'));
+    t.is(one(tree, 'exemplars').hash, exemplarsHash(getTemplate('demo').exemplars));
+    t.is(one(tree, 'responses').hash, v.lineage.teacher!.responses);
+    t.is(one(tree, 'validation').hash, v.lineage.validation!.report);
+    const meta = readCheckpointMeta(await store.get(v.checkpoint));
+    t.is(one(tree, 'tokenizer').hash, sha256Hex(meta.tokenizer));
+    t.is(one(tree, 'backend').label, `backend ${v.lineage.training.backend}`);
+
+    // Code version: the worker's git commit and whether its tree had uncommitted changes, taken apart from the string
+    // the worker recorded. The commit is a real one of this repository (HEAD or, when someone committed while the run
+    // was under way, an ancestor of it); the tree's state now says nothing reliable about its state then.
+    const git = async (...args: string[]) => (await exec('git', args, { cwd: root })).stdout.trim();
+    const code = one(tree, 'code').details as { version: string; commit: string; dirty: boolean };
+    const pkg = JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as { version: string };
+    t.is(v.lineage.codeVersion, `${pkg.version}+${code.commit}${code.dirty ? '.dirty' : ''}`);
+    t.is(await git('rev-parse', '--short=12', `${code.commit}^{commit}`), code.commit);
+    await t.notThrowsAsync(exec('git', ['merge-base', '--is-ancestor', code.commit, 'HEAD'], { cwd: root }));
+    t.deepEqual(v.lineage.code, code);
+
+    // Teacher: endpoint, model and parameters from the spec; the gate's decision; the run.
+    const teacher = one(tree, 'teacher').details as { model: string; parameters: Record<string, unknown> };
+    t.is(teacher.model, v.lineage.teacher!.model);
+    t.like(teacher.parameters, { temperature: 0, maxTokens: 256, samples: 1 });
+    t.regex(one(tree, 'gate').label, /^gate: (pass|fail) /);
+    t.like(one(tree, 'run').details, { workflowId: v.lineage.workflowId, runId: v.lineage.runId });
+
+    // The readable tree says the same.
+    const text = await stepwise(['lineage', `${v.name}@${v.version}`]);
+    t.is(text.code, 0, text.stderr);
+    t.regex(text.stdout, new RegExp(`^model: ${v.name} v${v.version} `));
+    t.true(text.stdout.includes(v.checkpoint.sha256));
+    t.true(text.stdout.includes(v.lineage.dataset.datasetHash));
+    t.regex(text.stdout, /teacher: teacher scripted .* \(temperature 0, maxTokens 256, samples 1, errorRate 0\.1\)/);
   }
-  const manifest = JSON.parse((await store.backend.get(objectKey(one(tree, 'manifest').hash!))).toString()) as {
-    artifacts: { role: string; sha256: string }[];
-  };
-  t.is(manifest.artifacts.length, 11);
-  for (const a of manifest.artifacts) {
-    t.is(stored.find((n) => n.role === a.role)?.hash, a.sha256, `manifest role ${a.role} is in the tree`);
+);
+
+readerTest(
+  'a version registered before exemplars, the code split and hashed manifests still reads, and verifies all but its manifest',
+  async (t) => {
+    const v = await version();
+    const { exemplarsHash: _e, exemplarsCount: _c, ...teacher } = v.lineage.teacher!;
+    const { code: _code, ...lineage } = v.lineage;
+    // Older still: its manifest is the workflow's named one, which has no hash of its own.
+    const { store } = services();
+    const manifest = store.uri(runManifestKey(v.lineage.workflowId));
+    const old: ModelVersion = { ...v, lineage: { ...lineage, teacher, manifest } };
+    const tree = await lineageTree(store, old);
+    t.like(one(tree, 'exemplars').details, { recorded: false });
+    t.like(one(tree, 'manifest'), { uri: manifest, hash: undefined });
+    // Its artifacts are still read from it, so verify still re-reads them: every object but the manifest itself.
+    const current = lineageObjects(await lineageTree(store, v));
+    t.deepEqual(
+      lineageObjects(tree).map((o) => o.sha256),
+      current.filter((o) => !o.roles.includes('run/manifest')).map((o) => o.sha256)
+    );
+    t.deepEqual(one(tree, 'code').details, parseCodeVersion(v.lineage.codeVersion));
+    t.deepEqual(one(tree, 'code').details, v.lineage.code);
+    t.deepEqual(parseCodeVersion('0.1.0+6d88a9344c67.dirty'), {
+      version: '0.1.0',
+      commit: '6d88a9344c67',
+      dirty: true,
+    });
+    t.deepEqual(parseCodeVersion('0.1.0+6d88a9344c67'), { version: '0.1.0', commit: '6d88a9344c67', dirty: false });
+    // A deployment's own STEPWISE_CODE_VERSION: nothing is invented.
+    t.deepEqual(parseCodeVersion('release-2026-03'), { version: 'release-2026-03' });
   }
+);
 
-  // The recorded hashes: the version's, and those recomputed here from the code and the checkpoint's bytes.
-  t.is(one(tree, 'checkpoint').hash, v.checkpoint.sha256);
-  t.is(one(tree, 'dataset').hash, v.lineage.dataset.datasetHash);
-  t.is(one(tree, 'sample').hash, v.lineage.dataset.sampleHash);
-  t.is(one(tree, 'prompt-template').hash, templateHash('demo'));
-  t.is(one(tree, 'exemplars').hash, exemplarsHash(getTemplate('demo').exemplars));
-  t.is(one(tree, 'responses').hash, v.lineage.teacher!.responses);
-  t.is(one(tree, 'validation').hash, v.lineage.validation!.report);
-  const meta = readCheckpointMeta(await store.get(v.checkpoint));
-  t.is(one(tree, 'tokenizer').hash, sha256Hex(meta.tokenizer));
-  t.is(one(tree, 'backend').label, `backend ${v.lineage.training.backend}`);
-
-  // Code version: the worker's git commit and whether its tree had uncommitted changes.
-  const git = async (...args: string[]) => (await exec('git', args, { cwd: root })).stdout.trim();
-  const code = one(tree, 'code').details as { commit?: string; dirty?: boolean };
-  t.is(code.commit, await git('rev-parse', '--short=12', 'HEAD'));
-  t.is(code.dirty, (await git('status', '--porcelain', '--untracked-files=no')) !== '');
-  t.deepEqual(v.lineage.code, { ...code, version: v.lineage.code!.version });
-
-  // Teacher: endpoint, model and parameters from the spec; the gate's decision; the run.
-  const teacher = one(tree, 'teacher').details as { model: string; parameters: Record<string, unknown> };
-  t.is(teacher.model, v.lineage.teacher!.model);
-  t.like(teacher.parameters, { temperature: 0, maxTokens: 256, samples: 1 });
-  t.regex(one(tree, 'gate').label, /^gate: (pass|fail) /);
-  t.like(one(tree, 'run').details, { workflowId: v.lineage.workflowId, runId: v.lineage.runId });
-
-  // The readable tree says the same.
-  const text = await stepwise(['lineage', `${v.name}@${v.version}`]);
-  t.is(text.code, 0, text.stderr);
-  t.regex(text.stdout, new RegExp(`^model: ${v.name} v${v.version} `));
-  t.true(text.stdout.includes(v.checkpoint.sha256));
-  t.true(text.stdout.includes(v.lineage.dataset.datasetHash));
-  t.regex(text.stdout, /teacher: teacher scripted .* \(temperature 0, maxTokens 256, samples 1, errorRate 0\.1\)/);
-});
-
-test('a version registered before exemplars and the code split were recorded still reads: code taken apart from its string', async (t) => {
-  const v = await version();
-  const { exemplarsHash: _e, exemplarsCount: _c, ...teacher } = v.lineage.teacher!;
-  const { code: _code, ...lineage } = v.lineage;
-  const old: ModelVersion = { ...v, lineage: { ...lineage, teacher } };
-  const tree = await lineageTree(services().store, old);
-  t.like(one(tree, 'exemplars').details, { recorded: false });
-  t.deepEqual(one(tree, 'code').details, parseCodeVersion(v.lineage.codeVersion));
-  t.deepEqual(one(tree, 'code').details, v.lineage.code);
-  t.deepEqual(parseCodeVersion('0.1.0+6d88a9344c67.dirty'), { version: '0.1.0', commit: '6d88a9344c67', dirty: true });
-  t.deepEqual(parseCodeVersion('0.1.0+6d88a9344c67'), { version: '0.1.0', commit: '6d88a9344c67', dirty: false });
-  // A deployment's own STEPWISE_CODE_VERSION: nothing is invented.
-  t.deepEqual(parseCodeVersion('release-2026-03'), { version: 'release-2026-03' });
-});
-
-test('lineage --dot renders with Graphviz, and the picture names the checkpoint hash', async (t) => {
+readerTest('lineage --dot renders with Graphviz, and the picture names the checkpoint hash', async (t) => {
   const v = await version();
   const dot = await ensureGraphviz();
   const r = await stepwise(['lineage', `${v.name}@latest`, '--dot']);
@@ -216,6 +258,7 @@ test('verify passes on an intact version, then names exactly the deleted and the
   // Deleted in the S3 server's own folder, as a lost disk or a careless hand would; altered by a plain overwrite of
   // its key through the S3 API, which the content-addressed store itself never does.
   const path = (hash: string) => join(tmp, 's3', bucket, 'e2e', ...objectKey(hash).split('/'));
+  await Promise.all(readersDone);
   await rm(path(report.hash!));
   const forged = Buffer.concat([await store.backend.get(objectKey(responses.hash!)), Buffer.from('{"id":"x"}\n')]);
   await store.backend.put(objectKey(responses.hash!), forged);

@@ -162,8 +162,33 @@ async function tryRead(store: ArtifactStore, sha256: string): Promise<{ bytes: B
     return { bytes: await store.get({ sha256, size: 0 }) };
   } catch (err) {
     if (err instanceof NotFoundError) return { problem: 'missing' };
-    if (err instanceof IntegrityError) return { problem: `altered (its bytes hash to ${err.actual})` };
+    if (err instanceof IntegrityError) {
+      return {
+        problem: err.expected === sha256 ? `altered (its bytes hash to ${err.actual})` : `altered (${err.message})`,
+      };
+    }
     throw err;
+  }
+}
+
+/**
+ * The manifest of a version registered before manifests were content-addressed: the workflow's named key
+ * (`runs/<workflowId>/manifest.json`), read only while it is still this run's (a later run of the workflow
+ * overwrites it). It has no recorded hash, so it cannot itself be verified; the artifacts it lists carry theirs.
+ */
+async function namedManifest(
+  store: ArtifactStore,
+  l: ModelVersion['lineage']
+): Promise<{ bytes: Buffer } | { problem: string }> {
+  const base = store.uri('');
+  if (!l.manifest.startsWith(base)) return { problem: `not in this store (${store.uri('')})` };
+  const bytes = await store.getKey(l.manifest.slice(base.length));
+  if (!bytes) return { problem: 'missing' };
+  try {
+    const { runId } = JSON.parse(bytes.toString('utf8')) as { runId?: string };
+    return runId === l.runId ? { bytes } : { problem: `overwritten by run ${runId} of the same workflow` };
+  } catch {
+    return { problem: 'unparsable' };
   }
 }
 
@@ -196,7 +221,7 @@ async function tokenizerOf(
 export async function lineageTree(store: ArtifactStore, version: ModelVersion): Promise<LineageNode> {
   const l = version.lineage;
   const manifestHash = hashOfUri(l.manifest);
-  const manifestRead = manifestHash ? await tryRead(store, manifestHash) : undefined;
+  const manifestRead = manifestHash ? await tryRead(store, manifestHash) : await namedManifest(store, l);
   const manifest =
     manifestRead && 'bytes' in manifestRead ? (JSON.parse(manifestRead.bytes.toString('utf8')) as Manifest) : undefined;
   const byRole = new Map<string, ManifestArtifact>((manifest?.artifacts ?? []).map((a) => [a.role, a]));
@@ -392,7 +417,7 @@ export async function lineageTree(store: ArtifactStore, version: ModelVersion): 
     `workflow ${l.workflowId}, run ${l.runId}`,
     { details: { workflowId: l.workflowId, runId: l.runId } },
     [
-      node('manifest', `run manifest ${manifestHash ? short(manifestHash) : l.manifest}`, {
+      node('manifest', `run manifest ${manifestHash ? short(manifestHash) : `${l.manifest} (named, not hashed)`}`, {
         ...(manifestHash ? { hash: manifestHash } : {}),
         uri: l.manifest,
         role: 'run/manifest',
@@ -529,10 +554,13 @@ export async function verifyObjects(
           out[i] = { ...o, status: 'ok' };
         } catch (err) {
           if (err instanceof NotFoundError) out[i] = { ...o, status: 'missing' };
-          else if (err instanceof IntegrityError) out[i] = { ...o, status: 'altered', actual: err.actual };
-          // Bytes changed under an S3 server that stored a checksum with them: the SDK refuses them before we hash.
-          else if (err instanceof Error && /^Checksum mismatch/i.test(err.message)) {
-            out[i] = { ...o, status: 'altered', reason: err.message };
+          // Our own hash check names the sha256 the bytes have now. On S3 the SDK may refuse bytes altered at rest
+          // first, against the checksum the server stored (lib/store/s3-store.ts): then only its message says what.
+          else if (err instanceof IntegrityError) {
+            out[i] =
+              err.expected === o.sha256
+                ? { ...o, status: 'altered', actual: err.actual }
+                : { ...o, status: 'altered', reason: err.message };
           } else throw err;
         }
       }

@@ -14,7 +14,7 @@ const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
  * readable). A walk of the object rather than JSON.stringify: protobuf messages' own toJSON turns bytes into base64,
  * which would hide exactly the plaintext being looked for.
  */
-export function bytesAsText(value: unknown): string {
+export function bytesAsText(value: unknown, skipKeys: ReadonlySet<string> = new Set()): string {
   const parts: string[] = [];
   const seen = new Set<object>();
   const walk = (v: unknown, key: string) => {
@@ -22,7 +22,7 @@ export function bytesAsText(value: unknown): string {
     else if (isBytes(v)) parts.push(`${key}=${Buffer.from(v).toString('latin1')}`);
     else if (v && typeof v === 'object' && !seen.has(v)) {
       seen.add(v);
-      for (const [k, child] of Object.entries(v)) walk(child, k);
+      for (const [k, child] of Object.entries(v)) if (!skipKeys.has(k)) walk(child, k);
     }
   };
   walk(value, '');

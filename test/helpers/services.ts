@@ -69,11 +69,24 @@ export interface ServicesOptions {
 export async function startServices(opts: ServicesOptions = {}): Promise<Services> {
   quietTemporalLogs();
   const tmp = await mkdtemp(join(tmpdir(), 'stepwise-e2e-'));
-  const [temporal, s3, wb] = await Promise.all([
+  const started = await Promise.allSettled([
     startTemporalDevServer({ stateDir: join(tmp, 'temporal'), searchAttributes: devServerSearchAttributes() }),
     startS3Server({ dataDir: join(tmp, 's3'), ...opts.s3Credentials }),
     workflowBundle(opts.dataConverter?.failureConverterPath),
   ]);
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    // Whatever did start is stopped, or its process would keep this test file's process alive until ava kills it.
+    await Promise.all(
+      started.slice(0, 2).map((r) => (r.status === 'fulfilled' ? (r.value as { stop(): Promise<void> }).stop() : null))
+    );
+    throw failed.reason;
+  }
+  const [temporal, s3, wb] = started.map((r) => (r as PromiseFulfilledResult<unknown>).value) as [
+    TemporalDevServer,
+    S3Server,
+    WorkflowBundleWithSourceMap,
+  ];
   const bucket = 'stepwise-test';
   await ensureBucket(s3, bucket);
   // The S3 backend takes credentials and endpoint from the standard AWS variables, as it does in production.
