@@ -4,7 +4,7 @@
  * (the core `OpenLineage.json`, `$id` 2-0-2, and the facet schemas from OpenLineage's release 1.50.0, under
  * `tests/schemas/openlineage/`), so they come from a registry, checked by hash, and are never copied into the repo.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cacheDir, ensureOnce, runCommand, sha256File, type Log } from './cache';
 
@@ -39,7 +39,7 @@ export async function ensureOpenLineageSchemas(log?: Log): Promise<string> {
       }
       // A .crate is a gzipped tar; only the schema folder is kept.
       await runCommand('tar', ['-xzf', crate, '-C', scratch, '--strip-components=4', MEMBER]);
-      await runCommand('rm', ['-f', crate]);
+      await rm(crate, { force: true });
     },
     log
   );

@@ -5,21 +5,7 @@
 import test from 'ava';
 import { decideGate, mcNemarExact, pairOutcomes, type OutcomeRow } from '../lib/registry/gate';
 import { DEFAULT_GATE, type GateSpec } from '../lib/pipeline/spec';
-
-/** The exact two-sided p-value by BigInt binomial sums: a different method from the log-space implementation. */
-function exactP(b: number, c: number): number {
-  const n = b + c;
-  if (n === 0) return 1;
-  let choose = 1n;
-  let tail = 0n;
-  for (let i = 0; i <= Math.min(b, c); i++) {
-    if (i > 0) choose = (choose * BigInt(n - i + 1)) / BigInt(i);
-    tail += choose;
-  }
-  // 2·tail / 2^n, as a double: scale so the division keeps 15 significant digits.
-  const scale = 10n ** 18n;
-  return Math.min(1, Number((2n * tail * scale) / 2n ** BigInt(n)) / 1e18);
-}
+import { exactP } from './helpers/exact-mcnemar';
 
 test('McNemar exact p-values equal exact binomial sums, are symmetric, and stay finite at large n', (t) => {
   for (const [b, c] of [

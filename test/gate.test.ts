@@ -8,34 +8,9 @@ import test from 'ava';
 import fc from 'fast-check';
 import { decideGate, mcNemarExact, pairOutcomes, type OutcomeRow } from '../lib/registry/gate';
 import { DEFAULT_GATE, type GateSpec } from '../lib/pipeline/spec';
+import { exactP } from './helpers/exact-mcnemar';
 
 const RUNS = { numRuns: 200 };
-
-const bitLength = (x: bigint) => x.toString(2).length;
-
-/**
- * min(1, 2·P(X ≤ min(b, c))) for X ~ Binomial(b + c, 1/2) as an exact rational, tail / 2^(n−1), rounded once to a
- * double: C(n, i) built by the integer recurrence, so no logarithm or floating-point sum is involved.
- */
-function exactP(b: number, c: number): number {
-  const n = b + c;
-  if (n === 0) return 1;
-  let choose = 1n;
-  let tail = 1n;
-  for (let i = 1; i <= Math.min(b, c); i++) {
-    choose = (choose * BigInt(n - i + 1)) / BigInt(i);
-    tail += choose;
-  }
-  const num = 2n * tail;
-  const den = 1n << BigInt(n);
-  if (num >= den) return 1;
-  // Scale so the integer quotient keeps 64 significant bits, then undo the scale in two steps (2^-shift alone can
-  // underflow where the product does not).
-  const shift = bitLength(den) - bitLength(num) + 64;
-  const q = Number((num << BigInt(shift)) / den);
-  const half = Math.floor(shift / 2);
-  return q * 2 ** -half * 2 ** -(shift - half);
-}
 
 const close = (a: number, b: number) => Math.abs(a - b) <= 1e-9 * Math.max(Math.abs(a), Math.abs(b));
 

@@ -21,9 +21,9 @@ import { startTemporalDevServer } from '../../infra/temporal';
 import { StateInUseError } from '../../infra/db-lock';
 import { InputError } from '../../lib/errors';
 import { MODEL_NAME_PATTERN } from '../../lib/registry/names';
-import { temporalTarget } from '../../workers/connection';
 import { connectTemporal } from '../../workers/pipeline-worker';
 import { devServerSearchAttributes } from '../../workers/search-attributes';
+import { connectCluster } from '../shared/services';
 import { log } from '../shared/options';
 
 /** `--status` values and the `ExecutionStatus` each stands for in a visibility query. */
@@ -178,9 +178,8 @@ async function connect(): Promise<
   { client: Client; cluster: boolean; where: string; close(): Promise<void> } | undefined
 > {
   if (settings().clusterConfigured) {
-    const target = temporalTarget();
-    const temporal = await connectTemporal(target);
-    return { client: temporal.client, cluster: true, where: `namespace ${target.namespace}`, close: temporal.close };
+    const cluster = await connectCluster();
+    return { client: cluster.client, cluster: true, where: cluster.where, close: cluster.stop };
   }
   const home = settings().home;
   if (!existsSync(join(home, 'temporal.db'))) return undefined;

@@ -33,17 +33,7 @@ export interface Services {
 
 /** The cluster when one is configured, the embedded services (installed on first use) otherwise. */
 export async function openServices(store: string): Promise<Services> {
-  if (settings().clusterConfigured) {
-    const target = temporalTarget();
-    const temporal = await connectTemporal(target);
-    return {
-      client: temporal.client,
-      namespace: target.namespace,
-      where: `namespace ${target.namespace} at ${target.connectionOptions.address ?? 'localhost:7233'}`,
-      interrupted: [],
-      stop: () => temporal.close(),
-    };
-  }
+  if (settings().clusterConfigured) return connectCluster();
   const dir = settings().home;
   log(`stepwise: preparing embedded services (state in ${dir})`);
   await setup({ temporal: true, tfjsNative: true, log });
@@ -66,5 +56,18 @@ export async function openServices(store: string): Promise<Services> {
     embeddedAddress: embedded.address,
     interrupted: embedded.interrupted,
     stop: () => embedded.stop(),
+  };
+}
+
+/** The cluster the standard `TEMPORAL_*` settings name (call only when `settings().clusterConfigured`). */
+export async function connectCluster(): Promise<Services> {
+  const target = temporalTarget();
+  const temporal = await connectTemporal(target);
+  return {
+    client: temporal.client,
+    namespace: target.namespace,
+    where: `namespace ${target.namespace} at ${target.connectionOptions.address ?? 'localhost:7233'}`,
+    interrupted: [],
+    stop: () => temporal.close(),
   };
 }

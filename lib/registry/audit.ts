@@ -477,13 +477,21 @@ const chronological = (a: AuditRecord, b: AuditRecord) =>
  * are in their chain's order; across chains, by time.
  */
 export async function modelHistory(store: ArtifactStore, name: string): Promise<AuditRecord[]> {
-  const [logKeys, headKeys] = await Promise.all([
-    store.listKeys(logPrefix(name)),
-    Promise.all([store.listKeys(`${base(name)}/aliases/`), store.listKeys(`${base(name)}/status/`)]).then((k) =>
-      k.flat()
-    ),
+  const headKeys = Promise.all([store.listKeys(`${base(name)}/aliases/`), store.listKeys(`${base(name)}/status/`)]);
+  return historyOf(store, logPrefix(name), (await headKeys).flat());
+}
+
+/** The changes to one version's status (registration, gate, approval, archive), oldest first: its chain only. */
+export async function versionHistory(store: ArtifactStore, name: string, version: number): Promise<AuditRecord[]> {
+  return historyOf(store, logPrefix(name, versionChain(version)), [statusKey(name, version)]);
+}
+
+/** The records logged under `prefix`, plus the records of `headKeys` (those that exist) missing from that log. */
+async function historyOf(store: ArtifactStore, prefix: string, headKeys: string[]): Promise<AuditRecord[]> {
+  const [records, heads] = await Promise.all([
+    store.listKeys(prefix).then((keys) => readAll<AuditRecord>(store, keys)),
+    readAll<Head>(store, headKeys),
   ]);
-  const [records, heads] = await Promise.all([readAll<AuditRecord>(store, logKeys), readAll<Head>(store, headKeys)]);
   const logged = new Set(records.map((r) => `${r.chain}/${r.seq}`));
   for (const head of heads) {
     if (!logged.has(`${head.record.chain}/${head.record.seq}`)) records.push(head.record);

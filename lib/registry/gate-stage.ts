@@ -11,11 +11,11 @@ import { majorityBaseline } from '../data/score';
 import {
   changeStatus,
   getAlias,
-  modelHistory,
   moveAlias,
   recordGate,
   REGISTRY_IDENTITY,
   type AuditRecord,
+  versionHistory,
 } from './audit';
 import { getVersion } from './registry';
 import { decideGate as decide, pairOutcomes, type GateDecision } from './gate';
@@ -68,8 +68,8 @@ export async function planGate(store: ArtifactStore, input: GatePlanInput): Prom
  * champion it beat), else its own test split and predictions from its manifest.
  */
 export async function frozenEvaluation(store: ArtifactStore, name: string, version: number): Promise<FrozenEvaluation> {
-  const gated = (await modelHistory(store, name))
-    .filter((r) => r.action === 'gate' && r.version === version)
+  const gated = (await versionHistory(store, name, version))
+    .filter((r) => r.action === 'gate')
     .map((r) => (r.details as { frozen?: FrozenEvaluation } | undefined)?.frozen)
     .filter((f): f is FrozenEvaluation => f !== undefined);
   if (gated.length) return gated[gated.length - 1];
