@@ -23,6 +23,7 @@ import { registerModel } from './register-model';
 import { decideGate, planGate, promoteVersion, recordApproval, resolveInit } from './gate';
 import { teacherOnEvalSet } from './teacher-eval';
 import { withOpenLineage } from './openlineage';
+import { finishSweep, planSweep } from './sweep';
 
 export interface ActivityDeps {
   store: ArtifactStore;
@@ -42,8 +43,9 @@ export interface ActivityDeps {
 }
 
 export function createActivities(deps: ActivityDeps): Activities {
-  // Every stage emits its OpenLineage events (activities/openlineage.ts), whatever the stage.
-  return withOpenLineage(deps, {
+  // Every pipeline stage emits its OpenLineage events (activities/openlineage.ts), whatever the stage; a sweep's
+  // own activities read and summarise runs that emitted theirs, and produce no dataset of their own.
+  const stages = withOpenLineage(deps, {
     sample: (spec) => sample(deps.store, spec, deps.dataRoots),
     planTeacher: (input) => planTeacher(deps, input),
     teacherShard: (input) => teacherShard(deps, input),
@@ -62,6 +64,11 @@ export function createActivities(deps: ActivityDeps): Activities {
     recordApproval: (input) => recordApproval(deps, input),
     promoteVersion: (input) => promoteVersion(deps, input),
   });
+  return {
+    ...stages,
+    planSweep: (def) => planSweep(deps.store, def, deps.dataRoots),
+    finishSweep: (input) => finishSweep(deps.store, input),
+  };
 }
 
 export type { Activities };

@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { SpecError } from '../lib/pipeline/spec';
 import { InputError, storeCredentialError } from '../lib/errors';
 import { addRunCommand } from './commands/run';
+import { addSweepCommand } from './commands/sweep';
 import { addResumeCommand } from './commands/resume';
 import { addWorkerCommand } from './commands/worker';
 import { addDevCommand } from './commands/dev';
@@ -23,6 +24,7 @@ import { addCodecServerCommand } from './commands/codec-server';
 /** Registration order is the order `stepwise --help` lists the commands in. */
 const COMMANDS = [
   addRunCommand,
+  addSweepCommand,
   addResumeCommand,
   addWorkerCommand,
   addDevCommand,

@@ -95,3 +95,24 @@ export interface ApprovalOutcome {
  */
 export const approveUpdate = defineUpdate<ApprovalOutcome, [ApprovalDecision]>('approve');
 export const rejectUpdate = defineUpdate<ApprovalOutcome, [ApprovalDecision]>('reject');
+
+/** A sweep's state, for `stepwise sweep status` and the CLI's follower: every cell and where it stands. */
+export interface SweepProgress {
+  phase: 'planning' | 'running' | 'summarizing' | 'done' | 'failed';
+  /** Child pipelines run at once, at most. */
+  parallel: number;
+  cells: SweepCellProgress[];
+}
+
+export interface SweepCellProgress {
+  method: string;
+  fraction: number;
+  seed: number;
+  name: string;
+  workflowId: string;
+  status: 'pending' | 'running' | 'done' | 'reused' | 'failed';
+  accuracy?: number;
+  error?: string;
+}
+
+export const sweepProgressQuery = defineQuery<SweepProgress>('sweepProgress');

@@ -12,6 +12,7 @@ import type { SampleResult } from '../lib/data/sample';
 import type { ValidateRationalesInput, ValidateRationalesResult } from '../lib/data/rationales';
 import type { ResolvedInit, TrainStudentInput, TrainStudentResult } from '../lib/student/train-stage';
 import type { EvaluateInput, EvaluateResult } from '../lib/student/evaluate-split';
+import type { TrivialBaselines } from '../lib/data/baselines';
 import type { RegisterModelInput, RegisterModelResult } from '../lib/registry/run';
 import type {
   ApprovalInput,
@@ -34,8 +35,13 @@ import type {
   TeacherShardResult,
   TeacherStageInput,
 } from '../lib/teacher/stage/types';
+import type { SweepDefinition, SweepPlan, SweepCellPlan } from '../lib/sweep/plan';
+import type { FinishSweepInput, SweepArtifacts } from '../lib/sweep/finish';
+import type { SweepCell, SweepMeta } from '../lib/sweep/summary';
 
 export type { ArtifactRef, PipelineSpec, TaskKind, BatchStatus };
+// sweeps (workflows/sweep.ts)
+export type { SweepDefinition, SweepPlan, SweepCellPlan, FinishSweepInput, SweepArtifacts, SweepCell, SweepMeta };
 // sample
 export type { SampleResult };
 // promptTeacher: the teacherStage workflow's steps (lib/teacher/stage/types.ts)
@@ -69,6 +75,8 @@ export interface PipelineResult {
   correct: number;
   total: number;
   majorityBaseline: number;
+  /** Every trivial baseline of the task, chosen on train (absent in runs from before they existed). */
+  baselines?: TrivialBaselines;
   teacherAccuracy?: number;
   backend: string;
   workflowId: string;
@@ -136,4 +144,8 @@ export interface Activities {
   recordApproval(input: ApprovalInput): Promise<{ seq: number }>;
   /** Gate: move the alias to the candidate if it still names the champion it was compared with. */
   promoteVersion(input: PromoteInput): Promise<{ previous: number | null }>;
+  /** Sweep: every cell's spec, name and workflow id; the cells a registered run already answered (reads only). */
+  planSweep(def: SweepDefinition): Promise<SweepPlan>;
+  /** Sweep: store the table (JSON, Markdown) and the accuracy-vs-fraction plot, and the record naming them. */
+  finishSweep(input: FinishSweepInput): Promise<SweepArtifacts>;
 }

@@ -289,8 +289,8 @@ const sampleCases: Case[] = [
   ],
   [
     'a sample too small to split',
-    () => ({ ...jsonl('two-rows.jsonl'), sample: { fraction: 0.01 } }),
-    /cannot split 1 examples with validFraction 0\.1/,
+    () => ({ ...jsonl('two-rows.jsonl'), sample: { validFraction: 0.99 } }),
+    /cannot split 2 examples with validFraction 0\.99/,
     'sample.validFraction',
   ],
   ['a missing reference folder', () => ref(at('nowhere')), /nowhere cannot be read \(ENOENT\)/, 'data.dir'],

@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { demoSpec, parseSpec } from '../lib/pipeline/spec';
-import { runWorkflowId } from '../cli/shared/run-identity';
+import { runWorkflowId } from '../lib/pipeline/run-identity';
 
 const run = promisify(execFile);
 const BIN = resolve(__dirname, '..', 'bin', 'stepwise.js');

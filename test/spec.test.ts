@@ -20,10 +20,29 @@ const bad: [string, Record<string, unknown>, RegExp][] = [
   ['teacher', { teacher: { kind: 'openai', url: 'not a url', model: 'm' } }, /spec\.teacher\.url: got "not a url"/],
   ['student', { student: { alpha: 1.5 } }, /spec\.student\.alpha: got 1\.5, .*<=1/],
   ['evaluate', { evaluate: { maxLength: 0 } }, /spec\.evaluate\.maxLength: got 0/],
+  ['evaluate.split', { evaluate: { split: 'train' } }, /spec\.evaluate\.split: got "train"/],
+  ['student.config.d_model', { student: { config: { d_model: 0 } } }, /spec\.student\.config\.d_model: got 0/],
+  ['student.config', { student: { config: { vocab_size: 10 } } }, /spec\.student\.config.*vocab_size/],
+  [
+    'student.config.dropout_rate',
+    { student: { config: { dropout_rate: 1 } } },
+    /spec\.student\.config\.dropout_rate: got 1/,
+  ],
+  [
+    'student.config.scale_decoder_outputs',
+    { student: { config: { tie_word_embeddings: false, scale_decoder_outputs: true } } },
+    /spec\.student\.config\.scale_decoder_outputs: got true, only a tied head is rescaled/,
+  ],
+  [
+    'student.config',
+    { student: { init: 'm@champion', config: { d_model: 128 } } },
+    /spec\.student\.config: .*init checkpoint brings its own config/,
+  ],
+  ['student.vocabSize', { student: { vocabSize: 4 } }, /spec\.student\.vocabSize: got 4/],
 ];
 
 for (const [field, patch, message] of bad) {
-  test(`a bad ${field} is rejected with the field, the value and what was expected`, (t) => {
+  test(`a bad ${field} (${JSON.stringify(patch).slice(0, 60)}) is rejected with the field, the value and what was expected`, (t) => {
     const err = t.throws(() => parseSpec({ ...demoSpec(), ...patch }), { instanceOf: SpecError });
     t.regex(err!.message, message);
     t.true(err!.issues.some((i) => i.field.startsWith(field)));

@@ -1,3 +1,6 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import test from 'ava';
 import { InputError } from '../lib/errors';
 import { initBackend } from '../lib/student/backend';
@@ -7,6 +10,7 @@ import { paramSpecs, relativePositionBuckets, shiftRight, T5Model } from '../lib
 import { tf } from '../lib/student/tf';
 import { trainTokenizer } from '../lib/student/tokenizer';
 import { batchLoss, padBatch } from '../lib/student/loss';
+import { exportT5, readSafetensorsAnyFloat } from '../lib/student/hf';
 
 const VOCAB = 500;
 
@@ -62,21 +66,75 @@ test('parameters carry Hugging Face T5 names and the count matches the shapes', 
 });
 
 test('the initial loss is close to ln V and the initial logits are near unit scale', (t) => {
-  for (const tie of [true, false]) {
-    const config = tinyConfig({ tie_word_embeddings: tie });
+  for (const [tie, scale] of [
+    [true, undefined],
+    [false, undefined],
+    [true, false],
+  ] as const) {
+    const config = tinyConfig({ tie_word_embeddings: tie, scale_decoder_outputs: scale });
     const model = T5Model.init(config, 3);
     const source = padBatch(ids(8, 24, 3));
     const labels = padBatch(ids(8, 12, 4));
     const loss = model.loss(source, labels).dataSync()[0];
     // Unit-variance logits cost about ½ nat over ln V; T5's init without the d_model^-0.5 rescale costs tens.
-    t.true(Math.abs(loss - Math.log(VOCAB)) < 1.5, `tie=${tie}: loss ${loss} vs ln V ${Math.log(VOCAB)}`);
+    t.true(Math.abs(loss - Math.log(VOCAB)) < 1.5, `tie=${tie}/${scale}: loss ${loss} vs ln V ${Math.log(VOCAB)}`);
     const std = tf.tidy(() => {
       const logits = model.forward(source, shiftRight(labels, 0));
       return tf.mean(tf.sqrt(tf.moments(logits, -1).variance)).dataSync()[0];
     });
-    t.true(std > 0.7 && std < 1.4, `tie=${tie}: logit std ${std}`);
+    t.true(std > 0.7 && std < 1.4, `tie=${tie}/${scale}: logit std ${std}`);
     model.dispose();
   }
+});
+
+test('a tied head without the rescale gives logits h·Eᵀ from embeddings initialised at std d_model^-0.5', (t) => {
+  const config = tinyConfig({ tie_word_embeddings: true, scale_decoder_outputs: false });
+  const model = T5Model.init(config, 9);
+  t.false(
+    paramSpecs(config).some((s) => s.name === 'lm_head.weight'),
+    'one matrix for embeddings and head'
+  );
+  const E = model.variables.get('shared.weight')!.dataSync() as Float32Array;
+  const D = config.d_model;
+  const sd = Math.sqrt(E.reduce((a, x) => a + x * x, 0) / E.length);
+  t.true(Math.abs(sd - D ** -0.5) < 0.01, `embedding std ${sd} vs ${D ** -0.5}`);
+  const source = padBatch(ids(2, 9, 5));
+  const target = padBatch(ids(2, 4, 6));
+  const [hidden, logits] = tf.tidy(() => {
+    const h = model.decode(model.encode(source), target);
+    return [h.dataSync() as Float32Array, model.logits(h).dataSync() as Float32Array];
+  });
+  // Independently: every logit is the dot product of a state with a row of the embeddings, unscaled.
+  let worst = 0;
+  for (let row = 0; row < hidden.length / D; row++) {
+    for (const v of [0, 7, VOCAB - 1]) {
+      let dot = 0;
+      for (let k = 0; k < D; k++) dot += hidden[row * D + k] * E[v * D + k];
+      worst = Math.max(worst, Math.abs(dot - logits[row * VOCAB + v]));
+    }
+  }
+  t.true(worst < 1e-4, `largest difference ${worst}`);
+  model.dispose();
+});
+
+test('a config written before scale_decoder_outputs existed reads as the rescaled tied head it meant', (t) => {
+  const old = tinyConfig();
+  t.false('scale_decoder_outputs' in old);
+  const explicit = T5Model.fromWeights(
+    tinyConfig({ scale_decoder_outputs: true }),
+    T5Model.init(old, 4).exportWeights()
+  );
+  const legacy = T5Model.init(old, 4);
+  const source = padBatch(ids(2, 7, 8));
+  const target = padBatch(ids(2, 3, 9));
+  const [a, b] = [legacy, explicit].map((m) => m.forward(source, target).dataSync());
+  t.deepEqual(Array.from(a), Array.from(b));
+  t.throws(() => tinyConfig({ tie_word_embeddings: false, scale_decoder_outputs: true }), {
+    instanceOf: InputError,
+    message: /config\.scale_decoder_outputs/,
+  });
+  legacy.dispose();
+  explicit.dispose();
 });
 
 test('the same seed gives the same initial weights and another seed different ones', (t) => {
@@ -259,4 +317,24 @@ test('presets have the t5-v1_1 shapes and the tiny one stays tiny', (t) => {
   t.true(paramSpecs(makeConfig('tiny', 1000)).reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0) < 1e6);
   t.throws(() => makeConfig('huge' as never, 10), { instanceOf: InputError, message: /preset/ });
   t.throws(() => makeConfig('tiny', 10, { num_heads: 0 }), { instanceOf: InputError, message: /num_heads/ });
+});
+
+test('a tied head without the rescale exports as an explicit lm_head that transformers 4 and 5 read alike', async (t) => {
+  const tokenizer = await trainTokenizer(['the cat sat on the mat', 'a dog ran in the park', 'positive', 'negative']);
+  const config = makeConfig('tiny', tokenizer.vocabSize, { scale_decoder_outputs: false });
+  const model = T5Model.init(config, 2);
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-export-'));
+  try {
+    await exportT5({ model, tokenizer }, dir);
+    const hf = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+    t.like(hf, { tie_word_embeddings: false, scale_decoder_outputs: false });
+    const weights = readSafetensorsAnyFloat(await readFile(join(dir, 'model.safetensors')));
+    const shared = weights.find((w) => w.name === 'shared.weight')!;
+    const head = weights.find((w) => w.name === 'lm_head.weight')!;
+    t.truthy(head, 'lm_head.weight is written');
+    t.deepEqual(Array.from(head.data), Array.from(shared.data));
+  } finally {
+    model.dispose();
+    await rm(dir, { recursive: true, force: true });
+  }
 });

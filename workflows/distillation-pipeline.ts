@@ -114,13 +114,21 @@ const summary = {
     `kept ${r.kept}` + (r.teacherAccuracy === undefined ? '' : `, teacher accuracy ${pct(r.teacherAccuracy)}`),
   trainStudent: (r: TrainStudentResult) => `${r.steps} steps on ${r.backend}, final loss ${r.finalLoss.toFixed(4)}`,
   evaluate: (r: EvaluateResult) =>
-    `accuracy ${pct(r.accuracy)} (${r.correct}/${r.total}); majority baseline ${pct(r.majorityBaseline.accuracy)}`,
+    `accuracy ${pct(r.accuracy)} (${r.correct}/${r.total}); majority baseline ${pct(r.majorityBaseline.accuracy)}` +
+    (r.baselines?.bestOperation
+      ? `, best single operation (${r.baselines.bestOperation.operation}) ${pct(r.baselines.bestOperation.accuracy)}`
+      : ''),
   registerModel: (r: RegisterModelResult) => `${r.name} v${r.version}`,
   gate: (r: PromotionSummary) =>
     (r.outcome === 'promoted'
       ? `promoted to ${r.alias}${r.previous === null ? '' : ` (was v${r.previous})`}`
       : `not promoted to ${r.alias}`) + `: ${r.reason}`,
 };
+
+/** The split the evaluate stage scores: the test split unless the spec chose validation (to tune without it). */
+function scoredSplit(spec: PipelineSpec, sample: SampleResult) {
+  return spec.evaluate.split === 'valid' ? sample.valid : sample.test;
+}
 
 /** The spec, parsed: a bad one fails the run at once, non-retryably, before any stage is scheduled. */
 function validSpec(input: PipelineSpecInput): PipelineSpec {
@@ -234,7 +242,8 @@ async function pipeline(
       gpuStages.evaluate({
         task,
         checkpoint: training.checkpoint,
-        test: sample.test,
+        test: scoredSplit(spec, sample),
+        train: sample.train,
         evaluate: spec.evaluate,
         backend: spec.student.backend,
       }),
@@ -480,7 +489,7 @@ async function decideOnFrozenSet(run: GateRun) {
   const plan = await io.planGate({
     ...base,
     gate: spec.gate,
-    candidate: { test: run.sample.test, predictions: run.evaluation.predictions },
+    candidate: { test: scoredSplit(run.spec, run.sample), predictions: run.evaluation.predictions },
   });
   const candidatePredictions =
     plan.candidatePredictions ??
@@ -575,6 +584,7 @@ function resultOf(
     correct: evaluation.correct,
     total: evaluation.total,
     majorityBaseline: evaluation.majorityBaseline.accuracy,
+    ...(evaluation.baselines ? { baselines: evaluation.baselines } : {}),
     teacherAccuracy: validation?.teacherAccuracy,
     backend: training.backend,
     manifestUri: registered.manifestUri,

@@ -22,7 +22,7 @@ import { log, number } from '../shared/options';
 import { specFromFlags, type RunFlags } from '../shared/spec-flags';
 import { openServices, type Services } from '../shared/services';
 import { followToEnd } from '../shared/progress';
-import { runWorkflowId } from '../shared/run-identity';
+import { runWorkflowId } from '../../lib/pipeline/run-identity';
 import type { InterruptedRun } from '../../workers/interrupted';
 import { startPipelineRun } from '../../workers/search-attributes';
 

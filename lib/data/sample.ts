@@ -77,7 +77,8 @@ async function loadSplits(data: PipelineSpec['data'], roots: readonly string[] |
 }
 
 /**
- * Load the dataset, subsample train with a seed, hold out validation where the data has none, write the splits.
+ * Load the dataset, hold out validation where the data has none, subsample the rest of train with a seed, write the
+ * splits.
  * With `roots` (a worker always passes its own), every path the spec names is checked first: under the roots, there,
  * and `student.init` a checkpoint (or a registered version: `NAME@REF`); nothing is read or written before that
  * (lib/data/roots.ts).
@@ -101,9 +102,12 @@ export async function sampleDataset(
   let train: Example[];
   let valid: Example[];
   try {
-    train = subsample(loaded.train, spec.sample.fraction, spec.sample.seed);
+    // Validation is carved from the whole training split first, as the reference does, then the rest subsampled: every
+    // fraction validates on the same examples, and a small fraction still validates on a tenth of the data.
+    let rest = loaded.train;
     if (loaded.valid) valid = loaded.valid;
-    else ({ train, valid } = trainValidSplit(train, spec.sample.validFraction, spec.sample.seed));
+    else ({ train: rest, valid } = trainValidSplit(loaded.train, spec.sample.validFraction, spec.sample.seed));
+    train = subsample(rest, spec.sample.fraction, spec.sample.seed);
   } catch (err) {
     // The split helpers name their own parameter (`validFraction`); the user wrote it under `sample`.
     if (err instanceof InputError) throw inputErrorAt(`sample.${err.field ?? 'fraction'}`, err);

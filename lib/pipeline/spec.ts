@@ -112,6 +112,11 @@ const evaluateSchema = z
   .object({
     maxLength: z.number().int().min(1).max(4096).default(16),
     batchSize: z.number().int().min(1).max(4096).default(64),
+    /**
+     * The split scored: `test` (default), or `valid` to choose settings (in a sweep, say) without looking at the test
+     * split. Optional rather than defaulted, so specs that leave it out keep their run ids.
+     */
+    split: oneOf(['test', 'valid']).optional(),
   })
   .strict();
 

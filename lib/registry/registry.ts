@@ -42,6 +42,8 @@ export interface ModelLineage {
     params: number;
     /** The registered version training started from, when `student.init` named one (`my-model@champion`). */
     initFrom?: { ref: string; name: string; version: number; checkpoint: { sha256: string; size: number } };
+    /** The student's full T5 config: preset, `student.config` overrides, vocabulary (absent in older versions). */
+    model?: Record<string, unknown>;
   };
   codeVersion: string;
   /** `codeVersion` taken apart: the git commit and whether the tree had uncommitted changes (absent in older versions). */
@@ -56,7 +58,17 @@ export interface ModelVersion {
   name: string;
   version: number;
   createdAt: string;
-  metrics: { accuracy: number; correct: number; total: number; majorityBaseline: number };
+  metrics: {
+    accuracy: number;
+    correct: number;
+    total: number;
+    majorityBaseline: number;
+    /** Every trivial baseline, chosen on train (absent in versions registered before they existed). */
+    baselines?: {
+      majority: { label: string; accuracy: number };
+      bestOperation?: { operation: string; accuracy: number };
+    };
+  };
   checkpoint: { sha256: string; size: number; uri: string };
   lineage: ModelLineage;
 }

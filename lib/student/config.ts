@@ -36,6 +36,13 @@ export interface T5Config {
    * `lm_head.weight` (t5-v1_1).
    */
   tie_word_embeddings: boolean;
+  /**
+   * Rescale the decoder's output by d_model^-0.5 before a tied head (transformers 5's name). Absent: the same as
+   * `tie_word_embeddings`, which is what every config written before the field existed meant. `false` with a tied
+   * head is what transformers 5 builds for a t5-v1_1 config: one matrix for the embeddings and the head, no rescale
+   * (its embeddings then start at std d_model^-0.5, so initial logits are unit-scale). Only a tied head is rescaled.
+   */
+  scale_decoder_outputs?: boolean;
   pad_token_id: number;
   eos_token_id: number;
   /** The decoder's first input, T5 uses pad for it. */
@@ -170,6 +177,11 @@ export function validateConfig(config: T5Config): T5Config {
     bad('feed_forward_proj', `'gated-gelu' or 'relu'`);
   }
   if (typeof config.tie_word_embeddings !== 'boolean') bad('tie_word_embeddings', 'true or false');
+  const scale = config.scale_decoder_outputs;
+  if (scale !== undefined && typeof scale !== 'boolean') bad('scale_decoder_outputs', 'true or false');
+  if (scale === true && !config.tie_word_embeddings) {
+    bad('scale_decoder_outputs', 'false with tie_word_embeddings false (only a tied head is rescaled)');
+  }
   for (const field of ['pad_token_id', 'eos_token_id', 'decoder_start_token_id'] as const) {
     const v = config[field];
     if (!Number.isSafeInteger(v) || v < 0 || v >= config.vocab_size)
@@ -177,6 +189,31 @@ export function validateConfig(config: T5Config): T5Config {
   }
   return config;
 }
+
+/** Whether the head rescales the decoder's output by d_model^-0.5 (see `scale_decoder_outputs`). */
+export function scalesOutputs(config: Pick<T5Config, 'tie_word_embeddings' | 'scale_decoder_outputs'>): boolean {
+  return config.scale_decoder_outputs ?? config.tie_word_embeddings;
+}
+
+/**
+ * The fields of a preset a spec's `student.config` may override: the shape, the head, dropout and the position
+ * buckets. Token ids, the epsilon and the initialiser scale stay the preset's; the vocabulary is `student.vocabSize`.
+ */
+export const CONFIG_OVERRIDE_FIELDS = [
+  'd_model',
+  'd_ff',
+  'd_kv',
+  'num_heads',
+  'num_layers',
+  'num_decoder_layers',
+  'feed_forward_proj',
+  'tie_word_embeddings',
+  'scale_decoder_outputs',
+  'dropout_rate',
+  'relative_attention_num_buckets',
+  'relative_attention_max_distance',
+] as const;
+export type ConfigOverrides = Partial<Pick<T5Shape, (typeof CONFIG_OVERRIDE_FIELDS)[number]>>;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Hugging Face config.json
@@ -320,8 +357,10 @@ export function toHFConfig(config: T5Config): Record<string, unknown> {
     pad_token_id: config.pad_token_id,
     relative_attention_max_distance: config.relative_attention_max_distance,
     relative_attention_num_buckets: config.relative_attention_num_buckets,
-    scale_decoder_outputs: config.tie_word_embeddings,
-    tie_word_embeddings: config.tie_word_embeddings,
+    scale_decoder_outputs: scalesOutputs(config),
+    // A tied head without the rescale is written as an untied copy (exportT5 writes lm_head.weight): transformers 4
+    // would rescale a tied head, so only an explicit lm_head means the same thing to 4 and 5.
+    tie_word_embeddings: scalesOutputs(config),
     use_cache: true,
     vocab_size: config.vocab_size,
   };

@@ -8,14 +8,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ArtifactRef, ArtifactStore } from '../store/artifact-store';
 import type { Example, TaskKind } from '../data/types';
-import { labelsMatch, majorityBaseline } from '../data/score';
+import { labelsMatch } from '../data/score';
+import { trivialBaselines, type TrivialBaselines } from '../data/baselines';
 import type { PipelineSpec } from '../pipeline/spec';
 import { runStudentJob } from './child';
 
 export interface EvaluateInput {
   task: TaskKind;
   checkpoint: ArtifactRef;
+  /** The split scored (the test split, or validation with `evaluate.split: "valid"`). */
   test: ArtifactRef;
+  /** The training split the trivial baselines are chosen on (absent in histories recorded before: then `test`). */
+  train?: ArtifactRef;
   evaluate: PipelineSpec['evaluate'];
   backend: PipelineSpec['student']['backend'];
 }
@@ -27,7 +31,10 @@ export interface EvaluateResult {
   accuracy: number;
   correct: number;
   total: number;
+  /** The majority baseline on the scored value, chosen on train (= `baselines.majority`). */
   majorityBaseline: { label: string; accuracy: number };
+  /** Every trivial baseline of the task (absent in results recorded before they existed). */
+  baselines?: TrivialBaselines;
 }
 
 export interface EvaluateHooks {
@@ -43,7 +50,11 @@ export async function evaluateCheckpoint(
   input: EvaluateInput,
   hooks: EvaluateHooks = {}
 ): Promise<EvaluateResult> {
-  const [test, checkpointBytes] = await Promise.all([store.getJsonl<Example>(input.test), store.get(input.checkpoint)]);
+  const [test, train, checkpointBytes] = await Promise.all([
+    store.getJsonl<Example>(input.test),
+    input.train ? store.getJsonl<Example>(input.train) : undefined,
+    store.get(input.checkpoint),
+  ]);
   hooks.onProgress?.(0, test.length);
   const dir = await mkdtemp(join(tmpdir(), 'stepwise-eval-'));
   try {
@@ -72,10 +83,17 @@ export async function evaluateCheckpoint(
     });
     const correct = rows.filter((r) => r.correct).length;
     const accuracy = test.length ? correct / test.length : 0;
-    const baseline = majorityBaseline(test);
+    const baselines = trivialBaselines(input.task, test, train ?? test);
     const [predictionsRef, metricsRef] = await Promise.all([
       store.putJsonl(rows),
-      store.putJson({ task: input.task, accuracy, correct, total: test.length, majorityBaseline: baseline }),
+      store.putJson({
+        task: input.task,
+        accuracy,
+        correct,
+        total: test.length,
+        majorityBaseline: baselines.majority,
+        baselines,
+      }),
     ]);
     hooks.onProgress?.(test.length, test.length);
     return {
@@ -84,7 +102,8 @@ export async function evaluateCheckpoint(
       accuracy,
       correct,
       total: test.length,
-      majorityBaseline: baseline,
+      majorityBaseline: baselines.majority,
+      baselines,
     };
   } finally {
     await rm(dir, { recursive: true, force: true });

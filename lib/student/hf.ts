@@ -10,7 +10,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors';
 import { decodeSafetensors, encodeSafetensors, readCheckpointMeta } from './checkpoint';
-import { configFromHF, toHFConfigJson, type T5Config } from './config';
+import { configFromHF, scalesOutputs, toHFConfigJson, type T5Config } from './config';
 import { paramSpecs, T5Model, type NamedWeight } from './t5';
 import { loadTokenizer, sentencePieceToTokenizerJson, type StudentTokenizer } from './tokenizer';
 
@@ -251,6 +251,12 @@ export async function exportT5(source: ExportSource, dir: string): Promise<strin
     config = source.model.config;
     weights = source.model.exportWeights();
     tokenizerJson = source.tokenizer.toJSON();
+  }
+  if (config.tie_word_embeddings && !scalesOutputs(config)) {
+    // A tied head without the rescale leaves as an untied copy (toHFConfig says so): transformers 4 would rescale a
+    // tied head, and an explicit lm_head.weight means the same logits to transformers 4 and 5.
+    const shared = weights.find((w) => w.name === 'shared.weight')!;
+    weights = [...weights, { ...shared, name: 'lm_head.weight', data: Float32Array.from(shared.data) }];
   }
   loadTokenizer(tokenizerJson); // throws on a tokenizer HF could not load either
   await mkdir(dir, { recursive: true });

@@ -281,6 +281,7 @@ export class TrainingLoop {
       ...(this.resumedFrom !== undefined ? { resumedFrom: this.resumedFrom } : {}),
       checkpoints: this.checkpoints,
       tokenizerVocab: tokenizer.vocabSize,
+      config,
       params: model.parameterCount,
       wallMs,
     };

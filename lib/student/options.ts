@@ -8,7 +8,7 @@
 import { z } from 'zod';
 import { InputError } from '../errors';
 import { fieldIssues, oneOf, showValue } from '../schema';
-import type { T5Shape } from './config';
+import type { ConfigOverrides } from './config';
 
 /** The three methods the paper compares (train.ts describes each). */
 export const METHODS = ['distill-step-by-step', 'standard-finetune', 'standard-distill'] as const;
@@ -46,6 +46,29 @@ export function defaultLabelSource(method: Method): LabelSource {
   return method === 'standard-distill' ? 'teacher' : 'gold';
 }
 
+const positive = z.number().int().min(1).max(1_000_000);
+/**
+ * Overrides of single fields of the preset's T5 shape (HF `T5Config` names), each checked here; across fields only
+ * what T5 itself requires is checked: a rescaled output needs a tied head. `d_model` need not equal
+ * `num_heads × d_kv` (t5-v1_1's shapes do not), and the vocabulary is `vocabSize`, not a config field.
+ */
+const configOverrides = z
+  .object({
+    d_model: positive.optional(),
+    d_ff: positive.optional(),
+    d_kv: positive.optional(),
+    num_heads: positive.optional(),
+    num_layers: positive.optional(),
+    num_decoder_layers: positive.optional(),
+    feed_forward_proj: oneOf(['gated-gelu', 'relu']).optional(),
+    tie_word_embeddings: z.boolean().optional(),
+    scale_decoder_outputs: z.boolean().optional(),
+    dropout_rate: z.number().min(0).lt(1).optional(),
+    relative_attention_num_buckets: z.number().int().min(4).max(4096).optional(),
+    relative_attention_max_distance: positive.optional(),
+  })
+  .strict() satisfies z.ZodType<ConfigOverrides>;
+
 /** The options a pipeline spec's `student` section exposes, in the order the spec lists them. */
 export const studentOptionFields = {
   method: oneOf(METHODS).default('distill-step-by-step'),
@@ -59,6 +82,10 @@ export const studentOptionFields = {
   labelSource: oneOf(LABEL_SOURCES).optional(),
   /** Model size; `config` overrides single fields of it. */
   preset: oneOf(PRESET_NAMES).default('tiny'),
+  /** Overrides of single fields of the preset's shape (`d_model`, `dropout_rate`, …); see configOverrides. */
+  config: configOverrides.optional(),
+  /** Tokenizer vocabulary size requested (default 8000; a small corpus gives fewer). */
+  vocabSize: z.number().int().min(MIN_VOCAB_SIZE).max(1_000_000).optional(),
   /** Optimiser steps (one batch of label pairs, plus its rationale pairs for distill-step-by-step, per step). */
   steps: z.number().int().min(1).max(10_000_000).default(400),
   /** Examples per step (each gives a label pair, and a rationale pair for distill-step-by-step). */
@@ -118,22 +145,12 @@ const adafactorSchema = z
     message: 'expected only with adafactor.relativeStep true (it warms up the relative step)',
   });
 
-/** A partial T5 shape; makeConfig (config.ts) checks each field against the whole config. */
-const configOverrides = z.custom<Partial<T5Shape>>(
-  (v) => v !== null && typeof v === 'object' && !Array.isArray(v),
-  'expected an object of T5 config fields'
-);
-
 /** Tuning the pipeline leaves at its defaults (HF Trainer's); benches, tests and direct callers of train() set it. */
 export const studentTuningFields = {
-  /** Overrides of single fields of the preset's shape (`dropout_rate`, say). */
-  config: configOverrides.optional(),
   /** Weight decay, never on layer norms: decoupled for AdamW, HF's lr-scaled form for Adafactor. HF's default 0. */
   weightDecay: z.number().min(0).lt(1).default(0),
   /** Clip gradients to this global norm (HF's default 1). */
   maxGradNorm: z.number().gt(0).default(1),
-  /** Tokenizer vocabulary size (default 8000; small corpora give fewer). */
-  vocabSize: z.number().int().min(MIN_VOCAB_SIZE).optional(),
   adafactor: adafactorSchema.default(adafactorSchema.parse({})),
   /** Batch examples of similar length together, so batches pad less (HF's `group_by_length`). */
   groupByLength: z.boolean().default(true),
@@ -146,6 +163,8 @@ export const studentTuningFields = {
 
 type Checked = {
   method: Method;
+  config?: ConfigOverrides;
+  init?: string;
   labelSource?: LabelSource;
   evalEvery?: number;
   earlyStoppingPatience?: number;
@@ -158,6 +177,21 @@ export function checkStudentOptions(s: Checked, ctx: z.core.$RefinementCtx<Check
       code: 'custom',
       path: ['earlyStoppingPatience'],
       message: 'early stopping counts validations: set evalEvery too',
+    });
+  }
+  const head = s.config;
+  if (head?.scale_decoder_outputs === true && head.tie_word_embeddings === false) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['config', 'scale_decoder_outputs'],
+      message: 'only a tied head is rescaled: expected false with tie_word_embeddings false',
+    });
+  }
+  if (s.init !== undefined && s.config !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['config'],
+      message: 'the init checkpoint brings its own config: expected no student.config with student.init',
     });
   }
   const byDefinition = defaultLabelSource(s.method);

@@ -9,7 +9,7 @@
  * Shapes in comments: B batch, S source length, T target length, D d_model, H heads, K d_kv, F d_ff, V vocabulary.
  */
 import { InputError } from '../errors';
-import { validateConfig, type T5Config } from './config';
+import { scalesOutputs, validateConfig, type T5Config } from './config';
 import { dropout as fusedDropout, gatedGelu, maskedCrossEntropy, rmsNorm as fusedRmsNorm } from './fast-ops';
 import { tf } from './tf';
 
@@ -69,7 +69,10 @@ export function paramSpecs(config: T5Config): ParamSpec[] {
     linear(`${prefix}.wo.weight`, D, F, f * F ** -0.5);
   };
 
-  specs.push({ name: 'shared.weight', shape: [V, D], linear: false, init: { std: f } });
+  // A tied head without T5's rescale (transformers 5's t5-v1_1 head) multiplies states by the embeddings as they
+  // are: they start at std d_model^-0.5, as an untied head does, so initial logits are unit-scale there too.
+  const unscaledTied = config.tie_word_embeddings && !scalesOutputs(config);
+  specs.push({ name: 'shared.weight', shape: [V, D], linear: false, init: { std: unscaledTied ? f * D ** -0.5 : f } });
   for (let i = 0; i < config.num_layers; i++) {
     const block = `encoder.block.${i}`;
     attention(`${block}.layer.0.SelfAttention`, i === 0);
@@ -617,10 +620,12 @@ export class T5Model {
     const c = this.config;
     const shape = hidden.shape;
     const flat = tf.reshape(hidden, [-1, c.d_model]) as tf.Tensor2D;
-    const out = c.tie_word_embeddings
-      ? // Tied: T5 rescales by d_model^-0.5 so unit-variance states against N(0, 1) embeddings give unit-scale logits.
-        tf.matMul(tf.mul(flat, c.d_model ** -0.5), this.param('shared.weight') as tf.Tensor2D, false, true)
-      : tf.matMul(flat, this.param('lm_head.weight') as tf.Tensor2D);
+    const out = !c.tie_word_embeddings
+      ? tf.matMul(flat, this.param('lm_head.weight') as tf.Tensor2D)
+      : scalesOutputs(c)
+        ? // Tied: T5 rescales by d_model^-0.5 so unit-variance states against N(0, 1) embeddings give unit-scale logits.
+          tf.matMul(tf.mul(flat, c.d_model ** -0.5), this.param('shared.weight') as tf.Tensor2D, false, true)
+        : tf.matMul(flat, this.param('shared.weight') as tf.Tensor2D, false, true);
     return tf.reshape(out, [...shape.slice(0, -1), c.vocab_size]);
   }
 

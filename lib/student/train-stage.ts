@@ -19,6 +19,7 @@ import { CheckpointUploads, type CheckpointUploadHooks } from './checkpoint-uplo
 import { runStudentJob, type TrainJobResult } from './child';
 import { studentOptionsOf, type StudentOptions } from './options';
 import type { TrainProgress } from './train';
+import type { T5Config } from './config';
 import type { TrainRecord } from './pairs';
 import type { Example } from '../data/types';
 import type { RationaleRecord } from '../data/rationales';
@@ -240,6 +241,8 @@ export interface TrainStudentResult {
   validLoss?: number;
   params: number;
   wallMs: number;
+  /** The student's full T5 config (absent in results recorded before it was). */
+  model?: T5Config;
   /** The registered version training started from, when `student.init` named one. */
   initFrom?: ResolvedInit;
 }
@@ -323,6 +326,7 @@ export async function trainStudentFromStore(
     validLoss: result.validLoss,
     params: result.params,
     wallMs: result.wallMs,
+    model: result.config,
     ...(input.initFrom ? { initFrom: input.initFrom } : {}),
   };
 }

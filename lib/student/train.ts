@@ -145,6 +145,8 @@ export interface TrainResult {
   /** Resume checkpoints handed to `onCheckpoint`. */
   checkpoints: number;
   tokenizerVocab: number;
+  /** The model's full T5 config: the preset with `config` overrides and the tokenizer's vocabulary, or the init's. */
+  config: T5Config;
   params: number;
   /** Wall time of this call (a resumed run's time before the resume is not included). */
   wallMs: number;

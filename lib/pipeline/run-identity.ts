@@ -7,8 +7,8 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { DEFAULT_GATE, type PipelineSpec } from '../../lib/pipeline/spec';
-import { specPaths } from '../../lib/data/roots';
+import { DEFAULT_GATE, type PipelineSpec } from './spec';
+import { specPaths } from '../data/roots';
 
 /** JSON with object keys sorted at every level, so equal specs print equally whatever order their fields came in. */
 export function canonicalJson(value: unknown): string {
