@@ -41,6 +41,7 @@ test('validate reproduces the paper teacher accuracy on SVAMP test: 148/200', as
 test('every command has --help', async (t) => {
   for (const command of [
     'run',
+    'sweep',
     'resume',
     'worker',
     'dev',
@@ -72,6 +73,25 @@ test('run with a bad spec file exits with the field, the value and what was expe
   t.is(r.code, 2);
   t.regex(r.stderr, /spec\.student\.steps: got -3/);
   t.notRegex(r.stderr, /Temporal dev server/);
+});
+
+test('sweep refuses a bad grid before anything starts, naming the list and the value', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const env = { STEPWISE_HOME: join(dir, 'state') };
+  for (const [args, message] of [
+    [['--methods', 'standard-finetune,distil'], /methods has "distil"; expected distill-step-by-step\|/],
+    [['--fractions', '0.5,1.5'], /fractions has 1\.5; expected a number in \(0, 1\]/],
+    [['--seeds', '0,x'], /seeds has 'x'; expected a number/],
+    [['--seeds', '0,0'], /seeds repeats a value/],
+  ] as const) {
+    const r = await stepwise(['sweep', '--demo', ...args], env);
+    t.is(r.code, 2, args.join(' '));
+    t.regex(r.stderr, message);
+    t.notRegex(r.stderr, /Temporal dev server/);
+  }
+  const bad = await stepwise(['sweep', '--demo', '--name', 'x'.repeat(60)], env);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /too long for a sweep/);
 });
 
 test('validate names a missing dataset folder', async (t) => {

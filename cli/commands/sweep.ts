@@ -9,7 +9,7 @@ import { WorkflowExecutionAlreadyStartedError, type WorkflowHandle } from '@temp
 import { CPU_TASK_QUEUE, sweepProgressQuery, type SweepCellProgress, type SweepProgress } from '../../contract';
 import { settings } from '../../infra/config';
 import { parseSpec, SpecError, type PipelineSpec } from '../../lib/pipeline/spec';
-import { checkSweep, sweepWorkflowId } from '../../lib/sweep/plan';
+import { cellSpec, checkSweep, sweepWorkflowId } from '../../lib/sweep/plan';
 import { readSweepResult, type SweepArtifacts } from '../../lib/sweep/finish';
 import { openStore } from '../../lib/store';
 import type { ArtifactStore } from '../../lib/store/artifact-store';
@@ -80,6 +80,8 @@ async function sweepInput(file: string | undefined, flags: SweepFlags): Promise<
       fractions: numbers('fractions', flags.fractions),
       seeds: numbers('seeds', flags.seeds),
     });
+    // Every cell's spec (its name, above all) is checked here too, so a grid that cannot run never starts.
+    for (const m of grid.methods) for (const f of grid.fractions) for (const s of grid.seeds) cellSpec(spec, m, f, s);
     const command = ['stepwise', 'sweep', ...process.argv.slice(process.argv.indexOf('sweep') + 1)].join(' ');
     return { spec, ...grid, parallel: flags.parallel ?? 1, command };
   } catch (err) {
