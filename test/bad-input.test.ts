@@ -221,6 +221,21 @@ const specCases: Case[] = [
   ['negative steps', student({ steps: -5 }), /got -5/, 'spec.student.steps'],
   ['an unknown preset', student({ preset: 'huge' }), /expected one of tiny, small/, 'spec.student.preset'],
   ['an unknown backend', student({ backend: 'tpu' }), /expected one of auto, tensorflow/, 'spec.student.backend'],
+  ['a zero student.config.d_model', student({ config: { d_model: 0 } }), /got 0, .*>=1/, 'spec.student.config.d_model'],
+  ['an unknown student.config field', student({ config: { d_modle: 8 } }), /"d_modle"/, 'spec.student.config.d_modle'],
+  [
+    'a rescaled untied head',
+    student({ config: { tie_word_embeddings: false, scale_decoder_outputs: true } }),
+    /got true, only a tied head is rescaled/,
+    'spec.student.config.scale_decoder_outputs',
+  ],
+  [
+    'a student.config beside student.init',
+    student({ init: 'm@champion', config: { num_layers: 2 } }),
+    /fixes the shape/,
+    'spec.student.config',
+  ],
+  ['a student.vocabSize below the minimum', student({ vocabSize: 4 }), /got 4, .*>=16/, 'spec.student.vocabSize'],
   ['a teacher URL that is not a URL', openaiAt(() => 'nope'), /got "nope"/, 'spec.teacher.url'],
   ['a fraction of zero', () => demoWith({ sample: { fraction: 0 } }), /got 0/, 'spec.sample.fraction'],
   [

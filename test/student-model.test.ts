@@ -118,7 +118,9 @@ test('a tied head without the rescale gives logits h·Eᵀ from embeddings initi
 });
 
 test('a config written before scale_decoder_outputs existed reads as the rescaled tied head it meant', (t) => {
-  const old = tinyConfig();
+  // A checkpoint's config as written before the field existed: makeConfig now writes it out, so take it away.
+  const { scale_decoder_outputs: resolved, ...old } = tinyConfig();
+  t.true(resolved, 'the tiny preset resolves to the rescaled tied head');
   t.false('scale_decoder_outputs' in old);
   const explicit = T5Model.fromWeights(
     tinyConfig({ scale_decoder_outputs: true }),
@@ -314,6 +316,11 @@ test('presets have the t5-v1_1 shapes and the tiny one stays tiny', (t) => {
   );
   t.deepEqual([PRESETS.base.d_model, PRESETS.base.num_layers, PRESETS.base.num_heads], [768, 12, 12]);
   t.deepEqual([PRESETS.large.d_model, PRESETS.large.num_layers, PRESETS.large.num_heads], [1024, 24, 16]);
+  // Heads: tiny keeps the rescaled tied head, the t5-v1_1 sizes a separate unscaled lm_head.
+  for (const preset of ['tiny', 'small', 'base', 'large'] as const) {
+    const { tie_word_embeddings, scale_decoder_outputs } = makeConfig(preset, 1000);
+    t.deepEqual([tie_word_embeddings, scale_decoder_outputs], preset === 'tiny' ? [true, true] : [false, false]);
+  }
   t.true(paramSpecs(makeConfig('tiny', 1000)).reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0) < 1e6);
   t.throws(() => makeConfig('huge' as never, 10), { instanceOf: InputError, message: /preset/ });
   t.throws(() => makeConfig('tiny', 10, { num_heads: 0 }), { instanceOf: InputError, message: /num_heads/ });

@@ -84,10 +84,34 @@ test('the Markdown table has a row per method, a column per fraction, and the ba
   t.is(md, sweepMarkdown(summarizeSweep([...cells].reverse(), meta)), 'the same cells give the same text');
 });
 
+/**
+ * Well-formedness, enough for an SVG: every tag closes in order, attributes are quoted, and text holds no raw `<` or
+ * bare `&`. (No XML parser is a dependency; this is what a browser's would reject first.)
+ */
+function xmlProblem(xml: string): string | null {
+  const stack: string[] = [];
+  let at = 0;
+  for (const m of xml.matchAll(/<(\/?)([A-Za-z][\w:.-]*)((?:\s+[\w:.-]+="[^"<]*")*)\s*(\/?)>/g)) {
+    const text = xml.slice(at, m.index);
+    if (/[<>]|&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[\da-fA-F]+);)/.test(text)) return `bad text before ${m[0]}`;
+    at = m.index + m[0].length;
+    const [, closing, name, , selfClosing] = m;
+    if (closing) {
+      if (stack.pop() !== name) return `</${name}> closes nothing open`;
+    } else if (!selfClosing) {
+      stack.push(name);
+    }
+  }
+  if (xml.slice(at).trim() !== '') return 'text after the root';
+  return stack.length ? `<${stack.join('>, <')}> left open` : null;
+}
+
 test('the plot renders headless to SVG with a line per method and a rule per baseline', async (t) => {
   const svg = await renderSvg(sweepPlotSpec(summarizeSweep(cells, meta)));
   t.regex(svg, /^<svg[^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
-  t.true(svg.trimEnd().endsWith('</svg>'));
+  t.is(xmlProblem(svg), null);
+  t.not(xmlProblem(svg.replace('</g>', '')), null, 'the check catches an unclosed tag');
+  t.false(svg.includes('…'), 'no legend or axis label is cut short');
   // Vega draws each series of a line mark as one path, labelled with the first point's fields.
   const lines = [...svg.matchAll(/aria-label="([^"]*)"[^>]*aria-roledescription="line mark"/g)].map((m) => m[1]);
   t.is(lines.length, 2, 'one line per method');
@@ -99,9 +123,18 @@ test('the plot renders headless to SVG with a line per method and a rule per bas
 });
 
 test('a finished cell without an accuracy is refused, naming it', (t) => {
-  const bad = [cell('standard-finetune', 1, 0, Number.NaN)];
-  const err = t.throws(() => summarizeSweep(bad, meta), { instanceOf: InputError });
-  t.true(err!.message.includes(bad[0].workflowId), err!.message);
+  for (const accuracy of [Number.NaN, undefined, 1.5]) {
+    const bad = [cell('standard-finetune', 1, 0, 0.3), cell('standard-finetune', 1, 1, 0.3, { accuracy })];
+    const err = t.throws(() => summarizeSweep(bad, meta), { instanceOf: InputError });
+    t.true(err!.message.includes(bad[1].workflowId), err!.message);
+  }
+});
+
+test('fraction headers read as percents without float noise', (t) => {
+  const md = sweepMarkdown(
+    summarizeSweep([cell('standard-finetune', 0.07, 0, 0.1), cell('standard-finetune', 0.125, 0, 0.2)], meta)
+  );
+  t.true(md.includes('| method | 7% of train | 12.5% of train |'), md);
 });
 
 test('a chart that would fetch its data is refused', async (t) => {

@@ -125,7 +125,8 @@ export function isPresetName(value: unknown): value is PresetName {
 }
 
 /**
- * A full config: a preset's shape, single fields overridden, and the vocabulary size of the run's tokenizer.
+ * A full config: a preset's shape, single fields overridden, and the vocabulary size of the run's tokenizer, with
+ * `scale_decoder_outputs` resolved (it defaults to `tie_word_embeddings`).
  * @throws InputError for an unknown preset or a bad field.
  */
 export function makeConfig(preset: PresetName, vocabSize: number, overrides: Partial<T5Shape> = {}): T5Config {
@@ -135,7 +136,9 @@ export function makeConfig(preset: PresetName, vocabSize: number, overrides: Par
       'preset'
     );
   }
-  return validateConfig({ ...PRESETS[preset], ...overrides, vocab_size: vocabSize });
+  const shape = { ...PRESETS[preset], ...overrides };
+  // The rescale written out (not left to default) so a new checkpoint's config and the lineage say which head it has.
+  return validateConfig({ ...shape, scale_decoder_outputs: scalesOutputs(shape), vocab_size: vocabSize });
 }
 
 const POSITIVE_INTS = [

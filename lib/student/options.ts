@@ -164,6 +164,7 @@ export const studentTuningFields = {
 type Checked = {
   method: Method;
   config?: ConfigOverrides;
+  vocabSize?: number;
   init?: string;
   labelSource?: LabelSource;
   evalEvery?: number;
@@ -187,11 +188,22 @@ export function checkStudentOptions(s: Checked, ctx: z.core.$RefinementCtx<Check
       message: 'only a tied head is rescaled: expected false with tie_word_embeddings false',
     });
   }
+  // An init checkpoint's weights fix the shape and its tokenizer the vocabulary: an override would be ignored or
+  // would not fit the weights, so it is refused rather than dropped. (Its dropout could be overridden without
+  // touching the weights, but train() takes the init's config whole, so that is refused too for now.)
   if (s.init !== undefined && s.config !== undefined) {
     ctx.addIssue({
       code: 'custom',
       path: ['config'],
-      message: 'the init checkpoint brings its own config: expected no student.config with student.init',
+      message:
+        'the init checkpoint brings its own config and fixes the shape: expected no student.config with student.init',
+    });
+  }
+  if (s.init !== undefined && s.vocabSize !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['vocabSize'],
+      message: 'the init checkpoint brings its own tokenizer: expected no student.vocabSize with student.init',
     });
   }
   const byDefinition = defaultLabelSource(s.method);

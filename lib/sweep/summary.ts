@@ -150,6 +150,8 @@ export function summarizeSweep(cells: readonly SweepCell[], meta: SweepMeta): Sw
 const PAPER_ORDER: readonly Method[] = ['standard-finetune', 'standard-distill', 'distill-step-by-step'];
 
 const pct = (x: number) => (100 * x).toFixed(1);
+/** A fraction as a percent label; rounded to 12 significant digits because 0.07 * 100 is 7.000000000000001. */
+const fractionPct = (f: number) => `${Number((100 * f).toPrecision(12))}%`;
 const cellText = (r: SweepRow) => `${pct(r.mean)} ± ${r.sd === null ? '–' : pct(r.sd)} (n=${r.n})`;
 
 function duration(seconds: number): string {
@@ -161,7 +163,7 @@ function duration(seconds: number): string {
 /** The table as Markdown: a row per method, a column per training fraction, then the baselines and the teacher. */
 export function sweepMarkdown(summary: SweepSummary): string {
   const fractions = summary.baselines.map((b) => b.fraction);
-  const head = `| method | ${fractions.map((f) => `${f * 100}% of train`).join(' | ')} |`;
+  const head = `| method | ${fractions.map((f) => `${fractionPct(f)} of train`).join(' | ')} |`;
   const rule = `| --- | ${fractions.map(() => '---:').join(' | ')} |`;
   const methods = [...new Set(summary.rows.map((r) => r.method))];
   const lines = methods.map((method) => {
@@ -195,7 +197,7 @@ export function sweepMarkdown(summary: SweepSummary): string {
   );
   const perSeed = summary.rows.map(
     (r) =>
-      `- ${r.method}, ${r.fraction * 100}%: ${r.accuracies.map((a, i) => `seed ${r.seeds[i]} ${pct(a)}`).join(', ')}`
+      `- ${r.method}, ${fractionPct(r.fraction)}: ${r.accuracies.map((a, i) => `seed ${r.seeds[i]} ${pct(a)}`).join(', ')}`
   );
   return [
     head,
@@ -239,6 +241,8 @@ export function sweepPlotSpec(summary: SweepSummary): VegaLiteSpec {
     type: 'nominal' as const,
     sort: PAPER_ORDER as unknown as string[],
     title: 'method',
+    // The default 160 px limit, measured with estimated (headless) text widths, cuts 'distill-step-by-step'.
+    legend: { labelLimit: 300 },
   };
   const split = summary.split === 'valid' ? 'validation' : 'test';
   return {
