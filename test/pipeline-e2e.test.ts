@@ -117,6 +117,18 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   t.true(['tensorflow', 'wasm', 'cpu'].includes(version.lineage.training.backend));
   t.truthy(version.lineage.codeVersion);
   t.is(version.metrics.accuracy, result.accuracy);
+  // The majority baseline is the training split's most common label (not the test split's), scored on test.
+  const trainRows = await services().store.getJsonl<{ label: string }>(
+    manifest.artifacts.find((a: { role: string }) => a.role === 'split/train')
+  );
+  const labelCounts = new Map<string, number>();
+  for (const { label } of trainRows) labelCounts.set(label, (labelCounts.get(label) ?? 0) + 1);
+  const trainMajority = [...labelCounts.entries()].sort(
+    ([a, m], [b, n]) => n - m || (a < b ? -1 : a > b ? 1 : 0)
+  )[0][0];
+  t.is(result.baselines?.majority.label, trainMajority);
+  t.is(result.baselines?.majority.accuracy, result.majorityBaseline);
+  t.deepEqual(version.metrics.baselines, result.baselines);
 
   // Teacher accounting reaches the manifest and lineage alike.
   t.is(manifest.teacher.mode, 'direct');

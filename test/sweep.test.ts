@@ -35,14 +35,14 @@ async function startWorkerSet(log: string[]): Promise<ChildProcess[]> {
 const sweep: SweepInput = {
   spec: {
     name: 'sweep-test',
-    data: { kind: 'demo', size: 200, seed: 5 },
+    data: { kind: 'demo', size: 120, seed: 5 },
     teacher: { kind: 'scripted' },
     student: {
       preset: 'tiny',
       // A shape of one's own: it must reach the model and its lineage.
       config: { d_ff: 96, num_decoder_layers: 1 },
       vocabSize: 300,
-      steps: 80,
+      steps: 60,
       batchSize: 16,
       checkpointEvery: 10,
       // A killed worker is noticed 5 s after its last heartbeat (the default 2 minutes would outlast the test).

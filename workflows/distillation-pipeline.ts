@@ -498,6 +498,7 @@ async function decideOnFrozenSet(run: GateRun) {
         task: run.task,
         checkpoint: run.training.checkpoint,
         test: plan.evalSet,
+        train: run.sample.train,
         evaluate: spec.evaluate,
         backend: spec.student.backend,
       })

@@ -58,7 +58,7 @@ function apply(op: Operation, a: number, b: number): number {
   }
 }
 
-/** The equation an operation gives for a question, in the dataset's own notation (`( 84.0 / 2.0 )`). */
+/** What an operation answers for a question: a plain number, which the scorer evaluates like an equation. */
 function equationFor(op: Operation, input: string): string | undefined {
   const [a, b] = numbersIn(input);
   if (a === undefined || b === undefined) return undefined;

@@ -402,7 +402,10 @@ export async function lineageTree(store: ArtifactStore, version: ModelVersion): 
   const m = version.metrics;
   const metrics = node(
     'metrics',
-    `accuracy ${(100 * m.accuracy).toFixed(1)}% (${m.correct}/${m.total}), majority baseline ${(100 * m.majorityBaseline).toFixed(1)}%`,
+    `accuracy ${(100 * m.accuracy).toFixed(1)}% (${m.correct}/${m.total}), majority baseline ${(100 * m.majorityBaseline).toFixed(1)}%` +
+      (m.baselines?.bestOperation
+        ? `, best single operation (${m.baselines.bestOperation.operation}) ${(100 * m.baselines.bestOperation.accuracy).toFixed(1)}%`
+        : ''),
     { details: { ...m } },
     [
       artifact('predictions', 'eval/predictions', 'test predictions'),
