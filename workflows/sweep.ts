@@ -10,6 +10,7 @@ import {
   ApplicationFailure,
   ChildWorkflowFailure,
   isCancellation,
+  log,
   ParentClosePolicy,
   proxyActivities,
   setHandler,
@@ -116,13 +117,22 @@ export async function distillationSweep(input: SweepInput): Promise<SweepResult>
 /** The teacher's accuracy on the scored split, where asking it costs nothing (replay, scripted); else undefined. */
 async function teacherScore(plan: SweepPlan): Promise<number | undefined> {
   const { teacher, data } = plan.cells[0].spec;
-  const result = await io.teacherOnEvalSet({
-    teacher,
-    task: plan.task,
-    ...(data.kind === 'reference' ? { dataDir: data.dir } : {}),
-    evalSet: plan.evalSet,
-  });
-  return result.measured ? result.accuracy : undefined;
+  try {
+    const result = await io.teacherOnEvalSet({
+      teacher,
+      task: plan.task,
+      ...(data.kind === 'reference' ? { dataDir: data.dir } : {}),
+      evalSet: plan.evalSet,
+    });
+    return result.measured ? result.accuracy : undefined;
+  } catch (err) {
+    // The teacher's score is context for the table, not its subject: hours of cells are not failed for it.
+    if (isCancellation(err)) throw err;
+    log.warn('the teacher could not be scored on the evaluated split; the table goes without it', {
+      error: String(err),
+    });
+    return undefined;
+  }
 }
 
 /** Every cell not reused, as child pipelines, `parallel` at a time; a failed cell is recorded, not fatal. */
