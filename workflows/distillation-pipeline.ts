@@ -7,6 +7,7 @@ import {
   ActivityFailure,
   ApplicationFailure,
   type ActivityOptions,
+  type RetryPolicy,
   condition,
   executeChild,
   isCancellation,
@@ -58,19 +59,21 @@ import { teacherStage } from './teacher-stage';
 /** Failure types that no retry can fix. */
 const NON_RETRYABLE = ['InputError', 'NoUsableRationales'];
 
+/** Retries of the cheap I/O activities (the sweep's too): a few quick ones cover a flaky store. */
+export const CHEAP_IO_RETRY: RetryPolicy = {
+  initialInterval: '1s',
+  backoffCoefficient: 2,
+  maximumInterval: '30s',
+  maximumAttempts: 5,
+  nonRetryableErrorTypes: NON_RETRYABLE,
+};
 // Cheap I/O stages (sample, validate, register): seconds of work; a few quick retries cover a flaky store. They
 // heartbeat every second while they work (activities/progress.ts withKeepalive), so a dead worker is noticed within
 // the heartbeat timeout and the stage retried elsewhere, not after the ten-minute start-to-close timeout.
 const io = proxyActivities<Activities>({
   startToCloseTimeout: '10 minutes',
   heartbeatTimeout: '30 seconds',
-  retry: {
-    initialInterval: '1s',
-    backoffCoefficient: 2,
-    maximumInterval: '30s',
-    maximumAttempts: 5,
-    nonRetryableErrorTypes: NON_RETRYABLE,
-  },
+  retry: CHEAP_IO_RETRY,
 });
 
 // Training and evaluation run on the GPU queue. Hours are normal, so liveness comes from heartbeats (the child

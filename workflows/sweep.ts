@@ -30,18 +30,13 @@ import {
   type SweepPlan,
   type SweepProgress,
 } from '../contract';
-import { distillationPipeline } from './distillation-pipeline';
+import { CHEAP_IO_RETRY, distillationPipeline } from './distillation-pipeline';
 
+// The pipeline's cheap-stage retries; planning hashes the data once per cell, hence the longer timeout.
 const io = proxyActivities<Activities>({
   startToCloseTimeout: '30 minutes',
   heartbeatTimeout: '30 seconds',
-  retry: {
-    initialInterval: '1s',
-    backoffCoefficient: 2,
-    maximumInterval: '30s',
-    maximumAttempts: 5,
-    nonRetryableErrorTypes: ['InputError'],
-  },
+  retry: CHEAP_IO_RETRY,
 });
 
 export interface SweepInput extends SweepDefinition {

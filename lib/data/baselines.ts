@@ -5,7 +5,7 @@
  */
 import { InputError } from '../errors';
 import { evaluateExpression } from './arith';
-import { EQUATION_TOLERANCE, labelsMatch } from './score';
+import { EQUATION_TOLERANCE, labelsMatch, majorityBaseline } from './score';
 import type { Example, TaskKind } from './types';
 
 export interface TrivialBaselines {
@@ -80,11 +80,7 @@ function accuracyOf(examples: readonly Example[], predict: (ex: Example) => stri
  * the label that sorts first), so the baseline is the same on every run.
  */
 function majorityLabel(task: TaskKind, fitOn: readonly Example[]): string {
-  if (!ARITHMETIC.includes(task)) {
-    const counts = new Map<string, number>();
-    for (const ex of fitOn) counts.set(ex.label, (counts.get(ex.label) ?? 0) + 1);
-    return [...counts.entries()].sort(([a, m], [b, n]) => n - m || (a < b ? -1 : a > b ? 1 : 0))[0][0];
-  }
+  if (!ARITHMETIC.includes(task)) return majorityBaseline(fitOn).label;
   const values = fitOn
     .map((ex) => valueOf(ex.label))
     .filter((v): v is number => v !== undefined)

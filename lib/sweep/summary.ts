@@ -3,7 +3,7 @@
  * beside the trivial baselines and the teacher. Pure: the cells come in, JSON, text and a Vega-Lite spec go out.
  */
 import { InputError } from '../errors';
-import { METHODS, type Method } from '../student/options';
+import type { Method } from '../student/options';
 import type { VegaLiteSpec } from '../report/vega';
 
 /** One finished (or failed) cell of a sweep, as the sweep workflow hands it over. */
@@ -86,9 +86,7 @@ export function summarizeSweep(cells: readonly SweepCell[], meta: SweepMeta): Sw
   const finished = cells.filter((c) => c.status !== 'failed');
   const rows: SweepRow[] = [];
   const fractions = [...new Set(cells.map((c) => c.fraction))].sort((a, b) => a - b);
-  const methods = METHODS.filter((m) => cells.some((c) => c.method === m)).sort(
-    (a, b) => PAPER_ORDER.indexOf(a) - PAPER_ORDER.indexOf(b)
-  );
+  const methods = PAPER_ORDER.filter((m) => cells.some((c) => c.method === m));
   for (const method of methods) {
     for (const fraction of fractions) {
       const group = finished
