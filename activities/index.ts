@@ -22,6 +22,7 @@ import { evaluate } from './evaluate';
 import { registerModel } from './register-model';
 import { decideGate, planGate, promoteVersion, recordApproval, resolveInit } from './gate';
 import { teacherOnEvalSet } from './teacher-eval';
+import { checkRefresh, resolveWarmStart } from './refresh';
 import { withOpenLineage } from './openlineage';
 import { finishSweep, planSweep } from './sweep';
 
@@ -58,6 +59,8 @@ export function createActivities(deps: ActivityDeps): Activities {
     evaluate: (input) => evaluate(deps, input),
     registerModel: (input) => registerModel(deps, input),
     resolveInit: (ref) => resolveInit(deps, ref),
+    checkRefresh: (input) => checkRefresh(deps, input),
+    resolveWarmStart: (ref) => resolveWarmStart(deps, ref),
     planGate: (input) => planGate(deps, input),
     teacherOnEvalSet: (input) => teacherOnEvalSet(deps, input),
     decideGate: (input) => decideGate(deps, input),

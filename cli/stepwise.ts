@@ -7,6 +7,7 @@ import { SpecError } from '../lib/pipeline/spec';
 import { InputError, storeCredentialError } from '../lib/errors';
 import { addRunCommand } from './commands/run';
 import { addSweepCommand } from './commands/sweep';
+import { addScheduleCommand } from './commands/schedule';
 import { addResumeCommand } from './commands/resume';
 import { addWorkerCommand } from './commands/worker';
 import { addDevCommand } from './commands/dev';
@@ -25,6 +26,7 @@ import { addCodecServerCommand } from './commands/codec-server';
 const COMMANDS = [
   addRunCommand,
   addSweepCommand,
+  addScheduleCommand,
   addResumeCommand,
   addWorkerCommand,
   addDevCommand,

@@ -27,10 +27,29 @@ export const StepwiseOutcome = defineSearchAttributeKey('StepwiseOutcome', Searc
 
 /**
  * `running` until a version is registered; then `registered` (no gate), `promoted` or `rejected` by the gate (or a
- * person), `awaiting-approval` while a person must decide; `failed` when the run fails.
+ * person), `awaiting-approval` while a person must decide; `failed` when the run fails; `unchanged` when a scheduled
+ * refresh found its champion trained on the same spec and data and trained nothing.
  */
-export const RUN_OUTCOMES = ['running', 'awaiting-approval', 'promoted', 'rejected', 'registered', 'failed'] as const;
+export const RUN_OUTCOMES = [
+  'running',
+  'awaiting-approval',
+  'promoted',
+  'rejected',
+  'registered',
+  'failed',
+  'unchanged',
+] as const;
 export type RunOutcome = (typeof RUN_OUTCOMES)[number];
+
+/**
+ * Set by the server on every run a schedule starts (Temporal's own attributes, registered on every cluster): the
+ * schedule's id and the action's nominal time. A run reads them to know it is a refresh and to record its trigger.
+ */
+export const TemporalScheduledById = defineSearchAttributeKey('TemporalScheduledById', SearchAttributeType.KEYWORD);
+export const TemporalScheduledStartTime = defineSearchAttributeKey(
+  'TemporalScheduledStartTime',
+  SearchAttributeType.DATETIME
+);
 
 /** A search attribute's name and type (what `defineSearchAttributeKey` returns, which the SDK does not export). */
 export interface SearchAttributeDeclaration {

@@ -23,6 +23,8 @@ import type {
   PromoteInput,
 } from '../lib/registry/gate-stage';
 import type { TeacherEvalInput, TeacherEvalResult } from '../lib/teacher/eval-set';
+import type { RefreshCheck, RefreshCheckInput, UnchangedVersion } from '../lib/registry/refresh';
+import type { ScheduleTrigger } from '../lib/registry/registry';
 import type {
   FinishTeacherInput,
   FinishTeacherResult,
@@ -66,6 +68,8 @@ export type { RegisterModelInput, RegisterModelResult };
 // gate
 export type { GatePlanInput, GatePlan, DecideGateInput, GateOutcome, ApprovalInput, PromoteInput };
 export type { TeacherEvalInput, TeacherEvalResult };
+// refresh
+export type { RefreshCheck, RefreshCheckInput, UnchangedVersion, ScheduleTrigger };
 
 /** What a finished run returns: small, and enough for a CLI to print and a caller to find everything else. */
 export interface PipelineResult {
@@ -86,6 +90,13 @@ export interface PipelineResult {
   registryKey: string;
   /** What the promotion gate decided (absent when the gate is off, and in runs from before it existed). */
   promotion?: PromotionSummary;
+  /**
+   * Set when a scheduled refresh found the version its gate alias names trained on this very spec and data: nothing
+   * was trained, and the fields above describe that version.
+   */
+  unchanged?: { alias: string; reason: string };
+  /** Set when a schedule started the run. */
+  trigger?: ScheduleTrigger;
 }
 
 /** The promotion gate's outcome for a run, as its result and the CLI's summary say it. */
@@ -128,6 +139,10 @@ export interface Activities {
   validateRationales(input: ValidateRationalesInput): Promise<ValidateRationalesResult>;
   /** `student.init: NAME@REF`: resolve the registered version once, before training. */
   resolveInit(ref: string): Promise<ResolvedInit>;
+  /** Refresh: is the version the gate alias names trained on this spec and data? If so, one audit record says so. */
+  checkRefresh(input: RefreshCheckInput): Promise<RefreshCheck>;
+  /** `student.warmStart`: the version it names now, or null when none exists yet (train from scratch). */
+  resolveWarmStart(ref: string): Promise<ResolvedInit | null>;
   /** Train the student (GPU queue). */
   trainStudent(input: TrainStudentInput): Promise<TrainStudentResult>;
   /** Decode and score the test split (GPU queue). */

@@ -236,6 +236,24 @@ const specCases: Case[] = [
     'spec.student.config',
   ],
   ['a student.vocabSize below the minimum', student({ vocabSize: 4 }), /got 4, .*>=16/, 'spec.student.vocabSize'],
+  [
+    'a warm start beside student.init',
+    student({ init: 'm@champion', warmStart: 'champion' }),
+    /from student.init or from a warm start, not both/,
+    'spec.student.warmStart',
+  ],
+  [
+    'a warm start that is neither champion nor a reference',
+    student({ warmStart: 'best' }),
+    /got "best", expected "champion" or a NAME@REF reference/,
+    'spec.student.warmStart',
+  ],
+  [
+    'warm-start steps without a warm start',
+    student({ warmStartSteps: 100 }),
+    /set student.warmStart too/,
+    'spec.student.warmStartSteps',
+  ],
   ['a teacher URL that is not a URL', openaiAt(() => 'nope'), /got "nope"/, 'spec.teacher.url'],
   ['a fraction of zero', () => demoWith({ sample: { fraction: 0 } }), /got 0/, 'spec.sample.fraction'],
   [

@@ -23,6 +23,8 @@ import {
   hasStepwiseSearchAttributes,
   StepwiseDatasetHash,
   StepwiseOutcome,
+  TemporalScheduledById,
+  TemporalScheduledStartTime,
   type RunOutcome,
   rejectUpdate,
   progressQuery,
@@ -37,6 +39,8 @@ import {
   type PromotionSummary,
   type ResolvedInit,
   type PromptTeacherResult,
+  type RefreshCheck,
+  type ScheduleTrigger,
   type RegisterModelResult,
   type SampleResult,
   type StageName,
@@ -49,6 +53,7 @@ import {
   taskOf,
   usesTeacher,
   isModelRef,
+  warmStartRef,
   type GateSpec,
   type PipelineSpec,
   type PipelineSpecInput,
@@ -188,6 +193,17 @@ function trackStages(runs: (stage: StageName) => boolean) {
       progress.stages.find((s) => s.name === name)!.status = 'skipped';
       progress.stageCount -= 1;
     },
+    /** Every stage not yet run is skipped (a refresh with nothing to do), with why on the first of them. */
+    skipRest: (why: string) => {
+      let first = true;
+      for (const entry of progress.stages) {
+        if (entry.status !== 'pending') continue;
+        entry.status = 'skipped';
+        if (first) entry.summary = why;
+        first = false;
+        progress.stageCount -= 1;
+      }
+    },
     done: () => {
       progress.stage = 'done';
     },
@@ -224,18 +240,47 @@ async function pipeline(
   const { workflowId, runId } = workflowInfo();
   const sample: SampleResult = await stage('sample', () => io.sample(spec), summary.sample);
   attributes.datasetHash(sample.datasetHash);
+  const trigger = scheduleTrigger();
+  if (trigger) {
+    // A scheduled refresh: when the champion was trained on this very spec and data, training again would only
+    // reproduce it (training is deterministic), so the run ends here with one audit record and no teacher call.
+    const check: RefreshCheck = await io.checkRefresh({
+      spec,
+      datasetHash: sample.datasetHash,
+      workflowId,
+      runId,
+      trigger,
+    });
+    if (check.unchanged) {
+      const { audit: _audit, alias, ...version } = check.version;
+      stage.skipRest(`unchanged: v${version.version} (${alias}) has this spec and data`);
+      attributes.outcome('unchanged');
+      stage.done();
+      return {
+        ...version,
+        workflowId,
+        runId,
+        unchanged: { alias, reason: `v${version.version} (${alias}) was trained on this spec and data` },
+        trigger,
+      };
+    }
+  }
   const { teacherResult, validation } = await teacherStages(spec, task, sample, stage);
 
   const gpuStages = gpuActivities(spec);
   const training: TrainStudentResult = await stage(
     'trainStudent',
-    async () =>
-      gpuStages.trainStudent({
-        student: spec.student,
-        ...(await initOf(spec)),
+    async () => {
+      const init = await initOf(spec);
+      const warm = init.initFrom !== undefined && spec.student.warmStart !== undefined;
+      const steps = warm ? (spec.student.warmStartSteps ?? spec.student.steps) : spec.student.steps;
+      return gpuStages.trainStudent({
+        student: { ...spec.student, steps },
+        ...init,
         train: validation?.train ?? sample.train,
         valid: validation?.valid ?? sample.valid,
-      }),
+      });
+    },
     summary.trainStudent
   );
 
@@ -266,6 +311,7 @@ async function pipeline(
         validation,
         training,
         evaluation,
+        ...(trigger ? { trigger } : {}),
       }),
     summary.registerModel
   );
@@ -290,7 +336,20 @@ async function pipeline(
     workflowId,
     runId,
     ...(promotion ? { promotion } : {}),
+    ...(trigger ? { trigger } : {}),
   };
+}
+
+/**
+ * The schedule that started this run and the action's nominal time, from the attributes the server sets on every
+ * scheduled run; undefined for a run started by hand.
+ */
+function scheduleTrigger(): ScheduleTrigger | undefined {
+  const attrs = workflowInfo().typedSearchAttributes;
+  const scheduleId = attrs.get(TemporalScheduledById);
+  const nominal = attrs.get(TemporalScheduledStartTime);
+  if (!scheduleId || !nominal) return undefined;
+  return { scheduleId, nominalTime: new Date(nominal).toISOString() };
 }
 
 /**
@@ -306,12 +365,17 @@ function gpuActivities(spec: PipelineSpec) {
 }
 
 /**
- * A registered version as the init (`my-model@champion`), resolved once here so every training attempt starts from
- * it. Specs of runs from before references existed never name one, so their histories replay unchanged.
+ * A registered version as the init (`my-model@champion`) or the warm start, resolved once here so every training
+ * attempt starts from it. A warm start that names no version yet (a model's first run) trains from scratch. Specs of
+ * runs from before references existed name neither, so their histories replay unchanged.
  */
 async function initOf(spec: PipelineSpec): Promise<{ initFrom?: ResolvedInit }> {
   const init = spec.student.init;
-  return init !== undefined && isModelRef(init) ? { initFrom: await io.resolveInit(init) } : {};
+  if (init !== undefined && isModelRef(init)) return { initFrom: await io.resolveInit(init) };
+  const warm = warmStartRef(spec);
+  if (warm === undefined) return {};
+  const from = await io.resolveWarmStart(warm);
+  return from ? { initFrom: from } : {};
 }
 
 /** The teacher and the validation of its rationales, for the methods that learn from a teacher. */

@@ -22,6 +22,11 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
+/** sha256 of the validated spec (canonical JSON, defaults filled in): what a refresh compares with its champion's. */
+export function specHash(spec: PipelineSpec): string {
+  return createHash('sha256').update(canonicalJson(spec)).digest('hex');
+}
+
 /**
  * The files and folders a spec reads besides the store: datasets, recorded completions, an init checkpoint. The
  * demo has none: its generator's parameters are spec fields.

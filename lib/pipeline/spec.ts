@@ -76,6 +76,17 @@ const studentSchema = z
      * turns a Hugging Face T5 folder into one). Its shape and tokenizer replace `preset`.
      */
     init: z.string().min(1).optional(),
+    /**
+     * Refreshes start from a registered version's weights and tokenizer instead of from scratch: `champion` is the
+     * version the spec's `gate.alias` names (`<name>@<gate.alias>`), or any `NAME@REF`. Where it names no version yet
+     * (a model's first run) training starts from scratch, as without it.
+     */
+    warmStart: z
+      .string()
+      .refine((v) => v === 'champion' || MODEL_REF_PATTERN.test(v), 'expected "champion" or a NAME@REF reference')
+      .optional(),
+    /** Training steps when a warm start found its version (default `steps`): a refresh fine-tunes, it need not retrain. */
+    warmStartSteps: z.number().int().min(1).max(10_000_000).optional(),
     ...training,
     /**
      * Seconds trainStudent (or evaluate) may go without a heartbeat before Temporal takes its worker for dead and
@@ -85,7 +96,23 @@ const studentSchema = z
     heartbeatTimeoutSeconds: z.number().int().min(5).max(3600).default(120),
   })
   .strict()
-  .superRefine(checkStudentOptions);
+  .superRefine(checkStudentOptions)
+  .superRefine((s, ctx) => {
+    if (s.warmStart !== undefined && s.init !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['warmStart'],
+        message: 'training starts from student.init or from a warm start, not both: expected one of them',
+      });
+    }
+    if (s.warmStartSteps !== undefined && s.warmStart === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['warmStartSteps'],
+        message: 'counts the steps of a warm start: set student.warmStart too',
+      });
+    }
+  });
 
 /**
  * Checks on each parsed rationale beyond parsing itself. An empty rationale is always dropped; the rest are opt-in
@@ -261,4 +288,10 @@ export const MODEL_REF_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[A-Za-z0-9][
 /** Whether `value` is a registry reference rather than a file path (write `./a@b` for a file so named). */
 export function isModelRef(value: string): boolean {
   return MODEL_REF_PATTERN.test(value);
+}
+
+/** The registered version a `student.warmStart` names: `champion` is the version the spec's gate alias names. */
+export function warmStartRef(spec: PipelineSpec): string | undefined {
+  const warm = spec.student.warmStart;
+  return warm === 'champion' ? `${spec.name}@${spec.gate.alias}` : warm;
 }

@@ -25,7 +25,7 @@ import { versionKey } from './registry';
 export const VERSION_STATUSES = ['candidate', 'approved', 'rejected', 'archived'] as const;
 export type VersionStatus = (typeof VERSION_STATUSES)[number];
 
-export const AUDIT_ACTIONS = ['register', 'gate', 'alias', 'approve', 'reject', 'archive'] as const;
+export const AUDIT_ACTIONS = ['register', 'gate', 'alias', 'approve', 'reject', 'archive', 'refresh'] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
 /** One change to the registry, as the log keeps it: what, from → to, who, when, why, and the run that did it. */
@@ -300,9 +300,9 @@ export async function moveAlias(
 // ---------------------------------------------------------------------------------------------------------------
 // Version status
 
-/** Which statuses each action may leave, and where it leads (`gate` decides its own target: see recordGate). */
+/** Which statuses each action may leave, and where it leads (`gate` decides its own target: see recordGate; `refresh` leaves it). */
 const TRANSITIONS: Record<
-  Exclude<AuditAction, 'alias' | 'register' | 'gate'>,
+  Exclude<AuditAction, 'alias' | 'register' | 'gate' | 'refresh'>,
   { from: VersionStatus[]; to: VersionStatus }
 > = {
   approve: { from: ['candidate'], to: 'approved' },
@@ -420,6 +420,19 @@ export async function recordGate(
     }
     return to;
   });
+}
+
+/**
+ * Record that a refresh found nothing to do: the version's spec and data are what the refresh would train on. The
+ * version's status stays as it is; the record names the run, so a retried activity finds its own.
+ */
+export async function recordUnchanged(
+  store: ArtifactStore,
+  name: string,
+  version: number,
+  opts: StatusChangeOptions & { id: string }
+): Promise<AuditRecord> {
+  return statusChange(store, name, version, 'refresh', opts, (status) => status);
 }
 
 async function statusChange(

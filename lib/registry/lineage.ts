@@ -417,8 +417,16 @@ export async function lineageTree(store: ArtifactStore, version: ModelVersion): 
   const approval = approvalNode(own);
   const run = node(
     'run',
-    `workflow ${l.workflowId}, run ${l.runId}`,
-    { details: { workflowId: l.workflowId, runId: l.runId } },
+    `workflow ${l.workflowId}, run ${l.runId}` +
+      (l.trigger ? `, started by schedule ${l.trigger.scheduleId} for ${l.trigger.nominalTime}` : ''),
+    {
+      details: {
+        workflowId: l.workflowId,
+        runId: l.runId,
+        ...(l.specHash ? { specHash: l.specHash } : {}),
+        ...(l.trigger ? { trigger: l.trigger } : {}),
+      },
+    },
     [
       node('manifest', `run manifest ${manifestHash ? short(manifestHash) : `${l.manifest} (named, not hashed)`}`, {
         ...(manifestHash ? { hash: manifestHash } : {}),

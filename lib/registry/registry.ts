@@ -45,6 +45,10 @@ export interface ModelLineage {
     /** The student's full T5 config: preset, `student.config` overrides, vocabulary (absent in older versions). */
     model?: Record<string, unknown>;
   };
+  /** sha256 of the run's validated spec (lib/pipeline/run-identity.ts specHash; absent in older versions). */
+  specHash?: string;
+  /** The schedule that started the run and the time it was due (absent for runs started by hand). */
+  trigger?: ScheduleTrigger;
   codeVersion: string;
   /** `codeVersion` taken apart: the git commit and whether the tree had uncommitted changes (absent in older versions). */
   code?: { version: string; commit?: string; dirty?: boolean };
@@ -52,6 +56,12 @@ export interface ModelLineage {
   runId: string;
   /** URI of the run's manifest: content-addressed since claims exist (older versions name `runs/<workflowId>/…`). */
   manifest: string;
+}
+
+/** A scheduled run's origin: the Temporal schedule's id and the nominal (due) time of its action, ISO-8601. */
+export interface ScheduleTrigger {
+  scheduleId: string;
+  nominalTime: string;
 }
 
 export interface ModelVersion {

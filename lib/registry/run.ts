@@ -21,7 +21,9 @@ import {
   versionKey,
   type ModelLineage,
   type ModelVersion,
+  type ScheduleTrigger,
 } from './registry';
+import { specHash } from '../pipeline/run-identity';
 
 export interface RegisterModelInput {
   spec: PipelineSpec;
@@ -33,6 +35,8 @@ export interface RegisterModelInput {
   validation?: ValidateRationalesResult;
   training: TrainStudentResult;
   evaluation: EvaluateResult;
+  /** Set when a schedule started the run: recorded in lineage. */
+  trigger?: ScheduleTrigger;
 }
 
 export interface RegisterModelResult {
@@ -199,6 +203,8 @@ function lineageOf(input: RegisterModelInput, codeVersion: string, manifestUri: 
       ...(input.training.model ? { model: { ...input.training.model } as Record<string, unknown> } : {}),
       ...(input.training.initFrom ? { initFrom: input.training.initFrom } : {}),
     },
+    specHash: specHash(input.spec),
+    ...(input.trigger ? { trigger: input.trigger } : {}),
     codeVersion,
     code: parseCodeVersion(codeVersion),
     workflowId: input.workflowId,
