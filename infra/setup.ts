@@ -3,6 +3,7 @@ import { ensureGraphviz } from './graphviz';
 import { ensureTemporalCli } from './temporal';
 import { ensureTfjsNative, type TfjsNativeStatus } from './tfjs-native';
 import { ensureOpenLineageSchemas } from './openlineage-schemas';
+import { ensureKustomize } from './kustomize';
 import type { Log } from './cache';
 
 export { cacheDir } from './cache';
@@ -18,6 +19,8 @@ export interface SetupOptions {
   tfjsNative?: boolean;
   /** Fetch the published OpenLineage JSON schemas the lineage tests validate events against. */
   openLineageSchemas?: boolean;
+  /** Build the pinned kustomize, which renders deploy/k8s/ for the manifest test (no cluster runs in CI). */
+  kustomize?: boolean;
   log?: Log;
 }
 
@@ -27,6 +30,7 @@ export interface SetupResult {
   dot?: string;
   tfjsNative?: TfjsNativeStatus;
   openLineageSchemas?: string;
+  kustomize?: string;
 }
 
 /**
@@ -42,5 +46,6 @@ export async function setup(opts: SetupOptions): Promise<SetupResult> {
   if (opts.graphviz) result.dot = await ensureGraphviz(opts.log);
   if (opts.tfjsNative) result.tfjsNative = await ensureTfjsNative(opts.log);
   if (opts.openLineageSchemas) result.openLineageSchemas = await ensureOpenLineageSchemas(opts.log);
+  if (opts.kustomize) result.kustomize = await ensureKustomize(opts.log);
   return result;
 }

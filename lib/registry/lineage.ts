@@ -14,7 +14,7 @@ import type { ArtifactStore } from '../store/artifact-store';
 import { canonicalJson, IntegrityError, NotFoundError, objectKey, sha256Hex } from '../store/artifact-store';
 import { decodeSafetensors } from '../student/checkpoint-file';
 import { modelHistory, versionStatus, type AuditRecord } from './audit';
-import type { ModelVersion } from './registry';
+import type { RunWorkers, ModelVersion } from './registry';
 
 /** What a node stands for. Every kind a complete distill-step-by-step version has appears in its tree. */
 export const LINEAGE_KINDS = [
@@ -218,6 +218,20 @@ async function tokenizerOf(
  * tokenizer); an object that cannot be read is noted on its node (`details.problem`), not fatal, so a damaged
  * version still shows what it claims to be made of.
  */
+/** `sample on a, promptTeacher on a, b (2 retried), …`: the distinct workers of each stage, in stage order. */
+function workersText(w: RunWorkers): string {
+  const byStage = new Map<string, { workers: Set<string>; retried: number }>();
+  for (const a of w.activities) {
+    const entry = byStage.get(a.stage) ?? { workers: new Set<string>(), retried: 0 };
+    entry.workers.add(a.worker);
+    if (a.attempt > 1) entry.retried++;
+    byStage.set(a.stage, entry);
+  }
+  return [...byStage]
+    .map(([stage, e]) => `${stage} on ${[...e.workers].join(', ')}${e.retried ? ` (${e.retried} retried)` : ''}`)
+    .join('; ');
+}
+
 export async function lineageTree(store: ArtifactStore, version: ModelVersion): Promise<LineageNode> {
   const l = version.lineage;
   const manifestHash = hashOfUri(l.manifest);
@@ -418,11 +432,13 @@ export async function lineageTree(store: ArtifactStore, version: ModelVersion): 
   const run = node(
     'run',
     `workflow ${l.workflowId}, run ${l.runId}` +
-      (l.trigger ? `, started by schedule ${l.trigger.scheduleId} for ${l.trigger.nominalTime}` : ''),
+      (l.trigger ? `, started by schedule ${l.trigger.scheduleId} for ${l.trigger.nominalTime}` : '') +
+      (l.workers ? `; ${workersText(l.workers)}` : ''),
     {
       details: {
         workflowId: l.workflowId,
         runId: l.runId,
+        ...(l.workers ? { workers: l.workers } : {}),
         ...(l.specHash ? { specHash: l.specHash } : {}),
         ...(l.trigger ? { trigger: l.trigger } : {}),
       },

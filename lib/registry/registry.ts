@@ -45,6 +45,12 @@ export interface ModelLineage {
     /** The student's full T5 config: preset, `student.config` overrides, vocabulary (absent in older versions). */
     model?: Record<string, unknown>;
   };
+  /**
+   * Which worker (its Temporal identity, `pid@host` by default: the pod name on Kubernetes) ran each stage's activities,
+   * read from the run's history at registration: the attempt that completed, and the workers of the workflow itself
+   * (absent in older versions, and where the history could not be read).
+   */
+  workers?: RunWorkers;
   /** sha256 of the run's validated spec (lib/pipeline/run-identity.ts specHash; absent in older versions). */
   specHash?: string;
   /** The schedule that started the run and the time it was due (absent for runs started by hand). */
@@ -56,6 +62,21 @@ export interface ModelLineage {
   runId: string;
   /** URI of the run's manifest: content-addressed since claims exist (older versions name `runs/<workflowId>/…`). */
   manifest: string;
+}
+
+/** One activity execution of a run, as its history recorded it: the stage, the activity, who completed it. */
+export interface StageWorker {
+  stage: string;
+  activity: string;
+  worker: string;
+  /** The attempt that completed (1: no retry). */
+  attempt: number;
+}
+
+export interface RunWorkers {
+  /** Workers that ran the pipeline workflow's (and the teacher stage's) workflow tasks. */
+  workflow: string[];
+  activities: StageWorker[];
 }
 
 /** A scheduled run's origin: the Temporal schedule's id and the nominal (due) time of its action, ISO-8601. */

@@ -22,6 +22,7 @@ import {
   type ModelLineage,
   type ModelVersion,
   type ScheduleTrigger,
+  type RunWorkers,
 } from './registry';
 import { specHash } from '../pipeline/run-identity';
 
@@ -65,7 +66,8 @@ export interface RegisterModelResult {
 export async function registerRun(
   store: ArtifactStore,
   input: RegisterModelInput,
-  codeVersion: string
+  codeVersion: string,
+  workers?: RunWorkers
 ): Promise<RegisterModelResult> {
   const name = checkModelName(input.spec.name, 'name');
   const mKey = runManifestKey(input.workflowId);
@@ -92,7 +94,7 @@ export async function registerRun(
       ...(input.evaluation.baselines ? { baselines: input.evaluation.baselines } : {}),
     },
     checkpoint: { ...input.training.checkpoint, uri: store.uri(input.training.checkpoint) },
-    lineage: lineageOf(input, codeVersion, store.uri(manifestRef)),
+    lineage: { ...lineageOf(input, codeVersion, store.uri(manifestRef)), ...(workers ? { workers } : {}) },
   });
   await logRegistration(store, version);
   return resultOf(version, mKey);
