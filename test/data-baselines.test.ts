@@ -10,6 +10,7 @@ import test from 'ava';
 import { numbersIn, trivialBaselines } from '../lib/data/baselines';
 import { evaluateExpression } from '../lib/data/arith';
 import { sampleDataset } from '../lib/data/sample';
+import { majorityOn } from '../lib/registry/gate-stage';
 import { parseSpec } from '../lib/pipeline/spec';
 import { openStore } from '../lib/store';
 import type { Example } from '../lib/data/types';
@@ -115,4 +116,23 @@ test('every training fraction validates on the same held-out examples, apart fro
     await store.close();
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('the gate’s first-version baseline is the majority answer value chosen on train, not the commonest equation', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-gate-baseline-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const store = openStore(dir);
+  const testSplit = svamp('test');
+  const train = svamp('train');
+  const evalSet = await store.putJsonl(testSplit);
+  const rows = testSplit.map((e) => ({ id: e.id, gold: e.label, correct: false }));
+  const input = {
+    plan: { alias: 'champion', champion: null, evalSet },
+    baselineFrom: { task: 'svamp' as const, train: await store.putJsonl(train) },
+  } as unknown as Parameters<typeof majorityOn>[1];
+  const honest = await majorityOn(store, input, rows);
+  t.is(honest.accuracy, trivialBaselines('svamp', testSplit, train).majority.accuracy);
+  t.is(honest.accuracy, 0.09, 'the answer value 2 is 9% of the SVAMP test set');
+  const legacy = await majorityOn(store, { ...input, baselineFrom: undefined }, rows);
+  t.true(legacy.accuracy < 0.05, `the old equation-string majority (${legacy.accuracy}) undersold the baseline`);
 });

@@ -586,6 +586,7 @@ async function decideOnFrozenSet(run: GateRun) {
     teacher: teacher.measured
       ? { accuracy: teacher.accuracy, predictions: teacher.predictions, model: teacher.model }
       : { unmeasured: teacher.reason },
+    baselineFrom: { task: run.task, train: run.sample.train },
   });
   return { plan, decided };
 }

@@ -5,7 +5,9 @@
  * the run's id, so a retried activity finds what its first attempt wrote.
  */
 import type { ArtifactRef, ArtifactStore } from '../store/artifact-store';
-import type { GateSpec } from '../pipeline/spec';
+import type { GateSpec, TaskKind } from '../pipeline/spec';
+import type { Example } from '../data/types';
+import { trivialBaselines } from '../data/baselines';
 import { InputError } from '../errors';
 import { majorityBaseline } from '../data/score';
 import {
@@ -104,6 +106,12 @@ export interface DecideGateInput {
   candidatePredictions: ArtifactRef;
   /** The teacher on the same examples: its accuracy and predictions, or why it was not measured. */
   teacher?: { accuracy: number; predictions: ArtifactRef; model: string } | { unmeasured: string };
+  /**
+   * The task and the run's training split: the majority baseline is then the most common *scored* value of train
+   * (an arithmetic answer's value, not its equation string) scored on the evaluation set. Absent in gate attempts
+   * of runs from before, which fall back to the most common gold string of the evaluation set.
+   */
+  baselineFrom?: { task: TaskKind; train: ArtifactRef };
 }
 
 /** What the workflow learns from the gate: small, and the one sentence a user reads. */
@@ -126,6 +134,20 @@ interface Row {
   correct: boolean;
 }
 
+/** The gate's majority-class baseline on the evaluation set, chosen on the run's training split where it is known. */
+export async function majorityOn(
+  store: ArtifactStore,
+  input: DecideGateInput,
+  rows: Row[]
+): Promise<{ accuracy: number }> {
+  if (!input.baselineFrom) return majorityBaseline(rows.map((r) => ({ id: r.id, input: '', label: r.gold })));
+  const [evalSet, train] = await Promise.all([
+    store.getJsonl<Example>(input.plan.evalSet),
+    store.getJsonl<Example>(input.baselineFrom.train),
+  ]);
+  return trivialBaselines(input.baselineFrom.task, evalSet, train).majority;
+}
+
 /**
  * Decide on the paired outcomes and record the decision on the candidate: rejected when it fails; approved when it
  * passes and no person must approve; still a candidate, awaiting approval, otherwise.
@@ -136,7 +158,7 @@ export async function decideAndRecordGate(store: ArtifactStore, input: DecideGat
   const candidateAccuracy = candidateRows.length
     ? candidateRows.filter((r) => r.correct).length / candidateRows.length
     : 0;
-  const baseline = majorityBaseline(candidateRows.map((r) => ({ id: r.id, input: '', label: r.gold })));
+  const baseline = await majorityOn(store, input, candidateRows);
   const paired = championRows ? pairOutcomes(candidateRows, championRows) : undefined;
   const decision: GateDecision = decide({
     gate: input.gate,
