@@ -75,8 +75,11 @@ export async function dataHash(spec: PipelineSpec): Promise<string> {
   return hash.digest('hex');
 }
 
-/** `stepwise-<name>-<12 hex of sha256(canonical spec, data hash)>`: equal for the same spec on the same data. */
-export async function runWorkflowId(spec: PipelineSpec): Promise<string> {
+/**
+ * `stepwise-<name>-<12 hex of sha256(canonical spec, data hash)>`: equal for the same spec on the same data. A caller
+ * naming many specs over the same data (a sweep's cells) passes the data's hash once, so the files are read once.
+ */
+export async function runWorkflowId(spec: PipelineSpec, knownDataHash?: string): Promise<string> {
   // A default gate is left out, so a spec keeps the id it had before the gate existed: `stepwise run` of the same spec
   // after an upgrade still finds (and resumes) the run it started before.
   const { gate, ...rest } = spec;
@@ -84,7 +87,7 @@ export async function runWorkflowId(spec: PipelineSpec): Promise<string> {
   const digest = createHash('sha256')
     .update(canonicalJson(hashed))
     .update('\n')
-    .update(await dataHash(spec))
+    .update(knownDataHash ?? (await dataHash(spec)))
     .digest('hex');
   return `stepwise-${spec.name}-${digest.slice(0, 12)}`;
 }

@@ -187,11 +187,13 @@ export async function planSweep(
   const base = parseSpec(def.spec);
   const grid = checkSweep(def);
   const cells: SweepCellPlan[] = [];
+  // Cells differ in method, fraction and seed only: they read the same files, hashed once here.
+  const hash = await dataHash(base);
   for (const method of grid.methods) {
     for (const fraction of grid.fractions) {
       for (const seed of grid.seeds) {
         const spec = cellSpec(base, method, fraction, seed);
-        const workflowId = await runWorkflowId(spec);
+        const workflowId = await runWorkflowId(spec, hash);
         const cell = { method, fraction, seed, name: spec.name, workflowId };
         const found = await registeredRun(store, spec.name, workflowId);
         cells.push({ ...cell, spec, ...(found ? { reused: cellFromVersion(cell, found) } : {}) });
