@@ -37,6 +37,19 @@ test('a recorded history of a gated, approved run replays against the current wo
   );
 });
 
+// Scheduled refreshes (recorded by test/schedule-refresh.test.ts with STEPWISE_RECORD_HISTORY=1): a run that found
+// its champion's spec and data and ended `unchanged`, and one that warm-started from the champion on new data.
+for (const [file, what] of [
+  ['refresh-unchanged-history.json', 'a scheduled refresh that ended unchanged'],
+  ['refresh-warm-history.json', 'a scheduled refresh that warm-started from its champion'],
+] as const) {
+  const recorded = JSON.parse(readFileSync(join(__dirname, 'fixtures', file), 'utf8'));
+  const id: string = recorded.events[0].workflowExecutionStartedEventAttributes.workflowId ?? file;
+  test(`a recorded history of ${what} replays against the current workflow code`, async (t) => {
+    await t.notThrowsAsync(Worker.runReplayHistory({ workflowsPath: require.resolve('../workflows') }, recorded, id));
+  });
+}
+
 test('a workflow that reorders its stages fails replay with a determinism error', async (t) => {
   const err = await t.throwsAsync(
     Worker.runReplayHistory({ workflowsPath: require.resolve('./fixtures/reordered-pipeline') }, history, pipelineId)

@@ -9,6 +9,7 @@ import { execFile } from 'node:child_process';
 import { appendFile, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
 import test from 'ava';
 import type { WorkflowHandle } from '@temporalio/client';
 import {
@@ -23,6 +24,7 @@ import { startLocalTeacherServer, type LocalTeacherServer } from '../lib/teacher
 import { getVersion, listVersions } from '../lib/registry/registry';
 import { versionHistory } from '../lib/registry/audit';
 import type { ScheduleView } from '../cli/shared/schedules';
+import { ensureTemporalCli } from '../infra/temporal';
 import { servicesForFile } from './helpers/services';
 
 const services = servicesForFile();
@@ -88,6 +90,25 @@ async function dataFiles() {
 async function resultOf(workflowId: string): Promise<{ handle: WorkflowHandle; result: PipelineResult }> {
   const handle = services().client.workflow.getHandle(workflowId);
   return { handle, result: (await handle.result()) as PipelineResult };
+}
+
+/** The run's history as the `temporal` CLI prints it (the format `Worker.runReplayHistory` reads). */
+async function historyJson(handle: WorkflowHandle): Promise<string> {
+  const { stdout } = await promisify(execFile)(
+    await ensureTemporalCli(),
+    [
+      'workflow',
+      'show',
+      '--workflow-id',
+      handle.workflowId,
+      '--address',
+      services().temporal.address,
+      '--output',
+      'json',
+    ],
+    { maxBuffer: 64 * 1024 * 1024 }
+  );
+  return stdout;
 }
 
 async function describe(name: string): Promise<ScheduleView> {
@@ -186,6 +207,12 @@ test('a schedule refreshes: unchanged data ends the run with no teacher call; ne
   t.is(v2.lineage.training.initFrom?.version, 1, 'warm-started from the champion');
   t.is(v2.lineage.training.steps, 20, 'a warm start trains warmStartSteps');
   t.not(v2.lineage.dataset.datasetHash, v1.lineage.dataset.datasetHash);
+
+  if (process.env.STEPWISE_RECORD_HISTORY) {
+    // Replayed by test/replay.test.ts: the shapes of a scheduled refresh (ended unchanged; warm-started).
+    await writeFile(join(__dirname, 'fixtures', 'refresh-unchanged-history.json'), await historyJson(run2.handle));
+    await writeFile(join(__dirname, 'fixtures', 'refresh-warm-history.json'), await historyJson(run3.handle));
+  }
 
   const deleted = await cli(['schedule', 'delete', 'nightly', '--json']);
   t.is(deleted.code, 0, deleted.stderr);
