@@ -9,18 +9,11 @@ import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { DEFAULT_GATE, type PipelineSpec } from './spec';
 import { specPaths } from '../data/roots';
+import { canonicalJson } from '../store/artifact-store';
 
-/** JSON with object keys sorted at every level, so equal specs print equally whatever order their fields came in. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map((v) => canonicalJson(v ?? null)).join(',')}]`;
-  if (value !== null && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
-  }
-  return JSON.stringify(value);
-}
+// JSON with keys sorted at every level, so equal specs print equally whatever order their fields came in: the store's
+// one definition (content hashes use it too), re-exported for the callers that name runs.
+export { canonicalJson };
 
 /** sha256 of the validated spec (canonical JSON, defaults filled in): what a refresh compares with its champion's. */
 export function specHash(spec: PipelineSpec): string {
