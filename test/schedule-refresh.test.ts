@@ -269,6 +269,10 @@ test('a bad cron, a bad interval or a bad spec is refused naming the flag or fie
   t.is(tz.code, 2);
   t.regex(tz.stderr, /--timezone/);
 
+  const noServer = await cli(['schedule', 'ls'], { TEMPORAL_ADDRESS: '' });
+  t.is(noServer.code, 2);
+  t.regex(noServer.stderr, /TEMPORAL_ADDRESS is not set: a schedule lives on a Temporal server that keeps running/);
+
   const listed = await cli(['schedule', 'ls', '--json']);
   t.is(listed.code, 0, listed.stderr);
   const ids = (JSON.parse(listed.stdout) as ScheduleView[]).map((s) => s.scheduleId);
