@@ -14,6 +14,7 @@ import { addDevCommand } from './commands/dev';
 import { addValidateCommand } from './commands/validate';
 import { addModelsCommand } from './commands/models';
 import { addLineageCommand } from './commands/lineage';
+import { addReportCommand } from './commands/report';
 import { addVerifyCommand } from './commands/verify';
 import { addRunsCommand } from './commands/runs';
 import { addCancelCommand } from './commands/cancel';
@@ -21,6 +22,8 @@ import { addSetupCommand } from './commands/setup';
 import { addImportT5Command } from './commands/import-t5';
 import { addExportT5Command } from './commands/export-t5';
 import { addCodecServerCommand } from './commands/codec-server';
+import { addDeployCommand } from './commands/deploy';
+import { addReplayCommand } from './commands/replay';
 
 /** Registration order is the order `stepwise --help` lists the commands in. */
 const COMMANDS = [
@@ -29,10 +32,13 @@ const COMMANDS = [
   addScheduleCommand,
   addResumeCommand,
   addWorkerCommand,
+  addDeployCommand,
+  addReplayCommand,
   addDevCommand,
   addValidateCommand,
   addModelsCommand,
   addLineageCommand,
+  addReportCommand,
   addVerifyCommand,
   addRunsCommand,
   addCancelCommand,

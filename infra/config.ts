@@ -61,6 +61,27 @@ export interface StepwiseSettings {
   openLineageApiKey?: string;
   /** `STEPWISE_OPENLINEAGE_NAMESPACE`: the namespace of the stage jobs and the pipeline job (default `stepwise`). */
   openLineageNamespace: string;
+  /**
+   * `STEPWISE_WORKER_VERSIONING`: `on` (default) or `off`. On, `stepwise worker` joins a Temporal Worker Deployment and
+   * runs pinned workflows; off, it is an unversioned worker (as the embedded mode's always are). Raw here;
+   * workers/versioning.ts checks it, so a typo fails the worker that reads it instead of silently meaning "on".
+   */
+  workerVersioning: string;
+  /** `STEPWISE_DEPLOYMENT_NAME`: the Worker Deployment `stepwise worker` joins and `stepwise deploy` manages. */
+  deploymentName: string;
+  /**
+   * `STEPWISE_BUILD_ID`: the worker's build id within the deployment (default: derived from the code version). Checked
+   * in workers/versioning.ts, never rewritten: an id an operator chose is refused with the reason, not altered.
+   */
+  buildId?: string;
+  /**
+   * `STEPWISE_MLFLOW_URI`: an MLflow tracking server (`http(s)://host:port`, credentials in the URI sent as Basic auth).
+   * Set, every registered version is mirrored there (lib/mlflow/export.ts): a run with params, metrics and lineage
+   * tags, and a Model Registry version with the registry's aliases. A failing server is a warning, never a failed run.
+   */
+  mlflowUri?: string;
+  /** `STEPWISE_MLFLOW_EXPERIMENT`: the MLflow experiment runs are logged to (default: one per model, its name). */
+  mlflowExperiment?: string;
 }
 
 const nonEmpty = (value: string | undefined) => (value === undefined || value === '' ? undefined : value);
@@ -92,6 +113,11 @@ export function settings(env: Env = process.env): StepwiseSettings {
     openLineageUrl: nonEmpty(env.STEPWISE_OPENLINEAGE_URL),
     openLineageApiKey: nonEmpty(env.STEPWISE_OPENLINEAGE_API_KEY),
     openLineageNamespace: nonEmpty(env.STEPWISE_OPENLINEAGE_NAMESPACE) ?? 'stepwise',
+    workerVersioning: nonEmpty(env.STEPWISE_WORKER_VERSIONING) ?? 'on',
+    deploymentName: nonEmpty(env.STEPWISE_DEPLOYMENT_NAME) ?? 'stepwise',
+    buildId: nonEmpty(env.STEPWISE_BUILD_ID),
+    mlflowUri: nonEmpty(env.STEPWISE_MLFLOW_URI),
+    mlflowExperiment: nonEmpty(env.STEPWISE_MLFLOW_EXPERIMENT),
   };
 }
 

@@ -1,5 +1,5 @@
 import { Client, Connection } from '@temporalio/client';
-import type { DataConverter } from '@temporalio/common';
+import type { DataConverter, WorkerDeploymentVersion } from '@temporalio/common';
 import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { taskQueueOf, type QueueKind } from '../contract';
@@ -10,6 +10,7 @@ import { settings } from '../infra/config';
 import { withCudaLibraryPath } from '../infra/cuda';
 import { setup } from '../infra/setup';
 import { ensureSearchAttributes } from './search-attributes';
+import { bootstrapCurrentVersion, versionedWorkerOptions, workerVersionFromSettings } from './versioning';
 
 /**
  * Keep the SDK to warnings and errors: an interactive run or a test prints its own progress, and worker state
@@ -41,6 +42,14 @@ export interface PipelineWorkersOptions {
   workflowBundle?: WorkerOptions['workflowBundle'];
   /** The client's data converter (`connectTemporal(…).dataConverter`): both sides must encode payloads alike. */
   dataConverter?: DataConverter;
+  /**
+   * The Worker Deployment Version these workers belong to (workers/versioning.ts); unversioned when omitted. Every
+   * queue's worker gets the same version, so a run pinned to a build reaches that build's GPU workers too. Only
+   * `stepwise worker` sets it: the embedded mode and tests that call this directly run one local, unversioned worker
+   * set, where pinning would strand the runs of an older checkout after an upgrade (no worker of their build is
+   * left to finish them).
+   */
+  versioning?: WorkerDeploymentVersion;
 }
 
 /**
@@ -64,6 +73,7 @@ export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
         activities,
         dataConverter,
         maxHeartbeatThrottleInterval: MAX_HEARTBEAT_THROTTLE,
+        ...(opts.versioning ? versionedWorkerOptions(opts.versioning) : {}),
         ...(queue === 'cpu' ? workflowSource : { maxConcurrentActivityTaskExecutions: 1 }),
       })
     );
@@ -107,8 +117,14 @@ export async function connectTemporal(target: TemporalTarget) {
  * Long-running worker for a real cluster: `stepwise worker --queue cpu|gpu`, the one worker entry (tests and benches
  * start workers through it too). Stops gracefully on SIGINT/SIGTERM (the SDK's default shutdown signals), finishing
  * or cancelling in-flight activities first.
+ *
+ * Versioned by default (`STEPWISE_WORKER_VERSIONING`, workers/versioning.ts): the worker joins the Worker Deployment
+ * `STEPWISE_DEPLOYMENT_NAME` as build `STEPWISE_BUILD_ID` (default: from the code version), and the first worker of a
+ * deployment with no current version makes its own version current.
  */
 export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget; store: string }): Promise<void> {
+  // Checked before anything starts: a bad setting is the operator's to fix, not a crash after connecting.
+  const versioning = workerVersionFromSettings();
   if (opts.queue === 'gpu') await prepareGpuWorker();
   const temporal = await connectTemporal(opts.target);
   // Runs set these attributes; a cluster that lacks them and will not take them from us gets one line on how to add them.
@@ -120,16 +136,35 @@ export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget
     queues: [opts.queue],
     store: opts.store,
     dataConverter: temporal.dataConverter,
+    versioning,
   });
   console.log(
     `stepwise worker: queue ${taskQueueOf(opts.queue)} on ${opts.target.connectionOptions.address ?? 'localhost:7233'} ` +
       `(namespace ${opts.target.namespace}), store ${pipeline.deps.store.location}, ` +
+      `${versioning ? `deployment ${versioning.deploymentName} build ${versioning.buildId}` : 'unversioned'}, ` +
       describePayloadEncryption(temporal.dataConverter)
   );
+  if (versioning?.buildId.endsWith('.dirty')) {
+    console.log(
+      `stepwise worker: build ${versioning.buildId} is from a working tree with uncommitted changes; two different ` +
+        'edits would share this build id, so set STEPWISE_BUILD_ID (or commit) before deploying it'
+    );
+  }
   const memoryLog = memoryLogger(settings().workerMemoryLogSeconds);
+  const running = pipeline.run();
+  // The version registers with the server on the first poll, so the bootstrap runs alongside the workers.
+  const stopBootstrap = new AbortController();
+  const bootstrap = versioning
+    ? bootstrapCurrentVersion(temporal.client, versioning, { signal: stopBootstrap.signal }).then(
+        (line) => console.log(`stepwise worker: ${line}`),
+        (err: unknown) => console.error(`stepwise worker: could not check the deployment's current version: ${err}`)
+      )
+    : Promise.resolve();
   try {
-    await pipeline.run();
+    await running;
   } finally {
+    stopBootstrap.abort();
+    await bootstrap;
     if (memoryLog) clearInterval(memoryLog);
     await pipeline.deps.close();
     await temporal.close();

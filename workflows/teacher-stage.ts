@@ -3,11 +3,17 @@
  * on whichever workers serve the queue (direct calls, or batch jobs polled on durable timers), then assemble the
  * responses. It continues as new every `shardsPerRun` shards or when Temporal suggests it, so its history stays
  * bounded however many examples there are; everything it carries across is counters and shard indices.
+ *
+ * Under Worker Versioning a run is pinned to the build it started on, but each continue-as-new starts the next run on
+ * the deployment's current version (upgrade on continue-as-new), and a run hands over early once the server says the
+ * current version has changed: a long stage moves to new code within one shard's time, while the pipeline that
+ * started it stays on its own build. That makes {@link TeacherStageState} and the stage's input a contract between
+ * builds: a new build must accept the state an older one carries across (fields may be added, as optional).
  */
 import {
   ApplicationFailure,
-  continueAsNew,
   getExternalWorkflowHandle,
+  makeContinueAsNewFunc,
   patched,
   proxyActivities,
   setHandler,
@@ -218,7 +224,11 @@ class ShardScheduler {
     return (
       this.launched >= this.input.teacher.shardsPerRun ||
       info.continueAsNewSuggested ||
-      info.historyLength > HISTORY_EVENTS_LIMIT
+      info.historyLength > HISTORY_EVENTS_LIMIT ||
+      // A new current version (recorded in the workflow task's history event, so replay sees it too): hand over to a
+      // run on it. Only after launching a shard, so each run makes progress even on a server that would start the
+      // next run on this same version again.
+      (info.targetWorkerDeploymentVersionChanged && this.launched > 0)
     );
   }
 
@@ -324,6 +334,14 @@ class ShardScheduler {
 }
 
 /**
+ * Continue as new on the deployment's current version (a pinned run's default would keep the old build). On an
+ * unversioned worker (the embedded mode) the option changes nothing.
+ */
+function continueOnCurrentVersion(input: TeacherStageInput, state: TeacherStageState): Promise<never> {
+  return makeContinueAsNewFunc<typeof teacherStage>({ initialVersioningBehavior: 'AUTO_UPGRADE' })(input, state);
+}
+
+/**
  * The teacher stage: plan the shards (first run only), run them, then continue as new while shards remain, or
  * assemble the responses once every shard is done (or the budget is spent).
  */
@@ -341,7 +359,7 @@ export async function teacherStage(
     state.next < state.plan.shards || state.stopped.length > 0 || Object.keys(state.batches).length > 0;
   if (scheduler.draining && unfinished && !state.exhausted) {
     state.run += 1;
-    return continueAsNew<typeof teacherStage>(input, state);
+    return continueOnCurrentVersion(input, state);
   }
 
   const figures = await acts.finishTeacher({ plan: state.plan.plan });

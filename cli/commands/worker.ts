@@ -11,7 +11,8 @@ export function addWorkerCommand(program: Command): void {
   program
     .command('worker')
     .description(
-      'run a long-lived worker against a Temporal cluster (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS / API key)'
+      'run a long-lived worker against a Temporal cluster (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TLS / API key); ' +
+        'versioned as build STEPWISE_BUILD_ID of deployment STEPWISE_DEPLOYMENT_NAME unless STEPWISE_WORKER_VERSIONING=off'
     )
     .addOption(
       new Option('--queue <queue>', 'cpu: workflows, data, teacher, registry; gpu: training, evaluation')

@@ -188,6 +188,9 @@ export async function startWorkerProcess(
       TEMPORAL_ADDRESS: services.temporal.address,
       TEMPORAL_NAMESPACE: services.temporal.namespace,
       STEPWISE_STORE: services.storeLocation,
+      // Unversioned unless a test asks (test/worker-versioning.test.ts): these processes share queues with the
+      // in-process workers, which are unversioned, and a deployment's current version would take the queues over.
+      STEPWISE_WORKER_VERSIONING: 'off',
       ...opts.env,
     },
   });

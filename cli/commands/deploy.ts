@@ -1,0 +1,220 @@
+/**
+ * `stepwise deploy`: which build of the workers new runs go to, over Temporal's Worker Deployment API
+ * (workers/versioning.ts). Runs already started stay on the build they started on (their workflows are pinned).
+ *
+ *   status | set-current BUILD_ID | ramp BUILD_ID --percent N      (each with --json)
+ *
+ * Exit code 2 for input the deployment cannot take (an unknown build id, a percentage outside 0..100), 1 when the
+ * server refuses the change (a concurrent change, a build whose workers do not poll every task queue yet).
+ */
+import { Command } from 'commander';
+import type { Client } from '@temporalio/client';
+import { settings } from '../../infra/config';
+import { InputError } from '../../lib/errors';
+import { temporalTarget } from '../../workers/connection';
+import { connectTemporal } from '../../workers/pipeline-worker';
+import {
+  checkDeploymentName,
+  deploymentIdentity,
+  describeDeployment,
+  grpcCode,
+  GRPC_FAILED_PRECONDITION,
+  GRPC_INVALID_ARGUMENT,
+  GRPC_NOT_FOUND,
+  waitForRouting,
+  type DeploymentStatus,
+} from '../../workers/versioning';
+import { log } from '../shared/options';
+
+interface DeployFlags {
+  json?: boolean;
+}
+
+export function addDeployCommand(program: Command): void {
+  const deploy = program
+    .command('deploy')
+    .description(
+      'route new runs between worker builds (Temporal Worker Versioning, deployment STEPWISE_DEPLOYMENT_NAME; needs TEMPORAL_ADDRESS)'
+    );
+  deploy
+    .command('status')
+    .description("the deployment's current and ramping builds, and every build it knows with its drainage")
+    .option('--json', 'print the status as one JSON object')
+    .action(async (flags: DeployFlags) => withDeployment(async (client, name) => printStatus(client, name, flags)));
+  deploy
+    .command('set-current')
+    .description(
+      'send every new run to BUILD_ID (its workers must poll both queues); in-flight runs stay where they are'
+    )
+    .argument('<buildId>')
+    .option('--json', 'print the change as one JSON object')
+    .action(async (buildId: string, flags: DeployFlags) =>
+      withDeployment(async (client, name) => setCurrent(client, name, buildId, flags))
+    );
+  deploy
+    .command('ramp')
+    .description('send PERCENT of new runs to BUILD_ID, the rest to the current build (0 keeps it ramping at none)')
+    .argument('<buildId>')
+    .requiredOption('--percent <n>', 'share of new runs, 0 to 100')
+    .option('--json', 'print the change as one JSON object')
+    .action(async (buildId: string, flags: DeployFlags & { percent: string }) =>
+      withDeployment(async (client, name) => ramp(client, name, buildId, flags.percent, flags))
+    );
+}
+
+/**
+ * Connects, runs `body` against the configured deployment, and maps failures to exit codes: 2 for bad input (the
+ * message names the argument), 1 for a change the server refused.
+ */
+async function withDeployment(body: (client: Client, deploymentName: string) => Promise<void>): Promise<void> {
+  let temporal: Awaited<ReturnType<typeof connectTemporal>> | undefined;
+  try {
+    const deploymentName = checkDeploymentName(settings().deploymentName);
+    temporal = await connectTemporal(temporalTarget());
+    await body(temporal.client, deploymentName);
+  } catch (err) {
+    if (err instanceof InputError) {
+      log(`stepwise deploy: ${err.message}`);
+      process.exitCode = 2;
+    } else if (grpcCode(err) === GRPC_FAILED_PRECONDITION) {
+      // A conflict token that no longer matches, or a build missing pollers on a queue: the server says which.
+      log(`stepwise deploy: the server refused the change: ${(err as Error).message}`);
+      process.exitCode = 1;
+    } else {
+      throw err;
+    }
+  } finally {
+    await temporal?.close();
+  }
+}
+
+/** The deployment, or an InputError saying that no worker of it has polled yet. */
+async function deploymentOrExplain(client: Client, deploymentName: string): Promise<DeploymentStatus> {
+  const status = await describeDeployment(client, deploymentName);
+  if (!status) {
+    throw new InputError(
+      `STEPWISE_DEPLOYMENT_NAME: no worker deployment '${deploymentName}' in namespace ${client.options.namespace}: ` +
+        'no versioned worker of it has polled yet (start `stepwise worker` with versioning on)',
+      'STEPWISE_DEPLOYMENT_NAME'
+    );
+  }
+  return status;
+}
+
+/** The build id, checked against the versions the deployment knows, so a typo is refused before any write. */
+function knownBuild(status: DeploymentStatus, buildId: string): string {
+  if (!status.versions.some((v) => v.buildId === buildId)) {
+    const known = status.versions.map((v) => v.buildId).join(', ') || 'none';
+    throw new InputError(
+      `BUILD_ID: deployment ${status.deploymentName} has no build '${buildId}' (known: ${known}); a build is known ` +
+        'once one of its workers has polled',
+      'BUILD_ID'
+    );
+  }
+  return buildId;
+}
+
+/** `--percent`, a number in 0..100. */
+export function parsePercent(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 100) {
+    throw new InputError(`--percent must be a number from 0 to 100, got '${value}'`, '--percent');
+  }
+  return n;
+}
+
+async function printStatus(client: Client, deploymentName: string, flags: DeployFlags): Promise<void> {
+  const status = await deploymentOrExplain(client, deploymentName);
+  if (flags.json) {
+    const { conflictToken: _token, ...shown } = status;
+    console.log(JSON.stringify(shown));
+    return;
+  }
+  console.log(`deployment ${status.deploymentName} (namespace ${client.options.namespace})`);
+  console.log(`  current: ${status.current ?? '(none: new runs go to unversioned workers)'}`);
+  if (status.ramping) console.log(`  ramping: ${status.ramping.buildId} at ${status.ramping.percent}%`);
+  if (!status.routingPropagated) console.log('  routing: the last change is still reaching the task queues');
+  for (const v of status.versions) {
+    const drainage = v.drainage && v.status !== 'current' ? ` (${v.drainage})` : '';
+    console.log(`  ${v.buildId}  ${v.status}${drainage}  created ${v.createTime ?? '?'}`);
+  }
+}
+
+async function setCurrent(client: Client, deploymentName: string, buildId: string, flags: DeployFlags) {
+  const status = await deploymentOrExplain(client, deploymentName);
+  knownBuild(status, buildId);
+  const response = await client.workflowService
+    .setWorkerDeploymentCurrentVersion({
+      namespace: client.options.namespace,
+      deploymentName,
+      buildId,
+      // Read above: if anyone changed the deployment since, this write fails instead of overriding them.
+      conflictToken: status.conflictToken,
+      identity: deploymentIdentity('stepwise-deploy'),
+    })
+    .catch((err: unknown) => rethrowAsInput(err, buildId));
+  const previous = response.previousDeploymentVersion?.buildId || undefined;
+  const propagated = await routed(client, deploymentName);
+  if (flags.json)
+    console.log(JSON.stringify({ deploymentName, current: buildId, previous: previous ?? null, propagated }));
+  else
+    console.log(
+      `deployment ${deploymentName}: new runs go to build ${buildId}` +
+        (previous && previous !== buildId
+          ? `; runs pinned to ${previous} finish there (keep its workers until drained)`
+          : '')
+    );
+}
+
+async function ramp(client: Client, deploymentName: string, buildId: string, percentFlag: string, flags: DeployFlags) {
+  const percent = parsePercent(percentFlag);
+  const status = await deploymentOrExplain(client, deploymentName);
+  knownBuild(status, buildId);
+  const response = await client.workflowService
+    .setWorkerDeploymentRampingVersion({
+      namespace: client.options.namespace,
+      deploymentName,
+      buildId,
+      percentage: percent,
+      conflictToken: status.conflictToken,
+      identity: deploymentIdentity('stepwise-deploy'),
+    })
+    .catch((err: unknown) => rethrowAsInput(err, buildId));
+  const previous = response.previousDeploymentVersion?.buildId || undefined;
+  const propagated = await routed(client, deploymentName);
+  if (flags.json) {
+    console.log(
+      JSON.stringify({
+        deploymentName,
+        current: status.current ?? null,
+        ramping: { buildId, percent },
+        previous: previous ? { buildId: previous, percent: response.previousPercentage } : null,
+        propagated,
+      })
+    );
+  } else {
+    console.log(
+      `deployment ${deploymentName}: ${percent}% of new runs go to build ${buildId}, the rest to ` +
+        `${status.current ?? 'unversioned workers'}`
+    );
+  }
+}
+
+/**
+ * Waits for the change to reach every task queue of the deployment, so that when the command returns new runs do go
+ * where it said; says so when it takes longer than the wait (the change still applies, a little later).
+ */
+async function routed(client: Client, deploymentName: string): Promise<boolean> {
+  const done = await waitForRouting(client, deploymentName);
+  if (!done)
+    log(`stepwise deploy: the change is still reaching the task queues; \`stepwise deploy status\` shows when`);
+  return done;
+}
+
+/** The server's own refusal of an argument (a build it dropped since the read, a bad percentage) as bad input. */
+function rethrowAsInput(err: unknown, buildId: string): never {
+  const code = grpcCode(err);
+  if (code === GRPC_NOT_FOUND) throw new InputError(`BUILD_ID: ${(err as Error).message}`, 'BUILD_ID');
+  if (code === GRPC_INVALID_ARGUMENT) throw new InputError(`${buildId}: ${(err as Error).message}`, 'BUILD_ID');
+  throw err;
+}
