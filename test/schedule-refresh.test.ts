@@ -278,3 +278,70 @@ test('a bad cron, a bad interval or a bad spec is refused naming the flag or fie
   const ids = (JSON.parse(listed.stdout) as ScheduleView[]).map((s) => s.scheduleId);
   for (const id of ['bad-cron', 'bad-range', 'bad-every', 'bad-spec', 'both', 'bad-tz']) t.false(ids.includes(id), id);
 });
+
+test('update, trigger and backfill: the new timing and policy show in describe, a trigger runs now, a backfill runs a past firing', async (t) => {
+  const data = await dataFiles();
+  const specFile = join(data.dir, 'weekly.json');
+  await writeFile(
+    specFile,
+    JSON.stringify({
+      name: 'weekly',
+      data: { kind: 'jsonl', train: data.train, test: data.test },
+      teacher: { kind: 'openai', url: teacher.url, model: 'refresh-teacher' },
+      student: { preset: 'tiny', vocabSize: 200, steps: 20, batchSize: 16 },
+      gate: { firstVersion: 'always', minImprovement: -1 },
+    })
+  );
+  const created = await cli(['schedule', 'create', 'weekly', '--spec', specFile, '--cron', '0 4 * * 1', '--paused']);
+  t.is(created.code, 0, created.stderr);
+  const updated = await cli([
+    'schedule',
+    'update',
+    'weekly',
+    '--every',
+    '1h',
+    '--overlap',
+    'buffer-one',
+    '--catchup-window',
+    '2h',
+    '--json',
+  ]);
+  t.is(updated.code, 0, updated.stderr);
+  const view = JSON.parse(updated.stdout) as ScheduleView;
+  t.is(view.calendar, 'every 1h');
+  t.is(view.overlap, 'buffer-one');
+  t.is(view.catchupWindowMs, 7_200_000);
+  t.true(view.paused, 'an update keeps the schedule paused');
+  t.is((await cli(['schedule', 'update', 'weekly', '--overlap', 'sometimes'])).code, 2);
+  t.is((await describe('weekly')).overlap, 'buffer-one', 'a refused update changed nothing');
+
+  // A trigger runs even a paused schedule, now: the model's first version.
+  t.is((await cli(['schedule', 'trigger', 'weekly'])).code, 0);
+  const triggered = await waitFor('the triggered run', async () => (await describe('weekly')).recentActions[0], 60_000);
+  const first = await resultOf(triggered.workflowId);
+  t.is(first.result.version, 1);
+
+  // A backfill takes the firings due in a past window now: one hourly firing, on the same spec and data.
+  const end = new Date(Math.floor(Date.now() / 3_600_000) * 3_600_000);
+  const start = new Date(end.getTime() - 3_600_000);
+  const backfill = await cli([
+    'schedule',
+    'backfill',
+    'weekly',
+    '--start',
+    start.toISOString(),
+    '--end',
+    new Date(end.getTime() - 1000).toISOString(),
+  ]);
+  t.is(backfill.code, 0, backfill.stderr);
+  const past = await waitFor(
+    'the backfilled run',
+    async () => (await describe('weekly')).recentActions.find((a) => a.workflowId !== triggered.workflowId),
+    60_000
+  );
+  t.is(new Date(past.scheduledAt).getTime(), start.getTime(), 'the run is the firing due at the window start');
+  const backfilled = await resultOf(past.workflowId);
+  t.is(backfilled.result.unchanged?.alias, 'champion', 'same spec and data as v1: nothing to train');
+  t.is(backfilled.result.trigger?.nominalTime, start.toISOString());
+  t.is((await cli(['schedule', 'delete', 'weekly'])).code, 0);
+});

@@ -44,9 +44,11 @@ interface CreateFlags extends TimingFlags, PolicyFlags {
 
 type UpdateFlags = Partial<CreateFlags>;
 
+// Checked by policiesOf rather than commander's `choices`, so a bad value exits 2 like every other refusal here.
 const overlapOption = () =>
-  new Option('--overlap <policy>', 'when a firing finds the last run still going (default skip)').choices(
-    Object.keys(OVERLAP_POLICIES)
+  new Option(
+    '--overlap <policy>',
+    `when a firing finds the last run still going: ${Object.keys(OVERLAP_POLICIES).join(', ')} (default skip)`
   );
 
 export function addScheduleCommand(program: Command): void {
