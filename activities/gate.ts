@@ -21,6 +21,7 @@ import {
 import { resolveInit as resolve } from '../lib/registry/refs';
 import type { ResolvedInit } from '../lib/student/train-stage';
 import { mapErrors, withKeepalive } from './progress';
+import { syncMlflowAlias } from './mlflow';
 
 type Deps = { store: ArtifactStore };
 
@@ -36,11 +37,14 @@ export function recordApproval(deps: Deps, input: ApprovalInput): Promise<{ seq:
   return mapErrors(() => withKeepalive(() => record(deps.store, input)));
 }
 
+/** Move the alias; then, with `STEPWISE_MLFLOW_URI` set, move it in MLflow too (best effort, never a failed stage). */
 export function promoteVersion(deps: Deps, input: PromoteInput): Promise<{ previous: number | null }> {
   return mapErrors(() =>
     withKeepalive(async () => {
       try {
-        return await promote(deps.store, input);
+        const moved = await promote(deps.store, input);
+        await syncMlflowAlias(deps, { name: input.name, alias: input.alias });
+        return moved;
       } catch (err) {
         if (err instanceof RegistryConflictError) {
           throw ApplicationFailure.nonRetryable(err.message, 'RegistryConflict', { current: err.current });

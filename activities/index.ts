@@ -25,6 +25,7 @@ import { teacherOnEvalSet } from './teacher-eval';
 import { checkRefresh, resolveWarmStart } from './refresh';
 import { withOpenLineage } from './openlineage';
 import { finishSweep, planSweep } from './sweep';
+import { writeRunReport } from './report';
 
 export interface ActivityDeps {
   store: ArtifactStore;
@@ -66,6 +67,8 @@ export function createActivities(deps: ActivityDeps): Activities {
     decideGate: (input) => decideGate(deps, input),
     recordApproval: (input) => recordApproval(deps, input),
     promoteVersion: (input) => promoteVersion(deps, input),
+    // The report is made from the run's artifacts (its inputs) and is one itself (its output).
+    writeRunReport: (input) => writeRunReport(deps, input),
   });
   return {
     ...stages,

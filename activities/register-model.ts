@@ -6,14 +6,22 @@ import type { RunWorkers } from '../lib/registry/registry';
 import type { RegisterModelInput, RegisterModelResult } from '../contract';
 import { mapErrors, withKeepalive } from './progress';
 import { stageWorkers } from './stage-workers';
+import { exportToMlflow } from './mlflow';
 
-/** Write the manifest and append a model version with its lineage, including which worker ran each stage. */
+/**
+ * Write the manifest and append a model version with its lineage, including which worker ran each stage; then, with
+ * `STEPWISE_MLFLOW_URI` set, mirror the version to MLflow (best effort: a warning at worst, after the registry write).
+ */
 export async function registerModel(
   deps: { store: ArtifactStore; codeVersion: string; client?: Client },
   input: RegisterModelInput
 ): Promise<RegisterModelResult> {
   return mapErrors(() =>
-    withKeepalive(async () => registerRun(deps.store, input, deps.codeVersion, await workersOf(deps.client, input)))
+    withKeepalive(async () => {
+      const result = await registerRun(deps.store, input, deps.codeVersion, await workersOf(deps.client, input));
+      await exportToMlflow(deps, { name: result.name, version: result.version });
+      return result;
+    })
   );
 }
 

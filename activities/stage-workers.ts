@@ -8,10 +8,10 @@ import type { Client } from '@temporalio/client';
 import type { temporal } from '@temporalio/proto';
 import type { RunWorkers, StageWorker } from '../lib/registry/registry';
 
-type Event = temporal.api.history.v1.IHistoryEvent;
+export type Event = temporal.api.history.v1.IHistoryEvent;
 
 /** The pipeline stage an activity belongs to (the teacher stage's activities are `promptTeacher`'s). */
-const STAGE_OF: Record<string, string> = {
+export const STAGE_OF: Record<string, string> = {
   checkRefresh: 'sample',
   planTeacher: 'promptTeacher',
   teacherShard: 'promptTeacher',
@@ -21,6 +21,11 @@ const STAGE_OF: Record<string, string> = {
   finishTeacher: 'promptTeacher',
   resolveInit: 'trainStudent',
   resolveWarmStart: 'trainStudent',
+  planGate: 'gate',
+  teacherOnEvalSet: 'gate',
+  decideGate: 'gate',
+  recordApproval: 'gate',
+  promoteVersion: 'gate',
 };
 
 /** A run's history can hold many pages; one teacher stage continues as new every few thousand events. */
@@ -29,8 +34,14 @@ const MAX_TEACHER_RUNS = 1000;
 export async function stageWorkers(client: Client, workflowId: string, runId: string): Promise<RunWorkers> {
   const workflow = new Set<string>();
   const activities: StageWorker[] = [];
+  for (const history of await runHistories(client, workflowId, runId)) collect(history, workflow, activities);
+  return { workflow: [...workflow].sort(), activities };
+}
+
+/** The pipeline's history, then its teacher stage's, every run of it (the stage continues as new), in order. */
+export async function runHistories(client: Client, workflowId: string, runId: string): Promise<Event[][]> {
   const pipeline = await events(client, workflowId, runId);
-  collect(pipeline, workflow, activities);
+  const out = [pipeline];
   for (const e of pipeline) {
     const child = e.childWorkflowExecutionStartedEventAttributes?.workflowExecution;
     if (!child?.workflowId || !child.runId) continue;
@@ -38,11 +49,11 @@ export async function stageWorkers(client: Client, workflowId: string, runId: st
     let next: string | undefined = child.runId;
     for (let i = 0; next && i < MAX_TEACHER_RUNS; i++) {
       const history = await events(client, child.workflowId, next);
-      collect(history, workflow, activities);
+      out.push(history);
       next = history.at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId ?? undefined;
     }
   }
-  return { workflow: [...workflow].sort(), activities };
+  return out;
 }
 
 async function events(client: Client, workflowId: string, runId: string): Promise<Event[]> {

@@ -14,6 +14,7 @@ import { addDevCommand } from './commands/dev';
 import { addValidateCommand } from './commands/validate';
 import { addModelsCommand } from './commands/models';
 import { addLineageCommand } from './commands/lineage';
+import { addReportCommand } from './commands/report';
 import { addVerifyCommand } from './commands/verify';
 import { addRunsCommand } from './commands/runs';
 import { addCancelCommand } from './commands/cancel';
@@ -37,6 +38,7 @@ const COMMANDS = [
   addValidateCommand,
   addModelsCommand,
   addLineageCommand,
+  addReportCommand,
   addVerifyCommand,
   addRunsCommand,
   addCancelCommand,

@@ -40,6 +40,7 @@ import type {
 import type { SweepDefinition, SweepPlan, SweepCellPlan } from '../lib/sweep/plan';
 import type { FinishSweepInput, SweepArtifacts } from '../lib/sweep/finish';
 import type { SweepCell, SweepMeta } from '../lib/sweep/summary';
+import type { RunReportInput, RunReportResult } from '../lib/report/run-report';
 
 export type { ArtifactRef, PipelineSpec, TaskKind, BatchStatus };
 // sweeps (workflows/sweep.ts)
@@ -70,6 +71,8 @@ export type { GatePlanInput, GatePlan, DecideGateInput, GateOutcome, ApprovalInp
 export type { TeacherEvalInput, TeacherEvalResult };
 // refresh
 export type { RefreshCheck, RefreshCheckInput, UnchangedVersion, ScheduleTrigger };
+// the run report, written when a run ends (and as far as it got when it fails)
+export type { RunReportInput, RunReportResult };
 
 /** What a finished run returns: small, and enough for a CLI to print and a caller to find everything else. */
 export interface PipelineResult {
@@ -97,6 +100,8 @@ export interface PipelineResult {
   unchanged?: { alias: string; reason: string };
   /** Set when a schedule started the run. */
   trigger?: ScheduleTrigger;
+  /** The run's HTML report (`runs/<workflowId>/report.html`; absent in runs from before reports, or when it failed). */
+  reportUri?: string;
 }
 
 /** The promotion gate's outcome for a run, as its result and the CLI's summary say it. */
@@ -159,6 +164,8 @@ export interface Activities {
   recordApproval(input: ApprovalInput): Promise<{ seq: number }>;
   /** Gate: move the alias to the candidate if it still names the champion it was compared with. */
   promoteVersion(input: PromoteInput): Promise<{ previous: number | null }>;
+  /** The run's self-contained HTML report, at the end of the run or, best effort, when it fails. */
+  writeRunReport(input: RunReportInput): Promise<RunReportResult>;
   /** Sweep: every cell's spec, name and workflow id; the cells a registered run already answered (reads only). */
   planSweep(def: SweepDefinition): Promise<SweepPlan>;
   /** Sweep: store the table (JSON, Markdown) and the accuracy-vs-fraction plot, and the record naming them. */

@@ -4,6 +4,7 @@ import { ensureTemporalCli } from './temporal';
 import { ensureTfjsNative, type TfjsNativeStatus } from './tfjs-native';
 import { ensureOpenLineageSchemas } from './openlineage-schemas';
 import { ensureKustomize } from './kustomize';
+import { ensureMlflow } from './mlflow';
 import type { Log } from './cache';
 
 export { cacheDir } from './cache';
@@ -21,6 +22,8 @@ export interface SetupOptions {
   openLineageSchemas?: boolean;
   /** Build the pinned kustomize, which renders deploy/k8s/ for the manifest test (no cluster runs in CI). */
   kustomize?: boolean;
+  /** A virtual environment with the pinned MLflow, whose tracking server the MLflow export is tested against. */
+  mlflow?: boolean;
   log?: Log;
 }
 
@@ -31,6 +34,8 @@ export interface SetupResult {
   tfjsNative?: TfjsNativeStatus;
   openLineageSchemas?: string;
   kustomize?: string;
+  /** The Python of the MLflow virtual environment (`python -m mlflow server`). */
+  mlflow?: string;
 }
 
 /**
@@ -47,5 +52,6 @@ export async function setup(opts: SetupOptions): Promise<SetupResult> {
   if (opts.tfjsNative) result.tfjsNative = await ensureTfjsNative(opts.log);
   if (opts.openLineageSchemas) result.openLineageSchemas = await ensureOpenLineageSchemas(opts.log);
   if (opts.kustomize) result.kustomize = await ensureKustomize(opts.log);
+  if (opts.mlflow) result.mlflow = await ensureMlflow(opts.log);
   return result;
 }

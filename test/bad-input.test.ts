@@ -130,8 +130,19 @@ function inputFailure(err: unknown): ApplicationFailure | undefined {
 
 async function activityStarts(handle: WorkflowHandle) {
   const events = (await handle.fetchHistory()).events ?? [];
-  const scheduled = events.flatMap((e) => e.activityTaskScheduledEventAttributes?.activityType?.name ?? []);
-  const attempts = events.flatMap((e) => e.activityTaskStartedEventAttributes?.attempt ?? []);
+  const typeOf = new Map(
+    events.flatMap((e) => {
+      const name = e.activityTaskScheduledEventAttributes?.activityType?.name;
+      return name ? [[String(e.eventId), name] as const] : [];
+    })
+  );
+  // A failed run's report is written after the failure: it is not a stage that ran.
+  const stage = (name: string | undefined) => name !== 'writeRunReport';
+  const scheduled = [...typeOf.values()].filter(stage);
+  const attempts = events.flatMap((e) => {
+    const started = e.activityTaskStartedEventAttributes;
+    return started && stage(typeOf.get(String(started.scheduledEventId))) ? [started.attempt ?? 1] : [];
+  });
   return { scheduled, attempts };
 }
 

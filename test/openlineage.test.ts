@@ -252,9 +252,10 @@ test('a stage that fails sends START then FAIL with the error message', async (t
   await t.throwsAsync(handle.result());
 
   const events = received.filter((r) => parentOf(r.event) === workflowId).map((r) => r.event);
+  // The failed run's report is written after the failure, from the run's artifacts: a job of its own.
   t.deepEqual(
     events.map((e) => `${e.job.name} ${e.eventType}`),
-    ['sample START', 'sample FAIL']
+    ['sample START', 'sample FAIL', 'writeRunReport START', 'writeRunReport COMPLETE']
   );
   t.is(events[0]!.run.runId, events[1]!.run.runId);
   const error = events[1]!.run.facets.errorMessage!;

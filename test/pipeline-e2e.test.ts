@@ -136,7 +136,8 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   t.deepEqual(version.lineage.teacher?.usage, manifest.teacher.usage);
   t.is(manifest.teacher.calls.planned, manifest.teacher.calls.sent + manifest.teacher.calls.cached);
 
-  // Five stages ran as activities of their types, and the promotion gate as its plan, decision and promotion; the
+  // Five stages ran as activities of their types, the promotion gate as its plan, decision and promotion, and the
+  // run's report as the last; the
   // teacher stage ran as a child workflow of its own, whose history shows its plan, shard and finish activities.
   const history = await handle.fetchHistory();
   const activityTypes = new Set(
@@ -154,6 +155,7 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
     'teacherOnEvalSet',
     'trainStudent',
     'validateRationales',
+    'writeRunReport',
   ]);
   const child = (history.events ?? []).find((e) => e.startChildWorkflowExecutionInitiatedEventAttributes);
   t.is(child?.startChildWorkflowExecutionInitiatedEventAttributes?.workflowType?.name, 'teacherStage');

@@ -61,9 +61,12 @@ test('a data folder that does not exist fails the sample stage once, without ret
   const cause = activityFailure!.cause as ApplicationFailure;
   t.is(cause.type, 'InputError');
   t.regex(cause.message, /\/nowhere\/at\/all/);
+  // Sample ran once; the only other activity is the failed run's report.
   const history = await handle.fetchHistory();
+  const types = (history.events ?? []).flatMap((e) => e.activityTaskScheduledEventAttributes?.activityType?.name ?? []);
+  t.deepEqual(types, ['sample', 'writeRunReport']);
   const started = (history.events ?? []).filter((e) => e.activityTaskStartedEventAttributes);
-  t.is(started.length, 1);
+  t.is(started.length, 2);
   t.is(started[0].activityTaskStartedEventAttributes!.attempt, 1);
   t.deepEqual(await listModels(services().store), []);
 });

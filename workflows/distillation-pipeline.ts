@@ -42,6 +42,7 @@ import {
   type RefreshCheck,
   type ScheduleTrigger,
   type RegisterModelResult,
+  type RunReportInput,
   type SampleResult,
   type StageName,
   type TrainStudentResult,
@@ -162,6 +163,8 @@ function trackStages(runs: (stage: StageName) => boolean) {
     stages: STAGES.map((name) => ({ name, status: runs(name) ? 'pending' : 'skipped' })),
   };
   setHandler(progressQuery, () => progress);
+  // Each stage's result as it finishes, for the run report (a failed run's report shows the stages it reached).
+  const results: RunReportInput['results'] = {};
   setHandler(stageProgressSignal, (update) => {
     if (update.stage === progress.stage) {
       progress.step = update.step;
@@ -180,6 +183,7 @@ function trackStages(runs: (stage: StageName) => boolean) {
       const result = await body();
       entry.status = 'done';
       entry.summary = summarize(result);
+      (results as Record<StageName, unknown>)[name] = result;
       return result;
     } catch (err) {
       entry.status = 'failed';
@@ -189,6 +193,7 @@ function trackStages(runs: (stage: StageName) => boolean) {
   }
   return Object.assign(stage, {
     progress,
+    results,
     skip: (name: StageName) => {
       progress.stages.find((s) => s.name === name)!.status = 'skipped';
       progress.stageCount -= 1;
@@ -222,11 +227,56 @@ export async function distillationPipeline(specInput: PipelineSpecInput): Promis
   );
   const approvals = approvalInbox(stage.progress);
   const attributes = searchAttributes();
+  let result: PipelineResult;
   try {
-    return await pipeline(spec, stage, approvals, attributes);
+    result = await pipeline(spec, stage, approvals, attributes);
   } catch (err) {
     attributes.outcome('failed');
+    // A cancelled run schedules nothing more: the report would be cancelled with it.
+    if (!isCancellation(err)) await runReport(spec, stage, { error: err });
     throw err;
+  }
+  const reportUri = await runReport(spec, stage, { result });
+  return reportUri ? { ...result, reportUri } : result;
+}
+
+/**
+ * The run's report (activities/report.ts): at the end of a run, and as far as it got when it failed. Best effort: a
+ * report that cannot be written never fails a run nor hides its error. Runs from before reports replay without it.
+ */
+async function runReport(
+  spec: PipelineSpec,
+  stage: ReturnType<typeof trackStages>,
+  end: { result: PipelineResult } | { error: unknown }
+): Promise<string | undefined> {
+  if (!patched('run-report')) return undefined;
+  const { workflowId, runId, startTime } = workflowInfo();
+  const input: RunReportInput = {
+    workflowId,
+    runId,
+    spec,
+    task: taskOf(spec),
+    startedAt: startTime.toISOString(),
+    endedAt: new Date().toISOString(),
+    outcome: 'failed',
+    stages: stage.progress.stages,
+    results: stage.results,
+  };
+  if ('result' in end) {
+    const r = end.result;
+    input.outcome = r.unchanged ? 'unchanged' : (r.promotion?.outcome ?? 'registered');
+    if (r.unchanged) input.unchanged = { ...r.unchanged, name: r.name, version: r.version };
+  } else {
+    const causes: string[] = [];
+    for (let e = end.error; e instanceof Error && causes.length < 8; e = e.cause) causes.push(e.message);
+    const failed = stage.progress.stages.find((s) => s.status === 'failed');
+    input.error = { message: causes.filter(Boolean).join(': '), ...(failed ? { stage: failed.name } : {}) };
+  }
+  try {
+    return (await io.writeRunReport(input)).uri;
+  } catch (err) {
+    if (isCancellation(err)) throw err;
+    return undefined;
   }
 }
 

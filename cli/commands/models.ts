@@ -29,6 +29,7 @@ import {
   type AuditRecord,
 } from '../../lib/registry/audit';
 import { parseModelRef, resolveRef } from '../../lib/registry/refs';
+import { syncMlflowAlias } from '../../activities/mlflow';
 import { temporalTarget } from '../../workers/connection';
 import { connectTemporal } from '../../workers/pipeline-worker';
 import { openServices } from '../shared/services';
@@ -366,6 +367,8 @@ async function promote(ref: string, flags: Opened & PromoteFlags): Promise<void>
       '--alias'
     );
   }
+  // With STEPWISE_MLFLOW_URI set the alias moves in MLflow too; a failure there is a warning on stderr, not an error.
+  await syncMlflowAlias({ store }, { name: v.name, alias });
   if (flags.json) return console.log(JSON.stringify(record));
   console.log(`${alias}: ${versionLabel(before)} → v${v.version}`);
 }

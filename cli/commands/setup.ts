@@ -14,7 +14,7 @@ export function addSetupCommand(program: Command): void {
     )
     .option(
       '--for-tests',
-      'also what tests need: the S3 test server (versitygw), Graphviz (dot), the OpenLineage schemas, kustomize'
+      'also what tests need: the S3 test server (versitygw), Graphviz (dot), the OpenLineage schemas, kustomize, MLflow'
     )
     .option('--no-native', 'skip the native tfjs build (wasm or cpu backends are used)')
     .option('--cuda', "also NVIDIA's CUDA 12 / cuDNN 9 runtime wheels for the native build's GPU use (about 3 GB)")
@@ -25,6 +25,7 @@ export function addSetupCommand(program: Command): void {
         graphviz: Boolean(flags.forTests),
         openLineageSchemas: Boolean(flags.forTests),
         kustomize: Boolean(flags.forTests),
+        mlflow: Boolean(flags.forTests),
         tfjsNative: flags.native,
         log,
       });

@@ -168,6 +168,8 @@ function printResult(result: PipelineResult, services: Services, link: string | 
   console.log(`  student backend ${result.backend}`);
   console.log(`  manifest        ${result.manifestUri}`);
   console.log(`  checkpoint      ${result.checkpointUri}`);
+  if (result.reportUri)
+    console.log(`  report          ${result.reportUri}  (\`stepwise report ${result.workflowId} --open\`)`);
   if (link) console.log(`  Temporal UI     ${link}  (run \`npx stepwise dev\` to browse it after this exits)`);
   else console.log(`  Temporal        namespace ${services.namespace}, workflow ${result.workflowId}`);
   console.log(`  wall time       ${wallSeconds.toFixed(1)} s`);

@@ -122,6 +122,13 @@ export const versionKey = (name: string, version: number) => `${versionsPrefix(n
 export const runManifestKey = (workflowId: string) => `runs/${checkRunId(workflowId, 'workflowId')}/manifest.json`;
 
 /**
+ * Store keys of a workflow's report (lib/report/run-report.ts): the record naming the page, its charts and inputs, and
+ * the page under a name a browser opens. Written when the run ends, after the manifest, which names them ahead.
+ */
+export const runReportKey = (workflowId: string) => `runs/${checkRunId(workflowId, 'workflowId')}/report.json`;
+export const runReportHtmlKey = (workflowId: string) => `runs/${checkRunId(workflowId, 'workflowId')}/report.html`;
+
+/**
  * A version number held by one run. Written once with a conditional create, before anything else of the version
  * exists, so every attempt of the run (a retry after a crash, or an overlapping attempt) finds the same number and
  * the same `createdAt`, and writes the same records.

@@ -18,6 +18,8 @@ import {
   getVersion,
   publishVersion,
   runManifestKey,
+  runReportHtmlKey,
+  runReportKey,
   versionKey,
   type ModelLineage,
   type ModelVersion,
@@ -157,6 +159,8 @@ function manifestOf(store: ArtifactStore, input: RegisterModelInput, codeVersion
       majorityBaseline: input.evaluation.majorityBaseline,
     },
     ...(input.teacher ? { teacher: teacherAccounting(input.teacher) } : {}),
+    // Where the run's report will be: it is written when the run ends, after this manifest (and after the gate).
+    report: { page: store.uri(runReportHtmlKey(input.workflowId)), record: store.uri(runReportKey(input.workflowId)) },
   };
 }
 

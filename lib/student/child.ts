@@ -46,6 +46,11 @@ export interface PredictJob {
   maxLength: number;
   batchSize: number;
   backend?: BackendName | 'auto';
+  /**
+   * Also generate the `explain:` rationale of the first `count` inputs (for the run report's examples), in the same
+   * child, after the predictions. Ignored for a student not trained to explain.
+   */
+  explain?: { count: number };
 }
 
 export type StudentJob = TrainJob | PredictJob;
@@ -56,6 +61,9 @@ export type TrainJobResult = Omit<TrainResult, 'checkpoint'> & { checkpointPath:
 export interface PredictJobResult {
   outputs: string[];
   backend: string;
+  /** The rationales asked for with `explain`, and the wall time they took (absent when none were generated). */
+  explanations?: string[];
+  explainMs?: number;
 }
 
 /** Prediction progress: inputs done of the total. */

@@ -22,7 +22,15 @@ export interface EvaluateInput {
   train?: ArtifactRef;
   evaluate: PipelineSpec['evaluate'];
   backend: PipelineSpec['student']['backend'];
+  /** Examples (the split's first) whose `explain:` rationale is generated for the run report; default {@link EXPLAINED_EXAMPLES}. */
+  explain?: number;
 }
+
+/**
+ * The run report shows the student's own rationale for this many examples: enough to read, and a bounded cost (one
+ * more greedy decode of at most `maxRationaleLength` tokens each) whatever the split's size.
+ */
+export const EXPLAINED_EXAMPLES = 50;
 
 export interface EvaluateResult {
   /** JSONL of `{ id, input, gold, prediction, correct }`. */
@@ -35,6 +43,12 @@ export interface EvaluateResult {
   majorityBaseline: { label: string; accuracy: number };
   /** Every trivial baseline of the task (absent in results recorded before they existed). */
   baselines?: TrivialBaselines;
+  /**
+   * JSONL of `{ id, rationale }`: the student's `explain:` output for the split's first examples, and what generating
+   * them took (absent for a student not trained to explain, and in results recorded before).
+   */
+  explanations?: ArtifactRef;
+  explainMs?: number;
 }
 
 export interface EvaluateHooks {
@@ -68,6 +82,7 @@ export async function evaluateCheckpoint(
         maxLength: input.evaluate.maxLength,
         batchSize: input.evaluate.batchSize,
         backend: input.backend,
+        explain: { count: input.explain ?? EXPLAINED_EXAMPLES },
       },
       { signal: hooks.signal, onProgress: (p) => hooks.onProgress?.(p.step, p.totalSteps) }
     );
@@ -84,7 +99,8 @@ export async function evaluateCheckpoint(
     const correct = rows.filter((r) => r.correct).length;
     const accuracy = test.length ? correct / test.length : 0;
     const baselines = trivialBaselines(input.task, test, train ?? test);
-    const [predictionsRef, metricsRef] = await Promise.all([
+    const explained = predictions.explanations?.map((rationale, i) => ({ id: test[i].id, rationale }));
+    const [predictionsRef, metricsRef, explanationsRef] = await Promise.all([
       store.putJsonl(rows),
       store.putJson({
         task: input.task,
@@ -94,6 +110,7 @@ export async function evaluateCheckpoint(
         majorityBaseline: baselines.majority,
         baselines,
       }),
+      explained ? store.putJsonl(explained) : undefined,
     ]);
     hooks.onProgress?.(test.length, test.length);
     return {
@@ -104,6 +121,7 @@ export async function evaluateCheckpoint(
       total: test.length,
       majorityBaseline: baselines.majority,
       baselines,
+      ...(explanationsRef ? { explanations: explanationsRef, explainMs: predictions.explainMs } : {}),
     };
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -5,7 +5,7 @@
 import { initBackend, type BackendName } from './backend';
 import { loadCheckpoint } from './checkpoint';
 import { greedyDecode } from './decode';
-import { PREDICT_PREFIX } from './pairs';
+import { EXPLAIN_PREFIX, PREDICT_PREFIX } from './pairs';
 
 export interface PredictOptions {
   /** Most tokens generated per input, eos included. */
@@ -38,6 +38,34 @@ export async function predict(
       maxLength: opts.maxLength,
       batchSize: opts.batchSize,
       prefix: inputPrefix(training.method),
+      maxInputLength,
+      onProgress: opts.onProgress,
+    });
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * The rationales a checkpoint's student generates for `inputs` with the `explain:` task, in order; undefined when the
+ * student was not trained to explain (a baseline's method). At most `maxLength` tokens each, eos included: the
+ * training's own `maxRationaleLength` unless told.
+ */
+export async function explain(
+  checkpoint: Uint8Array,
+  inputs: readonly string[],
+  opts: Omit<PredictOptions, 'maxLength'> & { maxLength?: number }
+): Promise<string[] | undefined> {
+  await initBackend(opts.backend ?? 'auto');
+  const { model, tokenizer, training } = loadCheckpoint(checkpoint);
+  try {
+    if (training.method !== 'distill-step-by-step') return undefined;
+    const maxInputLength = typeof training.maxInputLength === 'number' ? training.maxInputLength : undefined;
+    const trained = typeof training.maxRationaleLength === 'number' ? training.maxRationaleLength : 128;
+    return await greedyDecode(model, tokenizer, inputs, {
+      maxLength: opts.maxLength ?? trained,
+      batchSize: opts.batchSize,
+      prefix: EXPLAIN_PREFIX,
       maxInputLength,
       onProgress: opts.onProgress,
     });

@@ -6,7 +6,7 @@
 import { serializeCheckpoint, serializeResumeCheckpoint, serializeWeights, type ResumeCheckpoint } from './checkpoint';
 import type { TrainingMeta } from './checkpoint';
 import type { T5Config } from './config';
-import { batchLoss, disposeBatch, makeBatch, setLoss } from './loss';
+import { batchLoss, disposeBatch, makeBatch, setLossParts } from './loss';
 import { clipByGlobalNorm, type Optimizer } from './optim';
 import type { LabelSource } from './options';
 import type { EncodedSet } from './pairs';
@@ -15,7 +15,7 @@ import type { BatchSampler } from './sampler';
 import { hashString, type NamedWeight, type T5Model } from './t5';
 import { tf } from './tf';
 import type { StudentTokenizer } from './tokenizer';
-import type { LossPoint, StopReason, TrainHooks, TrainOptions, TrainResult } from './train';
+import type { LossPoint, StopReason, TrainHooks, TrainOptions, TrainResult, ValidPoint } from './train';
 
 /** Linear warmup to the peak, then linear decay to 0 at the last step (HF `get_linear_schedule_with_warmup`). */
 export function learningRateAt(step: number, peak: number, warmupSteps: number, totalSteps: number): number {
@@ -57,6 +57,13 @@ interface StepOutcome {
 export class TrainingLoop {
   private step = 0;
   private history: LossPoint[] = [];
+  /** Every validation, with its parts: the validation curves of the run report. */
+  private validHistory: ValidPoint[] = [];
+  /**
+   * Tokens per second at the history's steps, this call's only: wall-clock figures, kept out of the loss history so
+   * that stays a pure function of the data and options (a resumed run's curve equals an uninterrupted one's).
+   */
+  private throughput: { step: number; tokensPerSec: number }[] = [];
   private recent: number[] = [];
   private lastPoint?: LossPoint;
   private validLoss?: number;
@@ -88,6 +95,8 @@ export class TrainingLoop {
       lastEvalStep: this.lastEvalStep,
       evalsSinceBest: this.evalsSinceBest,
     } = state);
+    // Resume checkpoints from before validation parts were recorded hold none: the curve starts at the resume.
+    this.validHistory = state.validHistory ?? [];
     if (state.best) {
       this.best = { ...state.best, ...(this.s.opts.keepBest ? { weights: saved.best ?? saved.weights } : {}) };
     }
@@ -154,23 +163,31 @@ export class TrainingLoop {
       throw new Error(`training diverged at step ${this.step}: loss is ${loss} (try a lower learningRate)`);
     }
     this.recent = [...this.recent.slice(-9), loss];
+    const seconds = (performance.now() - started) / 1000;
     const point: LossPoint = {
       step: this.step,
       loss,
       labelLoss,
       ...(rationaleLoss !== undefined ? { rationaleLoss } : {}),
+      // Recorded for the run report's learning-rate chart (deterministic, unlike the throughput kept apart).
+      learningRate: lr,
     };
     this.lastPoint = point;
-    if (this.step % this.historyEvery === 0 || this.step === opts.steps) this.history.push(point);
-    return { point, lr, tokens: batch.tokens, seconds: (performance.now() - started) / 1000 };
+    if (this.step % this.historyEvery === 0 || this.step === opts.steps) {
+      this.history.push(point);
+      this.throughput.push({ step: this.step, tokensPerSec: batch.tokens / Math.max(seconds, 1e-6) });
+    }
+    return { point, lr, tokens: batch.tokens, seconds };
   }
 
   /** Validation; `final` when no step follows (the current weights are then the ones returned anyway). */
   private evaluate(final: boolean): void {
     const { model, validSet, opts } = this.s;
     if (!validSet) return;
-    const loss = setLoss(model, validSet, opts.alpha, opts.batchSize);
+    const parts = setLossParts(model, validSet, opts.alpha, opts.batchSize);
+    const loss = parts.loss;
     this.validLoss = loss;
+    this.validHistory.push({ step: this.step, ...parts });
     this.lastEvalStep = this.step;
     // Strictly lower, as HF's early stopping counts it: a tie is no improvement.
     if (!this.best || loss < this.best.loss) {
@@ -201,6 +218,7 @@ export class TrainingLoop {
       sampler: this.s.sampler.state,
       optimizer: optimizerState,
       history: this.history,
+      validHistory: this.validHistory,
       ...(this.lastPoint ? { lastPoint: this.lastPoint } : {}),
       recent: this.recent,
       ...(this.validLoss !== undefined ? { validLoss: this.validLoss } : {}),
@@ -276,6 +294,8 @@ export class TrainingLoop {
       stopReason: this.stopReason,
       finalLoss,
       lossHistory: history,
+      validHistory: this.validHistory,
+      throughput: this.throughput,
       ...(validLoss !== undefined ? { validLoss } : {}),
       ...(this.s.validSet && step > 0 ? { bestStep: returnBest ? best!.step : step } : {}),
       ...(this.resumedFrom !== undefined ? { resumedFrom: this.resumedFrom } : {}),

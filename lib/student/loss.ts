@@ -79,14 +79,31 @@ export function batchLoss(
  * The number the training loop validates with, and early-stops and keeps the best weights by.
  */
 export function setLoss(model: T5Model, set: EncodedSet, alpha: number, batchSize: number): number {
-  let sum = 0;
+  return setLossParts(model, set, alpha, batchSize).loss;
+}
+
+/** A set's mean loss and its parts (the `predict:` label loss, and the `explain:` rationale loss where trained). */
+export interface SetLoss {
+  loss: number;
+  labelLoss: number;
+  rationaleLoss?: number;
+}
+
+/** {@link setLoss} with its parts, each weighted by examples the same way: what a run report plots for validation. */
+export function setLossParts(model: T5Model, set: EncodedSet, alpha: number, batchSize: number): SetLoss {
+  const sums = [0, 0, 0];
   let n = 0;
+  let rationale = false;
   for (const indices of lengthSortedBatches(exampleLengths(set), batchSize)) {
     const batch = makeBatch(set, indices);
-    const value = tf.tidy(() => batchLoss(model, batch, alpha).total.dataSync()[0]);
+    const values = tf.tidy(() => {
+      const loss = batchLoss(model, batch, alpha);
+      return Array.from(tf.stack([loss.total, loss.label, ...(loss.rationale ? [loss.rationale] : [])]).dataSync());
+    });
     disposeBatch(batch);
-    sum += value * indices.length;
+    rationale = values.length === 3;
+    values.forEach((v, i) => (sums[i] += v * indices.length));
     n += indices.length;
   }
-  return sum / n;
+  return { loss: sums[0] / n, labelLoss: sums[1] / n, ...(rationale ? { rationaleLoss: sums[2] / n } : {}) };
 }

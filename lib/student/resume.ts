@@ -8,7 +8,7 @@ import type { OptimizerState } from './optim';
 import type { LabelSource } from './options';
 import type { PairSet } from './pairs';
 import type { SamplerState } from './sampler';
-import type { LossPoint, TrainOptions } from './train';
+import type { LossPoint, TrainOptions, ValidPoint } from './train';
 
 /** The training loop's own state in a resume checkpoint (tensors travel beside it). */
 export interface TrainState {
@@ -17,6 +17,8 @@ export interface TrainState {
   sampler: SamplerState;
   optimizer: Omit<OptimizerState, 'tensors'>;
   history: LossPoint[];
+  /** Validations so far (absent in checkpoints from before they were recorded). */
+  validHistory?: ValidPoint[];
   lastPoint?: LossPoint;
   /** The last ≤ 10 losses, for `finalLoss`. */
   recent: number[];

@@ -284,6 +284,9 @@ function trainLogOf(run: StoredTrainingResult, options: TrainStudentInput['stude
     // Stored checkpoints this attempt found corrupt or missing and passed over, newest first.
     checkpointsRejected: run.rejected,
     lossHistory: result.lossHistory,
+    // Absent from results of children built before validation parts were recorded.
+    validHistory: result.validHistory ?? [],
+    throughput: result.throughput ?? [],
     options,
     init: run.init ?? null,
   };

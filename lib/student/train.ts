@@ -119,6 +119,16 @@ export interface LossPoint {
   loss: number;
   labelLoss: number;
   rationaleLoss?: number;
+  /** The schedule's learning rate at this step (absent in logs from before it was recorded). */
+  learningRate?: number;
+}
+
+/** One validation: the set's loss and its parts, after `step` steps. */
+export interface ValidPoint {
+  step: number;
+  loss: number;
+  labelLoss: number;
+  rationaleLoss?: number;
 }
 
 /** Why training ended. */
@@ -136,6 +146,10 @@ export interface TrainResult {
   finalLoss: number;
   /** Every step for short runs; about 500 evenly spaced points (and the last step) for long ones. */
   lossHistory: LossPoint[];
+  /** Every validation of the run, with its label and rationale parts (empty without a validation set). */
+  validHistory: ValidPoint[];
+  /** Non-pad tokens per second at the loss history's steps, of this call only (a resumed run's start is not in it). */
+  throughput: { step: number; tokensPerSec: number }[];
   /** Validation loss of the weights in `checkpoint`. */
   validLoss?: number;
   /** The step whose weights `checkpoint` holds when validation ran. */
