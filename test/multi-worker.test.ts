@@ -16,7 +16,7 @@ import { getVersion } from '../lib/registry/registry';
 import { startLocalTeacherServer } from '../lib/teacher/local-server';
 import { killGroup } from './helpers/processes';
 import { servicesForFile } from './helpers/services';
-import { waitFor, WorkerProcesses } from './faults/harness';
+import { journalledCalls, waitFor, WorkerProcesses } from './faults/harness';
 
 const workers = new WorkerProcesses(() => services());
 // Registered first, so it runs first: the worker processes go before the services they are connected to.
@@ -34,15 +34,8 @@ async function shardHolders(teacher: WorkflowHandle): Promise<string[]> {
     .map((a) => a.lastWorkerIdentity ?? '');
 }
 
-/** Teacher calls journalled so far, over every shard (one JSON line per finished call). */
-async function journalled(): Promise<number> {
-  let lines = 0;
-  for (const key of await services().store.listKeys('teacher/journal/')) {
-    const bytes = await services().store.getKey(key);
-    if (bytes) lines += bytes.toString('utf8').split('\n').filter(Boolean).length;
-  }
-  return lines;
-}
+/** Teacher calls journalled so far, over every shard. */
+const journalled = () => journalledCalls(services().store);
 
 const exited = (w: ChildProcess) =>
   new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {

@@ -17,6 +17,7 @@ import { CPU_TASK_QUEUE } from '../contract';
 import { teacherStage } from '../workflows';
 import { recordFigures } from './helpers/figures';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
+import { journalledCalls } from './faults/harness';
 
 const MODEL = 'teacher-under-test';
 const workers = new Set<ChildProcess>();
@@ -51,15 +52,8 @@ async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T 
   }
 }
 
-/** Calls journalled so far, over every shard (one JSON line per finished call). */
-async function journalled(): Promise<number> {
-  let lines = 0;
-  for (const key of await services().store.listKeys('teacher/journal/')) {
-    const bytes = await services().store.getKey(key);
-    if (bytes) lines += bytes.toString('utf8').split('\n').filter(Boolean).length;
-  }
-  return lines;
-}
+/** Teacher calls journalled so far, over every shard. */
+const journalled = () => journalledCalls(services().store);
 
 async function stageInput(n: number, seed: number, teacher: Record<string, unknown>): Promise<TeacherStageInput> {
   const examples = generateDemoTask({ n, seed });

@@ -88,37 +88,28 @@ export function addScheduleCommand(program: Command): void {
       guarded(() => withHandle(name, async (c) => print(viewOf(await c.schedule.getHandle(name).describe()), flags)))
     );
 
-  schedule
-    .command('pause')
-    .description('stop firing until resumed')
-    .argument('<name>')
-    .option('--note <text>', 'why (shown by describe)')
-    .option('--json', 'print the schedule as JSON')
-    .action((name: string, flags: { note?: string; json?: boolean }) =>
-      guarded(() =>
-        withHandle(name, async (c) => {
-          const handle = c.schedule.getHandle(name);
-          await handle.pause(flags.note ?? `paused by ${who()}`);
-          print(viewOf(await handle.describe()), flags, `paused ${name}`);
-        })
-      )
-    );
-
-  schedule
-    .command('resume')
-    .description('fire again from the next due time')
-    .argument('<name>')
-    .option('--note <text>', 'why (shown by describe)')
-    .option('--json', 'print the schedule as JSON')
-    .action((name: string, flags: { note?: string; json?: boolean }) =>
-      guarded(() =>
-        withHandle(name, async (c) => {
-          const handle = c.schedule.getHandle(name);
-          await handle.unpause(flags.note ?? `resumed by ${who()}`);
-          print(viewOf(await handle.describe()), flags, `resumed ${name}`);
-        })
-      )
-    );
+  // Pause and resume: the same shape, a note saying why (default: who did it).
+  for (const [verb, done, describe] of [
+    ['pause', 'paused', 'stop firing until resumed'],
+    ['resume', 'resumed', 'fire again from the next due time'],
+  ] as const) {
+    schedule
+      .command(verb)
+      .description(describe)
+      .argument('<name>')
+      .option('--note <text>', 'why (shown by describe)')
+      .option('--json', 'print the schedule as JSON')
+      .action((name: string, flags: { note?: string; json?: boolean }) =>
+        guarded(() =>
+          withHandle(name, async (c) => {
+            const handle = c.schedule.getHandle(name);
+            const note = flags.note ?? `${done} by ${who()}`;
+            await (verb === 'pause' ? handle.pause(note) : handle.unpause(note));
+            print(viewOf(await handle.describe()), flags, `${done} ${name}`);
+          })
+        )
+      );
+  }
 
   schedule
     .command('trigger')

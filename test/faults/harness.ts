@@ -175,3 +175,13 @@ export async function runFigures(
     trainSteps: training.steps,
   };
 }
+
+/** Teacher calls journalled so far in `store`, over every shard (one JSON line per finished call). */
+export async function journalledCalls(store: ArtifactStore): Promise<number> {
+  let lines = 0;
+  for (const key of await store.listKeys('teacher/journal/')) {
+    const bytes = await store.getKey(key);
+    if (bytes) lines += bytes.toString('utf8').split('\n').filter(Boolean).length;
+  }
+  return lines;
+}

@@ -16,7 +16,16 @@ import { startLocalTeacherServer } from '../../lib/teacher';
 import { faultMode, recordFigures } from '../helpers/figures';
 import { trainingChildren } from '../helpers/processes';
 import { servicesForFile } from '../helpers/services';
-import { heartbeatOf, runFigures, runHistory, runningActivity, sleep, waitFor, WorkerProcesses } from './harness';
+import {
+  heartbeatOf,
+  journalledCalls,
+  runFigures,
+  runHistory,
+  runningActivity,
+  sleep,
+  waitFor,
+  WorkerProcesses,
+} from './harness';
 import { startStoreProxy, type StoreProxy } from './store-proxy';
 
 const CHECKPOINT_EVERY = 20;
@@ -54,15 +63,8 @@ const at = (target: Target) => `${((Date.now() - target.startedAt) / 1000).toFix
 const startCpu = (target: Pick<Target, 'proxy'>) =>
   workers.start('cpu', { AWS_ENDPOINT_URL_S3: target.proxy.endpoint });
 
-/** Teacher calls journalled so far, over every shard (one JSON line per finished call). */
-async function journalled(): Promise<number> {
-  let lines = 0;
-  for (const key of await services().store.listKeys('teacher/journal/')) {
-    const bytes = await services().store.getKey(key);
-    if (bytes) lines += bytes.toString('utf8').split('\n').filter(Boolean).length;
-  }
-  return lines;
-}
+/** Teacher calls journalled so far, over every shard. */
+const journalled = () => journalledCalls(services().store);
 
 /** Wait until `type` runs on a worker, kill that worker, and start a replacement. */
 async function killWhileRunning(target: Target, type: string, queue: 'cpu' | 'gpu', workflow = target.handle) {
