@@ -21,6 +21,7 @@ import type {
   GatePlan,
   GatePlanInput,
   PromoteInput,
+  PromotionSummary,
 } from '../lib/registry/gate-stage';
 import type { TeacherEvalInput, TeacherEvalResult } from '../lib/teacher/eval-set';
 import type { RefreshCheck, RefreshCheckInput, UnchangedVersion } from '../lib/registry/refresh';
@@ -67,7 +68,7 @@ export type { TrainStudentInput, TrainStudentResult, ResolvedInit };
 export type { EvaluateInput, EvaluateResult };
 export type { RegisterModelInput, RegisterModelResult };
 // gate
-export type { GatePlanInput, GatePlan, DecideGateInput, GateOutcome, ApprovalInput, PromoteInput };
+export type { GatePlanInput, GatePlan, DecideGateInput, GateOutcome, ApprovalInput, PromoteInput, PromotionSummary };
 export type { TeacherEvalInput, TeacherEvalResult };
 // refresh
 export type { RefreshCheck, RefreshCheckInput, UnchangedVersion, ScheduleTrigger };
@@ -102,23 +103,6 @@ export interface PipelineResult {
   trigger?: ScheduleTrigger;
   /** The run's HTML report (`runs/<workflowId>/report.html`; absent in runs from before reports, or when it failed). */
   reportUri?: string;
-}
-
-/** The promotion gate's outcome for a run, as its result and the CLI's summary say it. */
-export interface PromotionSummary {
-  /** promoted: the alias now names this version; rejected: the gate or a person said no. */
-  outcome: 'promoted' | 'rejected';
-  alias: string;
-  /** The version the alias named before (null: none; the model's first promotion). */
-  previous: number | null;
-  /** One sentence with both numbers, e.g. "candidate 71.3% vs champion v2 70.0%: +1.3 points, p = 0.41 ≥ 0.05". */
-  reason: string;
-  pValue?: number;
-  /** Candidate and teacher accuracy on the same frozen evaluation set (the teacher's where it was measured). */
-  candidateAccuracy?: number;
-  teacherAccuracy?: number;
-  /** Who approved or rejected it, when the spec asked for a person's approval (or the timeout policy's name). */
-  decidedBy?: string;
 }
 
 /**

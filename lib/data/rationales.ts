@@ -65,7 +65,7 @@ export interface RationaleRecord {
 }
 
 /** One dropped example as the report shows it: enough to see what went wrong without digging. */
-interface DroppedExample {
+export interface DroppedExample {
   id: string;
   split: 'train' | 'valid';
   /** The completion, cut to {@link EXCERPT_CHARS}. */
@@ -77,6 +77,20 @@ interface DroppedExample {
   detail?: string;
   /** The teacher stage's reason for giving up on the call. */
   error?: string;
+}
+
+/** The validation report the stage stores (`ValidateRationalesResult.report`): what the run report reads back. */
+export interface ValidationReport {
+  task: TaskKind;
+  total: number;
+  kept: number;
+  keptTrain: number;
+  keptValid: number;
+  filters: Record<string, unknown>;
+  dropped: Record<string, number>;
+  droppedExamples: Record<string, DroppedExample[]>;
+  teacherCorrect: number;
+  teacherAccuracy: number | null;
 }
 
 /** Examples of each drop reason kept in the report, so a human can see what went wrong without digging. */
@@ -200,7 +214,7 @@ export async function validateRationales(
       droppedExamples,
       teacherCorrect: correct,
       teacherAccuracy: teacherAccuracy ?? null,
-    }),
+    } satisfies ValidationReport),
   ]);
   if (keptTrain.length === 0) {
     const reasons = Object.entries(dropped)

@@ -114,6 +114,23 @@ export interface DecideGateInput {
   baselineFrom?: { task: TaskKind; train: ArtifactRef };
 }
 
+/** The promotion gate's outcome for a run, as its result and the CLI's summary say it. */
+export interface PromotionSummary {
+  /** promoted: the alias now names this version; rejected: the gate or a person said no. */
+  outcome: 'promoted' | 'rejected';
+  alias: string;
+  /** The version the alias named before (null: none; the model's first promotion). */
+  previous: number | null;
+  /** One sentence with both numbers, e.g. "candidate 71.3% vs champion v2 70.0%: +1.3 points, p = 0.41 ≥ 0.05". */
+  reason: string;
+  pValue?: number;
+  /** Candidate and teacher accuracy on the same frozen evaluation set (the teacher's where it was measured). */
+  candidateAccuracy?: number;
+  teacherAccuracy?: number;
+  /** Who approved or rejected it, when the spec asked for a person's approval (or the timeout policy's name). */
+  decidedBy?: string;
+}
+
 /** What the workflow learns from the gate: small, and the one sentence a user reads. */
 export interface GateOutcome {
   passed: boolean;

@@ -9,7 +9,7 @@
  */
 import type { ArtifactRef, ArtifactStore } from '../store/artifact-store';
 import type { SampleResult } from '../data/sample';
-import type { ValidateRationalesResult } from '../data/rationales';
+import type { ValidateRationalesResult, ValidationReport } from '../data/rationales';
 import type { TaskKind } from '../data/types';
 import type { PipelineSpec } from '../pipeline/spec';
 import type { EvaluateResult } from '../student/evaluate-split';
@@ -19,6 +19,7 @@ import type { TeacherEvalResult, TeacherPrediction } from '../teacher/eval-set';
 import type { RegisterModelResult } from '../registry/run';
 import { getVersion, runReportHtmlKey, runReportKey, type ModelVersion } from '../registry/registry';
 import { versionHistory, type AuditRecord } from '../registry/audit';
+import type { PromotionSummary } from '../registry/gate-stage';
 import { lineageTree, redact, redactUrl, type LineageNode } from '../registry/lineage';
 import { renderSvg } from './vega';
 import { barChart, confusionChart, lossChart, stepChart, timelineChart, type ChartSpec } from './run-charts';
@@ -44,18 +45,6 @@ export interface TimelineEntry {
   failure?: string;
 }
 
-/** The gate's outcome as the workflow returns it (contract/stages.ts PromotionSummary). */
-export interface ReportPromotion {
-  outcome: 'promoted' | 'rejected';
-  alias: string;
-  previous: number | null;
-  reason: string;
-  pValue?: number;
-  candidateAccuracy?: number;
-  teacherAccuracy?: number;
-  decidedBy?: string;
-}
-
 /** What the workflow hands the report step: its ids, its spec and every stage result it has. References only. */
 export interface RunReportInput {
   workflowId: string;
@@ -75,7 +64,7 @@ export interface RunReportInput {
     trainStudent?: TrainStudentResult;
     evaluate?: EvaluateResult;
     registerModel?: RegisterModelResult;
-    gate?: ReportPromotion;
+    gate?: PromotionSummary;
   };
   /** A refresh that found its champion trained on this spec and data: the version it names. */
   unchanged?: { alias: string; reason: string; name: string; version: number };
@@ -384,28 +373,6 @@ function teacherSection(t: PromptTeacherResult): string {
     ['template', raw(`<code>${esc(t.teacher.templateHash)}</code>`)],
     ['responses', raw(`<code>${esc(t.responses.sha256)}</code>`)],
   ])}</section>`;
-}
-
-interface ValidationReport {
-  total: number;
-  kept: number;
-  keptTrain: number;
-  keptValid: number;
-  filters: Record<string, unknown>;
-  dropped: Record<string, number>;
-  droppedExamples: Record<
-    string,
-    {
-      id: string;
-      split: string;
-      completion: string;
-      gold: string;
-      parsedLabel?: string;
-      detail?: string;
-      error?: string;
-    }[]
-  >;
-  teacherAccuracy: number | null;
 }
 
 async function validationSection(store: ArtifactStore, v: ValidateRationalesResult, chart: ChartSlot): Promise<string> {
