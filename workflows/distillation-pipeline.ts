@@ -89,11 +89,13 @@ const GPU_OPTIONS = {
   taskQueue: GPU_TASK_QUEUE,
   startToCloseTimeout: '24 hours',
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+  // Most failed attempts here are lost workers (spot preemption, a deploy, a killed session): each resumes from the
+  // last checkpoint, so ten cost little, while a training that fails by itself still stops within the hour.
   retry: {
     initialInterval: '10s',
     backoffCoefficient: 2,
     maximumInterval: '10 minutes',
-    maximumAttempts: 3,
+    maximumAttempts: 10,
     nonRetryableErrorTypes: NON_RETRYABLE,
   },
 } satisfies ActivityOptions;
