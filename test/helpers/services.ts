@@ -9,7 +9,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import type { DataConverter } from '@temporalio/common';
-import { bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { cachedWorkflowBundle } from '../../workers/workflow-bundle';
 import { startTemporalDevServer, type TemporalDevServer } from '../../infra/temporal';
 import { ensureBucket, startS3Server, type S3Server } from '../../infra/s3-server';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from '../../workers/pipeline-worker';
@@ -34,7 +35,8 @@ export interface Services {
 
 const bundles = new Map<string, Promise<WorkflowBundleWithSourceMap>>();
 /**
- * The workflow bundle, built once per test process (webpack takes seconds); with a failure converter (encrypted
+ * The workflow bundle, built once per version of the code and cached on disk (webpack takes seconds, and some 30 test
+ * processes need it); with a failure converter (encrypted
  * payloads, workers/codec.ts) bundled in when its path is given, as a worker bundling at start would.
  */
 export function workflowBundle(failureConverterPath?: string): Promise<WorkflowBundleWithSourceMap> {
@@ -42,7 +44,7 @@ export function workflowBundle(failureConverterPath?: string): Promise<WorkflowB
   let bundle = bundles.get(key);
   if (!bundle) {
     const workflowsPath = require.resolve('../../workflows');
-    bundle = bundleWorkflowCode({ workflowsPath, failureConverterPath, logger: quietLogger });
+    bundle = cachedWorkflowBundle({ workflowsPath, failureConverterPath, logger: quietLogger });
     bundles.set(key, bundle);
   }
   return bundle;
