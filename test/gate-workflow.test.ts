@@ -31,6 +31,9 @@ const spec = (name: string, gate: PipelineSpecInput['gate'] = {}, student: objec
   gate,
 });
 
+/** For candidates whose accuracy no assertion reads (a gate of minImprovement -1 passes any): a few steps do. */
+const QUICK = { steps: 5 };
+
 let runs = 0;
 function start(input: PipelineSpecInput): Promise<WorkflowHandle<typeof distillationPipeline>> {
   return services().client.workflow.start(distillationPipeline, {
@@ -90,8 +93,9 @@ test('first version: promoted when it beats the majority baseline; then pass, ma
   t.is(tie.promotion?.previous, 1);
   t.is((await getAlias(store, 'gm', 'champion'))?.version, 2);
 
-  // ...but not a margin of 0.5, and not McNemar's test: p = 1 with no discordant pairs.
-  const margin = await run(spec('gm', { minImprovement: 0.5 }));
+  // ...but not a margin of 0.5 (which no candidate can clear, so a quick one shows it), and not McNemar's test: p = 1
+  // with no discordant pairs.
+  const margin = await run(spec('gm', { minImprovement: 0.5 }, QUICK));
   t.is(margin.promotion?.outcome, 'rejected');
   t.regex(margin.promotion!.reason, /below/);
   t.is((await versionStatus(store, 'gm', 3))?.status, 'rejected');
@@ -118,7 +122,10 @@ test('first version: promoted when it beats the majority baseline; then pass, ma
 test('a candidate with a different test split is evaluated on the champion’s frozen set', async (t) => {
   const store = services().store;
   await run(spec('gf'));
-  const other = await run({ ...spec('gf', { minImprovement: -1 }), data: { kind: 'demo', size: 150, seed: 12 } });
+  const other = await run({
+    ...spec('gf', { minImprovement: -1 }, QUICK),
+    data: { kind: 'demo', size: 150, seed: 12 },
+  });
   t.is(other.promotion?.outcome, 'promoted', other.promotion?.reason);
   const gate = (await modelHistory(store, 'gf')).find((r) => r.action === 'gate' && r.version === 2)!;
   const frozen = (gate.details as { frozen: { evalSet: { sha256: string }; predictions: { sha256: string } } }).frozen;
@@ -141,7 +148,7 @@ test('a candidate with a different test split is evaluated on the champion’s f
 test('approval by Update: a malformed update is refused without a history event; approve promotes', async (t) => {
   const store = services().store;
   await run(spec('ga'));
-  const handle = await start(spec('ga', { minImprovement: -1, approval: { timeoutSeconds: 600 } }));
+  const handle = await start(spec('ga', { minImprovement: -1, approval: { timeoutSeconds: 600 } }, QUICK));
   const waiting = await awaitingApproval(handle);
   t.is(waiting.awaitingApproval!.version, 2);
   t.is((await versionStatus(store, 'ga', 2))?.status, 'candidate', 'awaiting approval it is still a candidate');
@@ -186,7 +193,7 @@ test('approval by Update: a malformed update is refused without a history event;
 test('rejection by Update, and both timeout policies', async (t) => {
   const store = services().store;
   await run(spec('gr'));
-  const rejected = await start(spec('gr', { minImprovement: -1, approval: { timeoutSeconds: 600 } }));
+  const rejected = await start(spec('gr', { minImprovement: -1, approval: { timeoutSeconds: 600 } }, QUICK));
   await awaitingApproval(rejected);
   const outcome = await rejected.executeUpdate(rejectUpdate, {
     args: [{ version: 2, identity: 'bob', comment: 'fails the fairness review' }],
@@ -197,14 +204,14 @@ test('rejection by Update, and both timeout policies', async (t) => {
   t.is((await getAlias(store, 'gr', 'champion'))?.version, 1);
 
   const promoteOnTimeout = await run(
-    spec('gr', { minImprovement: -1, approval: { timeoutSeconds: 2, onTimeout: 'promote' } })
+    spec('gr', { minImprovement: -1, approval: { timeoutSeconds: 2, onTimeout: 'promote' } }, QUICK)
   );
   t.is(promoteOnTimeout.promotion?.outcome, 'promoted');
   t.regex(promoteOnTimeout.promotion!.decidedBy!, /timeout/);
   t.is((await getAlias(store, 'gr', 'champion'))?.version, 3);
 
   const rejectOnTimeout = await run(
-    spec('gr', { minImprovement: -1, approval: { timeoutSeconds: 2, onTimeout: 'reject' } })
+    spec('gr', { minImprovement: -1, approval: { timeoutSeconds: 2, onTimeout: 'reject' } }, QUICK)
   );
   t.is(rejectOnTimeout.promotion?.outcome, 'rejected');
   t.is((await versionStatus(store, 'gr', 4))?.status, 'rejected');
