@@ -24,6 +24,7 @@ import { decideGate, planGate, promoteVersion, recordApproval, resolveInit } fro
 import { teacherOnEvalSet } from './teacher-eval';
 import { checkRefresh, resolveWarmStart } from './refresh';
 import { withOpenLineage } from './openlineage';
+import { withQueueWait } from './metrics';
 import { finishSweep, planSweep } from './sweep';
 import { writeRunReport } from './report';
 
@@ -70,11 +71,12 @@ export function createActivities(deps: ActivityDeps): Activities {
     // The report is made from the run's artifacts (its inputs) and is one itself (its output).
     writeRunReport: (input) => writeRunReport(deps, input),
   });
-  return {
+  // Every activity records how long it waited in its task queue (activities/metrics.ts).
+  return withQueueWait({
     ...stages,
     planSweep: (def) => planSweep(deps.store, def, deps.dataRoots),
     finishSweep: (input) => finishSweep(deps.store, input),
-  };
+  });
 }
 
 export type { Activities };

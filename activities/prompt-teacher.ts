@@ -31,6 +31,8 @@ import type {
   TeacherShardResult,
   TeacherStageInput,
 } from '../contract';
+import { priceOf } from '../lib/teacher/stage/accounting';
+import { teacherMetrics } from './metrics';
 import { mapErrors, progressReporter } from './progress';
 
 /** Split the train and valid examples into shards; nothing is called yet. */
@@ -53,9 +55,12 @@ export async function teacherShard(
     setMaxListeners(input.concurrency + 16, ctx.cancellationSignal);
     const report = progressReporter(deps.client, 'promptTeacher');
     const beat = timedHeartbeat(ctx, input.index);
+    const metrics = teacherMetrics(priceOf(input.stage.teacher));
     try {
       return await promptShard(deps, input, {
         signal: ctx.cancellationSignal,
+        onCalls: metrics.onCalls,
+        onRetry: metrics.onRetry,
         onProgress: (step, total) => {
           beat.progress(step, total);
           report(step, total, { shard: input.index });

@@ -4,6 +4,7 @@ import type { ArtifactStore, ArtifactRef } from '../lib/store/artifact-store';
 import { trainStudentFromStore, type StoredCheckpoint } from '../lib/student/train-stage';
 import { resolveInRoots } from '../lib/data/roots';
 import type { TrainStudentInput, TrainStudentResult } from '../contract';
+import { trainingMetrics } from './metrics';
 import { KEEPALIVE_MS, mapErrors, progressReporter } from './progress';
 
 /**
@@ -82,6 +83,7 @@ export async function trainStudent(
     if (deps.dataRoots && input.student.init) await resolveInRoots(input.student.init, 'student.init', deps.dataRoots);
     const ctx = Context.current();
     const report = progressReporter(deps.client, 'trainStudent');
+    const metrics = trainingMetrics();
     const resume = resumePoints(ctx.info.heartbeatDetails);
     // Every heartbeat carries the stored checkpoints: details are replaced, not merged, so one without them would
     // lose them.
@@ -104,11 +106,13 @@ export async function trainStudent(
         {
           signal: ctx.cancellationSignal,
           onProgress: (p) => {
+            metrics.onProgress(p);
             beat.step = p.step;
             beat.loss = p.loss;
             heartbeat();
           },
-          onStored: (ref, step) => {
+          onStored: (ref, step, uploadMs) => {
+            metrics.onStored(ref, uploadMs);
             nameCheckpoints(beat, [{ ref, step }, ...(beat.checkpoints ?? [])]);
             heartbeat();
           },
@@ -123,6 +127,7 @@ export async function trainStudent(
             heartbeat();
           },
           onResumePoint: (from) => {
+            metrics.startsAfter(from?.step ?? 0);
             if (from) {
               ctx.log.info(`trainStudent: resuming after step ${from.step} (attempt ${ctx.info.attempt})`);
               beat.step = from.step;

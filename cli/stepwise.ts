@@ -24,6 +24,7 @@ import { addExportT5Command } from './commands/export-t5';
 import { addCodecServerCommand } from './commands/codec-server';
 import { addDeployCommand } from './commands/deploy';
 import { addReplayCommand } from './commands/replay';
+import { addUiCommand } from './commands/ui';
 
 /** Registration order is the order `stepwise --help` lists the commands in. */
 const COMMANDS = [
@@ -42,6 +43,7 @@ const COMMANDS = [
   addVerifyCommand,
   addRunsCommand,
   addCancelCommand,
+  addUiCommand,
   addSetupCommand,
   addImportT5Command,
   addExportT5Command,

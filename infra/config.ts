@@ -30,6 +30,14 @@ export interface StepwiseSettings {
   skipNative: boolean;
   /** `STEPWISE_WORKER_MEMORY_LOG_SECONDS`: a worker logs its memory this often (0: never). */
   workerMemoryLogSeconds: number;
+  /**
+   * `STEPWISE_LOG_FORMAT`: `json` (one object per line, the ids of the run, stage and attempt as fields) or `text`.
+   * Default: `json` for `stepwise worker`, `text` for the embedded mode's log files and `--verbose`. Raw here;
+   * workers/logging.ts checks it, naming the variable.
+   */
+  logFormat?: string;
+  /** `STEPWISE_LOG_LEVEL`: the least severe worker log entry written, `TRACE` to `ERROR` (default `INFO`). */
+  logLevel?: string;
   /** `TEMPORAL_CLI_PATH`: a Temporal CLI to use instead of the one on PATH or the pinned download. */
   temporalCliPath?: string;
   /** `VERSITYGW_PATH`: a versitygw binary to use instead of the pinned build. */
@@ -82,6 +90,21 @@ export interface StepwiseSettings {
   mlflowUri?: string;
   /** `STEPWISE_MLFLOW_EXPERIMENT`: the MLflow experiment runs are logged to (default: one per model, its name). */
   mlflowExperiment?: string;
+  /**
+   * `STEPWISE_METRICS_PORT`: `stepwise worker` serves Prometheus metrics on this port (the `--metrics-port` flag wins);
+   * none when unset. Raw here; workers/telemetry.ts checks it, naming the variable or flag.
+   */
+  metricsPort?: string;
+  /** `STEPWISE_METRICS_HOST`: the address the metrics endpoint binds (default `0.0.0.0`: scraped from other hosts). */
+  metricsHost: string;
+  /**
+   * Where traces go, by OTLP/HTTP (JSON bodies): `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, else
+   * `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`, as OpenTelemetry's own SDKs read them. Unset, or with
+   * `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`, nothing is traced.
+   */
+  otlpTracesEndpoint?: string;
+  /** `OTEL_SERVICE_NAME`: the `service.name` of exported spans (default `stepwise-worker` or `stepwise`). */
+  otelServiceName?: string;
 }
 
 const nonEmpty = (value: string | undefined) => (value === undefined || value === '' ? undefined : value);
@@ -98,6 +121,8 @@ export function settings(env: Env = process.env): StepwiseSettings {
     tfjsBackend: nonEmpty(env[BACKEND_ENV]),
     skipNative: env.STEPWISE_SKIP_NATIVE === '1',
     workerMemoryLogSeconds: Number.isFinite(memoryLog) && memoryLog > 0 ? memoryLog : 0,
+    logFormat: nonEmpty(env.STEPWISE_LOG_FORMAT),
+    logLevel: nonEmpty(env.STEPWISE_LOG_LEVEL),
     temporalCliPath: nonEmpty(env.TEMPORAL_CLI_PATH),
     versitygwPath: nonEmpty(env.VERSITYGW_PATH),
     storeSse: nonEmpty(env.STEPWISE_STORE_SSE),
@@ -118,7 +143,22 @@ export function settings(env: Env = process.env): StepwiseSettings {
     buildId: nonEmpty(env.STEPWISE_BUILD_ID),
     mlflowUri: nonEmpty(env.STEPWISE_MLFLOW_URI),
     mlflowExperiment: nonEmpty(env.STEPWISE_MLFLOW_EXPERIMENT),
+    metricsPort: nonEmpty(env.STEPWISE_METRICS_PORT),
+    metricsHost: nonEmpty(env.STEPWISE_METRICS_HOST) ?? '0.0.0.0',
+    otlpTracesEndpoint: otlpTracesEndpointFrom(env),
+    otelServiceName: nonEmpty(env.OTEL_SERVICE_NAME),
   };
+}
+
+/** The OTLP/HTTP traces URL the standard OpenTelemetry variables name, or undefined when tracing is off. */
+function otlpTracesEndpointFrom(env: Env): string | undefined {
+  if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === 'true') return undefined;
+  if (env.OTEL_TRACES_EXPORTER?.trim().toLowerCase() === 'none') return undefined;
+  const traces = nonEmpty(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT);
+  if (traces) return traces;
+  // The generic endpoint is a base: each signal appends its own path (the spec's rule for OTLP/HTTP).
+  const base = nonEmpty(env.OTEL_EXPORTER_OTLP_ENDPOINT);
+  return base ? `${base.replace(/\/+$/, '')}/v1/traces` : undefined;
 }
 
 /** The configured data roots, absolute; empty entries (a stray delimiter) are dropped rather than meaning "/". */

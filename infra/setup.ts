@@ -1,5 +1,6 @@
 import { ensureVersitygw } from './s3-server';
 import { ensureGraphviz } from './graphviz';
+import { ensureChromium } from './chromium';
 import { ensureTemporalCli } from './temporal';
 import { ensureTfjsNative, type TfjsNativeStatus } from './tfjs-native';
 import { ensureOpenLineageSchemas } from './openlineage-schemas';
@@ -16,6 +17,8 @@ export interface SetupOptions {
   s3?: boolean;
   /** Graphviz's dot (pinned Debian package), which renders `stepwise lineage --dot` in tests. */
   graphviz?: boolean;
+  /** Headless Chromium (pinned Debian package), which the web UI's browser test drives. */
+  chromium?: boolean;
   /** Make the TensorFlow native backend loadable; a failure is reported, not thrown. */
   tfjsNative?: boolean;
   /** Fetch the published OpenLineage JSON schemas the lineage tests validate events against. */
@@ -31,6 +34,7 @@ export interface SetupResult {
   temporalCli?: string;
   versitygw?: string;
   dot?: string;
+  chromium?: string;
   tfjsNative?: TfjsNativeStatus;
   openLineageSchemas?: string;
   kustomize?: string;
@@ -49,6 +53,7 @@ export async function setup(opts: SetupOptions): Promise<SetupResult> {
   if (opts.temporal) result.temporalCli = await ensureTemporalCli(opts.log);
   if (opts.s3) result.versitygw = await ensureVersitygw(opts.log);
   if (opts.graphviz) result.dot = await ensureGraphviz(opts.log);
+  if (opts.chromium) result.chromium = await ensureChromium(opts.log);
   if (opts.tfjsNative) result.tfjsNative = await ensureTfjsNative(opts.log);
   if (opts.openLineageSchemas) result.openLineageSchemas = await ensureOpenLineageSchemas(opts.log);
   if (opts.kustomize) result.kustomize = await ensureKustomize(opts.log);

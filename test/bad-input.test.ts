@@ -337,7 +337,7 @@ const sampleCases: Case[] = [
     /cannot split 2 examples with validFraction 0\.99/,
     'sample.validFraction',
   ],
-  ['a missing reference folder', () => ref(at('nowhere')), /nowhere cannot be read \(ENOENT\)/, 'data.dir'],
+  ['a missing reference folder', () => ref(at('nowhere')), /nowhere does not exist; expected a folder/, 'data.dir'],
   ['/etc/passwd as data', () => jsonl('/etc/passwd'), /\/etc\/passwd is outside the data roots/, 'data.train'],
   [
     'a ../.. path out of the roots',
@@ -359,7 +359,7 @@ const sampleCases: Case[] = [
     'student.init',
   ],
   ['a student.init out of the roots', student({ init: '/etc/hostname' }), /is outside the data roots/, 'student.init'],
-  ['a missing student.init', student({ init: at('none.safetensors') }), /cannot be read \(ENOENT\)/, 'student.init'],
+  ['a missing student.init', student({ init: at('none.safetensors') }), /does not exist/, 'student.init'],
   [
     'a student.init naming an alias no model has',
     student({ init: 'nobody@champion' }),

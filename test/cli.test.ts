@@ -1,25 +1,12 @@
-import { execFile } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 import test from 'ava';
 import { demoSpec, parseSpec } from '../lib/pipeline/spec';
 import { runWorkflowId } from '../lib/pipeline/run-identity';
+import { stepwise } from './helpers/cli';
 
-const run = promisify(execFile);
-const BIN = resolve(__dirname, '..', 'bin', 'stepwise.js');
 const DATASETS = resolve(__dirname, '..', '..', 'shared', 'datasets');
-
-async function stepwise(args: string[], env: Record<string, string> = {}) {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [BIN, ...args], { env: { ...process.env, ...env } });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
 
 const lastJsonLine = (stdout: string) => JSON.parse(stdout.trim().split('\n').at(-1)!);
 
@@ -55,6 +42,11 @@ test('every command has --help', async (t) => {
     'import-t5',
     'export-t5',
     'codec-server',
+    'schedule',
+    'deploy',
+    'replay',
+    'report',
+    'ui',
   ]) {
     const r = await stepwise([command, '--help']);
     t.is(r.code, 0, command);
@@ -111,7 +103,7 @@ test('teacher flags land in the spec and are validated like it: a budget without
   const prices = join(dir, 'prices.json');
   await writeFile(prices, JSON.stringify({ 'other-model': { inputPerMillionTokens: 1, outputPerMillionTokens: 2 } }));
   const unlisted = await stepwise([...base, '--max-cost', '5', '--prices', prices], state);
-  t.is(unlisted.code, 1);
+  t.is(unlisted.code, 2);
   t.regex(unlisted.stderr, /--prices .* has no entry for the teacher model "big-model"; it lists other-model/);
 
   const selfConsistent = await stepwise([...base, '--samples', '3'], state);

@@ -74,6 +74,9 @@ test('transient faults of every kind are retried until each example has a comple
   t.is(result.total, 30);
   t.is(result.failed, 0);
   t.is(result.shards, 3);
+  // The report's rate-limit figure: both 429s, each waited out for the second its retry-after asked.
+  t.is(result.rateLimit?.refusals, 2);
+  t.true(result.rateLimit!.waitMs >= 2000, String(result.rateLimit?.waitMs));
   const responses = await responsesOf(result);
   t.deepEqual(
     responses.map((r) => r.id),
@@ -130,6 +133,9 @@ test('client-side rate limits hold at the server: no 429, no window over the lim
   t.is(result.failed, 0);
   t.is(s.stats().rateLimited, 0);
   t.true(s.maxInWindow(4000, 'requests') <= 40, `max ${s.maxInWindow(4000, 'requests')} requests in a 4 s window`);
+  // Paced by our limiter, not refused: 60 calls admitted at 9 a second by 16 callers wait seconds in all.
+  t.is(result.rateLimit?.refusals, 0);
+  t.true(result.rateLimit!.waitMs > 1000, String(result.rateLimit?.waitMs));
   // 60 calls at 9/s cannot take less than ~6 s.
   t.true(Date.now() - started >= 5_500);
 });
@@ -164,6 +170,8 @@ test('a 429 with retry-after pauses every caller sharing the limiter, and the st
   s.setFaults({ status: { code: 429, count: 1, retryAfterMs: pauseMs } });
   const result = (await handle.result()) as PromptTeacherResult;
   t.is(result.failed, 0);
+  t.is(result.rateLimit?.refusals, 1);
+  t.true(result.rateLimit!.waitMs >= pauseMs, 'the refused call waited out the pause');
   // Measured at the server, so the retried call's own wait cannot satisfy it: after the 429, no request from any
   // caller arrives until the pause is over. Requests already past the limiter when the 429 was answered may land
   // just after it; half a second covers that on a loaded machine, and the other 2.5 s must be silent.

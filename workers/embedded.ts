@@ -1,6 +1,8 @@
 import { startTemporalDevServer } from '../infra/temporal';
 import { freePort } from '../infra/cache';
-import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from './pipeline-worker';
+import type { Logger } from '@temporalio/common';
+import { connectTemporal, createPipelineWorkers } from './pipeline-worker';
+import { installRuntime } from './telemetry';
 import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
 import { devServerSearchAttributes } from './search-attributes';
 
@@ -10,15 +12,26 @@ import { devServerSearchAttributes } from './search-attributes';
  *
  * Runs an earlier process left open in the state (it was killed) are picked up by these workers as soon as they
  * poll; `interrupted` lists them, and the attempts the dead process held are released first so they retry now.
+ *
+ * `log` takes what a person following the run needs (interrupted runs released); `serverLog` the dev server's own
+ * output and `logger` the workers' (the SDK's and the activities' entries), which belong in files unless asked for.
  */
-export async function startEmbedded(opts: { stateDir: string; store: string; log?: (line: string) => void }) {
-  quietTemporalLogs();
+export async function startEmbedded(opts: {
+  stateDir: string;
+  store: string;
+  log?: (line: string) => void;
+  /** The dev server's output, line by line (default `log`). */
+  serverLog?: (line: string) => void;
+  /** The workers' logger (default: warnings and errors on stderr); installed with the Runtime, once per process. */
+  logger?: Logger;
+}) {
+  installRuntime({ logger: opts.logger });
   // The UI is the point of a local run: it shows every stage's inputs, outputs, retries and timings.
   const server = await startTemporalDevServer({
     stateDir: opts.stateDir,
     uiPort: await freePort(),
     searchAttributes: devServerSearchAttributes(),
-    log: opts.log,
+    log: opts.serverLog ?? opts.log,
   });
   let connected: Awaited<ReturnType<typeof connectTemporal>> | undefined;
   try {

@@ -1,6 +1,6 @@
 import { Client, Connection } from '@temporalio/client';
-import type { DataConverter, WorkerDeploymentVersion } from '@temporalio/common';
-import { DefaultLogger, NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
+import type { DataConverter, Logger, WorkerDeploymentVersion } from '@temporalio/common';
+import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { taskQueueOf, type QueueKind } from '../contract';
 import { createActivityDeps } from './deps';
@@ -10,18 +10,24 @@ import { settings } from '../infra/config';
 import { withCudaLibraryPath } from '../infra/cuda';
 import { setup } from '../infra/setup';
 import { ensureSearchAttributes } from './search-attributes';
+import { workerLogger } from './logging';
+import { cachedWorkflowBundle } from './workflow-bundle';
 import { bootstrapCurrentVersion, versionedWorkerOptions, workerVersionFromSettings } from './versioning';
+import {
+  clientTracingInterceptors,
+  flushTracing,
+  installRuntime,
+  shutdownTracing,
+  tracingWorkflowModules,
+  workerTracingOptions,
+} from './telemetry';
 
 /**
  * Keep the SDK to warnings and errors: an interactive run or a test prints its own progress, and worker state
  * changes would bury it. Must run before the first worker or connection is created; later calls are no-ops.
  */
 export function quietTemporalLogs(): void {
-  try {
-    Runtime.install({ logger: new DefaultLogger('WARN') });
-  } catch {
-    // Already installed (e.g. by an earlier call in this process): keep that one.
-  }
+  installRuntime();
 }
 
 /** Heartbeats reach the server at most this often: short, so a cancelled run stops its training within seconds. */
@@ -59,10 +65,24 @@ export interface PipelineWorkersOptions {
 export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
   const deps = createActivityDeps({ store: opts.store, client: opts.client });
   const activities = createActivities(deps);
-  const workflowSource = opts.workflowBundle
-    ? { workflowBundle: opts.workflowBundle }
-    : { workflowsPath: require.resolve('../workflows') };
+  // With traces exported (workers/telemetry.ts), activities and workflows are traced; a prebuilt bundle lacks the
+  // workflow interceptors, so its workflows are not.
+  const tracing = workerTracingOptions();
   const dataConverter = opts.dataConverter ?? dataConverterFromSettings();
+  // Bundled as Worker.create would bundle it (the same interceptor modules and converters), but once per version of
+  // the code on this machine rather than at every start (workers/workflow-bundle.ts).
+  const workflowBundle =
+    opts.workflowBundle ??
+    (opts.queues.includes('cpu')
+      ? await cachedWorkflowBundle({
+          workflowsPath: require.resolve('../workflows'),
+          workflowInterceptorModules: tracingWorkflowModules(),
+          failureConverterPath: dataConverter?.failureConverterPath,
+          payloadConverterPath: dataConverter?.payloadConverterPath,
+          logger: Runtime.instance().logger,
+        })
+      : undefined);
+  const workflowSource = { workflowBundle };
   const workers: Worker[] = [];
   for (const queue of opts.queues) {
     workers.push(
@@ -74,6 +94,7 @@ export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
         dataConverter,
         maxHeartbeatThrottleInterval: MAX_HEARTBEAT_THROTTLE,
         ...(opts.versioning ? versionedWorkerOptions(opts.versioning) : {}),
+        ...tracing,
         ...(queue === 'cpu' ? workflowSource : { maxConcurrentActivityTaskExecutions: 1 }),
       })
     );
@@ -101,7 +122,12 @@ export async function connectTemporal(target: TemporalTarget) {
   const clientConnection = await Connection.connect(
     target.connectionOptions as Parameters<typeof Connection.connect>[0]
   );
-  const client = new Client({ connection: clientConnection, namespace: target.namespace, dataConverter });
+  const client = new Client({
+    connection: clientConnection,
+    namespace: target.namespace,
+    dataConverter,
+    interceptors: clientTracingInterceptors(),
+  });
   return {
     connection,
     client,
@@ -109,6 +135,8 @@ export async function connectTemporal(target: TemporalTarget) {
     async close() {
       await clientConnection.close();
       await connection.close();
+      // A command that started a run exits soon after: its spans go now, not at the next batch.
+      await flushTracing();
     },
   };
 }
@@ -122,13 +150,24 @@ export async function connectTemporal(target: TemporalTarget) {
  * `STEPWISE_DEPLOYMENT_NAME` as build `STEPWISE_BUILD_ID` (default: from the code version), and the first worker of a
  * deployment with no current version makes its own version current.
  */
-export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget; store: string }): Promise<void> {
+export async function runWorker(opts: {
+  queue: QueueKind;
+  target: TemporalTarget;
+  store: string;
+  /** Serve Prometheus metrics on this port (workers/telemetry.ts), bound to `metricsHost` (default all interfaces). */
+  metricsPort?: number;
+  metricsHost?: string;
+}): Promise<void> {
   // Checked before anything starts: a bad setting is the operator's to fix, not a crash after connecting.
   const versioning = workerVersionFromSettings();
-  if (opts.queue === 'gpu') await prepareGpuWorker();
+  // One JSON line per entry by default, its own lines included (workers/logging.ts): the run, stage and attempt are
+  // fields a log collector filters on. INFO keeps worker state changes, which are an operator's to see.
+  const logger = workerLogger();
+  const { metricsAddress } = installRuntime({ metricsPort: opts.metricsPort, metricsHost: opts.metricsHost, logger });
+  if (opts.queue === 'gpu') await prepareGpuWorker(logger);
   const temporal = await connectTemporal(opts.target);
   // Runs set these attributes; a cluster that lacks them and will not take them from us gets one line on how to add them.
-  await ensureSearchAttributes(temporal.client.connection, opts.target.namespace, (line) => console.log(line));
+  await ensureSearchAttributes(temporal.client.connection, opts.target.namespace, (line) => logger.info(line));
   const pipeline = await createPipelineWorkers({
     connection: temporal.connection,
     client: temporal.client,
@@ -138,26 +177,27 @@ export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget
     dataConverter: temporal.dataConverter,
     versioning,
   });
-  console.log(
+  logger.info(
     `stepwise worker: queue ${taskQueueOf(opts.queue)} on ${opts.target.connectionOptions.address ?? 'localhost:7233'} ` +
       `(namespace ${opts.target.namespace}), store ${pipeline.deps.store.location}, ` +
       `${versioning ? `deployment ${versioning.deploymentName} build ${versioning.buildId}` : 'unversioned'}, ` +
-      describePayloadEncryption(temporal.dataConverter)
+      describePayloadEncryption(temporal.dataConverter) +
+      (metricsAddress ? `, metrics on http://${metricsAddress}/metrics` : '')
   );
   if (versioning?.buildId.endsWith('.dirty')) {
-    console.log(
+    logger.warn(
       `stepwise worker: build ${versioning.buildId} is from a working tree with uncommitted changes; two different ` +
         'edits would share this build id, so set STEPWISE_BUILD_ID (or commit) before deploying it'
     );
   }
-  const memoryLog = memoryLogger(settings().workerMemoryLogSeconds);
+  const memoryLog = memoryLogger(settings().workerMemoryLogSeconds, logger);
   const running = pipeline.run();
   // The version registers with the server on the first poll, so the bootstrap runs alongside the workers.
   const stopBootstrap = new AbortController();
   const bootstrap = versioning
     ? bootstrapCurrentVersion(temporal.client, versioning, { signal: stopBootstrap.signal }).then(
-        (line) => console.log(`stepwise worker: ${line}`),
-        (err: unknown) => console.error(`stepwise worker: could not check the deployment's current version: ${err}`)
+        (line) => logger.info(`stepwise worker: ${line}`),
+        (err: unknown) => logger.error(`stepwise worker: could not check the deployment's current version: ${err}`)
       )
     : Promise.resolve();
   try {
@@ -168,6 +208,7 @@ export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget
     if (memoryLog) clearInterval(memoryLog);
     await pipeline.deps.close();
     await temporal.close();
+    await shutdownTracing();
   }
 }
 
@@ -177,9 +218,8 @@ export async function runWorker(opts: { queue: QueueKind; target: TemporalTarget
  * LD_LIBRARY_PATH at start: putting the cached CUDA libraries (`stepwise setup --cuda`) on it here lets every
  * student child find them.
  */
-async function prepareGpuWorker(): Promise<void> {
-  const log = (line: string) => process.stderr.write(`${line}\n`);
-  await setup({ tfjsNative: true, log });
+async function prepareGpuWorker(logger: Logger): Promise<void> {
+  await setup({ tfjsNative: true, log: (line) => logger.info(line) });
   process.env.LD_LIBRARY_PATH = (await withCudaLibraryPath(process.env)).LD_LIBRARY_PATH;
 }
 
@@ -188,14 +228,14 @@ async function prepareGpuWorker(): Promise<void> {
  * `node --expose-gc` a full collection runs first, so `heapLive` is what is really retained: the figure that tells a
  * leak (it climbs with work done) from a heap the collector simply has not shrunk yet (RSS alone cannot).
  */
-function memoryLogger(seconds: number): NodeJS.Timeout | undefined {
+function memoryLogger(seconds: number, logger: Logger): NodeJS.Timeout | undefined {
   if (!(seconds > 0)) return undefined;
   const gc = (globalThis as { gc?: () => void }).gc;
   const mib = (bytes: number) => Math.round(bytes / 1048576);
   const timer = setInterval(() => {
     gc?.();
     const m = process.memoryUsage();
-    console.log(
+    logger.info(
       `stepwise worker memory: rss ${mib(m.rss)} MiB, ${gc ? 'heapLive' : 'heapUsed'} ${mib(m.heapUsed)} MiB, ` +
         `heapTotal ${mib(m.heapTotal)} MiB`
     );

@@ -36,7 +36,8 @@ export async function workflowBundleKey(
   >
 ): Promise<string> {
   const hash = createHash('sha256');
-  hash.update(JSON.stringify(options));
+  const { workflowsPath, failureConverterPath, payloadConverterPath, workflowInterceptorModules } = options;
+  hash.update(JSON.stringify([workflowsPath, failureConverterPath, payloadConverterPath, workflowInterceptorModules]));
   hash.update(JSON.stringify(require('@temporalio/worker/package.json').version));
   const files = [
     ...(await Promise.all(SOURCE_DIRS.map((d) => sourceFiles(join(root, d))))).flat(),
@@ -65,7 +66,13 @@ export async function cachedWorkflowBundle(
   const dir = dirOption ?? join(cacheDir(), 'workflow-bundles');
   let path: string | undefined;
   try {
-    const key = await workflowBundleKey(root, bundleOptions);
+    const { workflowsPath, failureConverterPath, payloadConverterPath, workflowInterceptorModules } = bundleOptions;
+    const key = await workflowBundleKey(root, {
+      workflowsPath,
+      failureConverterPath,
+      payloadConverterPath,
+      workflowInterceptorModules,
+    });
     path = join(dir, `${key}.json`);
     const cached = JSON.parse(await readFile(path, 'utf8')) as WorkflowBundleWithSourceMap;
     if (typeof cached.code === 'string' && typeof cached.sourceMap === 'string') return cached;

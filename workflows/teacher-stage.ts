@@ -53,7 +53,10 @@ export interface TeacherStageState {
    * Spend already counted for shards that are not finished: a shard reports its journal's whole spend, which keeps
    * growing across launches, so only the difference is added each time.
    */
-  accounted: Record<string, { costUsd: number; promptTokens: number; completionTokens: number }>;
+  accounted: Record<
+    string,
+    { costUsd: number; promptTokens: number; completionTokens: number; refusals?: number; waitMs?: number }
+  >;
   /** A shard has stopped for budget: from then on one shard runs at a time, with every dollar left. */
   endgame: boolean;
   totals: {
@@ -64,6 +67,8 @@ export interface TeacherStageState {
     cached: number;
     callsDone: number;
     shardsDone: number;
+    /** Absent in the state of a run that continued as new from a version before it was counted. */
+    rateLimit?: { refusals: number; waitMs: number };
   };
   exhausted: boolean;
   run: number;
@@ -265,13 +270,18 @@ class ShardScheduler {
     state.totals.sent += result.sent;
     state.totals.cached += result.cached;
     state.totals.resumed += result.resumed;
+    if (result.rateLimit) {
+      const waits = (state.totals.rateLimit ??= { refusals: 0, waitMs: 0 });
+      waits.refusals += result.rateLimit.refusals - (before.refusals ?? 0);
+      waits.waitMs += result.rateLimit.waitMs - (before.waitMs ?? 0);
+    }
     if (result.complete) {
       delete state.accounted[index];
       state.totals.callsDone += result.calls;
       state.totals.shardsDone += 1;
       this.tellParent();
     } else {
-      state.accounted[index] = { costUsd: result.costUsd, ...result.usage };
+      state.accounted[index] = { costUsd: result.costUsd, ...result.usage, ...result.rateLimit };
     }
   }
 
@@ -385,6 +395,7 @@ export async function teacherStage(
       ? { budget: { maxCostUsd: scheduler.maxCost, exhausted: state.exhausted } }
       : {}),
     calls: { planned: plan.calls, sent: totals.sent, resumed: totals.resumed, cached: totals.cached },
+    ...(totals.rateLimit ? { rateLimit: totals.rateLimit } : {}),
     shards: plan.shards,
     mode: scheduler.batchMode ? 'batch' : 'direct',
     samples: plan.calls / Math.max(1, plan.examples),

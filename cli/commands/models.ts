@@ -7,33 +7,19 @@
  *   | at NAME@ALIAS --time T
  */
 import { Command } from 'commander';
-import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
-import { approveUpdate, rejectUpdate, type ApprovalOutcome } from '../../contract';
 import { settings } from '../../infra/config';
 import { InputError } from '../../lib/errors';
 import { openStore, type ArtifactStore } from '../../lib/store';
 import { objectKey } from '../../lib/store/artifact-store';
 import { checkModelName } from '../../lib/registry/names';
 import { getVersion, listModels, listVersions, type ModelVersion } from '../../lib/registry/registry';
-import {
-  aliasAt,
-  changeStatus,
-  checkAliasName,
-  getAlias,
-  identity,
-  listAliases,
-  modelHistory,
-  moveAlias,
-  RegistryConflictError,
-  versionStatus,
-  type AuditRecord,
-} from '../../lib/registry/audit';
+import { aliasAt, listAliases, modelHistory, versionStatus } from '../../lib/registry/audit';
 import { parseModelRef, resolveRef } from '../../lib/registry/refs';
-import { syncMlflowAlias } from '../../activities/mlflow';
 import { temporalTarget } from '../../workers/connection';
 import { connectTemporal } from '../../workers/pipeline-worker';
 import { openServices } from '../shared/services';
 import { log } from '../shared/options';
+import { archiveVersion, decideVersion, promoteToAlias, type DecisionClient } from '../shared/registry-actions';
 import {
   diffFields,
   diffTable,
@@ -336,41 +322,15 @@ interface PromoteFlags {
   identity?: string;
 }
 
-/**
- * Read the alias, then move it only if it still names what was read: a promotion decided against a state that
- * changed meanwhile (another promote, a pipeline's gate) is refused, naming what the alias holds now.
- */
+/** Move the alias (cli/shared/registry-actions.ts holds the rule the web UI shares). */
 async function promote(ref: string, flags: Opened & PromoteFlags): Promise<void> {
-  const { store } = flags;
-  const alias = checkAliasName(flags.alias, '--alias');
-  const { version: v } = await resolveRef(store, ref, 'ref');
-  const who = identity(flags.identity);
-  const before = (await getAlias(store, v.name, alias))?.version ?? null;
-  if (before === v.version) {
+  const p = await promoteToAlias(flags.store, ref, flags);
+  if (!p.record) {
     if (flags.json) return console.log(JSON.stringify(null));
-    return console.log(`${alias}: already v${v.version}; nothing written`);
+    return console.log(`${p.alias}: already v${p.version.version}; nothing written`);
   }
-  let record: AuditRecord;
-  try {
-    record = await moveAlias(store, v.name, alias, v.version, {
-      who,
-      why: flags.why?.trim() || `promoted by ${who}`,
-      expect: before,
-    });
-  } catch (err) {
-    if (!(err instanceof RegistryConflictError)) throw err;
-    const now = await getAlias(store, v.name, alias);
-    throw new InputError(
-      `--alias: ${alias} of ${v.name} was moved while promoting: it now names ${versionLabel(now?.version)}` +
-        (now ? ` (${now.record.action} by ${now.record.who} at ${now.record.when})` : '') +
-        `, not ${versionLabel(before)} as read; nothing was written`,
-      '--alias'
-    );
-  }
-  // With STEPWISE_MLFLOW_URI set the alias moves in MLflow too; a failure there is a warning on stderr, not an error.
-  await syncMlflowAlias({ store }, { name: v.name, alias });
-  if (flags.json) return console.log(JSON.stringify(record));
-  console.log(`${alias}: ${versionLabel(before)} → v${v.version}`);
+  if (flags.json) return console.log(JSON.stringify(p.record));
+  console.log(`${p.alias}: ${versionLabel(p.before)} → v${p.version.version}`);
 }
 
 interface DecideFlags {
@@ -378,51 +338,36 @@ interface DecideFlags {
   identity?: string;
 }
 
-/**
- * Approve or reject. A version whose run is waiting for this decision (its status head is the gate's record, marked
- * awaiting approval) gets it through the run, which records it and moves the alias; otherwise the status changes
- * here. Recording it here while the run waits would leave the run to fail at its timeout on a version no longer a
- * candidate.
- */
+/** Approve or reject: through the run when it waits for the decision, in the registry otherwise. */
 async function decide(kind: 'approve' | 'reject', ref: string, flags: Opened & DecideFlags): Promise<void> {
-  const { store } = flags;
   const done = kind === 'approve' ? 'approved' : 'rejected';
-  const { version: v } = await resolveRef(store, ref, 'ref');
-  const who = identity(flags.identity);
-  const comment = flags.comment?.trim();
-  const status = await versionStatus(store, v.name, v.version);
-  const waiting = status?.record && awaitsApproval(status.record) ? status.record.workflowId : undefined;
-  if (waiting) {
-    const outcome = await decideInRun(flags.location, waiting, kind, {
-      version: v.version,
-      identity: who,
-      ...(comment ? { comment } : {}),
-    });
-    if (outcome) {
-      if (flags.json) return console.log(JSON.stringify(outcome));
-      const moved =
-        outcome.outcome === 'promoted'
-          ? `; ${outcome.alias}: ${versionLabel(outcome.previous)} → v${outcome.version}`
-          : '';
-      return console.log(`${v.name} v${v.version}: ${done} by ${who} in run ${waiting}: ${outcome.outcome}${moved}`);
-    }
-    log(`stepwise: run ${waiting} is no longer running; recording the decision in the registry`);
+  const decision = await decideVersion(flags.store, ref, kind, {
+    ...flags,
+    connect: () => connectForDecision(flags.location),
+  });
+  const v = decision.version;
+  if (decision.by === 'run') {
+    const { outcome } = decision;
+    if (flags.json) return console.log(JSON.stringify(outcome));
+    const moved =
+      outcome.outcome === 'promoted'
+        ? `; ${outcome.alias}: ${versionLabel(outcome.previous)} → v${outcome.version}`
+        : '';
+    return console.log(
+      `${v.name} v${v.version}: ${done} by ${decision.who} in run ${decision.workflowId}: ${outcome.outcome}${moved}`
+    );
   }
-  const record = await changeStatus(store, v.name, v.version, kind, { who, why: comment || `${done} by ${who}` });
-  if (flags.json) return console.log(JSON.stringify(record));
-  console.log(`${v.name} v${v.version}: ${String(record.from)} → ${String(record.to)}`);
+  if (decision.closedRun) {
+    log(`stepwise: run ${decision.closedRun} is no longer running; recording the decision in the registry`);
+  }
+  if (flags.json) return console.log(JSON.stringify(decision.record));
+  console.log(`${v.name} v${v.version}: ${String(decision.record.from)} → ${String(decision.record.to)}`);
 }
 
 async function archive(ref: string, flags: Opened & ArchiveFlags): Promise<void> {
-  const { store } = flags;
-  const { version: v } = await resolveRef(store, ref, 'ref');
-  const who = identity(flags.identity);
-  const record = await changeStatus(store, v.name, v.version, 'archive', {
-    who,
-    why: flags.why?.trim() || `archived by ${who}`,
-  });
+  const record = await archiveVersion(flags.store, ref, flags);
   if (flags.json) return console.log(JSON.stringify(record));
-  console.log(`${v.name} v${v.version}: ${String(record.from)} → ${String(record.to)}`);
+  console.log(`${record.model} v${String(record.version)}: ${String(record.from)} → ${String(record.to)}`);
 }
 
 interface ArchiveFlags {
@@ -430,64 +375,12 @@ interface ArchiveFlags {
   identity?: string;
 }
 
-/** The gate passed the version and its run now waits for a person (lib/registry/gate-stage.ts records this). */
-function awaitsApproval(record: AuditRecord): boolean {
-  return (
-    record.action === 'gate' &&
-    record.to === 'candidate' &&
-    record.workflowId !== undefined &&
-    (record.details as { awaitingApproval?: unknown } | undefined)?.awaitingApproval === true
-  );
-}
-
-/**
- * Send the decision to the waiting run and return its outcome once the run has carried it out; undefined when the
- * run is closed (nobody waits any more, so the registry is changed directly).
- */
-async function decideInRun(
-  location: string,
-  workflowId: string,
-  kind: 'approve' | 'reject',
-  decision: { version: number; identity: string; comment?: string }
-): Promise<ApprovalOutcome | undefined> {
-  const temporal = await connectForDecision(location);
-  try {
-    const handle = temporal.client.workflow.getHandle(workflowId);
-    let running: boolean;
-    try {
-      running = (await handle.describe()).status.name === 'RUNNING';
-    } catch (err) {
-      if (!(err instanceof WorkflowNotFoundError)) throw err;
-      throw new InputError(
-        `ref: v${decision.version} awaits approval in run ${workflowId}, which ${temporal.where} does not have: ` +
-          'set TEMPORAL_ADDRESS (and TEMPORAL_NAMESPACE) to the Temporal service the run is on',
-        'ref'
-      );
-    }
-    if (!running) return undefined;
-    try {
-      return await handle.executeUpdate(kind === 'approve' ? approveUpdate : rejectUpdate, { args: [decision] });
-    } catch (err) {
-      // The run's validator refused it (another version, already decided): its message says why; nothing was written.
-      if (err instanceof WorkflowUpdateFailedError) {
-        throw new InputError(
-          `ref: run ${workflowId} refused the decision: ${err.cause?.message ?? err.message}`,
-          'ref'
-        );
-      }
-      throw err;
-    }
-  } finally {
-    await temporal.stop();
-  }
-}
-
 /**
  * The Temporal service the waiting run is on: the configured cluster, or the embedded state's, started here with
  * workers (the run's update handler needs one to run). A `stepwise run` still serving that state holds it: the user
  * then points TEMPORAL_ADDRESS at the dev server that run printed.
  */
-async function connectForDecision(store: string): Promise<{ client: Client; where: string; stop(): Promise<void> }> {
+async function connectForDecision(store: string): Promise<DecisionClient> {
   if (settings().clusterConfigured) {
     const target = temporalTarget();
     const temporal = await connectTemporal(target);

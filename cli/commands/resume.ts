@@ -19,16 +19,21 @@ export function addResumeCommand(program: Command): void {
     .argument('[workflowId]', 'the run to resume, as `stepwise run` printed it')
     .option('--store <location>', 'artifact store: a folder, file:///path or s3://bucket/prefix (env STEPWISE_STORE)')
     .option('--json', 'print the result as one JSON line')
-    .action(async (workflowId: string | undefined, flags: { store?: string; json?: boolean }) =>
-      resumeRun(workflowId, flags)
-    );
+    .option('--verbose', "embedded: also print the dev server's output and the workers' logs (always in <state>/logs)")
+    .action(async (workflowId: string | undefined, flags: ResumeFlags) => resumeRun(workflowId, flags));
+}
+
+interface ResumeFlags {
+  store?: string;
+  json?: boolean;
+  verbose?: boolean;
 }
 
 /** Exit code 2 when there is nothing to resume, 1 when the resumed run fails. */
-async function resumeRun(workflowId: string | undefined, flags: { store?: string; json?: boolean }): Promise<void> {
+async function resumeRun(workflowId: string | undefined, flags: ResumeFlags): Promise<void> {
   const store = flags.store ?? settings().store;
   const started = Date.now();
-  const services = await openServices(store);
+  const services = await openServices(store, { verbose: flags.verbose });
   try {
     const id = workflowId ?? (await mostRecentOpenRun(services));
     if (!id || !(await resumable(services, id))) {

@@ -16,6 +16,8 @@ import {
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import { CPU_TASK_QUEUE } from '../../contract';
 import { settings } from '../../infra/config';
+import { checkSpecPaths } from '../../lib/data/roots';
+import { InputError } from '../../lib/errors';
 import { checkRunId } from '../../lib/registry/names';
 import { distillationPipeline } from '../../workflows';
 import { log, number } from '../shared/options';
@@ -77,11 +79,12 @@ export function addRunCommand(program: Command): void {
     .option('--new-run', 'a new run even if this spec already completed on this data (the id gets a timestamp)')
     .option('--detach', 'print the run id and return (needs TEMPORAL_ADDRESS)')
     .option('--json', 'print the result as one JSON line')
-    .action(async (file: string | undefined, flags: RunFlags) => runPipeline(file, flags));
+    .option('--verbose', "embedded: also print the dev server's output and the workers' logs (always in <state>/logs)")
+    .action(async (file: string | undefined, flags: RunFlags & { verbose?: boolean }) => runPipeline(file, flags));
 }
 
 /** Exit code 2 for anything refused before a run starts (a bad spec, a flag that cannot work), 1 for a failed run. */
-async function runPipeline(file: string | undefined, flags: RunFlags): Promise<void> {
+async function runPipeline(file: string | undefined, flags: RunFlags & { verbose?: boolean }): Promise<void> {
   const spec = await validSpec(file, flags);
   if (!spec) return;
   if (flags.detach && !settings().clusterConfigured) {
@@ -96,7 +99,7 @@ async function runPipeline(file: string | undefined, flags: RunFlags): Promise<v
   if (flags.id !== undefined) checkRunId(flags.id, '--id');
   const workflowId = flags.id ?? (await runWorkflowId(spec)) + (flags.newRun ? `-${timestamp()}` : '');
   const started = Date.now();
-  const services = await openServices(store);
+  const services = await openServices(store, { verbose: flags.verbose });
   try {
     const others = services.interrupted.filter((r) => r.workflowId !== workflowId);
     if (others.length > 0) {
@@ -173,14 +176,19 @@ async function reportUnfinished(services: Services, runs: InterruptedRun[]): Pro
   }
 }
 
-/** The spec from the file and flags, checked; undefined (with the reason printed) when it is refused. */
+/**
+ * The spec from the file and flags, checked; undefined (with the reason printed) when it is refused. Embedded, the
+ * workers are this process, so the files the spec names are checked here too: a missing data folder is refused in a
+ * second, before the services start, rather than as a failed first stage.
+ */
 async function validSpec(file: string | undefined, flags: RunFlags): Promise<PipelineSpec | undefined> {
-  const specInput = await specFromFlags(file, flags);
   try {
-    return parseSpec(specInput);
+    const spec = parseSpec(await specFromFlags(file, flags));
+    if (!settings().clusterConfigured) await checkSpecPaths(spec, settings().dataRoots);
+    return spec;
   } catch (err) {
-    if (!(err instanceof SpecError)) throw err;
-    log(`stepwise run: invalid spec: ${err.message}`);
+    if (!(err instanceof InputError)) throw err;
+    log(`stepwise run: ${err instanceof SpecError ? 'invalid spec: ' : ''}${err.message}`);
     process.exitCode = 2;
     return undefined;
   }

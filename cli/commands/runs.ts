@@ -13,7 +13,9 @@ import {
   StepwiseModel,
   StepwiseOutcome,
   StepwiseTask,
+  RUN_OUTCOMES,
   type PipelineProgress,
+  type RunOutcome,
 } from '../../contract';
 import { settings } from '../../infra/config';
 import { setup } from '../../infra/setup';
@@ -27,7 +29,7 @@ import { connectCluster } from '../shared/services';
 import { log } from '../shared/options';
 
 /** `--status` values and the `ExecutionStatus` each stands for in a visibility query. */
-const STATUSES = {
+export const STATUSES = {
   running: 'Running',
   completed: 'Completed',
   failed: 'Failed',
@@ -36,7 +38,7 @@ const STATUSES = {
   'timed-out': 'TimedOut',
   'continued-as-new': 'ContinuedAsNew',
 } as const;
-type StatusFlag = keyof typeof STATUSES;
+export type StatusFlag = keyof typeof STATUSES;
 
 /** How long a running run has to answer the progress query: one whose workers are down would otherwise hang `ls`. */
 const QUERY_DEADLINE_MS = 3_000;
@@ -78,18 +80,46 @@ export function addRunsCommand(program: Command): void {
     .action(async (flags: RunsLsFlags) => listRunsCommand(flags));
 }
 
-/** The visibility query for the flags: a model name is checked first, so it cannot break out of its quotes. */
-export function runsQuery(opts: { model?: string; status?: StatusFlag }): string {
+/** Filters on the search attributes; each value is checked first, so it cannot break out of its quotes. */
+export interface RunsFilter {
+  model?: string;
+  status?: StatusFlag;
+  task?: string;
+  method?: string;
+  outcome?: RunOutcome;
+}
+
+/** The visibility query for the filters. */
+export function runsQuery(opts: RunsFilter): string {
   const clauses = [`WorkflowType='distillationPipeline'`];
   if (opts.model !== undefined) clauses.push(`${StepwiseModel.name}='${modelFlag(opts.model)}'`);
   if (opts.status !== undefined) clauses.push(`ExecutionStatus='${STATUSES[opts.status]}'`);
+  if (opts.task !== undefined) clauses.push(`${StepwiseTask.name}='${keyword(opts.task, 'task')}'`);
+  if (opts.method !== undefined) clauses.push(`${StepwiseMethod.name}='${keyword(opts.method, 'method')}'`);
+  if (opts.outcome !== undefined) {
+    if (!RUN_OUTCOMES.includes(opts.outcome)) {
+      throw new InputError(
+        `outcome must be one of ${RUN_OUTCOMES.join(', ')}, got '${String(opts.outcome)}'`,
+        'outcome'
+      );
+    }
+    clauses.push(`${StepwiseOutcome.name}='${opts.outcome}'`);
+  }
   return clauses.join(' AND ');
+}
+
+/** A task or method name as the spec's enums spell them: letters, digits, "_", "-", "." only. */
+function keyword(value: string, field: string): string {
+  if (!/^[A-Za-z0-9._-]{1,100}$/.test(value)) {
+    throw new InputError(`${field} must be a name (letters, digits, ".", "_", "-"), got '${value}'`, field);
+  }
+  return value;
 }
 
 /** Pipeline runs matching the flags, newest first, each running one with the stage its progress query reports. */
 export async function listRuns(
   client: Client,
-  opts: { model?: string; status?: StatusFlag; limit: number; queryProgress?: boolean }
+  opts: RunsFilter & { limit: number; queryProgress?: boolean }
 ): Promise<RunListing[]> {
   const found: WorkflowExecutionInfo[] = [];
   for await (const info of client.workflow.list({ query: runsQuery(opts), pageSize: Math.min(opts.limit, 100) })) {
@@ -142,7 +172,7 @@ async function stageOf(client: Client, workflowId: string, runId: string, outcom
 }
 
 async function listRunsCommand(flags: RunsLsFlags): Promise<void> {
-  const connected = await connect();
+  const connected = await connectForListing();
   if (!connected) {
     console.log(flags.json ? '[]' : '(no runs: the embedded state has no Temporal database yet)');
     return;
@@ -174,7 +204,7 @@ async function listRunsCommand(flags: RunsLsFlags): Promise<void> {
  * The cluster when TEMPORAL_ADDRESS is set; otherwise the embedded state's dev server, started here without workers
  * (undefined when the state has no database yet). A `stepwise run` serving that state holds its lock: say so.
  */
-async function connect(): Promise<
+export async function connectForListing(): Promise<
   { client: Client; cluster: boolean; where: string; close(): Promise<void> } | undefined
 > {
   if (settings().clusterConfigured) {

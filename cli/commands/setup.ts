@@ -14,7 +14,7 @@ export function addSetupCommand(program: Command): void {
     )
     .option(
       '--for-tests',
-      'also what tests need: the S3 test server (versitygw), Graphviz (dot), the OpenLineage schemas, kustomize, MLflow'
+      'also what tests need: the S3 test server (versitygw), Graphviz (dot), Chromium, the OpenLineage schemas, kustomize, MLflow'
     )
     .option('--no-native', 'skip the native tfjs build (wasm or cpu backends are used)')
     .option('--cuda', "also NVIDIA's CUDA 12 / cuDNN 9 runtime wheels for the native build's GPU use (about 3 GB)")
@@ -23,6 +23,7 @@ export function addSetupCommand(program: Command): void {
         temporal: true,
         s3: Boolean(flags.forTests),
         graphviz: Boolean(flags.forTests),
+        chromium: Boolean(flags.forTests),
         openLineageSchemas: Boolean(flags.forTests),
         kustomize: Boolean(flags.forTests),
         mlflow: Boolean(flags.forTests),

@@ -14,6 +14,7 @@ import { readSweepResult, type SweepArtifacts } from '../../lib/sweep/finish';
 import { openStore } from '../../lib/store';
 import type { ArtifactStore } from '../../lib/store/artifact-store';
 import { InputError } from '../../lib/errors';
+import { checkSpecPaths } from '../../lib/data/roots';
 import type { Method } from '../../lib/student/options';
 import { distillationSweep, type SweepInput } from '../../workflows';
 import { log, number } from '../shared/options';
@@ -27,6 +28,7 @@ interface SweepFlags extends RunFlags {
   parallel?: number;
   newSweep?: boolean;
   out?: string;
+  verbose?: boolean;
 }
 
 const list = (value: string) => value.split(',').map((v) => v.trim());
@@ -56,6 +58,7 @@ export function addSweepCommand(program: Command): void {
     .option('--out <dir>', 'also write the table (JSON, Markdown) and the plot (SVG) into this folder')
     .option('--detach', 'print the sweep id and return (needs TEMPORAL_ADDRESS)')
     .option('--json', 'print the result as one JSON line')
+    .option('--verbose', "embedded: also print the dev server's output and the workers' logs (always in <state>/logs)")
     .action((file: string | undefined, flags: SweepFlags) => startSweep(file, flags));
   sweep
     .command('status <sweepId>')
@@ -82,6 +85,8 @@ async function sweepInput(file: string | undefined, flags: SweepFlags): Promise<
     });
     // Every cell's spec (its name, above all) is checked here too, so a grid that cannot run never starts.
     for (const m of grid.methods) for (const f of grid.fractions) for (const s of grid.seeds) cellSpec(spec, m, f, s);
+    // Embedded, this process's workers read the data: a missing folder is refused before the services start.
+    if (!settings().clusterConfigured) await checkSpecPaths(spec, settings().dataRoots);
     const command = ['stepwise', 'sweep', ...process.argv.slice(process.argv.indexOf('sweep') + 1)].join(' ');
     return { spec, ...grid, parallel: flags.parallel ?? 1, command };
   } catch (err) {
@@ -106,7 +111,7 @@ async function startSweep(file: string | undefined, flags: SweepFlags): Promise<
   const sweepId =
     (await sweepWorkflowId(input)) +
     (flags.newSweep ? `-${new Date().toISOString().replace(/[-:.]/g, '').slice(0, 15)}` : '');
-  const services = await openServices(location);
+  const services = await openServices(location, { verbose: flags.verbose });
   try {
     const handle = await startOrAttach(services, sweepId, input);
     if (flags.detach) {

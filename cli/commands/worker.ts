@@ -4,6 +4,7 @@
 import { Command, Option } from 'commander';
 import { temporalTarget } from '../../workers/connection';
 import { runWorker } from '../../workers/pipeline-worker';
+import { parseMetricsPort } from '../../workers/telemetry';
 import { QUEUE_KINDS, type QueueKind } from '../../contract';
 import { settings } from '../../infra/config';
 
@@ -20,8 +21,28 @@ export function addWorkerCommand(program: Command): void {
         .makeOptionMandatory()
     )
     .option('--store <location>', 'artifact store (env STEPWISE_STORE)')
+    .option(
+      '--metrics-port <port>',
+      "serve Prometheus metrics (the SDK's temporal_* and stepwise_*) at /metrics on this port (env STEPWISE_METRICS_PORT)"
+    )
+    .option(
+      '--metrics-host <address>',
+      'address the metrics endpoint binds (env STEPWISE_METRICS_HOST, default 0.0.0.0)'
+    )
     // runWorker prepares a GPU worker itself (native tfjs, CUDA libraries on LD_LIBRARY_PATH for the student children).
-    .action(async (flags: { queue: QueueKind; store?: string }) =>
-      runWorker({ queue: flags.queue, target: temporalTarget(), store: flags.store ?? settings().store })
-    );
+    .action(async (flags: { queue: QueueKind; store?: string; metricsPort?: string; metricsHost?: string }) => {
+      const config = settings();
+      // Checked here, so the message names what the operator set: the flag or the variable.
+      const metricsPort =
+        flags.metricsPort !== undefined
+          ? parseMetricsPort(flags.metricsPort, '--metrics-port')
+          : parseMetricsPort(config.metricsPort, 'STEPWISE_METRICS_PORT');
+      await runWorker({
+        queue: flags.queue,
+        target: temporalTarget(),
+        store: flags.store ?? config.store,
+        metricsPort,
+        metricsHost: flags.metricsHost ?? config.metricsHost,
+      });
+    });
 }

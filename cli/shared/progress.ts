@@ -1,7 +1,7 @@
 /**
  * Following a running pipeline from the terminal: a bar per stage, fed by polling the workflow's progress query.
  */
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ActivityFailure, ChildWorkflowFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { progressQuery, type PipelineProgress, type PipelineResult, type StageName } from '../../contract';
 import type { distillationPipeline } from '../../workflows';
 import { log } from './options';
@@ -102,18 +102,19 @@ export async function follow(
   return resultPromise;
 }
 
-/** A workflow failure as one line: the chain of causes down to the activity's own message. */
-export function describeFailure(err: unknown): string {
-  if (err instanceof WorkflowFailedError) {
-    let cause: any = err.cause;
-    const parts = [err.message];
-    while (cause) {
-      parts.push(cause.message);
-      cause = cause.cause;
-    }
-    return parts.filter(Boolean).join(': ');
+/**
+ * A workflow failure as one line: the messages down its chain of causes to the activity's own, and the stage it
+ * failed in. The SDK's wrappers ("Workflow execution failed", "Activity task failed") say nothing a reader needs.
+ */
+export function describeFailure(err: unknown): { stage?: string; message: string } {
+  if (!(err instanceof WorkflowFailedError)) return { message: err instanceof Error ? err.message : String(err) };
+  const parts: string[] = [];
+  let stage: string | undefined;
+  for (let cause: Error | undefined = err.cause; cause; cause = cause.cause as Error | undefined) {
+    if (cause instanceof ActivityFailure) stage = cause.activityType ?? stage;
+    else if (!(cause instanceof ChildWorkflowFailure) && cause.message) parts.push(cause.message);
   }
-  return err instanceof Error ? err.message : String(err);
+  return { stage, message: parts.join(': ') || err.message };
 }
 
 /**
@@ -130,7 +131,9 @@ export async function followToEnd(
   try {
     result = await follow(handle, opts.json, services.embeddedAddress);
   } catch (err) {
-    log(`stepwise: run ${workflowId} failed: ${describeFailure(err)}`);
+    const { stage, message } = describeFailure(err);
+    log(`stepwise: run ${workflowId} failed${stage ? ` in ${stage}` : ''}: ${message}`);
+    if (services.logs) log(`stepwise: the services' and workers' logs are in ${services.logs}`);
     process.exitCode = 1;
     return;
   }

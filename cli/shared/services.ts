@@ -2,12 +2,14 @@
  * The Temporal service a run talks to: the cluster named by TEMPORAL_ADDRESS, or embedded services that live
  * only as long as this process.
  */
+import { join } from 'node:path';
 import type { Client } from '@temporalio/client';
 import { setup } from '../../infra/setup';
 import { temporalTarget } from '../../workers/connection';
 import { settings } from '../../infra/config';
 import { connectTemporal } from '../../workers/pipeline-worker';
 import { startEmbedded } from '../../workers/embedded';
+import { appendingFile, createLogger, logSettings, stderrSink, type LineSink } from '../../workers/logging';
 import type { InterruptedRun } from '../../workers/interrupted';
 import { StateInUseError } from '../../infra/db-lock';
 import { InputError } from '../../lib/errors';
@@ -28,25 +30,43 @@ export interface Services {
   embeddedAddress?: string;
   /** Embedded: pipeline runs a killed process left open in the state, which this process's workers now continue. */
   interrupted: InterruptedRun[];
+  /** Embedded: the folder holding the dev server's and the workers' logs, named when something fails. */
+  logs?: string;
   stop(): Promise<void>;
 }
 
-/** The cluster when one is configured, the embedded services (installed on first use) otherwise. */
-export async function openServices(store: string): Promise<Services> {
+/**
+ * The cluster when one is configured, the embedded services (installed on first use) otherwise. Embedded, the dev
+ * server's output and the workers' logs go to files under `<STEPWISE_HOME>/logs` (temporal.log, workers.log), so the
+ * console shows the run's stages and its outcome; `verbose` shows them on the console too.
+ */
+export async function openServices(store: string, opts: { verbose?: boolean } = {}): Promise<Services> {
   if (settings().clusterConfigured) return connectCluster();
   const dir = settings().home;
+  // Checked before anything starts: a misspelt setting is one line, not a half-started server.
+  const logFormat = logSettings({ format: 'text' });
   log(`stepwise: preparing embedded services (state in ${dir})`);
   await setup({ temporal: true, tfjsNative: true, log });
+  const logs = embeddedLogs(dir, Boolean(opts.verbose), logFormat);
   let embedded: Awaited<ReturnType<typeof startEmbedded>>;
   try {
-    embedded = await startEmbedded({ stateDir: dir, store, log });
+    embedded = await startEmbedded({
+      stateDir: dir,
+      store,
+      log,
+      serverLog: logs.server,
+      logger: createLogger({ ...logFormat, sinks: logs.workers }),
+    });
   } catch (err) {
+    logs.close();
     // Another `stepwise run` (or `stepwise dev`) serves this state: the user's to resolve, so one line, no stack.
     if (err instanceof StateInUseError) throw new InputError(err.message, 'STEPWISE_HOME');
+    log(`stepwise: the embedded services did not start; their logs are in ${logs.dir}`);
     throw err;
   }
   log(
-    `stepwise: Temporal dev server at ${embedded.address}${embedded.uiUrl ? `, UI ${embedded.uiUrl}` : ''}; artifacts in ${embedded.store.location}`
+    `stepwise: Temporal dev server at ${embedded.address}${embedded.uiUrl ? `, UI ${embedded.uiUrl}` : ''}; ` +
+      `artifacts in ${embedded.store.location}; logs in ${logs.dir}`
   );
   return {
     client: embedded.client,
@@ -55,7 +75,42 @@ export async function openServices(store: string): Promise<Services> {
     where: `the state folder ${dir}`,
     embeddedAddress: embedded.address,
     interrupted: embedded.interrupted,
-    stop: () => embedded.stop(),
+    logs: logs.dir,
+    stop: async () => {
+      try {
+        await embedded.stop();
+      } finally {
+        logs.close();
+      }
+    },
+  };
+}
+
+/**
+ * The embedded services' log files, each opened with a line naming this command (a state folder's logs collect
+ * every run's), and where each kind of line goes: the files always, the console too when `verbose`.
+ */
+function embeddedLogs(home: string, verbose: boolean, format: { format: string }) {
+  const dir = join(home, 'logs');
+  const server = appendingFile(join(dir, 'temporal.log'));
+  const workers = appendingFile(join(dir, 'workers.log'));
+  const opened = `--- ${new Date().toISOString()} pid ${process.pid}: stepwise ${process.argv.slice(2).join(' ')}`;
+  server(opened);
+  // A JSON file stays all JSON: its opening line is a record too.
+  workers(
+    format.format === 'json'
+      ? JSON.stringify({ time: new Date().toISOString(), level: 'info', message: opened })
+      : opened
+  );
+  const serverSinks: LineSink[] = verbose ? [server, log] : [server];
+  return {
+    dir,
+    server: (line: string) => serverSinks.forEach((sink) => sink(line)),
+    workers: verbose ? [workers, stderrSink] : [workers],
+    close() {
+      server.close();
+      workers.close();
+    },
   };
 }
 

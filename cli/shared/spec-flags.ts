@@ -56,7 +56,26 @@ export async function specFromFlags(file: string | undefined, flags: RunFlags): 
   if (!spec.name && spec.data?.kind === 'reference') spec.name = `${spec.data.task}-student`;
   await teacherFlags(spec, flags);
   studentFlags(spec, flags);
+  if (spec.teacher === undefined) throw new InputError(missingTeacher(spec.data?.kind), 'teacher');
   return spec as PipelineSpecInput;
+}
+
+/**
+ * No teacher at all: the schema's own message ("expected object, received undefined") tells a new user nothing, so
+ * this one names the flags that give one, the one that fits the data first.
+ */
+function missingTeacher(dataKind: unknown): string {
+  const live = '--teacher-url <OpenAI-compatible base URL> --teacher-model <model> asks a live teacher';
+  if (dataKind === 'reference') {
+    return (
+      "no teacher: a reference-layout dataset holds the paper's recorded teacher completions, so " +
+      `--teacher replay trains on them (no calls, no cost); or ${live} (in a spec file: "teacher": {"kind": "replay"})`
+    );
+  }
+  return (
+    `no teacher: ${live}, or a spec file's "teacher": {"kind": "replay", "dir": "<folder>"} replays recorded ` +
+    'completions (--demo runs the built-in one on generated data)'
+  );
 }
 
 /**

@@ -7,6 +7,7 @@
 import { open, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { InputError } from '../errors';
+import { referenceSplitPath } from './reference';
 
 import { isModelRef, type PipelineSpec } from '../pipeline/spec';
 
@@ -93,7 +94,14 @@ export async function checkSpecPaths(spec: SpecWithPaths, roots: readonly string
   for (const entry of specPaths(spec)) {
     const real = await resolveInRoots(entry.path, entry.field, roots);
     const found = await stat(real).catch((err: NodeJS.ErrnoException) => {
-      throw new InputError(`${entry.field}: ${entry.path} cannot be read (${err.code ?? err.message})`, entry.field);
+      // A relative path is the worker's to resolve: the absolute one shows which folder it looked in.
+      const where = isAbsolute(entry.path) ? '' : ` (${resolve(entry.path)})`;
+      throw new InputError(
+        err.code === 'ENOENT'
+          ? `${entry.field}: ${entry.path}${where} does not exist; expected ${EXPECTED[entry.kind](entry.field)}`
+          : `${entry.field}: ${entry.path}${where} cannot be read (${err.code ?? err.message})`,
+        entry.field
+      );
     });
     const wantDir = entry.kind === 'dir';
     if (found.isDirectory() !== wantDir) {
@@ -106,7 +114,39 @@ export async function checkSpecPaths(spec: SpecWithPaths, roots: readonly string
     }
     if (entry.kind === 'checkpoint') await checkCheckpointHeader(real, entry);
   }
+  if (spec.data.kind === 'reference') await checkReferenceLayout(spec.data.dir, spec.data.task);
 }
+
+/**
+ * A reference folder must hold the task's train and test splits. Its first read would fail anyway; said here, the
+ * message names the layout, and a command that checks before it starts anything can refuse the run at once.
+ */
+async function checkReferenceLayout(dir: string, task: Parameters<typeof referenceSplitPath>[1]): Promise<void> {
+  for (const split of ['train', 'test'] as const) {
+    const file = referenceSplitPath(dir, task, split);
+    const isFile = await stat(file).then(
+      (s) => s.isFile(),
+      () => false
+    );
+    if (!isFile) {
+      throw new InputError(
+        `data.dir: ${dir} has no ${relative(dir, file)}; expected the reference layout, <dir>/<task>/<task>_<split>.json ` +
+          `(is it the folder above ${task}/?)`,
+        'data.dir'
+      );
+    }
+  }
+}
+
+/** What a spec path must name, for the message when it names nothing. */
+const EXPECTED: Record<SpecPath['kind'], (field: string) => string> = {
+  dir: (field) =>
+    field === 'data.dir'
+      ? "a folder in the reference layout, <dir>/<task>/<task>_<split>.json (the paper's datasets.zip, unpacked)"
+      : 'a folder of recorded teacher completions, <dir>/<task>/llm/<split>_CoT_<i>.json',
+  file: () => 'a JSON Lines file, one {"input", "label"} object per line',
+  checkpoint: () => 'a checkpoint from `stepwise import-t5`, or a registered model as <name>@<version or alias>',
+};
 
 /** A header larger than this is not a student checkpoint's (a base T5's, tokenizer included, is a few MB). */
 const MAX_CHECKPOINT_HEADER_BYTES = 256 * 1024 * 1024;

@@ -346,6 +346,15 @@ function timelineSection(input: RunReportInput, timeline: RunReportSources['time
   )}${bars.length ? chart(timelineChart(bars)) : ''}${detail}</section>`;
 }
 
+/** 429 refusals and the time calls waited on rate limits (ours and the endpoint's), summed over calls. */
+function rateLimitText(t: PromptTeacherResult): string {
+  if (t.mode === 'batch') return 'none: batch jobs are not rate-limited per call';
+  if (!t.rateLimit) return 'not recorded (a run of a version before they were counted)';
+  const { refusals, waitMs } = t.rateLimit;
+  const waited = waitMs < 1000 ? `${waitMs} ms` : `${(waitMs / 1000).toFixed(1)} s`;
+  return `${refusals} refusal${refusals === 1 ? '' : 's'} (429); ${waited} waited, summed over calls`;
+}
+
 function teacherSection(t: PromptTeacherResult): string {
   const calls = t.calls;
   return `<section id="teacher"><h2>Teacher</h2>${facts([
@@ -366,10 +375,7 @@ function teacherSection(t: PromptTeacherResult): string {
       'budget',
       t.budget ? `$${t.budget.maxCostUsd} max, ${t.budget.exhausted ? 'exhausted' : 'not exhausted'}` : 'no budget',
     ],
-    [
-      'rate-limit waits',
-      'not recorded by the teacher stage (each 429 pause is shared through the store while it lasts)',
-    ],
+    ['rate-limit waits', raw(`<span id="teacher-rate-limit">${esc(rateLimitText(t))}</span>`)],
     ['template', raw(`<code>${esc(t.teacher.templateHash)}</code>`)],
     ['responses', raw(`<code>${esc(t.responses.sha256)}</code>`)],
   ])}</section>`;

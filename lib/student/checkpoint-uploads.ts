@@ -13,8 +13,11 @@ import { objectKey, type ArtifactRef, type ArtifactStore } from '../store/artifa
 import type { CheckpointFile } from './child';
 
 export interface CheckpointUploadHooks {
-  /** A checkpoint is in the store: where a retry can resume from (the caller heartbeats it). */
-  onStored(ref: ArtifactRef, step: number): void;
+  /**
+   * A checkpoint is in the store: where a retry can resume from (the caller heartbeats it), and how long its upload
+   * took in milliseconds.
+   */
+  onStored(ref: ArtifactRef, step: number, uploadMs: number): void;
   /** A checkpoint could not be stored. Training goes on: a lost checkpoint only costs recomputation after a crash. */
   onFailed(step: number, err: Error): void;
 }
@@ -50,6 +53,7 @@ export class CheckpointUploads {
     while (this.waiting) {
       const file = this.waiting;
       this.waiting = undefined;
+      const started = performance.now();
       try {
         const ref = await this.store.putFile(file.path, 'application/octet-stream');
         if (this.damaged.has(ref.sha256)) {
@@ -59,7 +63,7 @@ export class CheckpointUploads {
           });
         }
         this.stored += 1;
-        this.hooks.onStored(ref, file.step);
+        this.hooks.onStored(ref, file.step, performance.now() - started);
       } catch (err) {
         this.hooks.onFailed(file.step, err as Error);
       }

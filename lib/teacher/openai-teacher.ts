@@ -13,7 +13,7 @@ import type { ArtifactStore } from '../store/artifact-store';
 import { estimatePromptTokens, type Usage } from './budget';
 import { mapWithConcurrency } from './pool';
 import type { RateLimiter } from './rate-limit';
-import { backoffMs, classifyError, type ErrorClass } from './retry';
+import { backoffMs, classifyError, retryReasonOf, type ErrorClass, type RetryReason } from './retry';
 import {
   promptHash,
   teacherCacheKey,
@@ -21,6 +21,7 @@ import {
   type CallOptions,
   type ChatMessage,
   type CompleteOptions,
+  type RateLimitWaits,
   type Teacher,
   type TeacherRequest,
   type TeacherResponse,
@@ -47,6 +48,8 @@ export interface OpenAITeacherConfig {
   retryBaseMs?: number;
   /** Client-side requests/min and tokens/min, shared by every call made through this teacher (and any sharing it). */
   limiter?: RateLimiter;
+  /** Told of each retry, before its wait, with why (for metrics: the reason is one of a few fixed words). */
+  onRetry?: (reason: RetryReason) => void;
 }
 
 /** What the response cache holds for one call. */
@@ -98,6 +101,8 @@ interface CallProgress {
   lastError: string;
   /** Everything the attempts spent, failed ones included: an empty completion is billed like any other. */
   spent: Usage;
+  /** Waits on rate limits, reported so a run's report shows how much of its time the provider's limits took. */
+  rateLimit: RateLimitWaits;
 }
 
 /** One attempt's outcome: the endpoint's completion, or the failure classified for the retry decision. */
@@ -114,6 +119,7 @@ class OpenAITeacher implements Teacher {
   private readonly timeoutMs: number;
   private readonly retryBaseMs: number;
   private readonly limiter?: RateLimiter;
+  private readonly onRetry?: (reason: RetryReason) => void;
   private readonly client: OpenAI;
 
   constructor(
@@ -122,6 +128,7 @@ class OpenAITeacher implements Teacher {
   ) {
     this.model = cfg.model;
     this.limiter = cfg.limiter;
+    this.onRetry = cfg.onRetry;
     this.temperature = cfg.temperature ?? 0;
     this.maxTokens = cfg.maxTokens ?? 256;
     this.maxRetries = cfg.maxRetries ?? 5;
@@ -197,7 +204,12 @@ class OpenAITeacher implements Teacher {
     const { signal, budget } = opts;
     const { maxRetries, maxTokens, limiter } = this;
     const estimate = estimatePromptTokens(call.messages);
-    const progress: CallProgress = { attempts: 0, lastError: '', spent: { promptTokens: 0, completionTokens: 0 } };
+    const progress: CallProgress = {
+      attempts: 0,
+      lastError: '',
+      spent: { promptTokens: 0, completionTokens: 0 },
+      rateLimit: { refusals: 0, waitMs: 0 },
+    };
     // Rate limiting is the endpoint asking us to slow down, not the call failing: 429s draw on a budget of their own
     // (RATE_LIMIT_RETRIES more), so a busy account delays calls rather than failing them.
     let rateLimitedRetries = 0;
@@ -211,7 +223,11 @@ class OpenAITeacher implements Teacher {
       }
       // Rate limits count the prompt and the most the completion may take, as providers do when admitting a call;
       // providers never refund what a call did not use, so neither does the limiter (see chargeUsage).
-      await limiter?.acquire(estimate + maxTokens, signal);
+      if (limiter) {
+        const queued = performance.now();
+        await limiter.acquire(estimate + maxTokens, signal);
+        progress.rateLimit.waitMs += performance.now() - queued;
+      }
       progress.attempts++;
       const outcome = await this.attemptOnce(call, signal);
       if ('failed' in outcome) {
@@ -231,17 +247,25 @@ class OpenAITeacher implements Teacher {
         const waitMs = verdict.retryAfterMs ?? backoffMs(attempt + rateLimitedRetries, { baseMs: this.retryBaseMs });
         // A 429 is about the account, not this call: everyone sharing the limiter waits it out.
         if (verdict.rateLimited) {
+          progress.rateLimit.refusals++;
+          if (attempt < maxRetries) progress.rateLimit.waitMs += waitMs;
           limiter?.pause(waitMs);
           if (rateLimitedRetries++ < RATE_LIMIT_RETRIES) attempt--;
         }
-        if (attempt < maxRetries) await sleep(waitMs, signal);
+        if (attempt < maxRetries) {
+          this.onRetry?.(retryReasonOf(verdict));
+          await sleep(waitMs, signal);
+        }
         continue;
       }
       const { text, finishReason, usage } = readCompletion(outcome.completion);
       this.chargeUsage(usage, { reservation, budget, estimate, spent: progress.spent });
       if (text.trim() === '') {
         progress.lastError = `empty completion (finish_reason ${JSON.stringify(finishReason ?? null)})`;
-        if (attempt < maxRetries) await sleep(backoffMs(attempt, { baseMs: this.retryBaseMs }), signal);
+        if (attempt < maxRetries) {
+          this.onRetry?.('empty_completion');
+          await sleep(backoffMs(attempt, { baseMs: this.retryBaseMs }), signal);
+        }
         continue;
       }
       await this.cacheCompletion(call.key, { model: this.model, completion: text, finishReason, usage }, opts);
@@ -337,9 +361,16 @@ function readCompletion(completion: ChatCompletion): {
 }
 
 /** The `usage` field of a response: present only once the attempts spent something. */
-function usageOf(progress: CallProgress): { usage?: Usage } {
+function usageOf(progress: CallProgress): { usage?: Usage; rateLimit?: RateLimitWaits } {
   const { spent } = progress;
-  return spent.promptTokens + spent.completionTokens > 0 ? { usage: { ...spent } } : {};
+  const waitMs = Math.round(progress.rateLimit.waitMs);
+  return {
+    ...(spent.promptTokens + spent.completionTokens > 0 ? { usage: { ...spent } } : {}),
+    // Under a millisecond is the limiter admitting at once, not a wait.
+    ...(progress.rateLimit.refusals > 0 || waitMs > 0
+      ? { rateLimit: { refusals: progress.rateLimit.refusals, waitMs } }
+      : {}),
+  };
 }
 
 /** No completion: why, with what the attempts made so far spent. */

@@ -87,6 +87,32 @@ export interface ErrorClass {
   notProcessed?: true;
 }
 
+/**
+ * Why a call was tried again, in a few fixed words: what metrics count retries by. A reason line carries the server's
+ * own text (unbounded, and it may echo the request), so it is never a label itself.
+ */
+export type RetryReason =
+  | 'rate_limited'
+  | 'server_error'
+  | 'client_error'
+  | 'timeout'
+  | 'connection'
+  | 'malformed'
+  | 'empty_completion'
+  | 'other';
+
+/** The {@link RetryReason} of a classified failure (an empty completion is not one: its caller names it). */
+export function retryReasonOf(verdict: ErrorClass): RetryReason {
+  if (verdict.rateLimited) return 'rate_limited';
+  const { reason } = verdict;
+  if (/^HTTP 5\d\d/.test(reason)) return 'server_error';
+  if (reason.startsWith('HTTP ')) return 'client_error';
+  if (reason.startsWith('timeout')) return 'timeout';
+  if (reason.startsWith('connection error')) return 'connection';
+  if (reason.startsWith('malformed response')) return 'malformed';
+  return 'other';
+}
+
 /** Connection failures that happen before a request can reach the endpoint. */
 const NEVER_REACHED_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 

@@ -6,7 +6,7 @@
  */
 import type { Usage } from './budget';
 import type { Journal } from './journal';
-import type { CallBudget, ChatMessage, Teacher, TeacherRequest, TeacherResponse } from './types';
+import type { CallBudget, ChatMessage, RateLimitWaits, Teacher, TeacherRequest, TeacherResponse } from './types';
 
 /** An example as a shard file holds it: enough to rebuild its prompt, never the prompt itself (that is 50x larger). */
 export interface ShardExample {
@@ -28,6 +28,8 @@ export interface CallRecord {
   finishReason?: string;
   usage?: Usage;
   notSent?: 'budget';
+  /** Waits on rate limits (see {@link TeacherResponse.rateLimit}); summed per stage like usage. */
+  rateLimit?: RateLimitWaits;
   /** The stage execution that made the call: spending is charged to it alone. */
   stage?: string;
 }
@@ -66,6 +68,12 @@ export interface ShardStats {
   usage: Usage;
 }
 
+/**
+ * How a call of a shard ended, each call counted once: answered by the endpoint (`sent`), from the cross-run cache
+ * (`cached`), from an earlier attempt's journal (`resumed`), or without a completion after its retries (`failed`).
+ */
+export type CallOutcome = 'sent' | 'cached' | 'resumed' | 'failed';
+
 export interface RunShardOptions {
   examples: readonly ShardExample[];
   messagesFor: (example: ShardExample) => ChatMessage[];
@@ -83,6 +91,11 @@ export interface RunShardOptions {
   labelOf?: (completion: string) => string | undefined;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Told of calls as they end (`count` of them, with what they spent; the resumed ones at once, before any call), so
+   * a worker can count them while the shard runs. Calls the budget refused are not counted.
+   */
+  onCalls?: (outcome: CallOutcome, count: number, usage?: Usage) => void;
 }
 
 /**
@@ -106,6 +119,7 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
   };
   const records = new Map(done);
   opts.onProgress?.(stats.resumed, stats.calls);
+  if (stats.resumed > 0) opts.onCalls?.('resumed', stats.resumed);
   const hits = await lookupAll(opts.teacher, pending, (i, s) => requestOf(opts, i, s), opts.signal);
   const calls = new ShardCalls(opts, pending, hits, stats, records);
   await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency, pending.length)) }, () => calls.run()));
@@ -286,6 +300,8 @@ class ShardCalls {
       stats.usage.promptTokens += response.usage.promptTokens;
       stats.usage.completionTokens += response.usage.completionTokens;
     }
+    const outcome = response.error !== undefined ? 'failed' : response.cached ? 'cached' : 'sent';
+    this.opts.onCalls?.(outcome, 1, response.usage);
   }
 }
 
@@ -366,6 +382,7 @@ function toRecord(i: number, s: number, r: TeacherResponse, stage: string | unde
     ...(r.attempts ? { attempts: r.attempts } : {}),
     ...(r.finishReason ? { finishReason: r.finishReason } : {}),
     ...(r.usage ? { usage: r.usage } : {}),
+    ...(r.rateLimit ? { rateLimit: r.rateLimit } : {}),
   };
 }
 

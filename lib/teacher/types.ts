@@ -50,6 +50,16 @@ export interface TeacherResponse {
   finishReason?: string;
   /** Set when the call was never sent because the run's cost budget could not cover it (`error` says so too). */
   notSent?: 'budget';
+  /** Time this call waited on rate limits (our limiter's pacing and the endpoint's 429s), when it waited at all. */
+  rateLimit?: RateLimitWaits;
+}
+
+/** Waits on rate limits: the endpoint's refusals (429) and the milliseconds spent waiting, ours and theirs. */
+export interface RateLimitWaits {
+  /** Attempts the endpoint refused with 429. */
+  refusals: number;
+  /** Milliseconds spent waiting: for the limiter to admit an attempt, and out a 429's retry-after or backoff. */
+  waitMs: number;
 }
 
 /** A run's spending limit, shared by the calls of one shard (see `budget.ts`). */

@@ -1,23 +1,28 @@
 /**
  * Secrets never stored: a whole pipeline runs with canary values for the teacher's API key, the S3 credentials and
- * the Temporal API key, through the CLI and worker processes as a user runs them. Then every place a run leaves
- * data is searched for the canaries: each workflow history, the Temporal server's database, every stored object
- * (registry entries and manifests among them), every file the services wrote, the worker and CLI logs, and what the
- * teacher server counted. None may hold one.
+ * the Temporal API key, through the CLI and worker processes as a user runs them, with metrics, traces and JSON logs
+ * on as in production. Then every place a run leaves data is searched for the canaries: each workflow history, the
+ * Temporal server's database, every stored object (registry entries, manifests and the run report among them), every
+ * file the services wrote, the worker and CLI logs, both workers' Prometheus scrapes, every OTLP request the trace
+ * exporters sent, `stepwise report`'s output and file, every page of `stepwise ui`, and what the teacher server
+ * counted. None may hold one.
  */
 import { execFile, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:http';
+import { spawn } from 'node:child_process';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
 import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { Client, Connection } from '@temporalio/client';
+import { freePort } from '../../infra/cache';
 import { getVersion, listVersions } from '../../lib/registry/registry';
 import { startLocalTeacherServer, type LocalTeacherServer } from '../../lib/teacher';
 import { recordFigures } from '../helpers/figures';
+import { scrapeMetrics } from '../helpers/metrics';
 import { allHistories, bytesAsText } from '../helpers/history-text';
 import { servicesForFile, startWorkerProcess } from '../helpers/services';
 
@@ -39,6 +44,21 @@ const SECRET_ENV = {
   // The dev server speaks plaintext gRPC; with an API key the SDK would otherwise insist on TLS.
   TEMPORAL_TLS: 'false',
 };
+
+/** An OTLP/HTTP endpoint that keeps every request body as it arrived: the bytes a trace backend would store. */
+async function rawOtlpReceiver(): Promise<{ url: string; bodies: Buffer[]; server: Server }> {
+  const bodies: Buffer[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      bodies.push(Buffer.concat([Buffer.from(`${req.method} ${req.url} ${JSON.stringify(req.headers)}\n`), ...chunks]));
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, bodies, server };
+}
 
 const services = servicesForFile({
   workers: [],
@@ -147,11 +167,26 @@ test('no canary secret is stored, logged or recorded anywhere by a pipeline run,
   const proxy = await keyCheckingProxy(teacher);
   t.teardown(() => new Promise<void>((resolve) => proxy.server.close(() => resolve())));
 
+  const otlp = await rawOtlpReceiver();
+  t.teardown(() => new Promise<void>((resolve) => otlp.server.close(() => resolve())));
+  // Observability on, as a production worker runs: traces exported, metrics served, logs as JSON.
+  const telemetryEnv = { OTEL_EXPORTER_OTLP_ENDPOINT: otlp.url, OTEL_BSP_SCHEDULE_DELAY: '200' };
   const log: string[] = [];
   const workers: ChildProcess[] = [];
+  const metricsAt: string[] = [];
   t.teardown(() => Promise.all(workers.map((w) => stopProcess(w))).then(() => undefined));
-  for (const queue of ['cpu', 'gpu'] as const)
-    workers.push(await startWorkerProcess(s, queue, log, { env: SECRET_ENV }));
+  for (const queue of ['cpu', 'gpu'] as const) {
+    const port = await freePort();
+    metricsAt.push(`127.0.0.1:${port}`);
+    const env = {
+      ...SECRET_ENV,
+      ...telemetryEnv,
+      STEPWISE_LOG_FORMAT: 'json',
+      STEPWISE_METRICS_PORT: String(port),
+      STEPWISE_METRICS_HOST: '127.0.0.1',
+    };
+    workers.push(await startWorkerProcess(s, queue, log, { env }));
+  }
   const specFile = join(s.tmp, 'spec.json');
   await writeFile(
     specFile,
@@ -165,7 +200,7 @@ test('no canary secret is stored, logged or recorded anywhere by a pipeline run,
 
   // First the provider refuses the key: error paths are where secrets leak into messages.
   proxy.expected = `sk-another-key-${tag}`;
-  const refused = await stepwiseRun(specFile, `secrets-refused-${tag}`);
+  const refused = await stepwiseRun(specFile, `secrets-refused-${tag}`, telemetryEnv);
   t.is(refused.code, 1, refused.stderr);
   t.regex(refused.stderr, new RegExp(`teacher\\.apiKeyEnv.*refused.*${TEACHER_KEY_ENV}`));
   t.true(proxy.seen.refused > 0);
@@ -173,7 +208,7 @@ test('no canary secret is stored, logged or recorded anywhere by a pipeline run,
   proxy.expected = CANARIES.teacherApiKey;
   proxy.seen.refused = 0;
   const workflowId = `secrets-${tag}`;
-  const cli = await stepwiseRun(specFile, workflowId);
+  const cli = await stepwiseRun(specFile, workflowId, telemetryEnv);
   t.is(cli.code, 0, cli.stderr);
   t.like(JSON.parse(cli.stdout.trim().split('\n').at(-1)!), { name: 'secrets-canary', version: 1 });
   // The run held the secrets: the teacher saw the key on every call, and the S3 server knows only the canary pair.
@@ -186,12 +221,34 @@ test('no canary secret is stored, logged or recorded anywhere by a pipeline run,
   );
   // (The dev server accepts any TEMPORAL_API_KEY; what is shown here is that the key given is kept nowhere.)
   t.true(canariesIn(`Bearer ${CANARIES.teacherApiKey}`).includes('teacherApiKey'), 'the search finds a canary');
+  const scrapes = await Promise.all(metricsAt.map((at) => scrapeMetrics(at)));
+  t.true(
+    scrapes.every((text) => /^stepwise_/m.test(text) && /^temporal_/m.test(text)),
+    'both workers served their series'
+  );
+  // Stopping flushes each worker's trace exporter.
   for (const w of workers) await stopProcess(w);
+  t.true(otlp.bodies.length > 0, 'traces were exported');
+  const jsonLines = log
+    .join('')
+    .split('\n')
+    .filter((line) => line.startsWith('{'));
+  t.true(jsonLines.length > 0 && jsonLines.every((line) => typeof JSON.parse(line) === 'object'), 'JSON logs');
+
+  const report = await stepwiseCli(['report', workflowId, '--out', join(s.tmp, 'report-out.html')]);
+  t.is(report.code, 0, report.stderr);
+  const reportFile = await readFile(join(s.tmp, 'report-out.html'), 'utf8');
+  t.regex(reportFile, /<section id="teacher">/);
+  const uiPages = await uiPagesOf(workflowId);
 
   const searched = await searchEverywhere(t, [
     ['worker logs', log.join('')],
     ['CLI output', cli.stdout + cli.stderr + refused.stdout + refused.stderr],
     ['teacher server stats', JSON.stringify(teacher.stats())],
+    ...scrapes.map((text, i): [string, string] => [`the metrics of the ${['cpu', 'gpu'][i]} worker`, text]),
+    ...otlp.bodies.map((body, i): [string, Buffer] => [`OTLP request ${i + 1}`, body]),
+    ['stepwise report', report.stdout + report.stderr + reportFile],
+    ...uiPages,
   ]);
   // Everything the runs left was searched: both runs' histories, the manifest, the registry entry, the database.
   for (const id of [workflowId, `${workflowId}/teacher`, `secrets-refused-${tag}`])
@@ -203,21 +260,26 @@ test('no canary secret is stored, logged or recorded anywhere by a pipeline run,
   t.deepEqual(searched.found, []);
 });
 
-/** `stepwise run <spec> --id <id> --json` against the services, with the secrets in its environment. */
-async function stepwiseRun(
-  specFile: string,
-  workflowId: string
-): Promise<{ code: number; stdout: string; stderr: string }> {
+/** The CLI's environment: the services', the secrets, and whatever else is given. */
+function cliEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const s = services();
-  const env = {
+  return {
     ...process.env,
     ...SECRET_ENV,
     TEMPORAL_ADDRESS: s.temporal.address,
     TEMPORAL_NAMESPACE: s.temporal.namespace,
     STEPWISE_STORE: s.storeLocation,
+    ...extra,
   };
-  return promisify(execFile)(process.execPath, [BIN, 'run', specFile, '--id', workflowId, '--json'], {
-    env,
+}
+
+/** `stepwise <args>` against the services, with the secrets in its environment. */
+async function stepwiseCli(
+  args: string[],
+  extraEnv: Record<string, string> = {}
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return promisify(execFile)(process.execPath, [BIN, ...args], {
+    env: cliEnv(extraEnv),
     maxBuffer: 16 * 1024 * 1024,
   }).then(
     ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
@@ -225,11 +287,59 @@ async function stepwiseRun(
   );
 }
 
+/** `stepwise run <spec> --id <id> --json`. */
+function stepwiseRun(specFile: string, workflowId: string, extraEnv: Record<string, string> = {}) {
+  return stepwiseCli(['run', specFile, '--id', workflowId, '--json'], extraEnv);
+}
+
+/**
+ * Every page `stepwise ui --allow-actions` serves about the run and its model (the real command, holding the
+ * secrets in its environment as the workers do), as a browser receives them.
+ */
+async function uiPagesOf(workflowId: string): Promise<[string, string][]> {
+  const child = spawn(process.execPath, [BIN, 'ui', '--port', '0', '--allow-actions'], {
+    env: cliEnv(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stderr.on('data', (c: Buffer) => (output += c.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stdout.on('data', (c: Buffer) => {
+        output += c.toString();
+        const m = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(output);
+        if (m) resolve(m[1]);
+      });
+      void exited.then(() => reject(new Error(`stepwise ui exited before printing its URL:\n${output}`)));
+    });
+    const paths = [
+      '',
+      `runs/${workflowId}`,
+      `runs/${workflowId}/progress.json`,
+      `runs/${workflowId}/report`,
+      'models',
+      'models/secrets-canary',
+      'models/secrets-canary/1/lineage',
+    ];
+    const pages: [string, string][] = [];
+    for (const path of paths) {
+      const res = await fetch(`${url}${path}`);
+      if (res.status !== 200) throw new Error(`GET /${path} answered ${res.status}`);
+      pages.push([`the UI page /${path}`, JSON.stringify([...res.headers]) + (await res.text())]);
+    }
+    return [...pages, ['the UI command output', output]];
+  } finally {
+    child.kill('SIGTERM');
+    await exited;
+  }
+}
+
 /**
  * Where each canary was found (`<canary> in <place>`), searching every execution's history, every stored object, the
  * registry entry, every file the services wrote, and the logs and metrics given; and what was searched.
  */
-async function searchEverywhere(t: ExecutionContext, logs: [where: string, text: string][]) {
+async function searchEverywhere(t: ExecutionContext, logs: [where: string, text: string | Buffer][]) {
   const s = services();
   const found: string[] = [];
   const check = (where: string, text: string | Buffer) => {

@@ -178,10 +178,11 @@ export async function startWorkerProcess(
   services: Services,
   queue: 'cpu' | 'gpu',
   log: string[],
-  opts: { detached?: boolean; env?: Record<string, string> } = {}
+  opts: { detached?: boolean; env?: Record<string, string>; args?: string[] } = {}
 ): Promise<ChildProcess> {
   const root = join(__dirname, '..', '..');
-  const worker = spawn(process.execPath, [join(root, 'bin', 'stepwise.js'), 'worker', '--queue', queue], {
+  const args = [join(root, 'bin', 'stepwise.js'), 'worker', '--queue', queue, ...(opts.args ?? [])];
+  const worker = spawn(process.execPath, args, {
     cwd: root,
     detached: opts.detached ?? false,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { canonicalJson, sha256Hex, type ArtifactStore } from '../../store/artifact-store';
 import { Budget, costOf, type Price, type Usage } from '../budget';
 import { indexRecords, type CallRecord } from '../shard';
+import type { RateLimitWaits } from '../types';
 import { writeKeyJson } from './layout';
 import type { TeacherShardInput, TeacherSpec } from './types';
 
@@ -25,6 +26,17 @@ export function journalUsage(records: readonly CallRecord[], stageId: string): U
     usage.completionTokens += r.usage?.completionTokens ?? 0;
   }
   return usage;
+}
+
+/** Rate-limit waits of the records of one stage execution (see {@link RateLimitWaits}). */
+export function journalRateLimit(records: readonly CallRecord[], stageId: string): RateLimitWaits {
+  const waits = { refusals: 0, waitMs: 0 };
+  for (const r of records) {
+    if (r.stage !== stageId || !r.rateLimit) continue;
+    waits.refusals += r.rateLimit.refusals;
+    waits.waitMs += r.rateLimit.waitMs;
+  }
+  return waits;
 }
 
 /** Calls an earlier attempt finished with a completion. */

@@ -1,6 +1,7 @@
 /** Direct mode: one shard's calls made one by one (concurrently), each journalled as it finishes. */
 import { costOf, estimatePromptTokens } from '../budget';
-import { runShard } from '../shard';
+import { runShard, type RunShardOptions } from '../shard';
+import type { RetryReason } from '../retry';
 import { buildPrompt } from '../templates';
 import { attemptBudget, priceOf } from './accounting';
 import { shardTeacher, type StageDeps } from './endpoint';
@@ -13,6 +14,10 @@ export interface PromptShardHooks {
   signal?: AbortSignal;
   /** Calls finished (journalled, cached or resumed) out of the shard's total, first reported before any call. */
   onProgress?: (step: number, total: number) => void;
+  /** Calls as they end, by outcome, with their usage (see {@link RunShardOptions.onCalls}): for metrics. */
+  onCalls?: RunShardOptions['onCalls'];
+  /** Each retry of a call, with why: for metrics. */
+  onRetry?: (reason: RetryReason) => void;
 }
 
 /**
@@ -28,7 +33,7 @@ export async function promptShard(
   const open = await openShard(deps.store, input);
   if (isFinished(open)) return open;
   const { doc, examples, journal, prior } = open;
-  const teacher = await shardTeacher(deps, input);
+  const teacher = await shardTeacher(deps, input, { onRetry: hooks.onRetry });
   const budget = await attemptBudget(deps.store, open.shardKey, input, prior, inFlightWorstUsd(input, open));
   const { stats } = await runShard({
     examples,
@@ -43,6 +48,7 @@ export async function promptShard(
     labelOf: labeller(doc.task),
     signal: hooks.signal,
     onProgress: hooks.onProgress,
+    onCalls: hooks.onCalls,
   });
   // Every call has a record (failures included: they are data about the teacher, and are retried by a re-run).
   return shardOutcome(deps.store, input, open, stats, (index) => index.size === stats.calls);

@@ -10,6 +10,7 @@ import { createRateLimiter } from '../rate-limit';
 import { createReplayTeacher, REPLAY_MODEL } from '../replay-teacher';
 import { resolveInRoots } from '../../data/roots';
 import { DEFAULT_API_KEY_ENV } from '../options';
+import type { RetryReason } from '../retry';
 import type { Teacher } from '../types';
 import { pauseKey, sharedPauseLimiter } from './shared-pause';
 import type { TeacherShardInput, TeacherSpec } from './types';
@@ -91,7 +92,8 @@ export function callingSpec(spec: TeacherSpec): CallingSpec {
  */
 export async function shardTeacher(
   deps: Pick<StageDeps, 'store' | 'scripted' | 'apiKey' | 'dataRoots'>,
-  input: TeacherShardInput
+  input: TeacherShardInput,
+  observe: { onRetry?: (reason: RetryReason) => void } = {}
 ): Promise<Teacher> {
   const spec = input.stage.teacher;
   if (spec.kind === 'replay') {
@@ -122,6 +124,7 @@ export async function shardTeacher(
       timeoutMs: spec.timeoutSeconds * 1000,
       maxRetries: spec.maxRetries,
       limiter,
+      onRetry: observe.onRetry,
     },
     deps.store
   );

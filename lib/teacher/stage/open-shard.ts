@@ -9,7 +9,7 @@ import type { ArtifactStore } from '../../store/artifact-store';
 import { costOf } from '../budget';
 import { Journal } from '../journal';
 import { foldShard, indexRecords, type CallRecord, type ShardExample } from '../shard';
-import { journalUsage, priceOf } from './accounting';
+import { journalRateLimit, journalUsage, priceOf } from './accounting';
 import { doneKey, journalPrefix, readPlan, shardKeyOf, writeKeyJson, type PlanDoc, type ShardDone } from './layout';
 import type { TeacherShardInput, TeacherShardResult } from './types';
 
@@ -83,6 +83,7 @@ export async function shardOutcome(
   // What was read at open plus what this attempt wrote: the whole journal, without reading it back.
   const records = [...open.prior, ...open.journal.written];
   const usage = journalUsage(records, input.stageId);
+  const rateLimit = journalRateLimit(records, input.stageId);
   const index = indexRecords(records);
   const calls = examples.length * doc.samples;
   const notSent = calls - index.size;
@@ -97,6 +98,7 @@ export async function shardOutcome(
     notSent,
     usage,
     costUsd: costOf(usage, priceOf(input.stage.teacher)),
+    rateLimit,
   };
   if (complete) {
     const responses = foldShard(examples, doc.samples, index, labeller(doc.task));

@@ -6,6 +6,7 @@ import type { TaskKind } from '../../data/types';
 import type { ArtifactRef } from '../../store/artifact-store';
 import type { TeacherOptions } from '../options';
 import type { ShardStats } from '../shard';
+import type { RateLimitWaits } from '../types';
 
 /** The spec's teacher section, every default filled in. */
 export type TeacherSpec = TeacherOptions;
@@ -59,6 +60,8 @@ export interface TeacherShardInput {
 /** A shard's figures (see {@link ShardStats}), except that `usage` is everything this stage's records spent on it. */
 export interface TeacherShardResult extends ShardStats {
   index: number;
+  /** Waits on rate limits by this stage's calls of the shard, all launches (absent in results of older versions). */
+  rateLimit?: RateLimitWaits;
   /** False when the budget stopped the shard before every call was made (a later launch may resume it). */
   complete: boolean;
   costUsd: number;
@@ -123,6 +126,8 @@ export interface PromptTeacherResult {
   budget?: { maxCostUsd: number; exhausted: boolean };
   /** Calls (examples × samples): made by this stage, found in a shard journal after a crash, found in the cache. */
   calls: { planned: number; sent: number; resumed: number; cached: number };
+  /** Waits on rate limits (429 refusals, and the time our limiter and the endpoint's retry-after took), direct mode. */
+  rateLimit?: RateLimitWaits;
   shards: number;
   mode: 'direct' | 'batch';
   samples: number;
