@@ -108,7 +108,11 @@ export async function collectTeacherBatch(
 ): Promise<TeacherShardResult> {
   return mapErrors(async () => {
     const ctx = Context.current();
-    return collectShardBatch(deps, input, { onCollected: (collected) => ctx.heartbeat({ collected }) });
+    const metrics = teacherMetrics(priceOf(input.stage.teacher));
+    return collectShardBatch(deps, input, {
+      onCollected: (collected) => ctx.heartbeat({ collected }),
+      onCalls: metrics.onCalls,
+    });
   });
 }
 

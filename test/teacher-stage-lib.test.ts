@@ -274,13 +274,26 @@ test.serial(
     t.is(status.status, 'completed');
 
     const collected: number[] = [];
+    const told: { outcome: string; tokens: number }[] = [];
     const result = await collectShardBatch(
       deps,
       { ...input, batchId: submitted.batchId!, lastRound: false },
-      { onCollected: (n) => collected.push(n) }
+      {
+        onCollected: (n) => collected.push(n),
+        onCalls: (outcome, count, usage) =>
+          told.push({ outcome, tokens: count * ((usage?.promptTokens ?? 0) + (usage?.completionTokens ?? 0)) }),
+      }
     );
     t.like(result, { complete: true, sent: 16, failed: 0, notSent: 0 });
     t.is(collected.at(-1), 16);
+    // Metrics hear of batch calls as of direct ones: each answer once, with the tokens the journal charges.
+    t.deepEqual(
+      told.map((c) => c.outcome),
+      Array(16).fill('sent')
+    );
+    const toldTokens = told.reduce((n, c) => n + c.tokens, 0);
+    t.true(toldTokens > 0);
+    t.is(toldTokens, result.usage.promptTokens + result.usage.completionTokens);
     // Finished: a later submission returns the result instead of a batch.
     t.deepEqual(await submitShardBatch(deps, { ...input, round: 1 }), { result });
 

@@ -16,7 +16,7 @@ import {
 import { estimatePromptTokens } from '../budget';
 import { mapWithConcurrency } from '../pool';
 import { createOpenAITeacher, writeCachedResponse } from '../openai-teacher';
-import { indexRecords } from '../shard';
+import { indexRecords, type RunShardOptions } from '../shard';
 import { buildPrompt } from '../templates';
 import { promptHash, teacherCacheKey } from '../types';
 import { budgetFor, successes } from './accounting';
@@ -153,6 +153,8 @@ export async function pollShardBatch(
 export interface CollectHooks {
   /** Answers journalled so far, after each one. */
   onCollected?: (answered: number) => void;
+  /** Calls as they are journalled, by outcome, with their usage: for metrics, as direct mode reports them. */
+  onCalls?: RunShardOptions['onCalls'];
 }
 
 /**
@@ -181,6 +183,7 @@ export async function collectShardBatch(
   const { answered, failed: failedAnswers } = await journalAnswers(shard, answers, hooks, appends);
   const unanswered = submitted.filter((customId) => !answered.has(customId));
   journalUnanswered(shard, unanswered, status, appends);
+  if (unanswered.length > 0) hooks.onCalls?.('failed', unanswered.length);
   // Every append, awaited together (they group-commit): a store failure fails the step rather than surfacing later
   // as an unhandled rejection, and the retry collects again from what landed.
   await Promise.all(appends);
@@ -248,6 +251,7 @@ async function journalAnswers(
       failed++;
       pending(appends, journal.append({ ...base, error: a.error ?? 'batch: no answer' }));
     }
+    hooks.onCalls?.(a.completion !== undefined ? 'sent' : 'failed', 1, a.usage);
     hooks.onCollected?.(answered.size);
   }
   return { answered, failed };
