@@ -13,6 +13,7 @@ import test from 'ava';
 import { CPU_TASK_QUEUE, type PipelineResult } from '../contract';
 import { distillationPipeline } from '../workflows';
 import { getVersion } from '../lib/registry/registry';
+import { lineageTree, type LineageNode } from '../lib/registry/lineage';
 import { readRunReport, type RunReportInput } from '../lib/report/run-report';
 import { renderSvg } from '../lib/report/vega';
 import type { PipelineSpecInput } from '../lib/pipeline/spec';
@@ -72,6 +73,8 @@ test.serial('a finished run writes one self-contained report with every section 
   t.true(html.includes(`id="validation-kept">${version.lineage.validation!.kept}<`));
   t.true(html.includes(`id="gate-outcome">${result.promotion!.outcome}<`));
   t.true(html.includes(`id="training-backend">${result.backend}<`));
+  // The scripted teacher has no rate limit: counted, and zero.
+  t.true(html.includes('id="teacher-rate-limit">0 refusals (429); 0 ms waited'));
 
   // The loss curve has a point per logged step, train and validation alike.
   const manifest = JSON.parse((await store.getKey(`runs/${workflowId}/manifest.json`))!.toString('utf8'));
@@ -102,11 +105,21 @@ test.serial('a finished run writes one self-contained report with every section 
   t.regex(html, /teacher on the same examples<\/th><td>\d+\.\d%/, 'the scripted teacher was measured on the test set');
   t.regex(html, /<table id="confusion">/, 'the demo task is classification');
 
+  // The lineage graph draws every node of the version's lineage tree, joined by one edge less.
+  const tree = await lineageTree(store, version);
+  const count = (n: LineageNode): number => 1 + n.children.reduce((k, c) => k + count(c), 0);
+  const lineageSpec = await store.getJson<{ layer: { data: { values: unknown[] } }[] }>(
+    record.chartRefs.find((c) => c.name === 'lineage')!.spec
+  );
+  t.is(lineageSpec.layer[1].data.values.length, count(tree));
+  t.is(lineageSpec.layer[0].data.values.length, count(tree) - 1);
+
   // Every chart's spec is stored beside its SVG and re-renders to it.
   t.deepEqual(record.chartRefs.map((c) => c.name).sort(), [
     'accuracy',
     'confusion',
     'learning-rate',
+    'lineage',
     'loss',
     'throughput',
     'timeline',

@@ -362,3 +362,14 @@ test('bad arguments to acquire, settle and pause are RangeErrors', async (t) => 
   t.throws(() => limiter.pause(-1), { instanceOf: RangeError });
   t.throws(() => limiter.pause(Number.POSITIVE_INFINITY), { instanceOf: RangeError });
 });
+
+test('acquire says how long it waited: nothing when admitted at once, the pause when it had to wait one out', async (t) => {
+  const limiter = createRateLimiter({});
+  t.is(await limiter.acquire(1), 0, 'admitted at once');
+  limiter.pause(300);
+  const started = performance.now();
+  const waited = await limiter.acquire(1);
+  const elapsed = performance.now() - started;
+  // What it reports is the time it really held the caller: the pause, less the instant between pause and acquire.
+  t.true(waited >= 250 && waited <= elapsed + 1, `waited ${waited} ms of ${elapsed}`);
+});

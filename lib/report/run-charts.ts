@@ -147,3 +147,82 @@ export function confusionChart(cells: { gold: string; predicted: string; count: 
     } as VegaLiteSpec,
   };
 }
+
+/** A tree to draw: what `lineageTree` (lib/registry/lineage.ts) returns has this shape. */
+export interface ChartTreeNode {
+  kind: string;
+  label: string;
+  children: readonly ChartTreeNode[];
+}
+
+/** Labels longer than this are cut: the list under the graph has them whole. */
+const LINEAGE_LABEL_CHARS = 48;
+/** Deeper lineage (rare) is summarised at this depth; the list holds the rest. */
+const LINEAGE_MAX_DEPTH = 6;
+
+/**
+ * The lineage as a graph, left to right: each thing, and to its right what it was made of, joined by an edge.
+ * Laid out here (leaves one row apart in order, a parent centred on its children) because Vega-Lite has no tree
+ * layout; drawn as rules, points and text.
+ */
+export function lineageChart(tree: ChartTreeNode): ChartSpec {
+  const nodes: { id: number; depth: number; row: number; kind: string; text: string }[] = [];
+  const edges: { x: number; y: number; x2: number; y2: number }[] = [];
+  let leaves = 0;
+  const place = (n: ChartTreeNode, depth: number): { id: number; row: number } => {
+    const id = nodes.length;
+    const text = `${n.kind}: ${n.label}`;
+    const node = {
+      id,
+      depth,
+      row: 0,
+      kind: n.kind,
+      text: text.length > LINEAGE_LABEL_CHARS ? `${text.slice(0, LINEAGE_LABEL_CHARS - 1)}…` : text,
+    };
+    nodes.push(node);
+    const children = depth < LINEAGE_MAX_DEPTH ? n.children : [];
+    if (children.length === 0) {
+      node.row = leaves++;
+    } else {
+      const placed = children.map((c) => place(c, depth + 1));
+      node.row = (placed[0].row + placed[placed.length - 1].row) / 2;
+      for (const c of placed) edges.push({ x: depth, y: node.row, x2: depth + 1, y2: c.row });
+    }
+    return { id, row: node.row };
+  };
+  place(tree, 0);
+  const depths = Math.max(...nodes.map((n) => n.depth)) + 1;
+  const x = { type: 'quantitative', axis: null, scale: { domain: [0, depths] } };
+  const y = { type: 'quantitative', axis: null, scale: { domain: [leaves - 0.5, -0.5] } };
+  return {
+    name: 'lineage',
+    title: 'Lineage: each thing, then what it was made of',
+    spec: {
+      ...base,
+      width: Math.max(WIDTH, depths * 190),
+      height: Math.max(60, leaves * 20),
+      layer: [
+        {
+          data: { values: edges },
+          mark: { type: 'rule', color: '#9ca3af' },
+          encoding: { x: { field: 'x', ...x }, y: { field: 'y', ...y }, x2: { field: 'x2' }, y2: { field: 'y2' } },
+        },
+        {
+          data: { values: nodes },
+          mark: { type: 'point', filled: true, size: 60 },
+          encoding: {
+            x: { field: 'depth', ...x },
+            y: { field: 'row', ...y },
+            color: { field: 'kind', type: 'nominal', title: 'kind', legend: { orient: 'bottom', columns: 4 } },
+            tooltip: [{ field: 'text', title: 'node' }],
+          },
+        },
+        {
+          data: { values: nodes },
+          mark: { type: 'text', align: 'left', dx: 7, fontSize: 10 },
+          encoding: { x: { field: 'depth', ...x }, y: { field: 'row', ...y }, text: { field: 'text' } },
+        },
+      ],
+    } as VegaLiteSpec,
+  };
+}

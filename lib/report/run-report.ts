@@ -22,7 +22,15 @@ import { versionHistory, type AuditRecord } from '../registry/audit';
 import type { PromotionSummary } from '../registry/gate-stage';
 import { lineageTree, redact, redactUrl, type LineageNode } from '../registry/lineage';
 import { renderSvg } from './vega';
-import { barChart, confusionChart, lossChart, stepChart, timelineChart, type ChartSpec } from './run-charts';
+import {
+  barChart,
+  confusionChart,
+  lineageChart,
+  lossChart,
+  stepChart,
+  timelineChart,
+  type ChartSpec,
+} from './run-charts';
 import { esc, facts, num, pct, raw, seconds, STYLE, table } from './html';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -161,7 +169,7 @@ export async function buildRunReport(
     results.trainStudent ? await trainingSection(store, results.trainStudent, chart) : '',
     results.evaluate ? await evaluationSection(store, input, version, sources, chart) : '',
     gateSection(input, version?.history),
-    await lineageSection(store, input, version?.version),
+    await lineageSection(store, input, version?.version, chart),
   ].filter(Boolean);
   const rendered = await Promise.all(charts.map(async (c) => ({ ...c, svg: await renderSvg(c.spec) })));
   let body = sections.join('\n');
@@ -703,11 +711,15 @@ function gateSection(input: RunReportInput, history: AuditRecord[] | undefined):
   }</section>`;
 }
 
-/** The version's lineage tree as nested lists (the same tree `stepwise lineage` prints and `--dot` draws). */
+/**
+ * The version's lineage (the same tree `stepwise lineage` prints and `--dot` draws): as a graph, then as nested lists
+ * with every hash and location.
+ */
 async function lineageSection(
   store: ArtifactStore,
   input: RunReportInput,
-  version: ModelVersion | undefined
+  version: ModelVersion | undefined,
+  chart: ChartSlot
 ): Promise<string> {
   // The spec as the run validated it, redacted as lineage redacts it (a URL's credentials, secret-looking fields).
   const spec = `<details><summary>Spec</summary><pre>${esc(JSON.stringify(redact(input.spec), null, 2))}</pre></details>`;
@@ -732,7 +744,7 @@ async function lineageSection(
   const workers = version.lineage.workers;
   return `<section id="lineage"><h2>Lineage</h2><p>Edges point from each thing to what it was made of. ${
     workers ? `Workflow tasks ran on ${workers.workflow.map((w) => `<code>${esc(w)}</code>`).join(', ')}.` : ''
-  }</p><ul class="tree">${node(tree, 0)}</ul>${spec}</section>`;
+  }</p>${chart(lineageChart(tree))}<ul class="tree">${node(tree, 0)}</ul>${spec}</section>`;
 }
 
 /** The registered version and its audit history, when the run got that far. */

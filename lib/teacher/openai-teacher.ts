@@ -223,11 +223,8 @@ class OpenAITeacher implements Teacher {
       }
       // Rate limits count the prompt and the most the completion may take, as providers do when admitting a call;
       // providers never refund what a call did not use, so neither does the limiter (see chargeUsage).
-      if (limiter) {
-        const queued = performance.now();
-        await limiter.acquire(estimate + maxTokens, signal);
-        progress.rateLimit.waitMs += performance.now() - queued;
-      }
+      // Only time spent in the limiter's line counts: a call it admits at once waited for nothing.
+      if (limiter) progress.rateLimit.waitMs += await limiter.acquire(estimate + maxTokens, signal);
       progress.attempts++;
       const outcome = await this.attemptOnce(call, signal);
       if ('failed' in outcome) {

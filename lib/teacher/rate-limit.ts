@@ -34,12 +34,13 @@ export interface RateLimitConfig {
 
 export interface RateLimiter {
   /**
-   * Resolves when a request estimated at `tokens` may start under both limits and any pause; rejects with
-   * `signal.reason` on abort (and releases nothing it did not take). Waiters are served in call order.
+   * Resolves, with the milliseconds it waited (0 when it could start at once), when a request estimated at `tokens`
+   * may start under both limits and any pause; rejects with `signal.reason` on abort (and releases nothing it did
+   * not take). Waiters are served in call order.
    * A call that took its tokens but never reached the server can hand them back with `settle(tokens, 0)`.
    * @throws RangeError (as a rejection) when `tokens` is not a finite number >= 0: a caller bug, not user input.
    */
-  acquire(tokens: number, signal?: AbortSignal): Promise<void>;
+  acquire(tokens: number, signal?: AbortSignal): Promise<number>;
   /**
    * After the call, correct the token budget by actual − estimated: extra consumption puts the bucket (further)
    * into debt and holds later starts back; a refund pays debt off and may let waiters start at once.
@@ -79,7 +80,10 @@ export function createRateLimiter(cfg: RateLimitConfig = {}): RateLimiter {
 
 interface Waiter {
   tokens: number;
-  resolve: () => void;
+  /** Called with the milliseconds the waiter spent in line. */
+  resolve: (waitedMs: number) => void;
+  /** When it joined the line, on the `performance.now()` clock. */
+  queuedAt: number;
   reject: (reason: unknown) => void;
   signal?: AbortSignal;
 }
@@ -107,7 +111,7 @@ class SmoothRateLimiter implements RateLimiter {
     private readonly tokenBucket: TokenBucket | undefined
   ) {}
 
-  acquire(tokens: number, signal?: AbortSignal): Promise<void> {
+  acquire(tokens: number, signal?: AbortSignal): Promise<number> {
     if (!(typeof tokens === 'number' && Number.isFinite(tokens) && tokens >= 0)) {
       return Promise.reject(new RangeError(`acquire(tokens): tokens is ${String(tokens)}; expected a number >= 0`));
     }
@@ -116,11 +120,11 @@ class SmoothRateLimiter implements RateLimiter {
       this.refill();
       if (this.waitMs() === 0) {
         this.take(tokens);
-        return Promise.resolve();
+        return Promise.resolve(0);
       }
     }
-    return new Promise<void>((resolve, reject) => {
-      const waiter: Waiter = { tokens, resolve, reject, signal };
+    return new Promise<number>((resolve, reject) => {
+      const waiter: Waiter = { tokens, resolve, reject, signal, queuedAt: performance.now() };
       if (signal) this.watch(waiter, signal);
       this.queue.add(waiter);
       // One timer serves the whole line; it is armed whenever the line is non-empty.
@@ -174,7 +178,7 @@ class SmoothRateLimiter implements RateLimiter {
       this.queue.delete(waiter);
       this.unwatch(waiter);
       this.take(waiter.tokens);
-      waiter.resolve();
+      waiter.resolve(performance.now() - waiter.queuedAt);
     }
   }
 

@@ -112,12 +112,14 @@ class SharedPauseLimiter implements RateLimiter {
     private readonly view: PauseView
   ) {}
 
-  async acquire(tokens: number, signal?: AbortSignal): Promise<void> {
+  async acquire(tokens: number, signal?: AbortSignal): Promise<number> {
+    // Reading the shared pause is a store round-trip, not a wait on a limit: only the inner limiter's line counts.
+    let waited = 0;
     for (;;) {
       this.pauseFor(await this.view.until());
-      await this.inner.acquire(tokens, signal);
+      waited += await this.inner.acquire(tokens, signal);
       const left = (await this.view.until()) - Date.now();
-      if (left <= 0) return;
+      if (left <= 0) return waited;
       // A pause landed while this call waited its turn: give the start back and queue again behind the pause,
       // so the calls it held back resume at the limiter's pace rather than all at once.
       this.inner.settle(tokens, 0);
