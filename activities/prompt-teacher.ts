@@ -33,7 +33,7 @@ import type {
 } from '../contract';
 import { priceOf } from '../lib/teacher/stage/accounting';
 import { teacherMetrics } from './metrics';
-import { mapErrors, progressReporter } from './progress';
+import { mapErrors, progressReporter, withKeepalive } from './progress';
 
 /** Split the train and valid examples into shards; nothing is called yet. */
 export async function planTeacher(deps: StageDeps, input: TeacherStageInput): Promise<TeacherPlan> {
@@ -93,12 +93,12 @@ function timedHeartbeat(ctx: Context, shard: number) {
 
 /** Batch mode, step 1: upload one shard's calls as a provider batch (idempotent), after journalling cache hits. */
 export async function submitTeacherBatch(deps: StageDeps, input: TeacherBatchInput): Promise<TeacherBatchSubmitted> {
-  return mapErrors(() => submitShardBatch(deps, input));
+  return mapErrors(() => withKeepalive(() => submitShardBatch(deps, input)));
 }
 
 /** Batch mode, step 2 (repeated on durable timers): is the batch done? */
 export async function pollTeacherBatch(deps: StageDeps, input: TeacherBatchPollInput): Promise<BatchStatus> {
-  return mapErrors(() => pollShardBatch(deps, input));
+  return mapErrors(() => withKeepalive(() => pollShardBatch(deps, input)));
 }
 
 /** Batch mode, step 3: journal a finished batch's answers exactly as direct calls are journalled. */
@@ -109,10 +109,13 @@ export async function collectTeacherBatch(
   return mapErrors(async () => {
     const ctx = Context.current();
     const metrics = teacherMetrics(priceOf(input.stage.teacher));
-    return collectShardBatch(deps, input, {
-      onCollected: (collected) => ctx.heartbeat({ collected }),
-      onCalls: metrics.onCalls,
-    });
+    // Answers heartbeat as they are journalled; the keepalive covers reading the provider's output file first.
+    return withKeepalive(() =>
+      collectShardBatch(deps, input, {
+        onCollected: (collected) => ctx.heartbeat({ collected }),
+        onCalls: metrics.onCalls,
+      })
+    );
   });
 }
 

@@ -93,10 +93,11 @@ function stageActivities(spec: TeacherStageInput['teacher']): { acts: StageActiv
     // runs this workflow, piling the whole stage onto one process, to save a poll on work that takes minutes.
     allowEagerDispatch: false,
   });
-  // Batch polls and submissions are single quick HTTP calls; collection reads one output file.
+  // Batch polls and submissions are single quick HTTP calls; collection reads one output file. Each heartbeats every
+  // second while it works (withKeepalive), so a lost worker is noticed in 30 s, not after the start-to-close timeout.
   const batchActs = proxyActivities<Activities>({
     startToCloseTimeout: '30 minutes',
-    heartbeatTimeout: '5 minutes',
+    heartbeatTimeout: '30 seconds',
     retry: {
       initialInterval: '5s',
       backoffCoefficient: 2,
