@@ -1,63 +1,14 @@
 /**
  * `stepwise`: run distillation pipelines, serve workers, start dev services, check recorded teacher outputs.
- * This file only wires the commands; each lives in commands/<command>.ts with its options and action.
+ * The entry point: runs the program (cli/program.ts wires the commands, each in commands/<command>.ts) and turns
+ * input errors into one line.
  */
-import { Command } from 'commander';
 import { SpecError } from '../lib/pipeline/spec';
 import { InputError, storeCredentialError } from '../lib/errors';
-import { addRunCommand } from './commands/run';
-import { addSweepCommand } from './commands/sweep';
-import { addScheduleCommand } from './commands/schedule';
-import { addResumeCommand } from './commands/resume';
-import { addWorkerCommand } from './commands/worker';
-import { addDevCommand } from './commands/dev';
-import { addValidateCommand } from './commands/validate';
-import { addModelsCommand } from './commands/models';
-import { addLineageCommand } from './commands/lineage';
-import { addReportCommand } from './commands/report';
-import { addVerifyCommand } from './commands/verify';
-import { addRunsCommand } from './commands/runs';
-import { addCancelCommand } from './commands/cancel';
-import { addSetupCommand } from './commands/setup';
-import { addImportT5Command } from './commands/import-t5';
-import { addExportT5Command } from './commands/export-t5';
-import { addCodecServerCommand } from './commands/codec-server';
-import { addDeployCommand } from './commands/deploy';
-import { addReplayCommand } from './commands/replay';
-import { addUiCommand } from './commands/ui';
-
-/** Registration order is the order `stepwise --help` lists the commands in. */
-const COMMANDS = [
-  addRunCommand,
-  addSweepCommand,
-  addScheduleCommand,
-  addResumeCommand,
-  addWorkerCommand,
-  addDeployCommand,
-  addReplayCommand,
-  addDevCommand,
-  addValidateCommand,
-  addModelsCommand,
-  addLineageCommand,
-  addReportCommand,
-  addVerifyCommand,
-  addRunsCommand,
-  addCancelCommand,
-  addUiCommand,
-  addSetupCommand,
-  addImportT5Command,
-  addExportT5Command,
-  addCodecServerCommand,
-];
+import { buildProgram } from './program';
 
 async function run() {
-  const program = new Command()
-    .name('stepwise')
-    .description('Distilling step-by-step as durable Temporal workflows')
-    .showHelpAfterError();
-  // Commands are added with `program.command()`, not built apart and attached, so they inherit showHelpAfterError.
-  for (const addCommand of COMMANDS) addCommand(program);
-  await program.parseAsync(process.argv);
+  await buildProgram().parseAsync(process.argv);
 }
 
 run().catch((err) => {

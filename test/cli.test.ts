@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import test from 'ava';
 import { demoSpec, parseSpec } from '../lib/pipeline/spec';
 import { runWorkflowId } from '../lib/pipeline/run-identity';
+import { buildProgram } from '../cli/program';
 import { stepwise } from './helpers/cli';
 
 const DATASETS = resolve(__dirname, '..', '..', 'shared', 'datasets');
@@ -26,7 +27,7 @@ test('validate reproduces the paper teacher accuracy on SVAMP test: 148/200', as
 });
 
 test('every command has --help', async (t) => {
-  for (const command of [
+  const expected = [
     'run',
     'sweep',
     'resume',
@@ -47,11 +48,20 @@ test('every command has --help', async (t) => {
     'replay',
     'report',
     'ui',
-  ]) {
-    const r = await stepwise([command, '--help']);
-    t.is(r.code, 0, command);
-    t.regex(r.stdout, new RegExp(`Usage: stepwise ${command}`));
+  ];
+  // Every command's help from the program itself (one process: a spawn per command cost a minute of CPU)...
+  const program = buildProgram();
+  t.deepEqual(program.commands.map((c) => c.name()).sort(), [...expected].sort());
+  for (const command of program.commands) {
+    t.regex(command.helpInformation(), new RegExp(`Usage: stepwise ${command.name()}`), command.name());
   }
+  // ...and through the binary a user runs: its list, and one command's help.
+  const top = await stepwise(['--help']);
+  t.is(top.code, 0);
+  for (const command of expected) t.regex(top.stdout, new RegExp(`^\\s+${command}\\b`, 'm'), command);
+  const one = await stepwise(['schedule', '--help']);
+  t.is(one.code, 0);
+  t.regex(one.stdout, /Usage: stepwise schedule/);
 });
 
 test('run with a bad spec file exits with the field, the value and what was expected, starting nothing', async (t) => {
