@@ -23,6 +23,7 @@ import { flushTracing, tracingWorkflowModules, workerTracingOptions } from '../w
 import { killGroup } from './helpers/processes';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
 import { hasMetric, metricSum, parseMetrics, scrapeMetrics, type MetricSample } from './helpers/metrics';
+import { waitFor } from './helpers/wait';
 
 /** A span as an OTLP/HTTP JSON body carries it (the fields this test reads). */
 interface ReceivedSpan {
@@ -74,17 +75,6 @@ test.after.always(async () => {
   await receiver?.close();
 });
 const services = servicesForFile({ workers: [] });
-
-/** Polls `probe` until it returns a value, or fails naming `what` after `ms`. */
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 test('worker processes serve the SDK’s and Stepwise’s metrics on their metrics port and export one trace per run by OTLP', async (t) => {
   t.timeout(4 * 60_000);

@@ -26,6 +26,7 @@ import { versionHistory } from '../lib/registry/audit';
 import type { ScheduleView } from '../cli/shared/schedules';
 import { ensureTemporalCli } from '../infra/temporal';
 import { servicesForFile } from './helpers/services';
+import { waitFor } from './helpers/wait';
 
 const services = servicesForFile();
 const BIN = resolve(__dirname, '..', 'bin', 'stepwise.js');
@@ -62,16 +63,6 @@ function cli(args: string[], env: Record<string, string | undefined> = {}): Prom
       (err, stdout, stderr) => done({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr })
     );
   });
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
 }
 
 const toJsonl = (rows: { input: string; label: string }[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';

@@ -13,6 +13,7 @@ import { readSweepResult } from '../lib/sweep/finish';
 import type { SweepSummary } from '../lib/sweep/summary';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
 import { killGroup } from './helpers/processes';
+import { waitFor } from './helpers/wait';
 
 const workers = new Set<ChildProcess>();
 // Registered first, so it runs first: the worker processes go before the services they are connected to.
@@ -54,16 +55,6 @@ const sweep: SweepInput = {
   seeds: [0, 1],
   parallel: 1,
 };
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 test.serial(
   'a sweep survives its killed workers, stores its table and plot, and a re-run reuses its cells',

@@ -18,6 +18,7 @@ import { teacherStage } from '../workflows';
 import { recordFigures } from './helpers/figures';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
 import { journalledCalls } from './faults/harness';
+import { waitFor } from './helpers/wait';
 
 const MODEL = 'teacher-under-test';
 const workers = new Set<ChildProcess>();
@@ -40,16 +41,6 @@ async function killed(worker: ChildProcess): Promise<void> {
   const gone = new Promise((r) => worker.once('exit', r));
   worker.kill('SIGKILL');
   await gone;
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 60_000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await Promise.resolve(probe()).catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Teacher calls journalled so far, over every shard. */

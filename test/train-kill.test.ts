@@ -26,6 +26,7 @@ import type { TrainStudentInput } from '../contract';
 import type { RationaleRecord } from '../lib/data/rationales';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
 import { isAlive, killGroup } from './helpers/processes';
+import { waitFor } from './helpers/wait';
 
 const CHECKPOINT_EVERY = 20;
 const STEPS = 200;
@@ -62,16 +63,6 @@ async function heartbeat(handle: WorkflowHandle): Promise<TrainHeartbeat | undef
   const pending = raw.pendingActivities?.find((a) => a.activityType?.name === 'trainStudent');
   const payload = pending?.heartbeatDetails?.payloads?.[0];
   return payload ? defaultPayloadConverter.fromPayload<TrainHeartbeat>(payload) : undefined;
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

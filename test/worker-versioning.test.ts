@@ -19,6 +19,7 @@ import { buildIdFromCodeVersion, buildIdProblem, checkDeploymentName, describeDe
 import { InputError } from '../lib/errors';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
 import { killGroup, trainingChildren } from './helpers/processes';
+import { waitFor } from './helpers/wait';
 
 const BIN = join(__dirname, '..', 'bin', 'stepwise.js');
 const DEPLOYMENT = 'stepwise';
@@ -63,16 +64,6 @@ const jsonLines = (stdout: string) =>
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as Record<string, unknown>);
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
 

@@ -22,6 +22,7 @@ import { listVersions } from '../../lib/registry/registry';
 import { openStore } from '../../lib/store';
 import { faultMode, recordFigures } from '../helpers/figures';
 import { isAlive } from '../helpers/processes';
+import { waitFor } from '../helpers/wait';
 
 const ROOT = join(__dirname, '..', '..');
 // Few steps keep the test short; the interval leaves several checkpoints before the end to kill between.
@@ -30,18 +31,6 @@ const CHECKPOINT_EVERY = 16;
 const ARGS = ['run', '--demo', '--steps', String(STEPS), '--checkpoint-every', String(CHECKPOINT_EVERY), '--json'];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs: number) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await Promise.resolve()
-      .then(probe)
-      .catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
-    await sleep(200);
-  }
-}
 
 /** A `stepwise` command as a user runs it, in its own state folder; its output kept for assertions and failures. */
 class Cli {

@@ -14,24 +14,7 @@ import type { ArtifactStore } from '../../lib/store/artifact-store';
 import { startWorkerProcess, type Services } from '../helpers/services';
 import { killGroup } from '../helpers/processes';
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Poll `probe` until it returns a value; its errors count as "not yet" (a describe racing a restart, say). */
-export async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | undefined> | T | undefined,
-  timeoutMs = 120_000
-) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await Promise.resolve()
-      .then(probe)
-      .catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
+export { sleep, waitFor } from '../helpers/wait';
 
 /**
  * Worker processes (`stepwise worker --queue …`, each its own process group so its training child dies with it),

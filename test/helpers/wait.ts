@@ -1,0 +1,31 @@
+/** Waiting in tests: for a condition another process or a server makes true, with a deadline that names it. */
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Polls `probe` until it returns a value. Its errors count as "not yet" (a describe racing a restart, a file not yet
+ * written); the last one is in the timeout's message.
+ */
+export async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 120_000,
+  everyMs = 100
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    const value = await Promise.resolve()
+      .then(probe)
+      .catch((err: unknown) => {
+        lastError = err;
+        return undefined;
+      });
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) {
+      const why = lastError instanceof Error ? ` (last: ${lastError.message})` : '';
+      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}${why}`);
+    }
+    await sleep(everyMs);
+  }
+}
