@@ -6,7 +6,6 @@
  * `--allow-actions` (the real command, as a child process) and without or with a wrong token, and that no button
  * renders when actions are off. Screenshots and the pages' render times land in test-results/ui/.
  */
-import { spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -20,10 +19,10 @@ import { ensureChromium } from '../infra/chromium';
 import { parseSpec, type PipelineSpecInput } from '../lib/pipeline/spec';
 import { getAlias, modelHistory } from '../lib/registry/audit';
 import { newActionToken, startUiServer, type UiServer } from '../cli/ui/server';
+import { startUi as startUiProcess } from './helpers/cli';
 import { servicesForFile } from './helpers/services';
 
 const services = servicesForFile();
-const BIN = resolve(__dirname, '..', 'bin', 'stepwise.js');
 const OUT = resolve(__dirname, '..', 'test-results', 'ui');
 const MODEL = 'ui-demo';
 
@@ -121,30 +120,13 @@ test.serial(
     await prepare();
     const s = services();
     // The real command, as a user starts it, pointed at the test's Temporal and store.
-    const child = spawn(process.execPath, [BIN, 'ui', '--port', '0'], {
-      env: {
-        ...process.env,
-        TEMPORAL_ADDRESS: s.temporal.address,
-        TEMPORAL_NAMESPACE: s.temporal.namespace,
-        STEPWISE_STORE: s.storeLocation,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
+    const cli = await startUiProcess(['--port', '0'], {
+      TEMPORAL_ADDRESS: s.temporal.address,
+      TEMPORAL_NAMESPACE: s.temporal.namespace,
+      STEPWISE_STORE: s.storeLocation,
     });
-    let stderr = '';
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    const exited = new Promise<number | null>((r) => child.once('exit', r));
+    const { url } = cli;
     try {
-      const url = await new Promise<string>((resolveUrl, reject) => {
-        let out = '';
-        child.stdout.on('data', (c: Buffer) => {
-          out += c.toString();
-          const m = /^(http:\/\/127\.0\.0\.1:\d+\/)$/m.exec(out);
-          if (m) resolveUrl(m[1]);
-        });
-        void exited.then((code) =>
-          reject(new Error(`stepwise ui exited (${code}) before printing its URL:\n${stderr}`))
-        );
-      });
       const refused = await post(url, `/models/${MODEL}/1/promote`, 'alias=staging&token=anything');
       t.is(refused.status, 403);
       t.regex(refused.body, /actions are off/);
@@ -159,8 +141,7 @@ test.serial(
       t.regex(await page.locator('#awaiting-approval').innerText(), /stepwise models approve ui-demo@2/);
       await page.close();
     } finally {
-      child.kill('SIGTERM');
-      await exited;
+      await cli.stop();
     }
 
     // With actions on: no token, a wrong one, another site's form, or another Host are all refused; the right one acts.

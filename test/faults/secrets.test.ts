@@ -7,14 +7,12 @@
  * exporters sent, `stepwise report`'s output and file, every page of `stepwise ui`, and what the teacher server
  * counted. None may hold one.
  */
-import { execFile, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:http';
-import { spawn } from 'node:child_process';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
 import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { Client, Connection } from '@temporalio/client';
@@ -22,6 +20,7 @@ import { freePort } from '../../infra/cache';
 import { getVersion, listVersions } from '../../lib/registry/registry';
 import { startLocalTeacherServer, type LocalTeacherServer } from '../../lib/teacher';
 import { recordFigures } from '../helpers/figures';
+import { startUi, stepwise } from '../helpers/cli';
 import { scrapeMetrics } from '../helpers/metrics';
 import { allHistories, bytesAsText } from '../helpers/history-text';
 import { servicesForFile, startWorkerProcess } from '../helpers/services';
@@ -36,7 +35,6 @@ const CANARIES = {
 };
 const TEACHER_KEY_ENV = 'STEPWISE_CANARY_TEACHER_KEY';
 const MODEL = 'canary-teacher-model';
-const BIN = join(__dirname, '..', '..', 'bin', 'stepwise.js');
 /** The secrets reach the processes as a deployment hands them over: in the environment. */
 const SECRET_ENV = {
   [TEACHER_KEY_ENV]: CANARIES.teacherApiKey,
@@ -260,11 +258,10 @@ test('no canary secret is stored, logged or recorded anywhere by a pipeline run,
   t.deepEqual(searched.found, []);
 });
 
-/** The CLI's environment: the services', the secrets, and whatever else is given. */
-function cliEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+/** The CLI's environment over this process's: the services', the secrets, and whatever else is given. */
+function cliEnv(extra: Record<string, string> = {}): Record<string, string> {
   const s = services();
   return {
-    ...process.env,
     ...SECRET_ENV,
     TEMPORAL_ADDRESS: s.temporal.address,
     TEMPORAL_NAMESPACE: s.temporal.namespace,
@@ -274,17 +271,8 @@ function cliEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
 }
 
 /** `stepwise <args>` against the services, with the secrets in its environment. */
-async function stepwiseCli(
-  args: string[],
-  extraEnv: Record<string, string> = {}
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return promisify(execFile)(process.execPath, [BIN, ...args], {
-    env: cliEnv(extraEnv),
-    maxBuffer: 16 * 1024 * 1024,
-  }).then(
-    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
-    (err: { code: number; stdout: string; stderr: string }) => err
-  );
+function stepwiseCli(args: string[], extraEnv: Record<string, string> = {}) {
+  return stepwise(args, cliEnv(extraEnv));
 }
 
 /** `stepwise run <spec> --id <id> --json`. */
@@ -297,22 +285,9 @@ function stepwiseRun(specFile: string, workflowId: string, extraEnv: Record<stri
  * secrets in its environment as the workers do), as a browser receives them.
  */
 async function uiPagesOf(workflowId: string): Promise<[string, string][]> {
-  const child = spawn(process.execPath, [BIN, 'ui', '--port', '0', '--allow-actions'], {
-    env: cliEnv(),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stderr.on('data', (c: Buffer) => (output += c.toString()));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const ui = await startUi(['--port', '0', '--allow-actions'], cliEnv());
+  const { url } = ui;
   try {
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stdout.on('data', (c: Buffer) => {
-        output += c.toString();
-        const m = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(output);
-        if (m) resolve(m[1]);
-      });
-      void exited.then(() => reject(new Error(`stepwise ui exited before printing its URL:\n${output}`)));
-    });
     const paths = [
       '',
       `runs/${workflowId}`,
@@ -328,10 +303,9 @@ async function uiPagesOf(workflowId: string): Promise<[string, string][]> {
       if (res.status !== 200) throw new Error(`GET /${path} answered ${res.status}`);
       pages.push([`the UI page /${path}`, JSON.stringify([...res.headers]) + (await res.text())]);
     }
-    return [...pages, ['the UI command output', output]];
+    return [...pages, ['the UI command output', ui.output()]];
   } finally {
-    child.kill('SIGTERM');
-    await exited;
+    await ui.stop();
   }
 }
 
