@@ -22,7 +22,7 @@ import { setup } from '../../infra/setup';
 import { startTemporalDevServer } from '../../infra/temporal';
 import { StateInUseError } from '../../infra/db-lock';
 import { InputError } from '../../lib/errors';
-import { MODEL_NAME_PATTERN } from '../../lib/registry/names';
+import { checkModelName, MODEL_NAME_PATTERN } from '../../lib/registry/names';
 import { connectTemporal } from '../../workers/pipeline-worker';
 import { devServerSearchAttributes } from '../../workers/search-attributes';
 import { connectCluster } from '../shared/services';
@@ -92,7 +92,7 @@ export interface RunsFilter {
 /** The visibility query for the filters. */
 export function runsQuery(opts: RunsFilter): string {
   const clauses = [`WorkflowType='distillationPipeline'`];
-  if (opts.model !== undefined) clauses.push(`${StepwiseModel.name}='${modelFlag(opts.model)}'`);
+  if (opts.model !== undefined) clauses.push(`${StepwiseModel.name}='${checkModelName(opts.model, 'model')}'`);
   if (opts.status !== undefined) clauses.push(`ExecutionStatus='${STATUSES[opts.status]}'`);
   if (opts.task !== undefined) clauses.push(`${StepwiseTask.name}='${keyword(opts.task, 'task')}'`);
   if (opts.method !== undefined) clauses.push(`${StepwiseMethod.name}='${keyword(opts.method, 'method')}'`);
