@@ -37,7 +37,9 @@ export async function workflowBundleKey(
 ): Promise<string> {
   const hash = createHash('sha256');
   const { workflowsPath, failureConverterPath, payloadConverterPath, workflowInterceptorModules } = options;
-  hash.update(JSON.stringify([workflowsPath, failureConverterPath, payloadConverterPath, workflowInterceptorModules]));
+  // Absent and empty mean the same bundle: normalised, so they share one key (and one build).
+  const modules = workflowInterceptorModules?.length ? workflowInterceptorModules : [];
+  hash.update(JSON.stringify([workflowsPath, failureConverterPath ?? null, payloadConverterPath ?? null, modules]));
   hash.update(JSON.stringify(require('@temporalio/worker/package.json').version));
   const files = [
     ...(await Promise.all(SOURCE_DIRS.map((d) => sourceFiles(join(root, d))))).flat(),
