@@ -245,12 +245,13 @@ class OpenAITeacher implements Teacher {
         // A 429 is about the account, not this call: everyone sharing the limiter waits it out.
         if (verdict.rateLimited) {
           progress.rateLimit.refusals++;
-          if (attempt < maxRetries) progress.rateLimit.waitMs += waitMs;
           limiter?.pause(waitMs);
           if (rateLimitedRetries++ < RATE_LIMIT_RETRIES) attempt--;
         }
         if (attempt < maxRetries) {
           this.onRetry?.(retryReasonOf(verdict));
+          // Counted where it is slept, after a rate-limited attempt was given back, so no wait goes uncounted.
+          if (verdict.rateLimited) progress.rateLimit.waitMs += waitMs;
           await sleep(waitMs, signal);
         }
         continue;
