@@ -214,7 +214,8 @@ test.serial(
       t.regex(await watcher.locator('#progress-gate').innerText(), /awaiting approval/);
 
       await page.locator('#awaiting-approval [data-testid=approve]').click();
-      await page.locator('#message').waitFor();
+      // The page answers once the run has taken the Update and promoted: on two busy cores, well past Playwright's 30 s.
+      await page.locator('#message').waitFor({ timeout: 120_000 });
       t.regex(await page.locator('#message').innerText(), /approved by .* in run .*: promoted; champion: v1 → v2/);
       await waiting.result();
       await watcher.locator('.status-completed').first().waitFor({ timeout: 30_000 });
