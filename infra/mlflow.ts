@@ -4,64 +4,29 @@
  * and a temporary artifact root. Stepwise itself never runs Python for MLflow: the export speaks MLflow's REST API
  * from Node (lib/mlflow/client.ts); this server is only what that API is tested against.
  */
-import { existsSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import { cacheDir, freePort, runCommand, waitFor, withLock, type Log } from './cache';
+import { freePort, waitFor, type Log } from './cache';
+import { ensureVenv } from './python-venv';
 import { startServiceProcess, type ServiceProcess } from './service-process';
 
 /** MLflow's release on PyPI (`pip index versions mlflow`); 2.9 or later is needed for the Model Registry's aliases. */
 export const MLFLOW_VERSION = '3.17.2';
 
-/** Written last into the virtual environment: a folder without it is a partial install, rebuilt from scratch. */
-const COMPLETE = '.stepwise-complete';
-
 /**
- * The Python of a virtual environment holding `mlflow==MLFLOW_VERSION`, built once with `python3 -m venv` and
- * `pip install` (PyPI is the route these machines have to MLflow). Built in place under a lock, not in a scratch
- * folder renamed into place: a venv's scripts name its path, so a moved venv would run the wrong Python.
+ * The Python of a virtual environment holding `mlflow==MLFLOW_VERSION` (infra/python-venv.ts), built once.
  */
 export async function ensureMlflow(log?: Log): Promise<string> {
-  const venv = join(cacheDir(), 'mlflow', MLFLOW_VERSION);
-  const python = join(venv, 'bin', 'python');
-  if (existsSync(join(venv, COMPLETE))) return python;
-  await withLock(
-    `${venv}.lock`,
-    async () => {
-      if (existsSync(join(venv, COMPLETE))) return;
-      await rm(venv, { recursive: true, force: true });
-      await mkdir(venv, { recursive: true });
-      const base = process.env.PYTHON ?? 'python3';
-      log?.(`installing mlflow ${MLFLOW_VERSION} from PyPI into ${venv} (a few minutes, once)`);
-      try {
-        await runCommand(base, ['-m', 'venv', venv], { log });
-        await runCommand(
-          python,
-          [
-            '-m',
-            'pip',
-            'install',
-            '--disable-pip-version-check',
-            '--no-input',
-            '--progress-bar',
-            'off',
-            // Wheels only: a source build would need compilers and take far longer than the install it replaces.
-            '--only-binary=:all:',
-            `mlflow==${MLFLOW_VERSION}`,
-          ],
-          { log }
-        );
-        await writeFile(join(venv, COMPLETE), `mlflow==${MLFLOW_VERSION}\n`);
-      } catch (err) {
-        await rm(venv, { recursive: true, force: true });
-        throw err;
-      }
+  return ensureVenv(
+    {
+      dir: join('mlflow', MLFLOW_VERSION),
+      requirements: [`mlflow==${MLFLOW_VERSION}`],
+      what: `mlflow ${MLFLOW_VERSION} (a few minutes, once)`,
     },
-    { log }
+    log
   );
-  return python;
 }
 
 export interface MlflowServerOptions {
