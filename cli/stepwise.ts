@@ -8,7 +8,7 @@ import { InputError, storeCredentialError } from '../lib/errors';
 import { buildProgram } from './program';
 
 async function run() {
-  await buildProgram().parseAsync(process.argv);
+  await buildProgram(process.argv).parseAsync(process.argv);
 }
 
 run().catch((err) => {

@@ -19,7 +19,7 @@ import { getVersion } from '../lib/registry/registry';
 import { startLocalTeacherServer } from '../lib/teacher/local-server';
 import { freePort } from '../infra/cache';
 import { METRICS } from '../activities/metrics';
-import { flushTracing, tracingWorkflowModules, workerTracingOptions } from '../workers/telemetry';
+import { flushTracing, tracingWorkflowModules, workerTracingOptions } from '../workers/tracing';
 import { killGroup } from './helpers/processes';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
 import { hasMetric, metricSum, parseMetrics, scrapeMetrics, type MetricSample } from './helpers/metrics';

@@ -1,6 +1,9 @@
+import { Client, Connection } from '@temporalio/client';
 import type { DataConverter } from '@temporalio/common';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { NativeConnectionOptions } from '@temporalio/worker';
+import { dataConverterFromSettings } from './codec';
+import { clientTracingInterceptors, flushTracing } from './tracing';
 
 /** Where to reach Temporal and in which namespace: explicit address first, then Temporal's standard settings. */
 export interface TemporalTarget {
@@ -20,4 +23,30 @@ export function temporalTarget(address?: string): TemporalTarget {
   const connectionOptions = { ...loaded.connectionOptions };
   if (address) connectionOptions.address = address;
   return { connectionOptions, namespace: loaded.namespace ?? 'default' };
+}
+
+/**
+ * A client of `target` and nothing else: what a command that starts, lists, queries or cancels runs needs. It loads
+ * only the client SDK (no worker, no native connection), which keeps such commands quick to start. Payloads are
+ * encoded with the target's data converter (default: encrypted when payload keys are configured).
+ * @throws InputError naming the variable when the configured payload keys are malformed (before connecting).
+ */
+export async function connectClient(target: TemporalTarget) {
+  const dataConverter = target.dataConverter ?? dataConverterFromSettings();
+  const connection = await Connection.connect(target.connectionOptions as Parameters<typeof Connection.connect>[0]);
+  const client = new Client({
+    connection,
+    namespace: target.namespace,
+    dataConverter,
+    interceptors: clientTracingInterceptors(),
+  });
+  return {
+    client,
+    dataConverter,
+    async close() {
+      await connection.close();
+      // A command that started a run exits soon after: its spans go now, not at the next batch.
+      await flushTracing();
+    },
+  };
 }

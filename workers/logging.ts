@@ -12,7 +12,7 @@
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger, LogLevel, LogMetadata } from '@temporalio/common';
-import { DefaultLogger, type LogEntry } from '@temporalio/worker';
+import type { LogEntry } from '@temporalio/worker';
 import { settings } from '../infra/config';
 import { InputError } from '../lib/errors';
 
@@ -50,6 +50,9 @@ export function logSettings(defaults: { format: LogFormat; level?: LogLevel }): 
 /** A logger (the SDK's `Logger`, for `Runtime.install`) writing each entry at `level` or above to every sink. */
 export function createLogger(opts: { format: LogFormat; level: LogLevel; sinks: LineSink[] }): Logger {
   const format = opts.format === 'json' ? jsonLine : textLine;
+  // The worker SDK is loaded only here, where a logger is made for workers: the CLI imports this module for its
+  // settings and sinks, and most commands never start a worker.
+  const { DefaultLogger } = require('@temporalio/worker') as typeof import('@temporalio/worker');
   return new DefaultLogger(opts.level, (entry) => {
     const line = format(entry);
     for (const sink of opts.sinks) sink(line);

@@ -1,11 +1,11 @@
-import { Client, Connection } from '@temporalio/client';
+import { Client } from '@temporalio/client';
 import type { DataConverter, Logger, WorkerDeploymentVersion } from '@temporalio/common';
 import { NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { taskQueueOf, type QueueKind } from '../contract';
 import { createActivityDeps } from './deps';
 import { dataConverterFromSettings, describePayloadEncryption } from './codec';
-import type { TemporalTarget } from './connection';
+import { connectClient, type TemporalTarget } from './connection';
 import { settings } from '../infra/config';
 import { withCudaLibraryPath } from '../infra/cuda';
 import { setup } from '../infra/setup';
@@ -13,14 +13,8 @@ import { ensureSearchAttributes } from './search-attributes';
 import { workerLogger } from './logging';
 import { cachedWorkflowBundle } from './workflow-bundle';
 import { bootstrapCurrentVersion, versionedWorkerOptions, workerVersionFromSettings } from './versioning';
-import {
-  clientTracingInterceptors,
-  flushTracing,
-  installRuntime,
-  shutdownTracing,
-  tracingWorkflowModules,
-  workerTracingOptions,
-} from './telemetry';
+import { installRuntime } from './telemetry';
+import { shutdownTracing, tracingWorkflowModules, workerTracingOptions } from './tracing';
 
 /**
  * Keep the SDK to warnings and errors: an interactive run or a test prints its own progress, and worker state
@@ -117,26 +111,15 @@ export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
  * @throws InputError naming the variable when the configured payload keys are malformed (before connecting).
  */
 export async function connectTemporal(target: TemporalTarget) {
-  const dataConverter = target.dataConverter ?? dataConverterFromSettings();
+  const temporal = await connectClient(target);
   const connection = await NativeConnection.connect(target.connectionOptions);
-  const clientConnection = await Connection.connect(
-    target.connectionOptions as Parameters<typeof Connection.connect>[0]
-  );
-  const client = new Client({
-    connection: clientConnection,
-    namespace: target.namespace,
-    dataConverter,
-    interceptors: clientTracingInterceptors(),
-  });
   return {
     connection,
-    client,
-    dataConverter,
+    client: temporal.client,
+    dataConverter: temporal.dataConverter,
     async close() {
-      await clientConnection.close();
+      await temporal.close();
       await connection.close();
-      // A command that started a run exits soon after: its spans go now, not at the next batch.
-      await flushTracing();
     },
   };
 }

@@ -2,8 +2,7 @@
  * `stepwise cancel`: ask a running pipeline to stop; its activities see the cancellation at their next heartbeat.
  */
 import { Command } from 'commander';
-import { temporalTarget } from '../../workers/connection';
-import { connectTemporal } from '../../workers/pipeline-worker';
+import { connectClient, temporalTarget } from '../../workers/connection';
 
 export function addCancelCommand(program: Command): void {
   program
@@ -11,7 +10,7 @@ export function addCancelCommand(program: Command): void {
     .description('cancel a running pipeline (needs TEMPORAL_ADDRESS)')
     .argument('<workflowId>')
     .action(async (workflowId: string) => {
-      const temporal = await connectTemporal(temporalTarget());
+      const temporal = await connectClient(temporalTarget());
       try {
         await temporal.client.workflow.getHandle(workflowId).cancel();
         console.log(`cancellation requested for ${workflowId}`);

@@ -11,8 +11,7 @@ import { Command } from 'commander';
 import type { Client } from '@temporalio/client';
 import { settings } from '../../infra/config';
 import { InputError } from '../../lib/errors';
-import { temporalTarget } from '../../workers/connection';
-import { connectTemporal } from '../../workers/pipeline-worker';
+import { connectClient, temporalTarget } from '../../workers/connection';
 import {
   checkDeploymentName,
   deploymentIdentity,
@@ -67,10 +66,10 @@ export function addDeployCommand(program: Command): void {
  * message names the argument), 1 for a change the server refused.
  */
 async function withDeployment(body: (client: Client, deploymentName: string) => Promise<void>): Promise<void> {
-  let temporal: Awaited<ReturnType<typeof connectTemporal>> | undefined;
+  let temporal: Awaited<ReturnType<typeof connectClient>> | undefined;
   try {
     const deploymentName = checkDeploymentName(settings().deploymentName);
-    temporal = await connectTemporal(temporalTarget());
+    temporal = await connectClient(temporalTarget());
     await body(temporal.client, deploymentName);
   } catch (err) {
     if (err instanceof InputError) {

@@ -15,8 +15,7 @@ import { checkModelName } from '../../lib/registry/names';
 import { getVersion, listModels, listVersions, type ModelVersion } from '../../lib/registry/registry';
 import { aliasAt, listAliases, modelHistory, versionStatus } from '../../lib/registry/audit';
 import { parseModelRef, resolveRef } from '../../lib/registry/refs';
-import { temporalTarget } from '../../workers/connection';
-import { connectTemporal } from '../../workers/pipeline-worker';
+import { connectClient, temporalTarget } from '../../workers/connection';
 import { openServices } from '../shared/services';
 import { log } from '../shared/options';
 import { archiveVersion, decideVersion, promoteToAlias, type DecisionClient } from '../shared/registry-actions';
@@ -383,7 +382,7 @@ interface ArchiveFlags {
 async function connectForDecision(store: string): Promise<DecisionClient> {
   if (settings().clusterConfigured) {
     const target = temporalTarget();
-    const temporal = await connectTemporal(target);
+    const temporal = await connectClient(target);
     return { client: temporal.client, where: `namespace ${target.namespace}`, stop: () => temporal.close() };
   }
   try {

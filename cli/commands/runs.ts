@@ -23,7 +23,7 @@ import { startTemporalDevServer } from '../../infra/temporal';
 import { StateInUseError } from '../../infra/db-lock';
 import { InputError } from '../../lib/errors';
 import { checkModelName, MODEL_NAME_PATTERN } from '../../lib/registry/names';
-import { connectTemporal } from '../../workers/pipeline-worker';
+import { connectClient } from '../../workers/connection';
 import { devServerSearchAttributes } from '../../workers/search-attributes';
 import { connectCluster } from '../shared/services';
 import { log } from '../shared/options';
@@ -221,7 +221,7 @@ export async function connectForListing(): Promise<
     throw err instanceof StateInUseError ? new InputError(err.message, 'STEPWISE_HOME') : err;
   });
   try {
-    const temporal = await connectTemporal({
+    const temporal = await connectClient({
       connectionOptions: { address: server.address },
       namespace: server.namespace,
     });

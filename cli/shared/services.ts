@@ -4,11 +4,9 @@
  */
 import { join } from 'node:path';
 import type { Client } from '@temporalio/client';
-import { setup } from '../../infra/setup';
-import { temporalTarget } from '../../workers/connection';
+import { connectClient, temporalTarget } from '../../workers/connection';
 import { settings } from '../../infra/config';
-import { connectTemporal } from '../../workers/pipeline-worker';
-import { startEmbedded } from '../../workers/embedded';
+import type { startEmbedded } from '../../workers/embedded';
 import { appendingFile, createLogger, logSettings, stderrSink, type LineSink } from '../../workers/logging';
 import type { InterruptedRun } from '../../workers/interrupted';
 import { StateInUseError } from '../../infra/db-lock';
@@ -46,11 +44,15 @@ export async function openServices(store: string, opts: { verbose?: boolean } = 
   // Checked before anything starts: a misspelt setting is one line, not a half-started server.
   const logFormat = logSettings({ format: 'text' });
   log(`stepwise: preparing embedded services (state in ${dir})`);
+  // Loaded here, not at the top: the embedded server and workers bring the worker SDK, the activities and tfjs's
+  // installer, which a command talking to a cluster (or only reading the store) never needs.
+  const { setup } = require('../../infra/setup') as typeof import('../../infra/setup');
+  const embeddedModule = require('../../workers/embedded') as typeof import('../../workers/embedded');
   await setup({ temporal: true, tfjsNative: true, log });
   const logs = embeddedLogs(dir, Boolean(opts.verbose), logFormat);
   let embedded: Awaited<ReturnType<typeof startEmbedded>>;
   try {
-    embedded = await startEmbedded({
+    embedded = await embeddedModule.startEmbedded({
       stateDir: dir,
       store,
       log,
@@ -117,7 +119,7 @@ function embeddedLogs(home: string, verbose: boolean, format: { format: string }
 /** The cluster the standard `TEMPORAL_*` settings name (call only when `settings().clusterConfigured`). */
 export async function connectCluster(): Promise<Services> {
   const target = temporalTarget();
-  const temporal = await connectTemporal(target);
+  const temporal = await connectClient(target);
   return {
     client: temporal.client,
     namespace: target.namespace,
