@@ -58,7 +58,10 @@ test('three CPU workers and a GPU worker: one killed and one drained mid-teacher
       concurrency: 6,
       shardSize: 30,
       parallelShards: 3,
-      heartbeatTimeoutSeconds: 5,
+      // Long enough that a live worker starved of CPU by the other test file (the SDK throttles heartbeats to 80% of
+      // this) is not taken for dead: a live shard timed out is retried while its own held calls are still answered,
+      // and the same call is then answered twice, which is what this test asserts never happens to healthy workers.
+      heartbeatTimeoutSeconds: 15,
     },
     student: { preset: 'tiny', steps: 30, batchSize: 8, heartbeatTimeoutSeconds: 10 },
     gate: { enabled: false },
@@ -87,7 +90,7 @@ test('three CPU workers and a GPU worker: one killed and one drained mid-teacher
   });
   const killed = byIdentity.get(first)!;
   await workers.kill(killed);
-  // Its shards time out (5 s without a heartbeat) and are retried on the others, where their calls are held again:
+  // Its shards time out (15 s without a heartbeat) and are retried on the others, where their calls are held again:
   // drain the worker holding one, mid-stage.
   const [next] = await waitFor(
     'a retried shard on a live CPU worker',
