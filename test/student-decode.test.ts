@@ -10,6 +10,7 @@ import { initBackend } from '../lib/student/backend';
 import { makeConfig } from '../lib/student/config';
 import { beamSearch, beamSearchIds, greedyDecode, greedyIds } from '../lib/student/decode';
 import { importT5, type ImportedT5 } from '../lib/student/hf';
+import { NativeDecoder, nativeHandleCount } from '../lib/student/native-decode';
 import { T5Model } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
 
@@ -236,13 +237,122 @@ test('greedyDecode and beamSearch decode texts in input order, with numBeams and
 test.serial('decoding leaves no tensors behind', async (t) => {
   const { imported } = fixtures.v1_1;
   const sources = randomSources(4, imported.config.vocab_size, 5);
-  greedyIds(imported.model, sources, { maxLength: 6 }); // warm-up: backends may allocate once
+  const decodeAll = async () => {
+    greedyIds(imported.model, sources, { maxLength: 12 });
+    greedyIds(imported.model, sources, { maxLength: 12, minLength: 12 });
+    greedyIds(imported.model, sources, { maxLength: 12, useCache: false });
+    beamSearchIds(imported.model, sources, { maxLength: 12, numBeams: 3 });
+    await greedyDecode(imported.model, imported.tokenizer, ['a b c', 'the'], {
+      maxLength: 5,
+      batchSize: 1,
+      numBeams: 2,
+    });
+  };
+  // Warm-up: backends may allocate once, and tfjs-node gives a tensor made from values its TensorFlow handle only
+  // when an op first reads it (and keeps a few handles per new shape of its own).
+  await decodeAll();
   const before = tf.memory().numTensors;
-  greedyIds(imported.model, sources, { maxLength: 12 });
-  greedyIds(imported.model, sources, { maxLength: 12, useCache: false });
-  beamSearchIds(imported.model, sources, { maxLength: 12, numBeams: 3 });
-  await greedyDecode(imported.model, imported.tokenizer, ['a b c', 'the'], { maxLength: 5, batchSize: 1, numBeams: 2 });
+  // The native decoder's intermediate results are TensorFlow handles tfjs does not count.
+  const handlesBefore = nativeHandleCount();
+  await decodeAll();
   t.is(tf.memory().numTensors, before);
+  t.is(nativeHandleCount(), handlesBefore);
+});
+
+test('minLength keeps eos out until that many tokens are generated, with and without the cache', (t) => {
+  // The v1.1 fixture ends rows at different steps, so eos is often the best token.
+  const model = fixtures.v1_1.imported.model;
+  const sources = randomSources(8, 80, 7);
+  const free = greedyIds(model, sources, { maxLength: 20 });
+  t.true(
+    free.some((ids) => ids.length < 6),
+    'some rows stop early without minLength'
+  );
+  const forced = greedyIds(model, sources, { maxLength: 20, minLength: 20 });
+  t.deepEqual(
+    forced.map((ids) => ids.length),
+    Array<number>(8).fill(20)
+  );
+  t.false(forced.some((ids) => ids.includes(model.config.eos_token_id)));
+  t.deepEqual(greedyIds(model, sources, { maxLength: 20, minLength: 20, useCache: false }), forced);
+  // Rows that ran past minLength anyway decode exactly as without it.
+  const six = greedyIds(model, sources, { maxLength: 20, minLength: 6 });
+  free.forEach((ids, row) => {
+    if (ids.length >= 6) t.deepEqual(six[row], ids);
+    else t.true(six[row].length >= 6);
+  });
+  for (const hypotheses of beamSearchIds(model, sources, { maxLength: 12, minLength: 5, numBeams: 3 })) {
+    for (const h of hypotheses) t.true(h.ids.length + (h.finished ? 1 : 0) >= 5, `${h.ids.length} tokens`);
+  }
+});
+
+test('the native decoder gives the key/value cache logits at every step, through row selection and reordering', (t) => {
+  if (nativeHandleCount() === undefined) {
+    t.pass('not on native TensorFlow: decoding uses the key/value cache alone');
+    return;
+  }
+  const shapes = [
+    { tie_word_embeddings: true },
+    { tie_word_embeddings: false },
+    { tie_word_embeddings: true, scale_decoder_outputs: false },
+    { feed_forward_proj: 'relu' as const },
+  ];
+  for (const overrides of shapes) {
+    const model = T5Model.init(makeConfig('tiny', 300, overrides), 21);
+    try {
+      const sources = randomSources(4, 300, 9);
+      const maxDiff = tf.tidy(() => {
+        const width = Math.max(...sources.map((s) => s.length));
+        const source = tf.tensor2d(
+          sources.map((s) => [...s, ...Array<number>(width - s.length).fill(0)]),
+          undefined,
+          'int32'
+        );
+        const encoded = model.encode(source);
+        const cache = model.startDecoding(encoded);
+        const native = NativeDecoder.start(model, encoded, 6)!;
+        let worst = 0;
+        try {
+          // Rows: 4, then 6 (rows copied, as beams start), reordered, then 3 kept.
+          const moves: [string, number[]][] = [
+            ['select', [0, 0, 1, 2, 3, 3]],
+            ['reorder', [1, 0, 2, 5, 4, 3]],
+            ['select', [5, 0, 2]],
+          ];
+          let tokens = sources.map((_, i) => 3 + i);
+          for (let step = 0; step < 6; step++) {
+            const expected = tf.reshape(
+              model.logits(model.decodeStep(cache, tf.tensor2d(tokens, [tokens.length, 1], 'int32'))),
+              [tokens.length, 300]
+            );
+            const actual = native.logits(tokens);
+            worst = Math.max(worst, tf.max(tf.abs(tf.sub(actual, expected))).dataSync()[0]);
+            const move = moves[step];
+            if (move) {
+              const [kind, rows] = move;
+              if (kind === 'select') {
+                cache.select(rows);
+                native.select(rows);
+              } else {
+                cache.reorder(rows);
+                native.reorder(rows);
+              }
+              tokens = rows.map((r) => 5 + r + step);
+            } else {
+              tokens = tokens.map((x) => x + 1);
+            }
+          }
+        } finally {
+          cache.dispose();
+          native.dispose();
+        }
+        return worst;
+      });
+      t.true(maxDiff < 1e-4, `${JSON.stringify(overrides)}: max abs difference ${maxDiff}`);
+    } finally {
+      model.dispose();
+    }
+  }
 });
 
 test('bad decoding options are rejected with an InputError naming the option', async (t) => {
@@ -255,6 +365,7 @@ test('bad decoding options are rejected with an InputError naming the option', a
     t.is(err!.field, field);
   };
   await rejects({ maxLength: 0 }, 'maxLength');
+  await rejects({ minLength: 5 }, 'minLength');
   await rejects({ batchSize: 0 }, 'batchSize');
   await rejects({ numBeams: 1.5 }, 'numBeams');
   await rejects({ numBeams: 2, numReturnSequences: 3 }, 'numReturnSequences');

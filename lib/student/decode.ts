@@ -6,9 +6,11 @@
  * keys and values of the positions so far, cross-attention ones computed once from the encoder output), so a generated
  * token costs one decoder step. `useCache: false` re-runs the decoder over the whole prefix each step (quadratic in
  * the output length): it is the training forward pass itself, kept as the reference the cached path is tested
- * against and as a fallback.
+ * against and as a fallback. On native TensorFlow the cached step runs as one graph (native-decode.ts), several times
+ * faster than the same ops one by one.
  */
 import { InputError } from '../errors';
+import { NativeDecoder } from './native-decode';
 import type { DecoderCache, T5Model } from './t5';
 import { tf } from './tf';
 import type { StudentTokenizer } from './tokenizer';
@@ -17,6 +19,11 @@ import type { StudentTokenizer } from './tokenizer';
 export interface GenerateOptions {
   /** Most tokens generated per input, eos included (HF `max_new_tokens`). */
   maxLength: number;
+  /**
+   * Fewest tokens generated per input, eos included (HF `min_new_tokens`): eos cannot be chosen before this many
+   * tokens, so `minLength` = `maxLength` generates exactly that many (bench/decode.ts). Default 0.
+   */
+  minLength?: number;
   /** Decode one position per step against a key/value cache (default) or re-run the whole prefix each step. */
   useCache?: boolean;
   /** Beams per input; 1 (default) is greedy decoding, as in HF. Beam search always uses the cache. */
@@ -127,6 +134,13 @@ function checkGenerateOptions(opts: GenerateOptions): void {
   if (!Number.isSafeInteger(maxLength) || maxLength < 1) {
     throw new InputError(`maxLength is ${JSON.stringify(maxLength)}; expected an integer ≥ 1`, 'maxLength');
   }
+  const minLength = opts.minLength ?? 0;
+  if (!Number.isSafeInteger(minLength) || minLength < 0 || minLength > maxLength) {
+    throw new InputError(
+      `minLength is ${JSON.stringify(opts.minLength)}; expected an integer in [0, maxLength = ${maxLength}]`,
+      'minLength'
+    );
+  }
   const numBeams = opts.numBeams ?? 1;
   if (!Number.isSafeInteger(numBeams) || numBeams < 1) {
     throw new InputError(`numBeams is ${JSON.stringify(opts.numBeams)}; expected an integer ≥ 1`, 'numBeams');
@@ -146,17 +160,66 @@ function sourceTensor(model: T5Model, sources: readonly number[][]): tf.Tensor2D
   return tf.tensor2d(data, [rows, length], 'int32');
 }
 
-/** Encodes one batch of sources and starts incremental decoding from it. */
-function startCache(model: T5Model, sources: readonly number[][]): DecoderCache {
+/** Added to logits [.., V] to keep eos from being chosen before `minLength` tokens (HF sets it to -inf): [1, V]. */
+function eosExclusion(model: T5Model): tf.Tensor2D {
+  const { eos_token_id: eos, vocab_size: vocab } = model.config;
+  const row = new Float32Array(vocab);
+  row[eos] = EXCLUDED;
+  return tf.tensor2d(row, [1, vocab]);
+}
+
+/**
+ * One batch's incremental decoder: a step runs one position of every row. On native TensorFlow it is
+ * {@link NativeDecoder} (each step one TensorFlow graph run), elsewhere `T5Model`'s {@link DecoderCache}; both give
+ * the logits of `T5Model.decodeStep`.
+ */
+interface Stepper {
+  /** One step (`tokens`: each row's next decoder input) → logits [rows, V], the caller's to dispose. */
+  logits(tokens: readonly number[]): tf.Tensor2D;
+  /** One step → each row's most likely token, eos excluded when `noEos`. */
+  argMax(tokens: readonly number[], noEos: boolean): ArrayLike<number>;
+  /** Keeps (and reorders) whole rows: `rows[i]` is the old row of new row i. */
+  select(rows: readonly number[]): void;
+  /** Reorders the self-attention entries only (beams of one input share its cross-attention entries). */
+  reorder(rows: readonly number[]): void;
+  dispose(): void;
+}
+
+/** Encodes one batch of sources and starts incremental decoding from it, for at most `maxLength` steps. */
+function startStepper(model: T5Model, sources: readonly number[][], maxLength: number): Stepper {
   const encoded = tf.tidy(() => {
     const { hidden, sourceBias } = model.encode(sourceTensor(model, sources));
     return { hidden, sourceBias };
   });
   try {
-    return model.startDecoding(encoded);
+    return NativeDecoder.start(model, encoded, maxLength) ?? cacheStepper(model, model.startDecoding(encoded));
   } finally {
     tf.dispose([encoded.hidden, encoded.sourceBias]);
   }
+}
+
+function cacheStepper(model: T5Model, cache: DecoderCache): Stepper {
+  const { vocab_size: vocab } = model.config;
+  const noEos = eosExclusion(model);
+  const logits = (tokens: readonly number[]) =>
+    tf.tidy(() => {
+      const hidden = model.decodeStep(cache, tf.tensor2d(tokens as number[], [tokens.length, 1], 'int32')); // [A, 1, D]
+      return tf.reshape(model.logits(hidden), [tokens.length, vocab]) as tf.Tensor2D; // [A, V]
+    });
+  return {
+    logits,
+    argMax: (tokens, blockEos) =>
+      tf.tidy(() => {
+        const scores = logits(tokens);
+        return tf.argMax(blockEos ? tf.add(scores, noEos) : scores, -1).dataSync();
+      }),
+    select: (rows) => cache.select(rows),
+    reorder: (rows) => cache.reorder(rows),
+    dispose: () => {
+      cache.dispose();
+      noEos.dispose();
+    },
+  };
 }
 
 /**
@@ -166,41 +229,41 @@ function startCache(model: T5Model, sources: readonly number[][]): DecoderCache 
 export function greedyIds(model: T5Model, sources: readonly number[][], opts: GenerateOptions): number[][] {
   checkGenerateOptions(opts);
   if (sources.length === 0) return [];
-  return opts.useCache === false ? greedyUncached(model, sources, opts.maxLength) : greedyCached(model, sources, opts);
+  return opts.useCache === false ? greedyUncached(model, sources, opts) : greedyCached(model, sources, opts);
 }
 
 function greedyCached(model: T5Model, sources: readonly number[][], opts: GenerateOptions): number[][] {
-  const { eos_token_id: eos, decoder_start_token_id: start, vocab_size: vocab } = model.config;
+  const { eos_token_id: eos, decoder_start_token_id: start } = model.config;
   const outputs: number[][] = sources.map(() => []);
-  const cache = startCache(model, sources);
+  const decoder = startStepper(model, sources, opts.maxLength);
   // Rows still decoding, by their index in `sources`; finished rows leave the batch so later steps get cheaper.
   let active = sources.map((_, i) => i);
   let next = active.map(() => start);
+  const minLength = opts.minLength ?? 0;
   try {
     for (let step = 0; step < opts.maxLength && active.length > 0; step++) {
-      const chosen = tf.tidy(() => {
-        const hidden = model.decodeStep(cache, tf.tensor2d(next, [active.length, 1], 'int32')); // [A, 1, D]
-        return tf.argMax(tf.reshape(model.logits(hidden), [active.length, vocab]), -1).dataSync();
-      });
+      const chosen = decoder.argMax(next, step < minLength);
       const keep: number[] = [];
       active.forEach((row, i) => {
         if (chosen[i] === eos) return;
         outputs[row].push(chosen[i]);
         keep.push(i);
       });
-      if (keep.length < active.length && keep.length > 0) cache.select(keep);
+      if (keep.length < active.length && keep.length > 0) decoder.select(keep);
       active = keep.map((i) => active[i]);
       next = keep.map((i) => chosen[i]);
     }
   } finally {
-    cache.dispose();
+    decoder.dispose();
   }
   return outputs;
 }
 
 /** Re-runs the decoder over the whole prefix every step: the training forward pass, the cache's reference. */
-function greedyUncached(model: T5Model, sources: readonly number[][], maxLength: number): number[][] {
+function greedyUncached(model: T5Model, sources: readonly number[][], opts: GenerateOptions): number[][] {
   const { eos_token_id: eos, pad_token_id: pad, decoder_start_token_id: start, d_model, vocab_size } = model.config;
+  const { maxLength } = opts;
+  const minLength = opts.minLength ?? 0;
   const rows = sources.length;
   const prefixes = sources.map(() => [start]);
   const done = new Array<boolean>(rows).fill(false);
@@ -214,7 +277,8 @@ function greedyUncached(model: T5Model, sources: readonly number[][], maxLength:
         const decoderInput = tf.tensor2d(prefixes.flat(), [rows, t + 1], 'int32');
         const hidden = model.decode({ hidden: encoded[0], sourceBias: encoded[1] }, decoderInput); // [B, t+1, D]
         const last = tf.slice(hidden, [0, t, 0], [rows, 1, d_model]); // [B, 1, D]
-        return tf.argMax(tf.reshape(model.logits(last), [rows, vocab_size]), -1).dataSync();
+        const logits = tf.reshape(model.logits(last), [rows, vocab_size]); // [B, V]
+        return tf.argMax(t < minLength ? tf.add(logits, eosExclusion(model)) : logits, -1).dataSync();
       });
       for (let i = 0; i < rows; i++) {
         // A finished row keeps decoding pad so the batch stays rectangular; its output is already final.
@@ -259,6 +323,8 @@ interface BeamSettings {
   earlyStopping: boolean;
   eos: number;
   vocab: number;
+  /** Steps at which eos may not be chosen (HF `min_new_tokens`). */
+  minLength: number;
   /** Continuations looked at per input and step: 2·numBeams, fewer only for a tiny vocabulary. */
   candidates: number;
 }
@@ -284,19 +350,20 @@ export function beamSearchIds(model: T5Model, sources: readonly number[][], opts
   const { numBeams } = settings;
   const searches = sources.map(() => startSearch(numBeams));
   if (sources.length === 0) return [];
-  const cache = startCache(model, sources);
+  const decoder = startStepper(model, sources, opts.maxLength);
   try {
     // Beam b of the a-th active input is row a·numBeams + b.
-    cache.select(sources.flatMap((_, i) => Array<number>(numBeams).fill(i)));
+    decoder.select(sources.flatMap((_, i) => Array<number>(numBeams).fill(i)));
     let active = sources.map((_, i) => i);
     let next = active.flatMap(() => Array<number>(numBeams).fill(model.config.decoder_start_token_id));
     for (let step = 0; step < opts.maxLength && active.length > 0; step++) {
       const top = topCandidates(
         model,
-        cache,
+        decoder,
         next,
         active.map((s) => searches[s]),
-        settings
+        settings,
+        step
       );
       const last = step + 1 >= opts.maxLength;
       const length = step + 1; // generated tokens after this step, eos included
@@ -314,13 +381,13 @@ export function beamSearchIds(model: T5Model, sources: readonly number[][], opts
       });
       if (stillActive.length === 0) break;
       // Moving beams within an input only touches the self-attention entries; dropping inputs touches all.
-      if (stillActive.length === active.length) cache.reorder(rowsNext);
-      else cache.select(rowsNext);
+      if (stillActive.length === active.length) decoder.reorder(rowsNext);
+      else decoder.select(rowsNext);
       active = stillActive;
       next = tokensNext;
     }
   } finally {
-    cache.dispose();
+    decoder.dispose();
   }
   return searches.map((s) => s.finished);
 }
@@ -334,6 +401,7 @@ function beamSettings(model: T5Model, opts: GenerateOptions): BeamSettings {
     earlyStopping: opts.earlyStopping ?? false,
     eos,
     vocab,
+    minLength: opts.minLength ?? 0,
     candidates: Math.min(2 * numBeams, numBeams * vocab),
   };
 }
@@ -354,16 +422,18 @@ function startSearch(numBeams: number): Search {
  */
 function topCandidates(
   model: T5Model,
-  cache: DecoderCache,
+  decoder: Stepper,
   next: number[],
   active: readonly Search[],
-  { numBeams, vocab, candidates }: BeamSettings
+  { numBeams, vocab, candidates, minLength }: BeamSettings,
+  step: number
 ): StepCandidates {
   const rows = active.length * numBeams;
   const runningLogProbs = active.flatMap((search) => search.running.map((b) => b.logProb));
   return tf.tidy(() => {
-    const hidden = model.decodeStep(cache, tf.tensor2d(next, [rows, 1], 'int32')); // [A·N, 1, D]
-    const logProbs = tf.logSoftmax(tf.reshape(model.logits(hidden), [rows, vocab])); // [A·N, V]
+    let logProbs = tf.logSoftmax(decoder.logits(next)); // [A·N, V]
+    // HF masks eos after the log-softmax, so the other tokens' log-probabilities stay as they were.
+    if (step < minLength) logProbs = tf.add(logProbs, eosExclusion(model));
     const total = tf.add(logProbs, tf.tensor2d(runningLogProbs, [rows, 1])); // [A·N, V]
     const top = tf.topk(tf.reshape(total, [active.length, numBeams * vocab]), candidates); // [A, 2N]
     return { values: top.values.dataSync(), indices: top.indices.dataSync() };
