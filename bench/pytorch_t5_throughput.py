@@ -1,9 +1,17 @@
 """PyTorch CPU baseline for bench/train-throughput.ts.
 
 Trains Hugging Face's T5ForConditionalGeneration from scratch on random token ids with the shape, batch, sequence
-lengths, optimiser and thread count it is given, and prints one JSON object (its last stdout line) with the
-training tokens/s over the timed steps. It installs nothing: without torch and transformers it prints a JSON object
+lengths, method, optimiser and thread count it is given, warms up until step times settle (the last `--window` steps
+within `--tolerance` of each other, at most `--max-warmup` steps), times `--steps` steps, then writes a checkpoint
+(torch.save of the model's and the optimiser's state dicts to a temp file, removed after) so its peak RSS includes
+one, as the student's does. Prints one JSON object (its last stdout line) with the timed step times and the peak
+RSS before and after the checkpoint. It installs nothing: without torch and transformers it prints a JSON object
 with `skipped` and the reason, and exits 0, so the bench can report PyTorch as skipped.
+
+Methods: `standard` (source → label) and `dss`, distilling step-by-step as Stepwise's trainer (lib/student/loss.ts)
+and the reference's TaskPrefixTrainer run it: two forward passes per step, one over the `predict:` batch (source →
+label) and one over the `explain:` batch of the same examples (source → rationale), one backward through
+alpha·label_loss + (1 − alpha)·rationale_loss, each the mean token cross-entropy of its pass.
 
     python bench/pytorch_t5_throughput.py --config '{"d_model": 512, ...}' --batch 8 --source 64 --target 32
 """
@@ -11,27 +19,72 @@ with `skipped` and the reason, and exits 0, so the bench can report PyTorch as s
 import argparse
 import json
 import math
+import os
 import resource
 import sys
+import tempfile
 import time
+
+# Setup time is counted from here: the standard library's imports are milliseconds, torch's and the model's are not.
+STARTED = time.perf_counter()
+
+
+def peak_rss_mib() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepClock:
+    """Splits step times into warm-up and timed steps, as bench/train-throughput.ts's StepClock does."""
+
+    def __init__(self, window: int, tolerance: float, max_warmup: int, steps: int):
+        self.window, self.tolerance, self.max_warmup, self.steps = window, tolerance, max_warmup, steps
+        self.warmup_ms: list = []
+        self.step_ms: list = []
+        self.settled = False
+        self.warming = True
+
+    def lap(self, ms: float) -> None:
+        if not self.warming:
+            self.step_ms.append(ms)
+            return
+        self.warmup_ms.append(ms)
+        recent = self.warmup_ms[-self.window :]
+        if len(recent) == self.window and max(recent) <= min(recent) * (1 + self.tolerance):
+            self.settled = True
+            self.warming = False
+        elif len(self.warmup_ms) >= self.max_warmup:
+            self.warming = False
+
+    @property
+    def done(self) -> bool:
+        return len(self.step_ms) >= self.steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True, help="T5Config fields as JSON (HF names)")
+    parser.add_argument("--method", choices=("standard", "dss"), default="standard")
+    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the label loss (dss)")
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--source", type=int, required=True, help="source tokens per example, eos included")
-    parser.add_argument("--target", type=int, required=True, help="target tokens per example, eos included")
-    parser.add_argument("--warmup", type=int, default=2, help="steps run before timing starts")
-    parser.add_argument("--steps", type=int, default=8, help="timed steps")
+    parser.add_argument("--target", type=int, required=True, help="label tokens per example, eos included")
+    parser.add_argument("--rationale", type=int, default=0, help="rationale tokens per example, eos included (dss)")
+    parser.add_argument("--window", type=int, default=3, help="warm-up ends when this many step times…")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="…lie within this fraction of each other")
+    parser.add_argument("--max-warmup", type=int, default=15, help="…or after this many warm-up steps")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.method == "dss" and args.rationale < 1:
+        parser.error("--rationale is required (≥ 1) with --method dss")
 
     try:
         import torch
+        import transformers
         from transformers import T5Config, T5ForConditionalGeneration
     except ImportError as err:
         print(json.dumps({"skipped": f"{err} (pip install -r bench/requirements.txt)"}))
@@ -53,6 +106,11 @@ def main() -> None:
         # head is replaced by its own parameter at T5's scale d_model^-0.5, which Stepwise's initialiser uses too.
         weight = torch.empty(config.vocab_size, config.d_model).normal_(std=config.d_model**-0.5)
         model.lm_head.weight = torch.nn.Parameter(weight)
+    elif fields.get("scale_decoder_outputs") is False:
+        # A tied head without the rescale (the reproduction's student): Stepwise starts the shared matrix at
+        # d_model^-0.5 so the initial logits are unit-scale; the same here, so neither side trains from a huge loss.
+        with torch.no_grad():
+            model.shared.weight.normal_(std=config.d_model**-0.5)
     model.train()
     # The same defaults as Stepwise's trainer (HF Seq2SeqTrainer's): AdamW, betas 0.9/0.999, eps 1e-8, no weight decay.
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -60,47 +118,68 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     vocab = config.vocab_size
 
-    def batch():
+    def ids(length: int):
         # Ids from 3 up (0 pad, 1 eos, 2 unk) and an eos last: no padding, so every position counts as a token.
-        source = torch.randint(3, vocab, (args.batch, args.source), generator=generator)
-        labels = torch.randint(3, vocab, (args.batch, args.target), generator=generator)
-        source[:, -1] = config.eos_token_id
-        labels[:, -1] = config.eos_token_id
-        return source, labels
+        rows = torch.randint(3, vocab, (args.batch, length), generator=generator)
+        rows[:, -1] = config.eos_token_id
+        return rows
 
-    tokens_per_step = args.batch * (args.source + args.target)
+    def step_loss():
+        # Mean cross-entropy over the label tokens (HF's loss when labels are given), per pass.
+        label_loss = model(input_ids=ids(args.source), labels=ids(args.target)).loss
+        if args.method == "standard":
+            return label_loss
+        rationale_loss = model(input_ids=ids(args.source), labels=ids(args.rationale)).loss
+        return args.alpha * label_loss + (1 - args.alpha) * rationale_loss
+
+    clock = StepClock(args.window, args.tolerance, args.max_warmup, args.steps)
     losses = []
-    step_seconds = []
-    for step in range(args.warmup + args.steps):
-        source, labels = batch()
-        started = time.perf_counter()
+    last = time.perf_counter()
+    setup_ms = 1000 * (last - STARTED)
+    # Each step is timed end to end, from the previous step's end: the batch's random ids are part of it (microseconds).
+    while not clock.done:
         optimizer.zero_grad(set_to_none=True)
-        # Mean cross-entropy over the label tokens (HF's loss when labels are given).
-        loss = model(input_ids=source, labels=labels).loss
+        loss = step_loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         value = loss.item()
-        elapsed = time.perf_counter() - started
+        now = time.perf_counter()
+        clock.lap(1000 * (now - last))
+        last = now
         if not math.isfinite(value):
-            raise SystemExit(f"loss is {value} at step {step}")
+            raise SystemExit(f"loss is {value} at step {len(losses) + 1}")
         losses.append(value)
-        if step >= args.warmup:
-            step_seconds.append(elapsed)
 
-    timed = sum(step_seconds)
+    training_peak = peak_rss_mib()
+    fd, path = tempfile.mkstemp(prefix="stepwise-bench-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+        checkpoint_mib = os.path.getsize(path) / 2**20
+        peak = peak_rss_mib()
+    finally:
+        os.remove(path)
+
     print(
         json.dumps(
             {
-                "tokensPerSec": tokens_per_step * len(step_seconds) / timed,
-                "msPerStep": 1000 * timed / len(step_seconds),
-                "stepMs": [round(1000 * s, 1) for s in step_seconds],
-                # ru_maxrss is in KiB on Linux.
-                "peakRssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "stepMs": [round(ms, 1) for ms in clock.step_ms],
+                "warmupMs": [round(ms, 1) for ms in clock.warmup_ms],
+                "settled": clock.settled,
+                "peakRssMiB": peak,
+                "trainingPeakRssMiB": training_peak,
+                "checkpointMiB": checkpoint_mib,
+                "setupMs": round(setup_ms),
                 "losses": [round(v, 4) for v in losses],
                 "params": sum(p.numel() for p in model.parameters()),
-                "threads": torch.get_num_threads(),
-                "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+                "detail": {
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "threads": torch.get_num_threads(),
+                    "cpuCapability": torch.backends.cpu.get_cpu_capability(),
+                    "mkldnn": torch.backends.mkldnn.is_available(),
+                },
             }
         )
     )

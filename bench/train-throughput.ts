@@ -1,88 +1,299 @@
 /**
- * Training throughput of the student against PyTorch on the same CPU: tokens/s of full training steps (forward,
- * backward, gradient clipping, AdamW update, loss read back) of one fixed config, on every tfjs backend that loads
- * and on PyTorch CPU (HF `T5ForConditionalGeneration`, bench/pytorch_t5_throughput.py), with the same shape, batch,
- * sequence lengths, loss (mean token cross-entropy), optimiser and thread count.
+ * Training throughput and peak memory of the student against PyTorch on the same CPU: tokens/s of full training
+ * steps (forward, backward, gradient clipping, AdamW update, loss read back) and the peak RSS of a whole training run
+ * with its final checkpoint written, for the student on native TensorFlow (`train()`, the real trainer) and for HF
+ * `T5ForConditionalGeneration` on PyTorch CPU (bench/pytorch_t5_throughput.py), with the same shape, batch, sequence
+ * lengths, loss, optimiser and thread count.
  *
- * Each tfjs backend runs in a fresh child process through the real trainer (`train()`, standard finetuning on
- * synthetic text long enough that every source and target is cut to exactly the configured lengths), so the peak
- * RSS of each is its own. Warmup steps are run and not timed. Last stdout line: one JSON object with `tokensPerSec`
- * and `ratioToPytorch` (from median step times), `peakRssMiB` (per backend, the whole process; null where skipped),
- * `trainingPeakRssMiB` (the peak when the last step ended, before the final checkpoint is serialised), `msPerStep`
- * (median), `meanMsPerStep`, `skipped` (why) and `config`.
+ * Cases (BENCH_CASES, default all four, e.g. `small:standard,d256:dss`): two shapes × two methods.
+ * - `small`: the `small` preset (t5-v1_1-small's shape) at an 8k vocabulary, batch 8, 64 source and 32 target (and
+ *   rationale) tokens.
+ * - `d256`: the reproduction's student, built from examples/svamp-paper.json exactly as a run of that recipe builds
+ *   it (its preset, `student.config` overrides and vocabulary; its batch and length limits): d_model 256, d_ff 1024,
+ *   4 heads × 64, 4+4 layers, gated-GELU, tied head without rescale; batch 16, 128 input, 32 label, 128 rationale.
+ * - `standard`: standard finetuning, input → label, one sequence pair per example.
+ * - `dss`: distilling step-by-step, two pairs per example (`predict:` input → label, `explain:` input → rationale),
+ *   two forward passes per step and one backward through α·label + (1−α)·rationale loss, α 0.5 (lib/student/loss.ts;
+ *   the PyTorch side does the same).
+ * Tokens per step count every source and target token of the step (for dss both pairs); the synthetic records are
+ * long enough that every sequence is cut to its full length (the native child checks this with the run's own
+ * tokenizer), and PyTorch's random ids fill them too, so both sides process the same tokens.
  *
- * Environment: BENCH_BACKENDS (default `tensorflow,wasm`; add `cpu` to run the pure-JS backend, which took over
- * 200 s a step for a model a fifth this size), BENCH_STEPS / BENCH_WARMUP (timed and untimed steps for native and
- * PyTorch; wasm and cpu run fewer), BENCH_PYTHON (the interpreter with torch and transformers:
- * `pip install -r bench/requirements.txt`; default python3), BENCH_THREADS (default 2).
+ * Per case the contenders alternate, native, PyTorch, native, PyTorch, … for BENCH_ROUNDS rounds (default 3), each run
+ * a fresh child process so its peak RSS is its own. Each run warms up until its step times settle (the last 3 within
+ * 5% of each other, at most BENCH_MAX_WARMUP = 15 warm-up steps; `settled` says whether they did), then times
+ * BENCH_STEPS steps (default 10) and takes their median. A round's ratio is native tokens/s ÷ PyTorch tokens/s of that
+ * round; the case reports the median over rounds with its min–max: on a shared machine a single pass decides nothing.
+ *
+ * GFLOP/s: 6 × N × T per step over the median step time, where N·T sums, per weight matrix, its parameters times the
+ * tokens that pass through it: source tokens through the encoder's matrices and the decoder's cross-attention key and
+ * value projections (which read the encoder's output), target tokens through the rest of the decoder's matrices and
+ * the output projection (vocabulary × d_model, counted whether tied or not). Embedding lookups, layer norms,
+ * relative-position biases and the attention-score products (QKᵀ, AV) are not counted, as in the usual 6N estimate.
+ * The fraction of peak divides by cores × fp32 FLOP/cycle × GHz, with cores the threads used (at most the machine's
+ * cores), GHz from /proc/cpuinfo (the model name's rated clock, else `cpu MHz`) and FLOP/cycle from its flags:
+ * AVX-512 with two 512-bit FMA units is 64 (2 × 16 lanes × 2); AMD Zen 4 (family 25) runs AVX-512 on two 256-bit
+ * FMA pipes, 32; AVX2+FMA is 32, AVX alone 16. `machine.peak` says which applied.
+ *
+ * Peak RSS: the whole child process, final checkpoint included (native: `trainToFile` writes it to a temp file as a
+ * pipeline run's child does; PyTorch: torch.save of the model's and optimiser's state dicts to a temp file);
+ * `nativeTrainingPeakRssMiB` is native's peak when the last timed step ended, before the final checkpoint.
+ *
+ * BENCH_BACKENDS (default `tensorflow`) may add `wasm` (and `cpu`, the pure-JS backend, over 200 s a step for a model a
+ * fifth this size) for one run on the `small:standard` case, reported under `otherBackends` against that case's
+ * PyTorch median; off by default now, since the goals are about native. BENCH_PYTHON names an interpreter with torch
+ * and transformers; by default the bench installs bench/requirements.txt's pins into a cached venv
+ * (infra/bench-python.ts; ~4 GB, minutes, once). BENCH_THREADS (default 2) sets both sides' threads.
+ *
+ * Last stdout line: one JSON object: `cases` (per case `shape`, `method`, `ratio` {median,min,max},
+ * `nativeTokensPerSec`, `pytorchTokensPerSec`, `nativeMsPerStep`, `pytorchMsPerStep`, `gflops` {native,pytorch},
+ * `peakFraction` {native,pytorch}, `peakRssMiB` {native,pytorch}, `rssRatio`, `nativeTrainingPeakRssMiB`, `settled`
+ * {native,pytorch} (every round settled), `rounds` (each round's figures)), `goals` (`throughput`: every case's median
+ * ratio ≥ 1.2; `rss`: every case's RSS ratio ≤ 1.5; null where a case was not measured), `machine`, `config`.
+ * The default run takes about 15–25 minutes on 2 cores.
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
+import { loadavg, availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+
+import { benchPython } from '../infra/bench-python';
 import { describeBackend, initBackend, type BackendName } from '../lib/student/backend';
-import { makeConfig, PRESETS, type PresetName } from '../lib/student/config';
-import { parseTrainOptions, train } from '../lib/student/train';
-import type { TrainRecord } from '../lib/student/pairs';
+import { readCheckpointMeta } from '../lib/student/checkpoint';
+import { isPresetName, makeConfig, type ConfigOverrides, type PresetName, type T5Config } from '../lib/student/config';
+import { buildPairs, encodePairs, type TrainRecord } from '../lib/student/pairs';
+import { paramSpecs } from '../lib/student/t5';
+import { tf } from '../lib/student/tf';
+import { loadTokenizer } from '../lib/student/tokenizer';
+import { parseTrainOptions, trainToFile } from '../lib/student/train';
 
-/** The fixed config: t5-v1_1-small's shape at the student's default vocabulary, short sequences, batch 8. */
-const CONFIG = {
-  preset: 'small' as PresetName,
-  vocabSize: 8000,
-  batchSize: 8,
-  sourceLength: 64,
-  targetLength: 32,
-  learningRate: 1e-4,
-  maxGradNorm: 1,
-  threads: Number(process.env.BENCH_THREADS ?? 2),
-};
+// ---------------------------------------------------------------------------------------------------------------
+// Cases
 
-/** Steps per runner: the slow backends get fewer, so the whole bench takes minutes. */
-const STEPS: Record<BackendName | 'pytorch-cpu', { warmup: number; steps: number }> = {
-  tensorflow: { warmup: Number(process.env.BENCH_WARMUP ?? 3), steps: Number(process.env.BENCH_STEPS ?? 10) },
-  'pytorch-cpu': { warmup: Number(process.env.BENCH_WARMUP ?? 3), steps: Number(process.env.BENCH_STEPS ?? 10) },
-  wasm: { warmup: 1, steps: 3 },
-  cpu: { warmup: 1, steps: 1 },
-};
+type ShapeName = 'small' | 'd256';
+type MethodName = 'standard' | 'dss';
+const SHAPE_NAMES: readonly ShapeName[] = ['small', 'd256'];
+const METHOD_NAMES: readonly MethodName[] = ['standard', 'dss'];
 
-const CHILD_TIMEOUT_MS = 20 * 60_000;
-const TOKENS_PER_STEP = CONFIG.batchSize * (CONFIG.sourceLength + CONFIG.targetLength);
-const RESULT_PREFIX = 'BENCH_RESULT ';
-
-interface RunResult {
-  /** From the median step time. */
-  tokensPerSec: number;
-  /** Median. */
-  msPerStep: number;
-  meanMsPerStep: number;
-  stepMs: number[];
-  peakRssMiB: number;
-  /** Peak RSS when the last step ended, before the final checkpoint is serialised (tfjs runs only). */
-  trainingPeakRssMiB?: number;
-  detail: string;
-  losses: number[];
-  params: number;
-  vocab: number;
+interface Shape {
+  preset: PresetName;
+  overrides: ConfigOverrides;
+  vocabSize: number;
+  batchSize: number;
+  sourceLength: number;
+  targetLength: number;
+  rationaleLength: number;
 }
 
-type Outcome = { ok: true; result: RunResult } | { ok: false; reason: string };
+interface Case {
+  shape: ShapeName;
+  method: MethodName;
+}
 
-/**
- * Throughput from the median step: on a shared machine another process's burst lands on a few steps (PyTorch's
- * OpenMP threads, which spin, suffer most) and should not set the figure. The mean is reported beside it.
- */
-function timing(stepMs: number[]): Pick<RunResult, 'tokensPerSec' | 'msPerStep' | 'meanMsPerStep'> {
-  const sorted = [...stepMs].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  const median = sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+const caseName = (c: Case) => `${c.shape}:${c.method}`;
+
+/** The reproduction's student: examples/svamp-paper.json's `student` section, read, not copied, so they stay one. */
+function recipeShape(): Shape {
+  const file = join(__dirname, '..', 'examples', 'svamp-paper.json');
+  const student = (JSON.parse(readFileSync(file, 'utf8')) as { student?: Record<string, unknown> }).student ?? {};
+  const int = (field: string): number => {
+    const value = student[field];
+    if (!Number.isSafeInteger(value)) throw new Error(`${file}: student.${field} is ${JSON.stringify(value)}`);
+    return value as number;
+  };
+  const preset = student.preset ?? 'tiny';
+  if (!isPresetName(preset)) throw new Error(`${file}: student.preset is ${JSON.stringify(preset)}`);
   return {
-    tokensPerSec: (TOKENS_PER_STEP * 1000) / median,
-    msPerStep: median,
-    meanMsPerStep: stepMs.reduce((a, b) => a + b, 0) / stepMs.length,
+    preset,
+    overrides: (student.config ?? {}) as ConfigOverrides,
+    vocabSize: int('vocabSize'),
+    batchSize: int('batchSize'),
+    sourceLength: int('maxInputLength'),
+    targetLength: int('maxTargetLength'),
+    rationaleLength: int('maxRationaleLength'),
   };
 }
 
+const SHAPES: Record<ShapeName, Shape> = {
+  small: {
+    preset: 'small',
+    overrides: {},
+    vocabSize: 8000,
+    batchSize: 8,
+    sourceLength: 64,
+    targetLength: 32,
+    rationaleLength: 32,
+  },
+  d256: recipeShape(),
+};
+
+/** The model config both sides build: the tokenizer must give exactly `vocabSize` tokens (the child checks). */
+const modelConfig = (shape: Shape): T5Config => makeConfig(shape.preset, shape.vocabSize, shape.overrides);
+
+/** Source and target tokens of one step: every sequence is full, and dss runs both pairs of every example. */
+function tokensOf(c: Case): { source: number; target: number } {
+  const s = SHAPES[c.shape];
+  return c.method === 'dss'
+    ? { source: 2 * s.batchSize * s.sourceLength, target: s.batchSize * (s.targetLength + s.rationaleLength) }
+    : { source: s.batchSize * s.sourceLength, target: s.batchSize * s.targetLength };
+}
+
+/** Matrix parameters each source and each target token passes through (see the GFLOP/s convention above). */
+function matmulParams(config: T5Config): { source: number; target: number } {
+  let source = 0;
+  let target = config.vocab_size * config.d_model; // the output projection, tied or not
+  for (const spec of paramSpecs(config)) {
+    if (!spec.linear || spec.name === 'lm_head.weight') continue;
+    const n = spec.shape[0] * spec.shape[1];
+    if (spec.name.startsWith('encoder.') || /EncDecAttention\.[kv]\.weight$/.test(spec.name)) source += n;
+    else target += n;
+  }
+  return { source, target };
+}
+
+function flopsPerStep(c: Case): number {
+  const n = matmulParams(modelConfig(SHAPES[c.shape]));
+  const t = tokensOf(c);
+  return 6 * (n.source * t.source + n.target * t.target);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Settings
+
+function intEnv(name: string, fallback: number, min: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new Error(`${name} is ${JSON.stringify(raw)}; expected an integer ≥ ${min}`);
+  }
+  return value;
+}
+
+function selectedCases(): Case[] {
+  const raw = process.env.BENCH_CASES;
+  if (!raw) return SHAPE_NAMES.flatMap((shape) => METHOD_NAMES.map((method) => ({ shape, method })));
+  return raw.split(',').map((entry) => {
+    const [shape, method] = entry.trim().split(':');
+    if (!SHAPE_NAMES.includes(shape as ShapeName) || !METHOD_NAMES.includes(method as MethodName)) {
+      throw new Error(
+        `BENCH_CASES has ${JSON.stringify(entry)}; expected shape:method with shape ${SHAPE_NAMES.join('|')} ` +
+          `and method ${METHOD_NAMES.join('|')}, e.g. small:standard,d256:dss`
+      );
+    }
+    return { shape: shape as ShapeName, method: method as MethodName };
+  });
+}
+
+/** How a run warms up and how many steps it times. */
+interface StepPlan {
+  /** Warm-up ends once this many consecutive step times lie within `tolerance` of each other… */
+  window: number;
+  tolerance: number;
+  /** …or after this many warm-up steps, unsettled. */
+  maxWarmup: number;
+  /** Timed steps after the warm-up. */
+  steps: number;
+}
+
+const SETTINGS = {
+  rounds: intEnv('BENCH_ROUNDS', 3, 1),
+  threads: intEnv('BENCH_THREADS', 2, 1),
+  plan: {
+    window: 3,
+    tolerance: 0.05,
+    maxWarmup: intEnv('BENCH_MAX_WARMUP', 15, 1),
+    steps: intEnv('BENCH_STEPS', 10, 1),
+  } satisfies StepPlan,
+  learningRate: 1e-4,
+  maxGradNorm: 1,
+  alpha: 0.5,
+};
+
+/** The other tfjs rungs run once, shorter, on small:standard only: they are far slower and not what the goals ask. */
+const OTHER_BACKEND_PLANS: Partial<Record<BackendName, StepPlan>> = {
+  wasm: { window: 3, tolerance: 0.05, maxWarmup: 1, steps: 3 },
+  cpu: { window: 3, tolerance: 0.05, maxWarmup: 1, steps: 1 },
+};
+
+const CHILD_TIMEOUT_MS = 20 * 60_000;
+const RESULT_PREFIX = 'BENCH_RESULT ';
+
+// ---------------------------------------------------------------------------------------------------------------
+// Step timing, shared by the native child and (mirrored) the PyTorch script
+
+/** Splits a run's step times into warm-up and timed steps by the plan. */
+class StepClock {
+  readonly warmupMs: number[] = [];
+  readonly stepMs: number[] = [];
+  settled = false;
+  private warming = true;
+  private last?: number;
+
+  constructor(private readonly plan: StepPlan) {}
+
+  /** Marks the start of the first step; later steps are timed end to end, the loop's work between them included. */
+  start(): void {
+    this.last ??= performance.now();
+  }
+
+  /** Marks the end of a step. */
+  lap(): void {
+    const now = performance.now();
+    const ms = now - (this.last ?? now);
+    this.last = now;
+    if (!this.warming) {
+      this.stepMs.push(ms);
+      return;
+    }
+    this.warmupMs.push(ms);
+    const recent = this.warmupMs.slice(-this.plan.window);
+    if (recent.length === this.plan.window && Math.max(...recent) <= Math.min(...recent) * (1 + this.plan.tolerance)) {
+      this.settled = true;
+      this.warming = false;
+    } else if (this.warmupMs.length >= this.plan.maxWarmup) {
+      this.warming = false;
+    }
+  }
+
+  get done(): boolean {
+    return this.stepMs.length >= this.plan.steps;
+  }
+}
+
+const median = (xs: readonly number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Native child
+
+/** What each child prints on its result line. */
+interface RunResult {
+  /** Timed steps. */
+  stepMs: number[];
+  warmupMs: number[];
+  settled: boolean;
+  /** Whole process, final checkpoint written. */
+  peakRssMiB: number;
+  /** When the last timed step ended, before the final checkpoint. */
+  trainingPeakRssMiB: number;
+  checkpointMiB: number;
+  /** From the child's start to the start of step 1 (imports, data, tokenizer, model init). */
+  setupMs: number;
+  losses: number[];
+  params: number;
+  /** Backend or library detail, for the machine section. */
+  detail: Record<string, unknown>;
+}
+
+type Outcome = { ok: true; result: RunResult } | { ok: false; reason: string };
+const isOk = (o: Outcome): o is Extract<Outcome, { ok: true }> => o.ok;
+
 /** Pseudo-words from a fixed syllable set: enough distinct text for an 8k BPE vocabulary, reproducible. */
-function syntheticRecords(count: number, seed: number): TrainRecord[] {
+function syntheticRecords(count: number, seed: number, shape: Shape): TrainRecord[] {
   let state = seed >>> 0;
   const next = () => {
     state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
@@ -91,9 +302,13 @@ function syntheticRecords(count: number, seed: number): TrainRecord[] {
   const syllables = 'ka ri mo tu se la no vi pe da gu ze fo hi ju ly qua stre bin gol wex yar'.split(' ');
   const word = () =>
     Array.from({ length: 1 + (next() % 3) }, () => syllables[next() % syllables.length]).join('') + String(next() % 10);
-  const text = (words: number) => Array.from({ length: words }, word).join(' ');
-  // 120 and 60 words encode to well over 64 and 32 tokens, so every pair is truncated to exactly those lengths.
-  return Array.from({ length: count }, () => ({ input: text(120), goldLabel: text(60) }));
+  // Every word encodes to at least one token, so twice the limit in words is cut to exactly the limit (checked).
+  const text = (tokens: number) => Array.from({ length: 2 * tokens + 8 }, word).join(' ');
+  return Array.from({ length: count }, () => ({
+    input: text(shape.sourceLength),
+    goldLabel: text(shape.targetLength),
+    rationale: text(shape.rationaleLength),
+  }));
 }
 
 function peakRssMiB(): number {
@@ -106,54 +321,117 @@ function peakRssMiB(): number {
   return process.resourceUsage().maxRSS / 1024;
 }
 
-/** Child mode: one backend, one training run, one result line. */
-async function runChild(backend: BackendName): Promise<void> {
+/** Throws unless every sequence of every record encodes to its shape's full length with the run's tokenizer. */
+function checkFullLengths(checkpoint: Uint8Array, records: TrainRecord[], c: Case): void {
+  const shape = SHAPES[c.shape];
+  const tokenizer = loadTokenizer(readCheckpointMeta(checkpoint).tokenizer);
+  const limits = {
+    maxInputLength: shape.sourceLength,
+    maxTargetLength: shape.targetLength,
+    maxRationaleLength: shape.rationaleLength,
+  };
+  const set = encodePairs(tokenizer, buildPairs(records, trainerMethod(c.method)), limits);
+  const parts: [string, number[][], number][] = [
+    ['source', set.label.sources, shape.sourceLength],
+    ['label', set.label.targets, shape.targetLength],
+    ...(set.rationale
+      ? ([
+          ['explain source', set.rationale.sources, shape.sourceLength],
+          ['rationale', set.rationale.targets, shape.rationaleLength],
+        ] as [string, number[][], number][])
+      : []),
+  ];
+  for (const [what, rows, length] of parts) {
+    const short = rows.findIndex((r) => r.length !== length);
+    if (short >= 0) {
+      throw new Error(`synthetic record ${short}'s ${what} has ${rows[short].length} tokens, not ${length}`);
+    }
+  }
+}
+
+const trainerMethod = (m: MethodName) => (m === 'dss' ? 'distill-step-by-step' : 'standard-finetune');
+
+/** Child mode: one backend, one training run through the real trainer, one result line. */
+async function runChild(c: Case, backend: BackendName, plan: StepPlan): Promise<void> {
+  let setupMs = 0;
   await initBackend(backend);
-  const { warmup, steps } = STEPS[backend];
-  const marks: number[] = [];
+  const shape = SHAPES[c.shape];
+  const records = syntheticRecords(400, 7, shape);
+  const clock = new StepClock(plan);
   const losses: number[] = [];
   let trainingPeakRssMiB = 0;
-  const result = await train(
-    syntheticRecords(400, 7),
-    parseTrainOptions({
-      method: 'standard-finetune',
-      preset: CONFIG.preset,
-      vocabSize: CONFIG.vocabSize,
-      steps: warmup + steps,
-      batchSize: CONFIG.batchSize,
-      learningRate: CONFIG.learningRate,
-      maxGradNorm: CONFIG.maxGradNorm,
-      seed: 1,
-      maxInputLength: CONFIG.sourceLength,
-      maxTargetLength: CONFIG.targetLength,
-      maxRationaleLength: CONFIG.targetLength,
-      backend,
-    }),
-    {
-      onProgress: (p) => {
-        marks.push(performance.now());
-        losses.push(p.loss);
-        if (p.step === warmup + steps) trainingPeakRssMiB = peakRssMiB();
-      },
-    }
-  );
-  if (result.tokenizerVocab !== CONFIG.vocabSize) {
-    throw new Error(`the synthetic corpus gave a ${result.tokenizerVocab}-token vocabulary, not ${CONFIG.vocabSize}`);
+  // The final checkpoint goes to a file as a pipeline run writes it (child-main.ts): streamed, tensor by tensor.
+  const file = join(tmpdir(), `stepwise-bench-${process.pid}.safetensors`);
+  let checkpoint: Buffer;
+  let peak: number;
+  let result: Awaited<ReturnType<typeof trainToFile>>;
+  try {
+    result = await trainToFile(
+      records,
+      parseTrainOptions({
+        method: trainerMethod(c.method),
+        alpha: SETTINGS.alpha,
+        preset: shape.preset,
+        config: shape.overrides,
+        vocabSize: shape.vocabSize,
+        // Enough for the longest warm-up and the timed steps; shouldStop ends the run once the timed steps are done.
+        steps: plan.maxWarmup + plan.steps,
+        batchSize: shape.batchSize,
+        learningRate: SETTINGS.learningRate,
+        maxGradNorm: SETTINGS.maxGradNorm,
+        seed: 1,
+        maxInputLength: shape.sourceLength,
+        maxTargetLength: shape.targetLength,
+        maxRationaleLength: shape.rationaleLength,
+        backend,
+      }),
+      file,
+      {
+        // Polled before every step: the first poll is the start of step 1.
+        shouldStop: () => {
+          setupMs ||= performance.now();
+          clock.start();
+          return clock.done;
+        },
+        onProgress: (p) => {
+          clock.lap();
+          losses.push(p.loss);
+          if (clock.done) trainingPeakRssMiB = peakRssMiB();
+        },
+      }
+    );
+    peak = peakRssMiB();
+    // Read back only after the peak is taken: the length check below needs the run's tokenizer.
+    checkpoint = readFileSync(file);
+  } finally {
+    rmSync(file, { force: true });
   }
-  // Step i ends at marks[i]; the timed steps are those after the warmup (≥ 1), each measured from the previous mark.
-  const stepMs = marks.slice(warmup).map((t, i) => Math.round(t - marks[warmup + i - 1]));
+  if (result.tokenizerVocab !== shape.vocabSize) {
+    throw new Error(`the synthetic corpus gave a ${result.tokenizerVocab}-token vocabulary, not ${shape.vocabSize}`);
+  }
+  checkFullLengths(checkpoint, records, c);
+  const binding = (tf.backend() as unknown as { binding?: { TF_Version?: string } }).binding;
   const out: RunResult = {
-    ...timing(stepMs),
-    stepMs,
-    peakRssMiB: peakRssMiB(),
+    stepMs: clock.stepMs.map((ms) => Number(ms.toFixed(1))),
+    warmupMs: clock.warmupMs.map((ms) => Number(ms.toFixed(1))),
+    settled: clock.settled,
+    peakRssMiB: peak,
     trainingPeakRssMiB,
-    detail: describeBackend().detail,
+    checkpointMiB: checkpoint.byteLength / 2 ** 20,
+    setupMs: Math.round(setupMs),
     losses: losses.map((l) => Number(l.toFixed(4))),
     params: result.params,
-    vocab: result.tokenizerVocab,
+    detail: {
+      backend: describeBackend().detail,
+      tfjs: tf.version_core,
+      ...(binding?.TF_Version ? { tensorflow: binding.TF_Version } : {}),
+    },
   };
   console.log(RESULT_PREFIX + JSON.stringify(out));
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parent: child processes
 
 /** Runs a command, collecting stdout; resolves with the parsed result line or the reason there is none. */
 function runProcess(
@@ -185,36 +463,38 @@ function runProcess(
   });
 }
 
-async function runBackend(backend: BackendName): Promise<Outcome> {
+function runNative(c: Case, backend: BackendName, plan: StepPlan): Promise<Outcome> {
   const env = {
     ...process.env,
     STEPWISE_TFJS_BACKEND: backend,
     TF_CPP_MIN_LOG_LEVEL: '2',
-    // TensorFlow's thread pools take these at start-up; on a 2-core machine they change nothing.
-    TF_NUM_INTRAOP_THREADS: String(CONFIG.threads),
+    // TensorFlow's thread pools take these at start-up.
+    TF_NUM_INTRAOP_THREADS: String(SETTINGS.threads),
     TF_NUM_INTEROP_THREADS: '1',
   };
-  return runProcess(process.execPath, ['--import', 'tsx', __filename, '--child', backend], env, (stdout) => {
+  const args = ['--import', 'tsx', __filename, '--child', JSON.stringify({ case: c, backend, plan })];
+  return runProcess(process.execPath, args, env, (stdout) => {
     const line = stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
     if (!line) return { ok: false, reason: `printed no result: ${stdout.slice(-400)}` };
     return { ok: true, result: JSON.parse(line.slice(RESULT_PREFIX.length)) as RunResult };
   });
 }
 
-async function runPytorch(): Promise<Outcome> {
-  const python = process.env.BENCH_PYTHON ?? 'python3';
-  const { model_type: _modelType, ...hfConfig } = makeConfig(CONFIG.preset, CONFIG.vocabSize);
-  const { warmup, steps } = STEPS['pytorch-cpu'];
+function runPytorch(python: string, c: Case, plan: StepPlan): Promise<Outcome> {
+  const shape = SHAPES[c.shape];
+  const { model_type: _modelType, ...hfConfig } = modelConfig(shape);
   const args = [
     join(__dirname, 'pytorch_t5_throughput.py'),
-    ['--config', JSON.stringify(hfConfig)],
-    ['--batch', CONFIG.batchSize, '--source', CONFIG.sourceLength, '--target', CONFIG.targetLength],
-    ['--warmup', warmup, '--steps', steps, '--threads', CONFIG.threads],
-    ['--lr', CONFIG.learningRate, '--max-grad-norm', CONFIG.maxGradNorm],
+    ['--config', JSON.stringify(hfConfig), '--method', c.method, '--alpha', SETTINGS.alpha],
+    ['--batch', shape.batchSize, '--source', shape.sourceLength, '--target', shape.targetLength],
+    ['--rationale', shape.rationaleLength],
+    ['--window', plan.window, '--tolerance', plan.tolerance, '--max-warmup', plan.maxWarmup, '--steps', plan.steps],
+    ['--threads', SETTINGS.threads, '--lr', SETTINGS.learningRate, '--max-grad-norm', SETTINGS.maxGradNorm],
   ]
     .flat()
     .map(String);
-  const env = { ...process.env, OMP_NUM_THREADS: String(CONFIG.threads), MKL_NUM_THREADS: String(CONFIG.threads) };
+  const threads = String(SETTINGS.threads);
+  const env = { ...process.env, OMP_NUM_THREADS: threads, MKL_NUM_THREADS: threads };
   return runProcess(python, args, env, (stdout) => {
     const last = stdout.trim().split('\n').pop() ?? '';
     let parsed: Record<string, unknown>;
@@ -224,111 +504,310 @@ async function runPytorch(): Promise<Outcome> {
       return { ok: false, reason: `printed no JSON result: ${last.slice(0, 300)}` };
     }
     if (typeof parsed.skipped === 'string') return { ok: false, reason: parsed.skipped };
-    const r = parsed as unknown as RunResult & { versions: Record<string, string>; threads: number };
-    return {
-      ok: true,
-      result: {
-        ...r,
-        ...timing(r.stepMs),
-        detail: `torch ${r.versions.torch}, transformers ${r.versions.transformers}, ${r.threads} threads`,
-        vocab: CONFIG.vocabSize,
-      },
-    };
+    return { ok: true, result: parsed as unknown as RunResult };
   });
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Machine
+
+interface Peak {
+  gflops: number;
+  cores: number;
+  ghz: number;
+  ghzFrom: string;
+  flopsPerCycle: number;
+  isa: string;
+}
+
+function machineInfo(threads: number) {
+  let cpuinfo = '';
+  try {
+    cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    // Not Linux: the peak stays unknown.
+  }
+  const blocks = cpuinfo.split(/\n\s*\n/).filter((b) => /^processor\s*:/m.test(b));
+  const field = (name: string): string | undefined =>
+    new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm').exec(blocks[0] ?? '')?.[1]?.trim();
+  const flags = new Set((field('flags') ?? '').split(/\s+/));
+  const relevant = ['avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'avx2', 'fma', 'avx'];
+  const cores = new Set(
+    blocks.map((b) => `${/^physical id\s*:\s*(\d+)/m.exec(b)?.[1]}:${/^core id\s*:\s*(\d+)/m.exec(b)?.[1]}`)
+  ).size;
+  const model = field('model name') ?? 'unknown';
+  const vendor = field('vendor_id') ?? 'unknown';
+  const family = Number(field('cpu family'));
+
+  const rated = /@\s*([\d.]+)\s*GHz/i.exec(model);
+  const mhz = Number(field('cpu MHz'));
+  const ghz = rated ? Number(rated[1]) : mhz / 1000;
+  const ghzFrom = rated ? 'model name' : 'cpu MHz';
+  let flopsPerCycle: number;
+  let isa: string;
+  if (flags.has('avx512f') && vendor === 'AuthenticAMD' && family === 25) {
+    flopsPerCycle = 2 * 8 * 2;
+    isa = 'AVX-512 on Zen 4: two 256-bit FMA pipes (512-bit ops take two passes), 2 × 8 lanes × 2 FLOP';
+  } else if (flags.has('avx512f')) {
+    flopsPerCycle = 2 * 16 * 2;
+    isa = 'AVX-512: two 512-bit FMA units assumed, 2 × 16 lanes × 2 FLOP';
+  } else if (flags.has('avx2') && flags.has('fma')) {
+    flopsPerCycle = 2 * 8 * 2;
+    isa = 'AVX2 + FMA, no AVX-512: 2 FMA units × 8 lanes × 2 FLOP';
+  } else if (flags.has('avx')) {
+    flopsPerCycle = 8 * 2;
+    isa = 'AVX without FMA: one add and one multiply of 8 lanes';
+  } else {
+    flopsPerCycle = 4 * 2;
+    isa = 'SSE: one add and one multiply of 4 lanes';
+  }
+  const peakCores = Math.min(threads, cores || availableParallelism());
+  const peak: Peak | null =
+    Number.isFinite(ghz) && ghz > 0
+      ? { gflops: peakCores * flopsPerCycle * ghz, cores: peakCores, ghz, ghzFrom, flopsPerCycle, isa }
+      : null;
+  return {
+    cpu: model,
+    vendor,
+    family,
+    model: Number(field('model')),
+    flags: relevant.filter((f) => flags.has(f)),
+    logicalCpus: blocks.length || availableParallelism(),
+    cores,
+    threads,
+    peak,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Parent: rounds and the summary
+
 const round = (x: number, digits = 1) => Number(x.toFixed(digits));
+
+interface RoundFigures {
+  msPerStep: number;
+  tokensPerSec: number;
+  warmupSteps: number;
+  settled: boolean;
+  peakRssMiB: number;
+  trainingPeakRssMiB: number;
+}
+
+function figures(c: Case, r: RunResult): RoundFigures {
+  const t = tokensOf(c);
+  const ms = median(r.stepMs);
+  return {
+    msPerStep: round(ms, 1),
+    tokensPerSec: round(((t.source + t.target) * 1000) / ms, 1),
+    warmupSteps: r.warmupMs.length,
+    settled: r.settled,
+    peakRssMiB: round(r.peakRssMiB, 0),
+    trainingPeakRssMiB: round(r.trainingPeakRssMiB, 0),
+  };
+}
+
+function describeRun(name: string, c: Case, o: Outcome): string {
+  if (!o.ok) return `  ${name}: failed (${o.reason})`;
+  const f = figures(c, o.result);
+  const r = o.result;
+  return (
+    `  ${name}: ${f.tokensPerSec} tokens/s, ${f.msPerStep} ms/step median ` +
+    `(${f.warmupSteps} warm-up steps, ${f.settled ? 'settled' : 'NOT settled'}: ${r.warmupMs.map((m) => round(m, 0)).join(', ')}; ` +
+    `timed ${r.stepMs.map((m) => round(m, 0)).join(', ')} ms), peak RSS ${f.peakRssMiB} MiB ` +
+    `(${f.trainingPeakRssMiB} before the final checkpoint), ${round(r.setupMs / 1000, 1)} s to step 1, loss ${r.losses[0]} → ${r.losses[r.losses.length - 1]}`
+  );
+}
+
+function summarise(c: Case, natives: Outcome[], torches: Outcome[], peak: Peak | null) {
+  const ok = (os: Outcome[]) => os.flatMap((o) => (o.ok ? [figures(c, o.result)] : []));
+  const n = ok(natives);
+  const p = ok(torches);
+  const ratios = natives.flatMap((o, i) => {
+    const q = torches[i];
+    return o.ok && q.ok ? [figures(c, o.result).tokensPerSec / figures(c, q.result).tokensPerSec] : [];
+  });
+  const med = (fs: RoundFigures[], pick: (f: RoundFigures) => number) => (fs.length ? median(fs.map(pick)) : null);
+  const nativeMs = med(n, (f) => f.msPerStep);
+  const torchMs = med(p, (f) => f.msPerStep);
+  const t = tokensOf(c);
+  const flops = flopsPerStep(c);
+  const gflops = (ms: number | null) => (ms === null ? null : round(flops / ms / 1e6, 1));
+  const fraction = (ms: number | null) => (ms === null || !peak ? null : round(flops / ms / 1e6 / peak.gflops, 3));
+  const nativeRss = med(n, (f) => f.peakRssMiB);
+  const torchRss = med(p, (f) => f.peakRssMiB);
+  const tps = (ms: number | null) => (ms === null ? null : round(((t.source + t.target) * 1000) / ms, 1));
+  return {
+    shape: c.shape,
+    method: c.method,
+    ratio: ratios.length
+      ? { median: round(median(ratios), 3), min: round(Math.min(...ratios), 3), max: round(Math.max(...ratios), 3) }
+      : null,
+    nativeTokensPerSec: tps(nativeMs),
+    pytorchTokensPerSec: tps(torchMs),
+    nativeMsPerStep: nativeMs,
+    pytorchMsPerStep: torchMs,
+    gflops: { native: gflops(nativeMs), pytorch: gflops(torchMs) },
+    peakFraction: { native: fraction(nativeMs), pytorch: fraction(torchMs) },
+    peakRssMiB: { native: nativeRss, pytorch: torchRss },
+    rssRatio: nativeRss !== null && torchRss !== null ? round(nativeRss / torchRss, 3) : null,
+    nativeTrainingPeakRssMiB: med(n, (f) => f.trainingPeakRssMiB),
+    // The same architecture on both sides: these match (PyTorch counts a tied matrix once, as the student does).
+    params: {
+      native: natives.find(isOk)?.result.params ?? null,
+      pytorch: torches.find(isOk)?.result.params ?? null,
+    },
+    settled: {
+      native: n.length > 0 && n.length === natives.length && n.every((f) => f.settled),
+      pytorch: p.length > 0 && p.length === torches.length && p.every((f) => f.settled),
+    },
+    tokensPerStep: t.source + t.target,
+    gflopPerStep: round(flops / 1e9, 2),
+    rounds: natives.map((o, i) => {
+      const q = torches[i];
+      const side = (x: Outcome) => (x.ok ? figures(c, x.result) : { failed: x.reason });
+      return {
+        native: side(o),
+        pytorch: side(q),
+        ratio: o.ok && q.ok ? round(figures(c, o.result).tokensPerSec / figures(c, q.result).tokensPerSec, 3) : null,
+      };
+    }),
+  };
+}
+
+/** True when every case meets the goal, false when any measured case misses it, null when one was not measured. */
+function goal(values: (number | null)[], meets: (v: number) => boolean): boolean | null {
+  if (values.some((v) => v !== null && !meets(v))) return false;
+  return values.every((v) => v !== null) ? true : null;
+}
 
 async function main(): Promise<void> {
   const childAt = process.argv.indexOf('--child');
   if (childAt >= 0) {
-    await runChild(process.argv[childAt + 1] as BackendName);
+    const spec = JSON.parse(process.argv[childAt + 1]) as { case: Case; backend: BackendName; plan: StepPlan };
+    await runChild(spec.case, spec.backend, spec.plan);
     return;
   }
 
-  const requested = (process.env.BENCH_BACKENDS ?? 'tensorflow,wasm').split(',').map((s) => s.trim());
-  const backends: BackendName[] = ['tensorflow', 'wasm', 'cpu'];
-  const outcomes: Record<string, Outcome> = {};
-  for (const backend of backends) {
-    if (!requested.includes(backend)) {
-      outcomes[backend] = {
-        ok: false,
-        reason:
-          backend === 'cpu'
-            ? 'pure-JS backend: over 200 s a step for a model a fifth this size (measured on this 2-core class of machine); BENCH_BACKENDS=tensorflow,wasm,cpu runs it'
-            : 'not in BENCH_BACKENDS',
-      };
-      continue;
-    }
-    console.log(`train-throughput: ${backend} (${STEPS[backend].warmup} warmup + ${STEPS[backend].steps} timed steps)`);
-    outcomes[backend] = await runBackend(backend);
-    report(backend, outcomes[backend]);
-  }
-  console.log(
-    `train-throughput: pytorch-cpu (${STEPS['pytorch-cpu'].warmup} warmup + ${STEPS['pytorch-cpu'].steps} timed steps)`
-  );
-  outcomes['pytorch-cpu'] = await runPytorch();
-  report('pytorch-cpu', outcomes['pytorch-cpu']);
-
-  const field = (pick: (r: RunResult) => number | undefined, digits = 1) =>
-    Object.fromEntries(
-      Object.entries(outcomes).map(([k, o]) => {
-        const value = o.ok ? pick(o.result) : undefined;
-        return [k, value !== undefined && Number.isFinite(value) ? round(value, digits) : null];
-      })
-    );
-  const torch = outcomes['pytorch-cpu'];
-  const ratioToPytorch = Object.fromEntries(
-    backends.map((b) => {
-      const o = outcomes[b];
-      return [b, o.ok && torch.ok ? round(o.result.tokensPerSec / torch.result.tokensPerSec, 3) : null];
+  const cases = selectedCases();
+  const others = (process.env.BENCH_BACKENDS ?? 'tensorflow')
+    .split(',')
+    .map((s) => s.trim())
+    .filter((b): b is BackendName => b in OTHER_BACKEND_PLANS);
+  const { rounds, threads, plan } = SETTINGS;
+  const log = (line: string) => console.log(`train-throughput: ${line}`);
+  const started = Date.now();
+  const loadStart = loadavg()[0];
+  const python = await benchPython(log).then(
+    (path) => ({ ok: true as const, path }),
+    (err: unknown) => ({
+      ok: false as const,
+      reason: `no PyTorch: ${err instanceof Error ? err.message : String(err)}`,
     })
   );
-  const shape = PRESETS[CONFIG.preset];
+  if (!python.ok) log(python.reason);
+  const machine = machineInfo(threads);
+  log(`${machine.cpu}, ${machine.cores} cores, flags ${machine.flags.join(' ')}, ${threads} threads`);
+
+  const summaries = [];
+  const otherBackends: Record<string, unknown> = {};
+  const details: { native?: Record<string, unknown>; pytorch?: Record<string, unknown> } = {};
+  for (const c of cases) {
+    const natives: Outcome[] = [];
+    const torches: Outcome[] = [];
+    log(
+      `${caseName(c)}: ${rounds} rounds, warm-up until ${plan.window} steps within ${plan.tolerance * 100}% ` +
+        `(at most ${plan.maxWarmup}), then ${plan.steps} timed steps`
+    );
+    for (let i = 0; i < rounds; i++) {
+      const native = await runNative(c, 'tensorflow', plan);
+      console.log(describeRun(`round ${i + 1} native`, c, native));
+      const torch = python.ok ? await runPytorch(python.path, c, plan) : { ok: false as const, reason: python.reason };
+      console.log(describeRun(`round ${i + 1} pytorch`, c, torch));
+      natives.push(native);
+      torches.push(torch);
+      if (native.ok) details.native ??= native.result.detail;
+      if (torch.ok) details.pytorch ??= torch.result.detail;
+    }
+    const summary = summarise(c, natives, torches, machine.peak);
+    log(
+      `${caseName(c)}: ratio ${JSON.stringify(summary.ratio)}, ${summary.nativeMsPerStep} vs ${summary.pytorchMsPerStep} ms/step, ` +
+        `GFLOP/s ${JSON.stringify(summary.gflops)}, peak RSS ${JSON.stringify(summary.peakRssMiB)} MiB`
+    );
+    summaries.push(summary);
+    if (c.shape === 'small' && c.method === 'standard') {
+      for (const backend of others) {
+        const o = await runNative(c, backend, OTHER_BACKEND_PLANS[backend]!);
+        console.log(describeRun(backend, c, o));
+        otherBackends[backend] = o.ok
+          ? {
+              ...figures(c, o.result),
+              ratioToPytorch:
+                summary.pytorchTokensPerSec === null
+                  ? null
+                  : round(figures(c, o.result).tokensPerSec / summary.pytorchTokensPerSec, 3),
+              detail: o.result.detail,
+            }
+          : { failed: o.reason };
+      }
+    }
+  }
+
+  const shapeConfig = (name: ShapeName) => {
+    const s = SHAPES[name];
+    const config = modelConfig(s);
+    const n = matmulParams(config);
+    return {
+      preset: s.preset,
+      ...(Object.keys(s.overrides).length ? { from: 'examples/svamp-paper.json' } : {}),
+      vocabSize: config.vocab_size,
+      d_model: config.d_model,
+      d_ff: config.d_ff,
+      heads: `${config.num_heads}×${config.d_kv}`,
+      layers: `${config.num_layers}+${config.num_decoder_layers}`,
+      feed_forward_proj: config.feed_forward_proj,
+      tiedHead: config.tie_word_embeddings,
+      dropout: config.dropout_rate,
+      batchSize: s.batchSize,
+      sourceLength: s.sourceLength,
+      targetLength: s.targetLength,
+      rationaleLength: s.rationaleLength,
+      matmulParams: n,
+    };
+  };
   console.log(
     JSON.stringify({
-      tokensPerSec: field((r) => r.tokensPerSec),
-      ratioToPytorch,
-      peakRssMiB: field((r) => r.peakRssMiB, 0),
-      trainingPeakRssMiB: field((r) => r.trainingPeakRssMiB, 0),
-      msPerStep: field((r) => r.msPerStep, 0),
-      meanMsPerStep: field((r) => r.meanMsPerStep, 0),
-      skipped: Object.fromEntries(Object.entries(outcomes).flatMap(([k, o]) => (o.ok ? [] : [[k, o.reason]]))),
-      detail: Object.fromEntries(Object.entries(outcomes).flatMap(([k, o]) => (o.ok ? [[k, o.result.detail]] : []))),
+      cases: summaries,
+      goals: {
+        throughput: goal(
+          summaries.map((s) => s.ratio?.median ?? null),
+          (v) => v >= 1.2
+        ),
+        rss: goal(
+          summaries.map((s) => s.rssRatio),
+          (v) => v <= 1.5
+        ),
+        over: cases.map(caseName),
+      },
+      ...(others.length ? { otherBackends } : {}),
+      machine: {
+        ...machine,
+        tfjs: details.native ?? null,
+        pytorch: details.pytorch ?? (python.ok ? null : python.reason),
+        loadAvg1m: { start: round(loadStart, 2), end: round(loadavg()[0], 2) },
+      },
       config: {
-        preset: CONFIG.preset,
-        vocabSize: CONFIG.vocabSize,
-        params: Object.values(outcomes).find((o) => o.ok)?.result.params ?? null,
-        d_model: shape.d_model,
-        d_ff: shape.d_ff,
-        layers: `${shape.num_layers}+${shape.num_decoder_layers}`,
-        heads: shape.num_heads,
-        dropout: shape.dropout_rate,
-        batchSize: CONFIG.batchSize,
-        sourceLength: CONFIG.sourceLength,
-        targetLength: CONFIG.targetLength,
-        tokensPerStep: TOKENS_PER_STEP,
-        loss: 'mean token cross-entropy',
-        optimizer: `AdamW (lr ${CONFIG.learningRate}, no weight decay, clip ${CONFIG.maxGradNorm})`,
-        threads: CONFIG.threads,
-        steps: STEPS,
+        rounds,
+        warmup: { window: plan.window, tolerance: plan.tolerance, max: plan.maxWarmup },
+        timedSteps: plan.steps,
+        threads,
+        shapes: Object.fromEntries([...new Set(cases.map((c) => c.shape))].map((s) => [s, shapeConfig(s)])),
+        alpha: SETTINGS.alpha,
+        loss: 'mean token cross-entropy per sequence pair; dss: α·label + (1−α)·rationale',
+        optimizer: `AdamW (lr ${SETTINGS.learningRate}, no weight decay, clip ${SETTINGS.maxGradNorm})`,
+        flops: '6 × Σ matrix params × tokens through them (encoder + cross-attn k/v: source; decoder + head: target)',
+        wallS: Math.round((Date.now() - started) / 1000),
       },
     })
-  );
-}
-
-function report(name: string, outcome: Outcome): void {
-  if (!outcome.ok) {
-    console.log(`  ${name}: skipped (${outcome.reason})`);
-    return;
-  }
-  const r = outcome.result;
-  console.log(
-    `  ${name}: ${round(r.tokensPerSec)} tokens/s, ${round(r.msPerStep, 0)} ms/step median, ` +
-      `${round(r.meanMsPerStep, 0)} mean (steps ${r.stepMs.join(', ')} ms), ` +
-      `peak RSS ${round(r.peakRssMiB, 0)} MiB` +
-      (r.trainingPeakRssMiB ? ` (${round(r.trainingPeakRssMiB, 0)} MiB before the final checkpoint)` : '') +
-      `, loss ${r.losses[0]} → ${r.losses[r.losses.length - 1]} [${r.detail}]`
   );
 }
 

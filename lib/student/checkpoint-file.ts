@@ -5,6 +5,8 @@
  * `checksum` to the metadata, the sha256 of the header (without it) and the data, which every read verifies.
  */
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { InputError } from '../errors';
 import type { NamedWeight } from './t5';
@@ -59,18 +61,88 @@ export function assertLittleEndian(): void {
   if (endianness() !== 'LE') throw new Error('checkpoints are little-endian; this machine is big-endian');
 }
 
-/** The layout of a safetensors file: its tensor table, and the tensor data after the 8-byte length and the header. */
-function tensorTable(weights: readonly NamedWeight[], metadata: Record<string, string>) {
-  const header: Record<string, unknown> = { __metadata__: { ...metadata } };
-  let offset = 0;
-  for (const w of weights) {
-    header[w.name] = { dtype: 'F32', shape: w.shape, data_offsets: [offset, offset + w.data.byteLength] };
-    offset += w.data.byteLength;
-  }
-  return { header, dataLength: offset };
+/**
+ * A tensor that a writer reads when it reaches it, so that a file of many tensors (a model's weights, its optimiser's
+ * slots, the best weights so far) never needs them all in memory at once: each is read, hashed, written and dropped.
+ */
+export interface TensorSource {
+  name: string;
+  shape: number[];
+  /**
+   * The float32 data, in the shape's row-major order; only read, never kept or changed by the writer, which consumes
+   * it before it reads the next source (so a source may reuse one buffer for the next).
+   */
+  read(): Float32Array;
 }
 
-const bytesOf = (w: NamedWeight) => new Uint8Array(w.data.buffer, w.data.byteOffset, w.data.byteLength);
+/** A tensor already in memory, as a {@link TensorSource}. */
+export const inMemory = (w: NamedWeight): TensorSource => ({ name: w.name, shape: w.shape, read: () => w.data });
+
+/** The sha256 a checksum names is 64 hex digits: a placeholder of the same length fixes the header's length. */
+const CHECKSUM_PLACEHOLDER = `sha256:${'0'.repeat(64)}`;
+
+/**
+ * A file's layout before any tensor is read: its header is a function of names, shapes and metadata alone, and the
+ * checksum is a fixed-length string, so the data's offsets are known first. `header(checksum)` is the header's
+ * bytes, padded as the reference writer pads them (data 8-byte aligned); `hash` is the checksum's hash with the
+ * header (without the checksum) already in it, for the data to follow.
+ */
+function planFile(tensors: readonly TensorSource[], metadata: Record<string, string>, checksummed: boolean) {
+  const { [CHECKSUM_KEY]: _stale, ...rest } = metadata;
+  const table: Record<string, unknown> = { __metadata__: { ...rest } };
+  let offset = 0;
+  const sizes = tensors.map((t) => {
+    const bytes = t.shape.reduce((a, b) => a * b, 1) * 4;
+    table[t.name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+    return bytes;
+  });
+  const hash = checksummed ? createHash('sha256').update(JSON.stringify(table)) : undefined;
+  const header = (checksum: string | undefined): Buffer => {
+    if (checksum !== undefined) (table.__metadata__ as Record<string, string>)[CHECKSUM_KEY] = checksum;
+    let json = JSON.stringify(table);
+    json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
+    const bytes = Buffer.alloc(8 + Buffer.byteLength(json));
+    bytes.writeBigUInt64LE(BigInt(bytes.length - 8), 0);
+    bytes.write(json, 8, 'utf8');
+    return bytes;
+  };
+  const headerLength = header(checksummed ? CHECKSUM_PLACEHOLDER : undefined).length;
+  return { sizes, dataLength: offset, headerLength, hash, header };
+}
+
+/**
+ * A full collection, where the process exposes `gc` (the training child does, child.ts); otherwise nothing. Tensor
+ * data read back from TensorFlow, or checkpoint bytes once handed to it, are ArrayBuffers that V8 frees only when it
+ * next collects, which a process allocating little else on the JS heap brings on late.
+ */
+export function collectGarbage(): void {
+  (globalThis as { gc?: () => void }).gc?.();
+}
+
+/** How much tensor data is read back between two collections, where the process lets us run them. */
+const COLLECT_EVERY_BYTES = 64 * 2 ** 20;
+
+/**
+ * Reads sources one after the other, each checked against the size its shape gives. Each tensor read back from
+ * TensorFlow is a fresh ArrayBuffer; without collections a whole checkpoint's worth of them piled up (~600 MiB at the
+ * `small` preset with AdamW), so one runs every {@link COLLECT_EVERY_BYTES} read ({@link collectGarbage}).
+ */
+function sourceReader() {
+  let sinceCollected = 0;
+  return (t: TensorSource, size: number): Uint8Array => {
+    if (sinceCollected >= COLLECT_EVERY_BYTES) {
+      collectGarbage();
+      sinceCollected = 0;
+    }
+    const data = t.read();
+    if (data.byteLength !== size) {
+      throw new Error(`tensor '${t.name}' read ${data.byteLength} bytes; its shape [${t.shape}] makes it ${size}`);
+    }
+    sinceCollected += size;
+    return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  };
+}
 
 /**
  * The checksum of a file: sha256 over its header JSON without the checksum key, then its data. The header is hashed
@@ -84,32 +156,75 @@ function checksumOf(header: Record<string, unknown>, data: Iterable<Uint8Array>)
 
 /**
  * safetensors bytes of float32 tensors, in the given order, with string metadata; with `checksum`, the metadata also
- * gets the file's checksum, which every read in this module verifies.
+ * gets the file's checksum, which every read in this module verifies. Each source is read once, straight into the
+ * one buffer returned. {@link writeSafetensorsFile} writes the same bytes to a file without holding them all.
  */
 export function encodeSafetensors(
-  weights: readonly NamedWeight[],
+  tensors: readonly (NamedWeight | TensorSource)[],
   metadata: Record<string, string>,
   opts: { checksum?: boolean } = {}
 ): Buffer {
   assertLittleEndian();
-  const { [CHECKSUM_KEY]: _stale, ...rest } = metadata;
-  const { header, dataLength } = tensorTable(weights, rest);
-  if (opts.checksum) {
-    (header.__metadata__ as Record<string, string>)[CHECKSUM_KEY] = checksumOf(header, weights.map(bytesOf));
-  }
-  let json = JSON.stringify(header);
-  // The reference writer pads the header with spaces so the data starts 8-byte aligned.
-  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
-  const headerBytes = Buffer.from(json, 'utf8');
-  const out = Buffer.allocUnsafe(8 + headerBytes.length + dataLength);
-  out.writeBigUInt64LE(BigInt(headerBytes.length), 0);
-  headerBytes.copy(out, 8);
-  let at = 8 + headerBytes.length;
-  for (const w of weights) {
-    out.set(bytesOf(w), at);
-    at += w.data.byteLength;
-  }
+  const sources = tensors.map((t) => ('read' in t ? t : inMemory(t)));
+  const { sizes, dataLength, headerLength, hash, header } = planFile(sources, metadata, opts.checksum === true);
+  const out = Buffer.allocUnsafe(headerLength + dataLength);
+  const readBytes = sourceReader();
+  let at = headerLength;
+  sources.forEach((t, i) => {
+    const bytes = readBytes(t, sizes[i]);
+    hash?.update(bytes);
+    out.set(bytes, at);
+    at += bytes.byteLength;
+  });
+  header(hash && `sha256:${hash.digest('hex')}`).copy(out, 0);
   return out;
+}
+
+/**
+ * Writes what {@link encodeSafetensors} returns, byte for byte, to `path`, one tensor at a time: the data first, at
+ * the offsets the header will give (each tensor hashed as it is written), then the header with the checksum. The
+ * file appears whole or not at all (a temporary file beside it, then a rename), even if this process dies mid-write.
+ * @returns the file's size in bytes.
+ */
+export async function writeSafetensorsFile(
+  path: string,
+  tensors: readonly TensorSource[],
+  metadata: Record<string, string>,
+  opts: { checksum?: boolean } = {}
+): Promise<number> {
+  assertLittleEndian();
+  const { sizes, dataLength, headerLength, hash, header } = planFile(tensors, metadata, opts.checksum === true);
+  const partial = `${path}.partial-${process.pid}`;
+  const file = await open(partial, 'w');
+  const readBytes = sourceReader();
+  try {
+    let at = headerLength;
+    for (const [i, t] of tensors.entries()) {
+      const bytes = readBytes(t, sizes[i]);
+      hash?.update(bytes);
+      await writeAll(file, bytes, at);
+      at += bytes.byteLength;
+    }
+    const head = header(hash && `sha256:${hash.digest('hex')}`);
+    if (head.length !== headerLength) throw new Error('safetensors header changed length once its checksum was set');
+    await writeAll(file, head, 0);
+    await file.close();
+    await rename(partial, path);
+  } catch (err) {
+    await file.close().catch(() => undefined);
+    await rm(partial, { force: true });
+    throw err;
+  }
+  return headerLength + dataLength;
+}
+
+/** Writes all of `bytes` at `position` (a single write may be short). */
+async function writeAll(file: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < bytes.byteLength) {
+    const { bytesWritten } = await file.write(bytes, done, bytes.byteLength - done, position + done);
+    done += bytesWritten;
+  }
 }
 
 /** One tensor's entry in the header, checked to fit the data. */
@@ -121,26 +236,21 @@ interface TableEntry {
 }
 
 /**
- * The header of safetensors bytes, checked: well-formed, float32 tensors that fit the data, and the checksum when the
- * file carries one. Tensor data is not copied.
- * @throws CheckpointCorruptError when the bytes are truncated, garbled or do not match their checksum.
+ * A safetensors header, checked: well-formed, and float32 tensors that fit the `dataLength` bytes after it. Offsets
+ * are relative to the data. The checksum, when there is one, is taken out of the metadata (and so out of the header,
+ * which is then what it was computed over) and returned as `written`.
  */
-export function readTable(bytes: Buffer, from: CheckpointSource) {
+function parseHeader(headerBytes: Buffer, dataLength: number, from: CheckpointSource) {
   const bad = (why: string): never => {
     throw corrupt(from, `not a valid safetensors file: ${why}`);
   };
-  if (bytes.length < 8) bad(`${bytes.length} bytes is shorter than the 8-byte header length`);
-  const headerLength = Number(bytes.readBigUInt64LE(0));
-  if (headerLength > bytes.length - 8) bad(`header length ${headerLength} exceeds the ${bytes.length} bytes given`);
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8'));
+    header = JSON.parse(headerBytes.toString('utf8'));
   } catch (err) {
     return bad(`header is not JSON (${(err as Error).message})`);
   }
   if (header === null || typeof header !== 'object' || Array.isArray(header)) return bad('header is not an object');
-  const dataStart = 8 + headerLength;
-  const dataLength = bytes.length - dataStart;
   const metadata = (header.__metadata__ ?? {}) as Record<string, string>;
   const entries: TableEntry[] = [];
   for (const [name, value] of Object.entries(header)) {
@@ -158,15 +268,92 @@ export function readTable(bytes: Buffer, from: CheckpointSource) {
     ) {
       bad(`tensor '${name}' has offsets ${JSON.stringify(entry.data_offsets)} that do not fit shape [${entry.shape}]`);
     }
-    entries.push({ name, shape: entry.shape, begin: dataStart + begin, end: dataStart + end });
+    entries.push({ name, shape: entry.shape, begin, end });
   }
   const written = metadata[CHECKSUM_KEY];
+  if (written !== undefined) delete metadata[CHECKSUM_KEY];
+  return { header, entries, metadata, written };
+}
+
+/** The length of the header that follows the 8 bytes of `lengthBytes`, checked to fit a file of `size` bytes. */
+function headerLengthOf(lengthBytes: Buffer, size: number, from: CheckpointSource): number {
+  const bad = (why: string): never => {
+    throw corrupt(from, `not a valid safetensors file: ${why}`);
+  };
+  if (size < 8) bad(`${size} bytes is shorter than the 8-byte header length`);
+  const headerLength = Number(lengthBytes.readBigUInt64LE(0));
+  if (headerLength > size - 8) bad(`header length ${headerLength} exceeds the ${size} bytes given`);
+  return headerLength;
+}
+
+const checksumMismatch = (from: CheckpointSource, actual: string, written: string) =>
+  corrupt(from, `its content hashes to ${actual}, but it was written as ${written}`);
+
+/**
+ * The header of safetensors bytes, checked: well-formed, float32 tensors that fit the data, and the checksum when the
+ * file carries one. Tensor data is not copied.
+ * @throws CheckpointCorruptError when the bytes are truncated, garbled or do not match their checksum.
+ */
+export function readTable(bytes: Buffer, from: CheckpointSource) {
+  const headerLength = headerLengthOf(bytes.subarray(0, 8), bytes.length, from);
+  const dataStart = 8 + headerLength;
+  const { header, entries, metadata, written } = parseHeader(
+    bytes.subarray(8, dataStart),
+    bytes.length - dataStart,
+    from
+  );
   if (written !== undefined) {
-    delete metadata[CHECKSUM_KEY];
     const actual = checksumOf(header, [bytes.subarray(dataStart)]);
-    if (actual !== written) throw corrupt(from, `its content hashes to ${actual}, but it was written as ${written}`);
+    if (actual !== written) throw checksumMismatch(from, actual, written);
   }
-  return { entries, metadata, checksummed: written !== undefined };
+  const absolute = entries.map((e) => ({ ...e, begin: dataStart + e.begin, end: dataStart + e.end }));
+  return { entries: absolute, metadata, checksummed: written !== undefined };
+}
+
+/**
+ * {@link decodeSafetensors} of a file, without ever holding it whole: the checksum is verified in one streaming pass,
+ * then each tensor is read into a buffer of its own, so a reader can let go of the tensors it has handed on (to
+ * TensorFlow) while it keeps others (a resumed run keeps only the best weights).
+ * @throws CheckpointCorruptError as decodeSafetensors does; the file system's errors for a file it cannot read.
+ */
+export async function readSafetensorsFile(
+  path: string,
+  from: CheckpointSource = {}
+): Promise<{ weights: NamedWeight[]; metadata: Record<string, string> }> {
+  assertLittleEndian();
+  const file = await open(path, 'r');
+  try {
+    const { size } = await file.stat();
+    const readAt = async (into: Uint8Array, position: number): Promise<void> => {
+      for (let done = 0; done < into.byteLength;) {
+        const { bytesRead } = await file.read(into, done, into.byteLength - done, position + done);
+        if (bytesRead === 0) throw corrupt(from, `it ended at ${position + done} bytes, before its header said`);
+        done += bytesRead;
+      }
+    };
+    const lengthBytes = Buffer.alloc(8);
+    if (size >= 8) await readAt(lengthBytes, 0);
+    const headerLength = headerLengthOf(lengthBytes, size, from);
+    const headerBytes = Buffer.alloc(headerLength);
+    await readAt(headerBytes, 8);
+    const dataStart = 8 + headerLength;
+    const { header, entries, metadata, written } = parseHeader(headerBytes, size - dataStart, from);
+    if (written !== undefined) {
+      const hash = createHash('sha256').update(JSON.stringify(header));
+      for await (const chunk of createReadStream(path, { start: dataStart })) hash.update(chunk as Buffer);
+      const actual = `sha256:${hash.digest('hex')}`;
+      if (actual !== written) throw checksumMismatch(from, actual, written);
+    }
+    const weights: NamedWeight[] = [];
+    for (const { name, shape, begin, end } of entries) {
+      const data = new Float32Array((end - begin) / 4);
+      await readAt(new Uint8Array(data.buffer), dataStart + begin);
+      weights.push({ name, shape, data });
+    }
+    return { weights, metadata };
+  } finally {
+    await file.close();
+  }
 }
 
 /**

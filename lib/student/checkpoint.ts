@@ -16,6 +16,10 @@
  * child's resume file, `stepwise export-t5`), where nothing else would notice a flipped bit; every read here checks it,
  * and checks each model tensor's shape against the config, so a damaged checkpoint is a {@link CheckpointCorruptError}
  * rather than a model that trains on garbage. The file format itself, which needs no TensorFlow.js, is checkpoint-file.ts.
+ *
+ * A checkpoint is built as {@link CheckpointParts}, its tensors unread, and written to a file one tensor at a time
+ * ({@link writeCheckpointFile}): the training child never holds a second copy of the weights and optimiser state (a
+ * whole-buffer copy cost ~700 MiB at the `small` preset). {@link checkpointBytes} makes the same bytes as one buffer.
  */
 import { InputError } from '../errors';
 import {
@@ -23,8 +27,12 @@ import {
   corrupt,
   decodeSafetensors,
   encodeSafetensors,
+  inMemory,
+  readSafetensorsFile,
   readTable,
+  writeSafetensorsFile,
   type CheckpointSource,
+  type TensorSource,
 } from './checkpoint-file';
 import { validateConfig, type T5Config } from './config';
 import { paramSpecs, T5Model, type NamedWeight } from './t5';
@@ -51,17 +59,77 @@ const RESUME_FORMAT = 'stepwise-t5-resume';
 const OPTIMIZER_PREFIX = 'optimizer.';
 const BEST_PREFIX = 'best.';
 
-export { CheckpointCorruptError, decodeSafetensors, encodeSafetensors, type CheckpointSource } from './checkpoint-file';
+export {
+  CheckpointCorruptError,
+  decodeSafetensors,
+  encodeSafetensors,
+  type CheckpointSource,
+  type TensorSource,
+} from './checkpoint-file';
+
+/**
+ * A checkpoint not yet serialised: its tensors, each read from the device (or wherever it is) only when the writer
+ * reaches it, and its metadata. {@link writeCheckpointFile} streams it to a file, so no second copy of the weights and
+ * optimiser state ever exists; {@link checkpointBytes} makes one buffer of it, for callers that want bytes.
+ */
+export interface CheckpointParts {
+  tensors: TensorSource[];
+  metadata: Record<string, string>;
+  /** Frees what the sources hold on the device (the optimiser's slot reads), once they have been written. */
+  release?(): void;
+}
+
+/**
+ * The model's weights as sources, in its state-dict order and HF's layout (as `T5Model.exportWeights` gives them), each
+ * read back when a writer reaches it: a checkpoint of a big model holds one tensor at a time. A linear weight (kept
+ * `[in, out]` for compute, t5.ts) is transposed here, into one scratch buffer reused from source to source: a
+ * TensorFlow transpose per weight grew the process by hundreds of MiB that it never gave back. So a source's data is
+ * valid until the next source of the list is read, which is how the writers consume them.
+ */
+export function weightSources(model: T5Model): TensorSource[] {
+  let scratch = new Float32Array(0);
+  return paramSpecs(model.config).map((spec) => ({
+    name: spec.name,
+    shape: spec.shape,
+    read: () => {
+      const v = model.variables.get(spec.name);
+      if (!v) throw new Error(`T5Model: no parameter '${spec.name}'`);
+      const data = v.dataSync() as Float32Array;
+      if (!spec.linear) return data;
+      const [out, inputs] = spec.shape;
+      if (scratch.length < data.length) scratch = new Float32Array(data.length);
+      const hf = scratch.subarray(0, data.length);
+      // data is [inputs, out], row-major; HF's layout is [out, inputs].
+      for (let i = 0; i < inputs; i++) {
+        for (let o = 0, from = i * out; o < out; o++) hf[o * inputs + i] = data[from + o];
+      }
+      return hf;
+    },
+  }));
+}
+
+/** A model checkpoint: the model's weights (or weights already read back), config, tokenizer and training metadata. */
+export function modelCheckpoint(
+  weights: T5Model | { config: T5Config; weights: readonly NamedWeight[] },
+  tokenizer: StudentTokenizer,
+  training: TrainingMeta
+): CheckpointParts {
+  assertLittleEndian();
+  const tensors = weights instanceof T5Model ? weightSources(weights) : weights.weights.map(inMemory);
+  return {
+    tensors,
+    metadata: {
+      format: FORMAT,
+      config: JSON.stringify(weights.config),
+      tokenizer: tokenizer.toJSON(),
+      training: JSON.stringify(training),
+    },
+  };
+}
 
 /** The model's weights, config, tokenizer and training metadata as safetensors bytes. */
 export function serializeCheckpoint(model: T5Model, tokenizer: StudentTokenizer, training: TrainingMeta): Buffer {
-  assertLittleEndian();
-  return encodeCheckpoint(model.exportWeights(), {
-    format: FORMAT,
-    config: JSON.stringify(model.config),
-    tokenizer: tokenizer.toJSON(),
-    training: JSON.stringify(training),
-  });
+  return checkpointBytes(modelCheckpoint(model, tokenizer, training));
 }
 
 /** A model checkpoint from weights already read back (e.g. the best weights a training run kept). */
@@ -71,12 +139,7 @@ export function serializeWeights(
   tokenizer: StudentTokenizer,
   training: TrainingMeta
 ): Buffer {
-  return encodeCheckpoint(weights, {
-    format: FORMAT,
-    config: JSON.stringify(config),
-    tokenizer: tokenizer.toJSON(),
-    training: JSON.stringify(training),
-  });
+  return checkpointBytes(modelCheckpoint({ config, weights }, tokenizer, training));
 }
 
 /** What a resume checkpoint holds. `state` is the training loop's own JSON (see train.ts). */
@@ -94,22 +157,67 @@ export interface ResumeCheckpoint {
   best?: NamedWeight[];
 }
 
-/** Resume checkpoint bytes (see the module comment). */
-export function serializeResumeCheckpoint(
-  parts: Omit<ResumeCheckpoint, 'tokenizer'> & { tokenizer: StudentTokenizer }
-): Buffer {
-  const prefixed = (prefix: string, ws: readonly NamedWeight[]) => ws.map((w) => ({ ...w, name: prefix + w.name }));
-  return encodeCheckpoint(
-    [...parts.weights, ...prefixed(OPTIMIZER_PREFIX, parts.optimizer), ...prefixed(BEST_PREFIX, parts.best ?? [])],
-    {
+/** What a resume checkpoint is written from: {@link ResumeCheckpoint}'s parts, its tensors as sources. */
+export interface ResumeCheckpointParts extends Omit<ResumeCheckpoint, 'tokenizer' | 'weights' | 'optimizer' | 'best'> {
+  tokenizer: StudentTokenizer;
+  weights: readonly (NamedWeight | TensorSource)[];
+  optimizer: readonly (NamedWeight | TensorSource)[];
+  best?: readonly (NamedWeight | TensorSource)[];
+  /** Frees what the sources hold once written (see {@link CheckpointParts.release}). */
+  release?(): void;
+}
+
+/** A resume checkpoint (see the module comment), to be written with {@link writeCheckpointFile} or made bytes. */
+export function resumeCheckpoint(parts: ResumeCheckpointParts): CheckpointParts {
+  assertLittleEndian();
+  const source = (prefix: string) => (w: NamedWeight | TensorSource) => {
+    const s = 'read' in w ? w : inMemory(w);
+    return prefix ? { ...s, name: prefix + s.name } : s;
+  };
+  return {
+    tensors: [
+      ...parts.weights.map(source('')),
+      ...parts.optimizer.map(source(OPTIMIZER_PREFIX)),
+      ...(parts.best ?? []).map(source(BEST_PREFIX)),
+    ],
+    metadata: {
       format: RESUME_FORMAT,
       config: JSON.stringify(parts.config),
       tokenizer: parts.tokenizer.toJSON(),
       training: JSON.stringify(parts.training),
       state: JSON.stringify(parts.state),
       hasBest: String(parts.best !== undefined),
-    }
-  );
+    },
+    ...(parts.release ? { release: parts.release } : {}),
+  };
+}
+
+/** Resume checkpoint bytes (see the module comment). */
+export function serializeResumeCheckpoint(parts: ResumeCheckpointParts): Buffer {
+  return checkpointBytes(resumeCheckpoint(parts));
+}
+
+/** A checkpoint as one buffer of safetensors bytes, with the embedded checksum; its sources are released after. */
+export function checkpointBytes(parts: CheckpointParts): Buffer {
+  try {
+    return encodeSafetensors(parts.tensors, parts.metadata, { checksum: true });
+  } finally {
+    parts.release?.();
+  }
+}
+
+/**
+ * Writes a checkpoint to `path` tensor by tensor: the same bytes as {@link checkpointBytes}, but no more than one
+ * tensor is in memory at a time, and the file appears whole or not at all (see `writeSafetensorsFile`). Its sources
+ * are released after.
+ * @returns the file's size in bytes.
+ */
+export async function writeCheckpointFile(path: string, parts: CheckpointParts): Promise<number> {
+  try {
+    return await writeSafetensorsFile(path, parts.tensors, parts.metadata, { checksum: true });
+  } finally {
+    parts.release?.();
+  }
 }
 
 /**
@@ -121,7 +229,24 @@ export function readResumeCheckpoint(
   buf: Uint8Array,
   from: CheckpointSource = { field: 'resumeFrom' }
 ): ResumeCheckpoint {
-  const { weights, metadata } = decodeSafetensors(buf, from);
+  return resumeFromTensors(decodeSafetensors(buf, from), from);
+}
+
+/**
+ * {@link readResumeCheckpoint} of a file, read tensor by tensor (`readSafetensorsFile`): the file is never in memory
+ * whole beside the tensors decoded from it, and each tensor can be freed once it has been handed on.
+ */
+export async function readResumeCheckpointFile(
+  path: string,
+  from: CheckpointSource = { field: 'resumeFrom' }
+): Promise<ResumeCheckpoint> {
+  return resumeFromTensors(await readSafetensorsFile(path, from), from);
+}
+
+function resumeFromTensors(
+  { weights, metadata }: { weights: NamedWeight[]; metadata: Record<string, string> },
+  from: CheckpointSource
+): ResumeCheckpoint {
   const { config, tokenizer, training, state } = resumeMeta(metadata);
   checkShapes(weights, config, metadata.hasBest === 'true', from);
   const strip = (prefix: string) =>
@@ -194,11 +319,6 @@ function checkShapes(
     const missing = specs.find((s) => !names.has(prefix + s.name));
     if (missing) throw corrupt(from, `it has no tensor '${prefix + missing.name}', which its config requires`);
   }
-}
-
-/** A Stepwise checkpoint's safetensors bytes, with the embedded checksum (see the module comment). */
-function encodeCheckpoint(weights: readonly NamedWeight[], metadata: Record<string, string>): Buffer {
-  return encodeSafetensors(weights, metadata, { checksum: true });
 }
 
 /** What {@link verifyCheckpoint} learnt of a checkpoint that passed. */

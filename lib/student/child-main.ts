@@ -2,12 +2,12 @@
  * Entry point of the student child process (see child.ts): receives one job over IPC, runs it, sends progress and
  * then a result or an error, and exits.
  */
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { initBackend } from './backend';
 import type { ChildMessage, PredictJobResult, StudentJob, TrainJobResult } from './child';
 import { explain, predict } from './evaluate';
-import { train } from './train';
+import { trainToFile } from './train';
 
 function send(message: ChildMessage): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -24,44 +24,37 @@ function sendProgress(progress: Extract<ChildMessage, { type: 'progress' }>['pro
   process.send?.({ type: 'progress', progress } satisfies ChildMessage);
 }
 
-/** A temporary file, then a rename: a reader never sees half a checkpoint, even if this process dies mid-write. */
-async function writeAtomically(path: string, bytes: Uint8Array): Promise<void> {
-  const partial = `${path}.partial-${process.pid}`;
-  await writeFile(partial, bytes);
-  await rename(partial, path);
-}
-
 async function runJob(job: StudentJob): Promise<TrainJobResult | PredictJobResult> {
   if (job.kind === 'train') {
     const backend = (await initBackend(job.backend ?? job.options.backend)).backend;
-    const resumeFrom = job.resumeFromPath ? await readFile(job.resumeFromPath) : undefined;
     const initFrom = job.initFromPath ? await readFile(job.initFromPath) : undefined;
     const { checkpointDir } = job;
-    const { checkpoint, ...rest } = await train(
+    // Checkpoints are streamed to their files tensor by tensor (atomically: a reader never sees half of one), so this
+    // process never holds a second copy of the weights and optimiser state.
+    return trainToFile(
       job.records,
       {
         ...job.options,
         backend,
         ...(job.valid ? { valid: job.valid } : {}),
-        ...(resumeFrom ? { resumeFrom } : {}),
+        // Read tensor by tensor, never whole beside the tensors decoded from it.
+        ...(job.resumeFromPath ? { resumeFromFile: job.resumeFromPath } : {}),
         ...(initFrom ? { initFrom } : {}),
       },
+      job.checkpointPath,
       {
         onProgress: sendProgress,
         ...(checkpointDir
           ? {
-              onCheckpoint: async ({ step, bytes }) => {
-                const path = join(checkpointDir, `resume-${step}.safetensors`);
-                await writeAtomically(path, bytes);
+              checkpointFiles: {
+                path: (step) => join(checkpointDir, `resume-${step}.safetensors`),
                 // Awaited: the parent hears of a checkpoint only once the file is whole, and before later progress.
-                await send({ type: 'checkpoint', step, path });
+                written: ({ step, path }) => send({ type: 'checkpoint', step, path }),
               },
             }
           : {}),
       }
     );
-    await writeAtomically(job.checkpointPath, checkpoint);
-    return { ...rest, checkpointPath: job.checkpointPath };
   }
   if (job.kind === 'predict') {
     const { backend } = await initBackend(job.backend ?? 'auto');

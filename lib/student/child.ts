@@ -122,12 +122,15 @@ export class StudentChildCrashError extends Error {
 const KILL_GRACE_MS = 2000;
 const STDERR_TAIL_BYTES = 8192;
 
-/** The TypeScript loader for the child: the parent's own flags when it was started with tsx, else tsx's hook. */
+/**
+ * The child's flags: the TypeScript loader (the parent's own flags when it was started with tsx, else tsx's hook),
+ * and `--expose-gc`, with which the checkpoint writer frees the tensors it has read back as it goes (checkpoint-file.ts).
+ */
 function childExecArgv(): string[] {
   // An inspector flag would make the child fight the parent for the debugger port.
-  const inherited = process.execArgv.filter((arg) => !arg.startsWith('--inspect'));
-  if (inherited.some((arg) => arg.includes('tsx'))) return inherited;
-  return [...inherited, '--require', require.resolve('tsx/cjs')];
+  const inherited = process.execArgv.filter((arg) => !arg.startsWith('--inspect') && arg !== '--expose-gc');
+  const loader = inherited.some((arg) => arg.includes('tsx')) ? [] : ['--require', require.resolve('tsx/cjs')];
+  return [...inherited, ...loader, '--expose-gc'];
 }
 
 /** How a job ended, as far as the child told us: its result or its error. */

@@ -27,13 +27,42 @@ interface OpAttr {
   value: unknown;
 }
 
+/** A tensor in the native library as the binding's `executeOp` describes it (`dtype` is a TF_* code). */
+interface Handle {
+  id: number;
+  shape: number[];
+  dtype: number;
+}
+
+/** The parts of tfjs-node's binding (dist/tfjs_binding.d.ts) used here. */
+interface Binding {
+  TF_FLOAT: number;
+  TF_INT32: number;
+  TF_ATTR_TYPE: number;
+  TF_ATTR_BOOL: number;
+  TF_ATTR_INT: number;
+  TF_ATTR_STRING: number;
+  TF_ATTR_SHAPE: number;
+  createTensor(shape: number[], dtype: number, values: Float32Array | Int32Array): number;
+  deleteTensor(id: number): void;
+  executeOp(name: string, attrs: OpAttr[], inputs: number[], numOutputs: number): Handle[];
+}
+
 /** The parts of tfjs-node's NodeJSKernelBackend (dist/nodejs_kernel_backend.js) used here. */
 interface NativeBackend {
-  binding: Record<'TF_ATTR_TYPE' | 'TF_ATTR_BOOL' | 'TF_ATTR_STRING' | 'TF_ATTR_SHAPE', number> &
-    Record<'TF_FLOAT' | 'TF_INT32', number>;
+  binding: Binding;
   executeSingleOutput(name: string, attrs: OpAttr[], inputs: tf.Tensor[]): tf.Tensor;
   executeMultipleOutputs(name: string, attrs: OpAttr[], inputs: tf.Tensor[], numOutputs: number): tf.Tensor[];
+  /** The native handles of tfjs tensors (still owned by tfjs). */
+  getInputTensorIds(tensors: tf.Tensor[]): number[];
+  /** A tfjs tensor that takes ownership of a native handle. */
+  createOutputTensor(handle: Handle): tf.Tensor;
 }
+
+/** Set while {@link withPortableKernels} runs. */
+let portableOnly = false;
+/** Set while {@link withOpByOpSublayers} runs. */
+let noFusedSublayers = false;
 
 /**
  * The native backend when it is the current one, else undefined. Ops run this way are tracked by tfjs's engine
@@ -41,9 +70,39 @@ interface NativeBackend {
  * inside a `tf.customGrad`.
  */
 function native(): NativeBackend | undefined {
-  if (tf.getBackend() !== 'tensorflow') return undefined;
+  if (portableOnly || tf.getBackend() !== 'tensorflow') return undefined;
   const backend = tf.backend() as unknown as Partial<NativeBackend>;
-  return typeof backend.executeSingleOutput === 'function' ? (backend as NativeBackend) : undefined;
+  return typeof backend.executeSingleOutput === 'function' && typeof backend.getInputTensorIds === 'function'
+    ? (backend as NativeBackend)
+    : undefined;
+}
+
+/**
+ * Runs `body` with every helper here on its portable formula, as on a backend without native kernels: how the
+ * tests hold the fused native formulations to the op-by-op ones on the same backend.
+ */
+export function withPortableKernels<T>(body: () => T): T {
+  const before = portableOnly;
+  portableOnly = true;
+  try {
+    return body();
+  } finally {
+    portableOnly = before;
+  }
+}
+
+/**
+ * Runs `body` with the sublayers op by op while the other native kernels (dropout masks among them) stay: the fused
+ * sublayers must equal that with dropout on, masks included.
+ */
+export function withOpByOpSublayers<T>(body: () => T): T {
+  const before = noFusedSublayers;
+  noFusedSublayers = true;
+  try {
+    return body();
+  } finally {
+    noFusedSublayers = before;
+  }
 }
 
 /** True when the fused native kernels are in use (the current backend is tfjs-node's `tensorflow`). */
@@ -78,6 +137,306 @@ function withGradient<T extends tf.Tensor>(
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Raw handles: ops straight through the binding, for the fused sublayers
+
+/** TensorFlow's C API type codes (TF_DataType) that the binding does not name. */
+const TF_BOOL = 10;
+const TF_UINT16 = 17;
+const TF_UINT32 = 22;
+
+/**
+ * The binding's ops on raw handles, with every attribute list built once and the small constant tensors ops take
+ * (shapes, permutations, axes, scalars) made once and kept. Through tfjs each op also pays for the engine's tensor
+ * tracking, and `tf.reshape`, `tf.transpose` or `tf.sum` each create a constant tensor per call; a training step of
+ * the `small` shape ran ~4,300 ops, so the bookkeeping per op adds up to a good part of a step.
+ */
+class RawKernels {
+  readonly b: Binding;
+  readonly attrs: Record<
+    | 'float'
+    | 'reshape'
+    | 'transpose'
+    | 'reduce'
+    | 'reduceKeep'
+    | 'uniform'
+    | 'fullInt'
+    | 'toUint16'
+    | 'uint16'
+    | 'reshapeBool'
+    | 'matMulNN'
+    | 'matMulTN'
+    | 'matMulNT',
+    OpAttr[]
+  >;
+  private readonly countedAttrs = new Map<string, OpAttr[]>();
+  private readonly constants = new Map<string, Handle>();
+
+  constructor(readonly nb: NativeBackend) {
+    this.b = nb.binding;
+    const T = typeAttr(nb, 'T', 'float32');
+    const index = (name: string) => typeAttr(nb, name, 'int32');
+    const flags = (adjX: boolean, adjY: boolean) => [T, boolAttr(nb, 'adj_x', adjX), boolAttr(nb, 'adj_y', adjY)];
+    this.attrs = {
+      float: [T],
+      reshape: [T, index('Tshape')],
+      transpose: [T, index('Tperm')],
+      reduce: [T, index('Tidx'), boolAttr(nb, 'keep_dims', false)],
+      reduceKeep: [T, index('Tidx'), boolAttr(nb, 'keep_dims', true)],
+      uniform: [typeAttr(nb, 'dtype', 'float32'), index('T'), index('Tseed')],
+      fullInt: [{ name: 'dtype', type: this.b.TF_ATTR_TYPE, value: TF_UINT32 }, index('T'), index('Tseed')],
+      toUint16: [
+        { name: 'T', type: this.b.TF_ATTR_TYPE, value: TF_UINT32 },
+        { name: 'type', type: this.b.TF_ATTR_TYPE, value: TF_UINT16 },
+      ],
+      uint16: [{ name: 'T', type: this.b.TF_ATTR_TYPE, value: TF_UINT16 }],
+      reshapeBool: [{ name: 'T', type: this.b.TF_ATTR_TYPE, value: TF_BOOL }, index('Tshape')],
+      matMulNN: flags(false, false),
+      matMulTN: flags(true, false),
+      matMulNT: flags(false, true),
+    };
+  }
+
+  /** Attributes of an op with an int attribute besides T (Pack's N, Unpack's num, Split's num_split, ...). */
+  counted(op: string, extra: Record<string, number>, index?: string): OpAttr[] {
+    const key = `${op}:${JSON.stringify(extra)}`;
+    let attrs = this.countedAttrs.get(key);
+    if (!attrs) {
+      attrs = [
+        typeAttr(this.nb, 'T', 'float32'),
+        ...Object.entries(extra).map(([name, value]) => ({ name, type: this.b.TF_ATTR_INT, value })),
+        ...(index ? [typeAttr(this.nb, index, 'int32')] : []),
+      ];
+      this.countedAttrs.set(key, attrs);
+    }
+    return attrs;
+  }
+
+  /** A kept int32 vector (a shape, permutation or axis list) or float32 scalar. */
+  constant(kind: 'int' | 'float', values: readonly number[], scalar = false): Handle {
+    const key = `${kind}${scalar ? 's' : 'v'}${values.join(',')}`;
+    let h = this.constants.get(key);
+    if (!h) {
+      // Shapes vary with the batch's lengths; a long run meets a bounded set of them, but keep the table small.
+      if (this.constants.size > 4096) this.dropConstants();
+      const dtype = kind === 'int' ? this.b.TF_INT32 : this.b.TF_FLOAT;
+      const data = kind === 'int' ? Int32Array.from(values) : Float32Array.from(values);
+      const shape = scalar ? [] : [values.length];
+      h = { id: this.b.createTensor(shape, dtype, data), shape, dtype };
+      this.constants.set(key, h);
+    }
+    return h;
+  }
+
+  /** round(rate·2^16) as a kept uint16 scalar (the binding makes no uint16 tensor from JS: cast from int32). */
+  threshold16(rate: number): Handle {
+    const key = `u16:${rate}`;
+    let h = this.constants.get(key);
+    if (!h) {
+      const value = this.constant('int', [Math.min(0xffff, Math.round(rate * 0x10000))], true);
+      const castAttrs = [
+        typeAttr(this.nb, 'SrcT', 'int32'),
+        { name: 'DstT', type: this.b.TF_ATTR_TYPE, value: TF_UINT16 },
+        boolAttr(this.nb, 'Truncate', false),
+      ];
+      [h] = this.b.executeOp('Cast', castAttrs, [value.id], 1);
+      this.constants.set(key, h);
+    }
+    return h;
+  }
+
+  private dropConstants(): void {
+    for (const h of this.constants.values()) this.b.deleteTensor(h.id);
+    this.constants.clear();
+  }
+}
+
+const rawKernels = new WeakMap<NativeBackend, RawKernels>();
+
+function kernelsOf(nb: NativeBackend): RawKernels {
+  let k = rawKernels.get(nb);
+  if (!k) {
+    k = new RawKernels(nb);
+    rawKernels.set(nb, k);
+  }
+  return k;
+}
+
+/**
+ * Ops on raw handles inside one fused op. Every handle an op makes is owned by the frame until it is freed,
+ * adopted (handed to tfjs as a tensor) or the frame closes, which frees whatever is left: nothing leaks when a
+ * shape check throws halfway. Handles of tfjs tensors (`borrow`) stay tfjs's.
+ */
+class Frame {
+  private readonly live = new Set<Handle>();
+  private readonly b: Binding;
+  constructor(private readonly k: RawKernels) {
+    this.b = k.b;
+  }
+
+  /** Runs `body` in a fresh frame and frees what it leaves. */
+  static run<T>(nb: NativeBackend, body: (f: Frame) => T): T {
+    const frame = new Frame(kernelsOf(nb));
+    try {
+      return body(frame);
+    } finally {
+      frame.close();
+    }
+  }
+
+  borrow(t: tf.Tensor): Handle {
+    return { id: this.k.nb.getInputTensorIds([t])[0], shape: t.shape, dtype: this.b.TF_FLOAT };
+  }
+
+  /** A tfjs tensor that owns `h` from now on. */
+  adopt(h: Handle): tf.Tensor {
+    this.live.delete(h);
+    return this.k.nb.createOutputTensor(h);
+  }
+
+  free(...handles: (Handle | undefined)[]): void {
+    for (const h of handles) {
+      if (h && this.live.delete(h)) this.b.deleteTensor(h.id);
+    }
+  }
+
+  private close(): void {
+    for (const h of this.live) this.b.deleteTensor(h.id);
+    this.live.clear();
+  }
+
+  private run(name: string, attrs: OpAttr[], inputs: Handle[]): Handle {
+    const [out] = this.b.executeOp(
+      name,
+      attrs,
+      inputs.map((h) => h.id),
+      1
+    );
+    this.live.add(out);
+    return out;
+  }
+
+  private runN(name: string, attrs: OpAttr[], inputs: Handle[], n: number): Handle[] {
+    const outs = this.b.executeOp(
+      name,
+      attrs,
+      inputs.map((h) => h.id),
+      n
+    );
+    for (const h of outs) this.live.add(h);
+    return outs;
+  }
+
+  scalar(x: number): Handle {
+    return this.k.constant('float', [x], true);
+  }
+
+  add(a: Handle, b: Handle): Handle {
+    return this.run('AddV2', this.k.attrs.float, [a, b]);
+  }
+  sub(a: Handle, b: Handle): Handle {
+    return this.run('Sub', this.k.attrs.float, [a, b]);
+  }
+  mul(a: Handle, b: Handle): Handle {
+    return this.run('Mul', this.k.attrs.float, [a, b]);
+  }
+  unary(op: 'Square' | 'Rsqrt' | 'Sigmoid' | 'Softmax' | 'Relu', x: Handle): Handle {
+    return this.run(op, this.k.attrs.float, [x]);
+  }
+  /** TensorFlow's gradient kernels: SigmoidGrad(y, dy) = dy·y(1 − y); ReluGrad(dy, features) = dy·[features > 0]. */
+  grad(op: 'SigmoidGrad' | 'ReluGrad', a: Handle, b: Handle): Handle {
+    return this.run(op, this.k.attrs.float, [a, b]);
+  }
+
+  /**
+   * Product over the last two axes (2-D operands included), `adjX`/`adjY` transposing an operand inside the kernel.
+   * Always BatchMatMulV2, as tfjs runs it: TensorFlow's `MatMul` goes to oneDNN's legacy sgemm, which corrupted the
+   * heap when a signal reached the thread running it (reproduced with node --cpu-prof and one intra-op thread).
+   */
+  matMul(a: Handle, b: Handle, adjX = false, adjY = false): Handle {
+    if (adjX && adjY) throw new Error('matMul: transposing both operands is not used');
+    const attrs = adjY ? this.k.attrs.matMulNT : adjX ? this.k.attrs.matMulTN : this.k.attrs.matMulNN;
+    return this.run('BatchMatMulV2', attrs, [a, b]);
+  }
+
+  reshape(x: Handle, shape: number[]): Handle {
+    return this.run('Reshape', this.k.attrs.reshape, [x, this.k.constant('int', shape)]);
+  }
+  transpose(x: Handle, perm: number[]): Handle {
+    return this.run('Transpose', this.k.attrs.transpose, [x, this.k.constant('int', perm)]);
+  }
+  /** Sum over `axes`, keeping them as size 1 when `keep`. */
+  sum(x: Handle, axes: number[], keep: boolean): Handle {
+    return this.run('Sum', keep ? this.k.attrs.reduceKeep : this.k.attrs.reduce, [x, this.k.constant('int', axes)]);
+  }
+  meanLast(x: Handle): Handle {
+    return this.run('Mean', this.k.attrs.reduceKeep, [x, this.k.constant('int', [x.shape.length - 1])]);
+  }
+  concat(parts: Handle[], axis: number): Handle {
+    const attrs = this.k.counted('ConcatV2', { N: parts.length }, 'Tidx');
+    return this.run('ConcatV2', attrs, [...parts, this.k.constant('int', [axis], true)]);
+  }
+  split(x: Handle, axis: number, n: number): Handle[] {
+    return this.runN('Split', this.k.counted('Split', { num_split: n }), [this.k.constant('int', [axis], true), x], n);
+  }
+  pack(parts: Handle[], axis: number): Handle {
+    return this.run('Pack', this.k.counted('Pack', { N: parts.length, axis }), parts);
+  }
+  unpack(x: Handle, n: number, axis: number): Handle[] {
+    return this.runN('Unpack', this.k.counted('Unpack', { num: n, axis }), [x], n);
+  }
+
+  /**
+   * Inverted dropout's mask for `shape`: 0 where dropped, 1/(1 − rate) elsewhere, reproducible from `seed` (the
+   * mask {@link dropout} multiplies by). The random numbers come from TensorFlow's Philox generator, and it is most
+   * of a mask's cost: `StatelessRandomUniformFullInt` gives 32 random bits per call, which serve two positions as two
+   * 16-bit draws (dropped when below rate·2^16), half the generator's work of a float per position (measured: 2.9 →
+   * 1.5 ms for 512k positions). The drop probability is the rate to 2^-17, as a float draw gives it to 2^-24.
+   * An odd count takes one float draw per position.
+   */
+  dropoutMask(shape: number[], rate: number, seed: number): Handle {
+    // Two int32 words of the seed (TF's seed is a pair); seeds here are non-negative integers below 2^53.
+    const whole = Math.floor(Math.abs(seed));
+    const words = Int32Array.of(whole % 0x7fffffff, Math.floor(whole / 0x7fffffff) % 0x7fffffff);
+    const seedPair: Handle = { id: this.b.createTensor([2], this.b.TF_INT32, words), shape: [2], dtype: this.b.TF_INT32 };
+    this.live.add(seedPair);
+    const count = shape.reduce((a, b) => a * b, 1);
+    let keep: Handle;
+    if (count % 2 === 0) {
+      const bits = this.run('StatelessRandomUniformFullInt', this.k.attrs.fullInt, [
+        this.k.constant('int', [count / 2]),
+        seedPair,
+      ]);
+      const halves = this.run('Bitcast', this.k.attrs.toUint16, [bits]); // [count/2, 2]
+      this.free(bits);
+      const above = this.run('GreaterEqual', this.k.attrs.uint16, [halves, this.k.threshold16(rate)]);
+      this.free(halves);
+      // SelectV2 over a [n, 2] condition is ~20x slower than over the same values in one axis (measured).
+      keep = this.run('Reshape', this.k.attrs.reshapeBool, [above, this.k.constant('int', [count])]);
+      this.free(above);
+    } else {
+      const uniform = this.run('StatelessRandomUniform', this.k.attrs.uniform, [this.k.constant('int', [count]), seedPair]);
+      keep = this.run('GreaterEqual', this.k.attrs.float, [uniform, this.scalar(rate)]);
+      this.free(uniform);
+    }
+    this.free(seedPair);
+    const flat = this.run('SelectV2', this.k.attrs.float, [keep, this.scalar(1 / (1 - rate)), this.scalar(0)]);
+    this.free(keep);
+    const mask = this.reshape(flat, shape);
+    this.free(flat);
+    return mask;
+  }
+}
+
+/**
+ * Whether the ops about to run are recorded for a gradient: outside `tf.grad`/`variableGrads` a fused op keeps
+ * nothing for a backward pass that will not come. (`isTapeOn` is the engine's own test; assume a tape without it.)
+ */
+function recording(): boolean {
+  const engine = tf.engine() as unknown as { isTapeOn?: () => boolean };
+  return typeof engine.isTapeOn === 'function' ? engine.isTapeOn() : true;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Dropout
 
 /**
@@ -91,26 +450,7 @@ export function dropout<T extends tf.Tensor>(x: T, rate: number, seed: number): 
   if (rate === 0) return x;
   const nb = native();
   if (!nb) return tf.dropout(x, rate, undefined, seed) as T;
-  return tf.tidy(() => {
-    const mask = tf.tidy(() => {
-      const shape = tf.tensor1d(x.shape, 'int32');
-      // Two int32 words of the seed (TF's seed is a pair); seeds here are non-negative integers below 2^53.
-      const whole = Math.floor(Math.abs(seed));
-      const seedPair = tf.tensor1d([whole % 0x7fffffff, Math.floor(whole / 0x7fffffff) % 0x7fffffff], 'int32');
-      const uniform = nb.executeSingleOutput(
-        'StatelessRandomUniform',
-        [typeAttr(nb, 'dtype', 'float32'), typeAttr(nb, 'T', 'int32'), typeAttr(nb, 'Tseed', 'int32')],
-        [shape, seedPair]
-      );
-      const keep = nb.executeSingleOutput('GreaterEqual', [typeAttr(nb, 'T', 'float32')], [uniform, tf.scalar(rate)]);
-      return nb.executeSingleOutput(
-        'SelectV2',
-        [typeAttr(nb, 'T', 'float32')],
-        [keep, tf.scalar(1 / (1 - rate)), tf.scalar(0)]
-      );
-    });
-    return tf.mul(x, mask) as T;
-  });
+  return tf.tidy(() => tf.mul(x, Frame.run(nb, (f) => f.adopt(f.dropoutMask(x.shape, rate, seed)))) as T);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -175,6 +515,384 @@ export function gatedGelu(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
     };
   });
   return op(a, b);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fused sublayers
+
+/** Where a sublayer's dropout masks come from: the rate and a fresh seed per mask (undefined: no dropout). */
+export interface SublayerDropout {
+  rate: number;
+  nextSeed(): number;
+}
+
+/** One attention sublayer's weights, compute layout ([in, out]). */
+export interface AttentionWeights {
+  norm: tf.Tensor;
+  q: tf.Tensor;
+  k: tf.Tensor;
+  v: tf.Tensor;
+  o: tf.Tensor;
+}
+
+/** One feed-forward sublayer's weights: `wi` holds wi_0 and wi_1 for gated-GELU, wi alone for ReLU. */
+export interface FeedForwardWeights {
+  norm: tf.Tensor;
+  wi: tf.Tensor[];
+  wo: tf.Tensor;
+}
+
+/** RMS norm of rows [N, D]: the forward of {@link rmsNorm} on raw handles; keeps r and x̂ for the backward. */
+function normRows(f: Frame, x: Handle, w: Handle, eps: number): { r: Handle; xHat: Handle; normed: Handle } {
+  const squares = f.unary('Square', x);
+  const meanSquare = f.meanLast(squares);
+  f.free(squares);
+  const shifted = f.add(meanSquare, f.scalar(eps));
+  f.free(meanSquare);
+  const r = f.unary('Rsqrt', shifted);
+  f.free(shifted);
+  const xHat = f.mul(x, r);
+  return { r, xHat, normed: f.mul(xHat, w) };
+}
+
+/** The backward of {@link normRows} (as {@link rmsNorm}'s): dw = Σ dy·x̂, dx = r·(g − x̂·mean(g·x̂)) with g = dy·w. */
+function normRowsGrad(f: Frame, dy: Handle, xHat: Handle, r: Handle, w: Handle): { dx: Handle; dw: Handle } {
+  const dyx = f.mul(dy, xHat);
+  const dw = f.sum(dyx, [0], false);
+  f.free(dyx);
+  const g = f.mul(dy, w);
+  const gx = f.mul(g, xHat);
+  const m = f.meanLast(gx);
+  f.free(gx);
+  const xm = f.mul(xHat, m);
+  f.free(m);
+  const centred = f.sub(g, xm);
+  f.free(g, xm);
+  const dx = f.mul(centred, r);
+  f.free(centred);
+  return { dx, dw };
+}
+
+/** [N, n·H·K] projections → n tensors [B, H, L, K] (N = B·L): one reshape, one transpose and one unpack. */
+function splitHeads(f: Frame, x: Handle, batch: number, length: number, n: number, heads: number): Handle[] {
+  const headDim = x.shape[1] / (n * heads);
+  const grouped = f.reshape(x, [batch, length, n, heads, headDim]);
+  const moved = f.transpose(grouped, [2, 0, 3, 1, 4]); // [n, B, H, L, K]
+  f.free(grouped);
+  const parts = f.unpack(moved, n, 0);
+  f.free(moved);
+  return parts;
+}
+
+/** The inverse of {@link splitHeads} for gradients: n tensors [B, H, L, K] → [B·L, n·H·K]. */
+function mergeHeads(f: Frame, parts: Handle[]): Handle {
+  const [batch, heads, length, headDim] = parts[0].shape;
+  const stacked = parts.length === 1 ? parts[0] : f.pack(parts, 0); // [n, B, H, L, K]
+  const moved =
+    parts.length === 1 ? f.transpose(stacked, [0, 2, 1, 3]) : f.transpose(stacked, [1, 3, 0, 2, 4]); // [B, L, n, H, K]
+  if (stacked !== parts[0]) f.free(stacked);
+  const flat = f.reshape(moved, [batch * length, parts.length * heads * headDim]);
+  f.free(moved);
+  return flat;
+}
+
+/**
+ * A whole pre-norm attention sublayer as one differentiable op on native TensorFlow, `x + drop(attention(norm(x)))`
+ * (t5.ts's formulas: position bias and masks already in `bias`, no 1/√K, dropout on the attention weights and on
+ * the output), with a hand-written backward pass. Against the same ops through tfjs's autodiff it runs about half
+ * the kernels (the three projections of self-attention are one matMul against the weights side by side, heads split
+ * and merge in one reshape, transpose and (un)pack, the softmax gradient is four kernels) and records one tape node
+ * instead of ~40.
+ *
+ * x [B, T, D]; `memory` [B, S, D] for cross-attention (keys and values from it, differentiable), absent for
+ * self-attention; `bias` broadcasts onto the scores [B, H, T, S]: differentiable when it has their full shape (it
+ * carries the learned position bias), a constant (the source padding mask) otherwise. → [B, T, D], or undefined
+ * when the native backend is not in use (the caller runs the op-by-op formulas).
+ */
+export function attentionSublayer(
+  x: tf.Tensor,
+  w: AttentionWeights,
+  memory: tf.Tensor | undefined,
+  bias: tf.Tensor,
+  heads: number,
+  eps: number,
+  drop: SublayerDropout | undefined
+): tf.Tensor | undefined {
+  const nb = noFusedSublayers ? undefined : native();
+  if (!nb) return undefined;
+  const [batch, length, width] = x.shape as [number, number, number];
+  const sourceLength = memory ? (memory.shape[1] as number) : length;
+  const scoreShape = [batch, heads, length, sourceLength];
+  const biasGrad = bias.shape.length === 4 && bias.shape.every((d, i) => d === scoreShape[i]);
+  const seeds = drop ? [drop.nextSeed(), drop.nextSeed()] : undefined;
+  const cross = memory !== undefined;
+  const inputs = [x, w.norm, w.q, w.k, w.v, w.o, ...(memory ? [memory] : []), ...(biasGrad ? [bias] : [])];
+
+  // Forward on raw handles; `keep` lists what the backward needs (adopted as tfjs tensors when a tape records).
+  const forward = (f: Frame, keep: boolean) => {
+    const [X, G, Q, K, V, O] = inputs.slice(0, 6).map((t) => f.borrow(t));
+    const rows = f.reshape(X, [batch * length, width]);
+    const { r, xHat, normed } = normRows(f, rows, G, eps);
+    let q: Handle, k: Handle, v: Handle;
+    let projection: Handle; // self: [D, 3HK] q|k|v; cross: [D, 2HK] k|v
+    let memoryRows: Handle | undefined;
+    if (!cross) {
+      projection = f.concat([Q, K, V], 1);
+      const qkv = f.matMul(normed, projection);
+      [q, k, v] = splitHeads(f, qkv, batch, length, 3, heads);
+      f.free(qkv);
+    } else {
+      const qRows = f.matMul(normed, Q);
+      [q] = splitHeads(f, qRows, batch, length, 1, heads);
+      f.free(qRows);
+      memoryRows = f.reshape(f.borrow(memory), [batch * sourceLength, width]);
+      projection = f.concat([K, V], 1);
+      const kv = f.matMul(memoryRows, projection);
+      [k, v] = splitHeads(f, kv, batch, sourceLength, 2, heads);
+      f.free(kv);
+    }
+    const raw = f.matMul(q, k, false, true); // [B, H, T, S]
+    const scores = f.add(raw, f.borrow(bias));
+    f.free(raw);
+    const probs = f.unary('Softmax', scores);
+    f.free(scores);
+    const weightMask = seeds && f.dropoutMask(scoreShape, drop!.rate, seeds[0]);
+    const dropped = weightMask ? f.mul(probs, weightMask) : probs;
+    const context = f.matMul(dropped, v); // [B, H, T, K]
+    const contextRows = mergeHeads(f, [context]); // [B·T, H·K]
+    f.free(context);
+    const projected = f.matMul(contextRows, O);
+    const outMask = seeds && f.dropoutMask([batch * length, width], drop!.rate, seeds[1]);
+    const update = outMask ? f.mul(projected, outMask) : projected;
+    if (outMask) f.free(projected);
+    const sum = f.add(rows, update);
+    f.free(update);
+    const out = f.adopt(f.reshape(sum, [batch, length, width]));
+    if (!keep) return { out, saved: [] };
+    // Without dropout `dropped` is `probs`: each handle is adopted once.
+    const saved = [r, xHat, normed, projection, q, k, v, probs, contextRows];
+    if (memoryRows) saved.push(memoryRows);
+    if (weightMask) saved.push(weightMask, dropped, outMask!);
+    return { out, saved: saved.map((h) => f.adopt(h)) };
+  };
+
+  if (!recording()) return Frame.run(nb, (f) => forward(f, false).out);
+
+  const op = withGradient(((_: tf.Tensor[], save: tf.GradSaveFunc) => {
+    const { out, saved } = Frame.run(nb, (f) => forward(f, true));
+    save(saved);
+    return {
+      value: out,
+      gradFunc: (dy: tf.Tensor, kept: tf.Tensor[]) =>
+        Frame.run(nb, (f) => {
+          const h = kept.map((t) => f.borrow(t));
+          const [r, xHat, normed, projection, q, k, v, probs, contextRows] = h;
+          const memoryRows = cross ? h[9] : undefined;
+          const [weightMask, dropped, outMask] = seeds ? h.slice(cross ? 10 : 9) : [undefined, probs, undefined];
+          const [G, Q, O] = [w.norm, w.q, w.o].map((t) => f.borrow(t));
+          const dRows = f.reshape(f.borrow(dy), [batch * length, width]);
+          const dUpdate = outMask ? f.mul(dRows, outMask) : dRows;
+          const dO = f.matMul(contextRows, dUpdate, true); // [H·K, D]
+          const dContextRows = f.matMul(dUpdate, O, false, true); // [B·T, H·K]
+          if (outMask) f.free(dUpdate);
+          const grouped = f.reshape(dContextRows, [batch, length, heads, q.shape[3]]);
+          f.free(dContextRows);
+          const dContext = f.transpose(grouped, [0, 2, 1, 3]); // [B, H, T, K]
+          f.free(grouped);
+          const dDropped = f.matMul(dContext, v, false, true); // [B, H, T, S]
+          const dv = f.matMul(dropped, dContext, true); // [B, H, S, K]
+          f.free(dContext);
+          const dProbs = weightMask ? f.mul(dDropped, weightMask) : dDropped;
+          if (weightMask) f.free(dDropped);
+          // Softmax: ds = p ⊙ (dp − Σ dp ⊙ p).
+          const dpp = f.mul(dProbs, probs);
+          const rowSum = f.sum(dpp, [3], true);
+          f.free(dpp);
+          const centred = f.sub(dProbs, rowSum);
+          f.free(dProbs, rowSum);
+          const dScores = f.mul(centred, probs);
+          f.free(centred);
+          const dq = f.matMul(dScores, k); // [B, H, T, K]
+          const dk = f.matMul(dScores, q, true); // [B, H, S, K]
+          let dNormed: Handle, dMemory: tf.Tensor | undefined;
+          let dQ: Handle, dK: Handle, dV: Handle;
+          if (!cross) {
+            const dQkv = mergeHeads(f, [dq, dk, dv]); // [B·T, 3HK]
+            f.free(dq, dk, dv);
+            const dProjection = f.matMul(normed, dQkv, true);
+            [dQ, dK, dV] = f.split(dProjection, 1, 3);
+            f.free(dProjection);
+            dNormed = f.matMul(dQkv, projection, false, true);
+            f.free(dQkv);
+          } else {
+            const dqRows = mergeHeads(f, [dq]); // [B·T, HK]
+            f.free(dq);
+            dQ = f.matMul(normed, dqRows, true);
+            dNormed = f.matMul(dqRows, Q, false, true);
+            f.free(dqRows);
+            const dKv = mergeHeads(f, [dk, dv]); // [B·S, 2HK]
+            f.free(dk, dv);
+            const dProjection = f.matMul(memoryRows!, dKv, true);
+            [dK, dV] = f.split(dProjection, 1, 2);
+            f.free(dProjection);
+            const dMemoryRows = f.matMul(dKv, projection, false, true);
+            f.free(dKv);
+            dMemory = f.adopt(f.reshape(dMemoryRows, [batch, sourceLength, width]));
+          }
+          const { dx, dw } = normRowsGrad(f, dNormed, xHat, r, G);
+          f.free(dNormed);
+          const dSum = f.add(dRows, dx);
+          f.free(dx);
+          const grads = [
+            f.adopt(f.reshape(dSum, [batch, length, width])),
+            f.adopt(dw),
+            f.adopt(dQ),
+            f.adopt(dK),
+            f.adopt(dV),
+            f.adopt(dO),
+            ...(dMemory ? [dMemory] : []),
+            ...(biasGrad ? [f.adopt(dScores)] : []),
+          ];
+          return grads;
+        }),
+    };
+  }) as Parameters<typeof withGradient>[0]);
+  return op(...inputs);
+}
+
+/**
+ * A whole pre-norm feed-forward sublayer as one differentiable op on native TensorFlow,
+ * `x + drop(wo · drop(act(norm(x))))` with act gated-GELU (`gelu_new(x·wi_0) ⊙ x·wi_1`, {@link gatedGelu}'s
+ * formula) or ReLU, and a hand-written backward pass. x [B, T, D] → [B, T, D], or undefined when the native backend
+ * is not in use (the caller runs the op-by-op formulas).
+ */
+export function feedForwardSublayer(
+  x: tf.Tensor,
+  w: FeedForwardWeights,
+  eps: number,
+  drop: SublayerDropout | undefined
+): tf.Tensor | undefined {
+  const nb = noFusedSublayers ? undefined : native();
+  if (!nb) return undefined;
+  const [batch, length, width] = x.shape as [number, number, number];
+  const gated = w.wi.length === 2;
+  const seeds = drop ? [drop.nextSeed(), drop.nextSeed()] : undefined;
+  const inputs = [x, w.norm, ...w.wi, w.wo];
+
+  const forward = (f: Frame, keep: boolean) => {
+    const [X, G, ...rest] = inputs.map((t) => f.borrow(t));
+    const WO = rest[rest.length - 1];
+    const rows = f.reshape(X, [batch * length, width]);
+    const { r, xHat, normed } = normRows(f, rows, G, eps);
+    const a = f.matMul(normed, rest[0]); // [N, F]
+    let hidden: Handle;
+    let kept: Handle[];
+    if (gated) {
+      const b = f.matMul(normed, rest[1]);
+      // gelu_new(a) = a·sigmoid(a·(C0 + C1·a²)), as gatedGelu computes it.
+      const squares = f.unary('Square', a);
+      const scaled = f.mul(squares, f.scalar(GELU_C1));
+      f.free(squares);
+      const inner = f.add(scaled, f.scalar(GELU_C0));
+      f.free(scaled);
+      const z = f.mul(a, inner);
+      f.free(inner);
+      const s = f.unary('Sigmoid', z);
+      f.free(z);
+      const gelu = f.mul(a, s);
+      hidden = f.mul(gelu, b);
+      kept = [a, b, s, gelu];
+    } else {
+      hidden = f.unary('Relu', a);
+      f.free(a);
+      // ReluGrad needs only where the activation is positive, and where the mask dropped it the gradient is 0
+      // anyway: the dropped activation serves as its features.
+      kept = [];
+    }
+    const hiddenMask = seeds && f.dropoutMask(hidden.shape, drop!.rate, seeds[0]);
+    const dropped = hiddenMask ? f.mul(hidden, hiddenMask) : hidden;
+    if (hiddenMask) f.free(hidden);
+    const projected = f.matMul(dropped, WO);
+    const outMask = seeds && f.dropoutMask([batch * length, width], drop!.rate, seeds[1]);
+    const update = outMask ? f.mul(projected, outMask) : projected;
+    if (outMask) f.free(projected);
+    const sum = f.add(rows, update);
+    f.free(update);
+    const out = f.adopt(f.reshape(sum, [batch, length, width]));
+    if (!keep) return { out, saved: [] };
+    const saved = [r, xHat, normed, dropped, ...kept, ...(hiddenMask ? [hiddenMask, outMask!] : [])];
+    return { out, saved: saved.map((h) => f.adopt(h)) };
+  };
+
+  if (!recording()) return Frame.run(nb, (f) => forward(f, false).out);
+
+  const op = withGradient(((_: tf.Tensor[], save: tf.GradSaveFunc) => {
+    const { out, saved } = Frame.run(nb, (f) => forward(f, true));
+    save(saved);
+    return {
+      value: out,
+      gradFunc: (dy: tf.Tensor, keptTensors: tf.Tensor[]) =>
+        Frame.run(nb, (f) => {
+          const h = keptTensors.map((t) => f.borrow(t));
+          const [r, xHat, normed, dropped] = h;
+          const acts = gated ? h.slice(4, 8) : [dropped];
+          const [hiddenMask, outMask] = seeds ? h.slice(gated ? 8 : 4) : [undefined, undefined];
+          const [G, ...rest] = [w.norm, ...w.wi, w.wo].map((t) => f.borrow(t));
+          const WO = rest[rest.length - 1];
+          const dRows = f.reshape(f.borrow(dy), [batch * length, width]);
+          const dUpdate = outMask ? f.mul(dRows, outMask) : dRows;
+          const dWo = f.matMul(dropped, dUpdate, true);
+          const dDropped = f.matMul(dUpdate, WO, false, true);
+          if (outMask) f.free(dUpdate);
+          const dHidden = hiddenMask ? f.mul(dDropped, hiddenMask) : dDropped;
+          if (hiddenMask) f.free(dDropped);
+          let dNormed: Handle;
+          let dWi: Handle[];
+          if (gated) {
+            const [a, b, s, gelu] = acts;
+            const db = f.mul(dHidden, gelu);
+            // d gelu/da = s + s(1−s)·a·(C0 + 3·C1·a²) (gatedGelu's gradient).
+            const squares = f.unary('Square', a);
+            const scaled = f.mul(squares, f.scalar(3 * GELU_C1));
+            f.free(squares);
+            const inner = f.add(scaled, f.scalar(GELU_C0));
+            f.free(scaled);
+            const slope = f.mul(a, inner);
+            f.free(inner);
+            const sigmoidPart = f.grad('SigmoidGrad', s, slope);
+            f.free(slope);
+            const derivative = f.add(s, sigmoidPart);
+            f.free(sigmoidPart);
+            const dGelu = f.mul(dHidden, b);
+            const da = f.mul(dGelu, derivative);
+            f.free(dGelu, derivative);
+            dWi = [f.matMul(normed, da, true), f.matMul(normed, db, true)];
+            const fromA = f.matMul(da, rest[0], false, true);
+            const fromB = f.matMul(db, rest[1], false, true);
+            f.free(da, db);
+            dNormed = f.add(fromA, fromB);
+            f.free(fromA, fromB);
+          } else {
+            const da = f.grad('ReluGrad', dHidden, acts[0]);
+            dWi = [f.matMul(normed, da, true)];
+            dNormed = f.matMul(da, rest[0], false, true);
+            f.free(da);
+          }
+          f.free(dHidden);
+          const { dx, dw } = normRowsGrad(f, dNormed, xHat, r, G);
+          f.free(dNormed);
+          const dSum = f.add(dRows, dx);
+          f.free(dx);
+          return [
+            f.adopt(f.reshape(dSum, [batch, length, width])),
+            f.adopt(dw),
+            ...dWi.map((d) => f.adopt(d)),
+            f.adopt(dWo),
+          ];
+        }),
+    };
+  }) as Parameters<typeof withGradient>[0]);
+  return op(...inputs);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -430,14 +1148,30 @@ class NativeAdam {
         } else if (this.synced[i] !== dataIdOf(p)) {
           this.assignVariable(this.paramHandles[i], p);
         }
-        // lr_t = lr·√(1−β2^t)/(1−β1^t); m += (g−m)(1−β1); v += (g²−v)(1−β2); var −= lr_t·m/(√v + ε̂).
-        nb.executeMultipleOutputs(
-          'ResourceApplyAdam',
-          attrs,
-          [this.paramHandles[i], this.mHandles[i], this.vHandles[i], ...scalars, grads[i]],
-          0
-        );
-        p.assign(this.readVariable(this.paramHandles[i]));
+        // TF updates the resource's buffer in place only when nothing else holds it, and copies it first otherwise
+        // (208 MB a step for the `small` shape). The parameter's own handle is the other holder: it lets go of it
+        // for the update and takes a read of the result, when the parameter alone owns its data in tfjs.
+        const data = this.soleData(p);
+        if (data) {
+          nb.binding.deleteTensor(data.id);
+          data.id = -1;
+        }
+        try {
+          // lr_t = lr·√(1−β2^t)/(1−β1^t); m += (g−m)(1−β1); v += (g²−v)(1−β2); var −= lr_t·m/(√v + ε̂).
+          nb.executeMultipleOutputs(
+            'ResourceApplyAdam',
+            attrs,
+            [this.paramHandles[i], this.mHandles[i], this.vHandles[i], ...scalars, grads[i]],
+            0
+          );
+        } finally {
+          if (data) {
+            const [handle] = nb.getInputTensorIds([this.paramHandles[i]]);
+            data.id = nb.binding.executeOp('ReadVariableOp', [this.floatAttr], [handle], 1)[0].id;
+          } else {
+            p.assign(this.readVariable(this.paramHandles[i]));
+          }
+        }
         this.synced[i] = dataIdOf(p);
       });
     });
@@ -462,6 +1196,20 @@ class NativeAdam {
       this.nb.executeMultipleOutputs('DestroyResourceOp', [boolAttr(this.nb, 'ignore_lookup_error', true)], [h], 0);
     }
     tf.dispose(handles);
+  }
+
+  /**
+   * tfjs-node's record of the parameter's data (its native handle `id`) when the parameter is its only holder in
+   * tfjs (no clone shares it) and the data lives in the native library; undefined otherwise.
+   */
+  private soleData(p: tf.Variable): { id: number } | undefined {
+    const map = (this.nb as unknown as { tensorMap?: { get(dataId: unknown): unknown } }).tensorMap;
+    if (typeof map?.get !== 'function') return undefined;
+    this.nb.getInputTensorIds([p]); // writes data still held in JS into the library
+    const data = map.get(dataIdOf(p)) as { id?: unknown; refCount?: unknown } | undefined;
+    return data && data.refCount === 1 && typeof data.id === 'number' && data.id >= 0
+      ? (data as { id: number })
+      : undefined;
   }
 
   private newVariable(shape: number[]): tf.Tensor {

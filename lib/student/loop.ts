@@ -3,8 +3,16 @@
  * weights kept and early stopping, and resume checkpoints that hold everything needed to continue exactly (see
  * train.ts for the contract and resume.ts for the saved state).
  */
-import { serializeCheckpoint, serializeResumeCheckpoint, serializeWeights, type ResumeCheckpoint } from './checkpoint';
-import type { TrainingMeta } from './checkpoint';
+import {
+  checkpointBytes,
+  modelCheckpoint,
+  resumeCheckpoint,
+  weightSources,
+  writeCheckpointFile,
+  type CheckpointParts,
+  type ResumeCheckpoint,
+  type TrainingMeta,
+} from './checkpoint';
 import type { T5Config } from './config';
 import { batchLoss, disposeBatch, makeBatch, setLossParts } from './loss';
 import { clipByGlobalNorm, type Optimizer } from './optim';
@@ -203,14 +211,22 @@ export class TrainingLoop {
     const due =
       this.step % checkpointEvery === 0 || Date.now() - this.lastCheckpointAt >= checkpointEveryMinutes * 60_000;
     // None after the last step: the result is the final checkpoint.
-    if (!hooks.onCheckpoint || !due || this.step >= steps) return;
-    await hooks.onCheckpoint({ step: this.step, bytes: this.resumeCheckpoint() });
+    if (!(hooks.onCheckpoint || hooks.checkpointFiles) || !due || this.step >= steps) return;
+    if (hooks.checkpointFiles) {
+      // Streamed to the file tensor by tensor: the weights and optimiser state are never copied whole.
+      const path = hooks.checkpointFiles.path(this.step);
+      await writeCheckpointFile(path, this.resumeParts());
+      await hooks.checkpointFiles.written({ step: this.step, path });
+    } else {
+      await hooks.onCheckpoint!({ step: this.step, bytes: checkpointBytes(this.resumeParts()) });
+    }
     this.checkpoints += 1;
     this.lastCheckpointAt = Date.now();
   }
 
-  private resumeCheckpoint(): Buffer {
-    const { tensors, ...optimizerState } = this.s.optimizer.getState();
+  /** The resume checkpoint of this step, its tensors read as it is written. */
+  private resumeParts(): CheckpointParts {
+    const { tensors, release, ...optimizerState } = this.s.optimizer.stateSources();
     const { best } = this;
     const state: TrainState = {
       version: 1,
@@ -228,15 +244,16 @@ export class TrainingLoop {
       options: this.s.options,
       data: this.s.data,
     };
-    return serializeResumeCheckpoint({
+    return resumeCheckpoint({
       config: this.s.config,
       tokenizer: this.s.tokenizer,
       training: this.meta({ checkpoint: 'resume' }),
       state: state as unknown as Record<string, unknown>,
-      weights: this.s.model.exportWeights(),
+      weights: weightSources(this.s.model),
       optimizer: tensors,
       // The best weights are the current ones when the best is this step: no need to store them twice.
       ...(best?.weights && best.step !== this.step ? { best: best.weights } : {}),
+      release,
     });
   }
 
@@ -267,8 +284,11 @@ export class TrainingLoop {
     };
   }
 
-  /** The run's outcome: the best weights by validation loss (see `keepBest`) or the last ones, and its figures. */
-  finish(started: number): TrainResult {
+  /**
+   * The run's outcome: its figures, and its checkpoint (the best weights by validation loss, see `keepBest`, or the
+   * last ones) unread, for the caller to make bytes of or stream to a file.
+   */
+  finish(started: number): { result: Omit<TrainResult, 'checkpoint'>; checkpoint: CheckpointParts } {
     const { step, best, history, lastPoint, recent } = this;
     const finalLoss = recent.length ? recent.reduce((a, b) => a + b, 0) / recent.length : NaN;
     if (lastPoint && history[history.length - 1]?.step !== step) history.push(lastPoint);
@@ -284,10 +304,8 @@ export class TrainingLoop {
       wallMs,
     });
     const { model, tokenizer, config } = this.s;
-    return {
-      checkpoint: returnBest
-        ? serializeWeights(config, best!.weights!, tokenizer, training)
-        : serializeCheckpoint(model, tokenizer, training),
+    const checkpoint = modelCheckpoint(returnBest ? { config, weights: best!.weights! } : model, tokenizer, training);
+    const result = {
       backend: this.s.backend,
       optimizer: this.s.opts.optimizer,
       steps: step,
@@ -305,5 +323,6 @@ export class TrainingLoop {
       params: model.parameterCount,
       wallMs,
     };
+    return { result, checkpoint };
   }
 }

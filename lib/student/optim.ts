@@ -12,6 +12,7 @@
 import { InputError } from '../errors';
 import { clipByGlobalNorm as fusedClipByGlobalNorm, FusedAdam } from './fast-ops';
 import { OPTIMIZERS, type OptimizerName } from './options';
+import type { TensorSource } from './checkpoint-file';
 import type { NamedWeight } from './t5';
 import { tf } from './tf';
 
@@ -78,6 +79,16 @@ export interface OptimizerState {
   tensors: NamedWeight[];
 }
 
+/**
+ * The state with its slot tensors unread: each source reads one slot back when a checkpoint writer reaches it, so a
+ * checkpoint streamed to a file never holds a copy of the whole state. Valid until the next update; `release` frees
+ * what the sources hold.
+ */
+export interface OptimizerStateSources extends Omit<OptimizerState, 'tensors'> {
+  tensors: TensorSource[];
+  release(): void;
+}
+
 export interface Optimizer {
   readonly name: OptimizerName;
   /** Updates applied so far. */
@@ -86,6 +97,8 @@ export interface Optimizer {
   apply(grads: readonly tf.Tensor[], lr: number): void;
   /** A copy of the state (read back from the device). */
   getState(): OptimizerState;
+  /** The state, its tensors read back one at a time as a checkpoint writer asks (see {@link OptimizerStateSources}). */
+  stateSources(): OptimizerStateSources;
   /**
    * Overwrites the state with a saved one.
    * @throws InputError when the state belongs to another optimiser, other hyperparameters or other parameters.
@@ -104,12 +117,8 @@ class Slots {
     this.vars.set(name, v);
     return v;
   }
-  read(): NamedWeight[] {
-    return [...this.vars].map(([name, v]) => ({
-      name,
-      shape: [...v.shape],
-      data: Float32Array.from(v.dataSync() as Float32Array),
-    }));
+  sources(): TensorSource[] {
+    return [...this.vars].map(([name, v]) => ({ name, shape: [...v.shape], read: () => v.dataSync() as Float32Array }));
   }
   write(tensors: readonly NamedWeight[], owner: string): void {
     const given = new Map(tensors.map((t) => [t.name, t]));
@@ -132,6 +141,15 @@ class Slots {
   dispose(): void {
     tf.dispose([...this.vars.values()]);
     this.vars.clear();
+  }
+}
+
+/** The whole state read back: copies, so they stay valid after later updates (and on backends that share buffers). */
+function readAll({ tensors, release, ...state }: OptimizerStateSources): OptimizerState {
+  try {
+    return { ...state, tensors: tensors.map((t) => ({ name: t.name, shape: t.shape, data: t.read().slice() })) };
+  } finally {
+    release();
   }
 }
 
@@ -192,16 +210,25 @@ export class AdamW implements Optimizer {
   }
 
   getState(): OptimizerState {
+    return readAll(this.stateSources());
+  }
+
+  stateSources(): OptimizerStateSources {
+    // Reads that share the moments' buffers (fast-ops.ts): nothing is copied until a source is read.
     const { m, v } = this.adam.moments();
-    const named = (slot: string, list: tf.Tensor[]): NamedWeight[] =>
+    const named = (slot: string, list: tf.Tensor[]): TensorSource[] =>
       list.map((t, i) => ({
         name: `${slot}.${this.params[i].name}`,
         shape: [...t.shape],
-        data: Float32Array.from(t.dataSync() as Float32Array),
+        read: () => t.dataSync() as Float32Array,
       }));
-    const tensors = [...named('exp_avg', m), ...named('exp_avg_sq', v)];
-    tf.dispose([...m, ...v]);
-    return { name: this.name, step: this.t, hyper: { ...this.hyper }, tensors };
+    return {
+      name: this.name,
+      step: this.t,
+      hyper: { ...this.hyper },
+      tensors: [...named('exp_avg', m), ...named('exp_avg_sq', v)],
+      release: () => tf.dispose([...m, ...v]),
+    };
   }
 
   setState(state: OptimizerState): void {
@@ -335,7 +362,17 @@ export class Adafactor implements Optimizer {
   }
 
   getState(): OptimizerState {
-    return { name: this.name, step: this.t, hyper: { ...this.hyper }, tensors: this.slots.read() };
+    return readAll(this.stateSources());
+  }
+
+  stateSources(): OptimizerStateSources {
+    return {
+      name: this.name,
+      step: this.t,
+      hyper: { ...this.hyper },
+      tensors: this.slots.sources(),
+      release: () => {},
+    };
   }
 
   setState(state: OptimizerState): void {

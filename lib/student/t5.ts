@@ -10,7 +10,15 @@
  */
 import { InputError } from '../errors';
 import { scalesOutputs, validateConfig, type T5Config } from './config';
-import { dropout as fusedDropout, gatedGelu, maskedCrossEntropy, rmsNorm as fusedRmsNorm } from './fast-ops';
+import {
+  attentionSublayer as fusedAttentionSublayer,
+  dropout as fusedDropout,
+  feedForwardSublayer as fusedFeedForwardSublayer,
+  gatedGelu,
+  maskedCrossEntropy,
+  rmsNorm as fusedRmsNorm,
+  type SublayerDropout,
+} from './fast-ops';
 import { tf } from './tf';
 
 /** A large negative logit for masked attention positions; finite so a fully masked row cannot produce NaN. */
@@ -116,7 +124,14 @@ export class Dropout {
   ) {}
   apply<T extends tf.Tensor>(x: T): T {
     if (this.rate === 0) return x;
-    return fusedDropout(x, this.rate, this.seed * 7919 + this.calls++);
+    return fusedDropout(x, this.rate, this.nextSeed());
+  }
+  /** The seeds a fused sublayer draws its masks from, in the order the op-by-op formulas would (undefined: none). */
+  forSublayer(): SublayerDropout | undefined {
+    return this.rate === 0 ? undefined : { rate: this.rate, nextSeed: () => this.nextSeed() };
+  }
+  private nextSeed(): number {
+    return this.seed * 7919 + this.calls++;
   }
 }
 
@@ -491,13 +506,8 @@ export class T5Model {
     let h = drop.apply(tf.gather(p('shared.weight'), inputIds)); // [B, S, D]
     for (let i = 0; i < c.num_layers; i++) {
       const block = `encoder.block.${i}`;
-      const normed = rmsNorm(h, p(`${block}.layer.0.layer_norm.weight`), c.layer_norm_epsilon);
-      h = tf.add(
-        h,
-        drop.apply(attention(p, `${block}.layer.0.SelfAttention`, normed, normed, bias, c.num_heads, drop))
-      );
-      const normed2 = rmsNorm(h, p(`${block}.layer.1.layer_norm.weight`), c.layer_norm_epsilon);
-      h = tf.add(h, drop.apply(feedForward(p, `${block}.layer.1.DenseReluDense`, normed2, this.gated, drop)));
+      h = this.attentionSublayer(`${block}.layer.0`, 'SelfAttention', h, undefined, bias, drop);
+      h = this.feedForwardSublayer(`${block}.layer.1`, h, drop);
     }
     const hidden = drop.apply(rmsNorm(h, p('encoder.final_layer_norm.weight'), c.layer_norm_epsilon));
     return { hidden, sourceBias };
@@ -510,24 +520,18 @@ export class T5Model {
     const drop = this.dropout(opts, 1);
     const length = decoderInputIds.shape[1];
     const table = p('decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight');
-    const selfBias = tf.add(
-      positionBias(table, this.buckets(length, length, false), length, length),
-      causalBias(length)
-    ); // [1, H, T, T]
+    // Broadcast over the batch once: the fused sublayers take a bias of the scores' full shape as the one that
+    // carries a gradient (the position bias), and the sum over the batch then happens once, not per block.
+    const selfBias = tf.broadcastTo(
+      tf.add(positionBias(table, this.buckets(length, length, false), length, length), causalBias(length)),
+      [decoderInputIds.shape[0], c.num_heads, length, length]
+    ); // [B, H, T, T]
     let y = drop.apply(tf.gather(p('shared.weight'), decoderInputIds)); // [B, T, D]
     for (let i = 0; i < c.num_decoder_layers; i++) {
       const block = `decoder.block.${i}`;
-      const n0 = rmsNorm(y, p(`${block}.layer.0.layer_norm.weight`), c.layer_norm_epsilon);
-      y = tf.add(y, drop.apply(attention(p, `${block}.layer.0.SelfAttention`, n0, n0, selfBias, c.num_heads, drop)));
-      const n1 = rmsNorm(y, p(`${block}.layer.1.layer_norm.weight`), c.layer_norm_epsilon);
-      y = tf.add(
-        y,
-        drop.apply(
-          attention(p, `${block}.layer.1.EncDecAttention`, n1, encoded.hidden, encoded.sourceBias, c.num_heads, drop)
-        )
-      );
-      const n2 = rmsNorm(y, p(`${block}.layer.2.layer_norm.weight`), c.layer_norm_epsilon);
-      y = tf.add(y, drop.apply(feedForward(p, `${block}.layer.2.DenseReluDense`, n2, this.gated, drop)));
+      y = this.attentionSublayer(`${block}.layer.0`, 'SelfAttention', y, undefined, selfBias, drop);
+      y = this.attentionSublayer(`${block}.layer.1`, 'EncDecAttention', y, encoded.hidden, encoded.sourceBias, drop);
+      y = this.feedForwardSublayer(`${block}.layer.2`, y, drop);
     }
     return drop.apply(rmsNorm(y, p('decoder.final_layer_norm.weight'), c.layer_norm_epsilon));
   }
@@ -650,6 +654,55 @@ export class T5Model {
 
   private get gated(): boolean {
     return this.config.feed_forward_proj === 'gated-gelu';
+  }
+
+  /**
+   * `x + drop(attention(norm(x)))`: one fused op on native TensorFlow (fast-ops.ts), the op-by-op formulas
+   * elsewhere. `memory` (cross-attention) gives the keys and values; self-attention takes them from x.
+   */
+  private attentionSublayer(
+    layer: string,
+    kind: 'SelfAttention' | 'EncDecAttention',
+    x: tf.Tensor,
+    memory: tf.Tensor | undefined,
+    bias: tf.Tensor,
+    drop: Dropout
+  ): tf.Tensor {
+    const c = this.config;
+    const p = this.param;
+    const prefix = `${layer}.${kind}`;
+    const norm = p(`${layer}.layer_norm.weight`);
+    const weights = { norm, q: p(`${prefix}.q.weight`), k: p(`${prefix}.k.weight`), v: p(`${prefix}.v.weight`) };
+    const fused = fusedAttentionSublayer(
+      x,
+      { ...weights, o: p(`${prefix}.o.weight`) },
+      memory,
+      bias,
+      c.num_heads,
+      c.layer_norm_epsilon,
+      drop.forSublayer()
+    );
+    if (fused) return fused;
+    const normed = rmsNorm(x, norm, c.layer_norm_epsilon);
+    return tf.add(x, drop.apply(attention(p, prefix, normed, memory ?? normed, bias, c.num_heads, drop)));
+  }
+
+  /** `x + drop(feedForward(norm(x)))`: one fused op on native TensorFlow, the op-by-op formulas elsewhere. */
+  private feedForwardSublayer(layer: string, x: tf.Tensor, drop: Dropout): tf.Tensor {
+    const c = this.config;
+    const p = this.param;
+    const prefix = `${layer}.DenseReluDense`;
+    const norm = p(`${layer}.layer_norm.weight`);
+    const wi = this.gated ? [p(`${prefix}.wi_0.weight`), p(`${prefix}.wi_1.weight`)] : [p(`${prefix}.wi.weight`)];
+    const fused = fusedFeedForwardSublayer(
+      x,
+      { norm, wi, wo: p(`${prefix}.wo.weight`) },
+      c.layer_norm_epsilon,
+      drop.forSublayer()
+    );
+    if (fused) return fused;
+    const normed = rmsNorm(x, norm, c.layer_norm_epsilon);
+    return tf.add(x, drop.apply(feedForward(p, prefix, normed, this.gated, drop)));
   }
 }
 

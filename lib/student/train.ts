@@ -19,7 +19,16 @@
  */
 import { InputError } from '../errors';
 import { initBackend, type BackendName } from './backend';
-import { loadCheckpoint, readResumeCheckpoint, type ResumeCheckpoint, type TrainingMeta } from './checkpoint';
+import {
+  checkpointBytes,
+  loadCheckpoint,
+  readResumeCheckpoint,
+  readResumeCheckpointFile,
+  writeCheckpointFile,
+  type ResumeCheckpoint,
+  type TrainingMeta,
+} from './checkpoint';
+import { collectGarbage } from './checkpoint-file';
 import { makeConfig, type T5Config } from './config';
 import { setLoss } from './loss';
 import { TrainingLoop } from './loop';
@@ -49,6 +58,11 @@ export interface TrainInputs {
    */
   resumeFrom?: Uint8Array;
   /**
+   * `resumeFrom` as a file, read tensor by tensor rather than whole: a resume checkpoint is the weights and optimiser
+   * state over again, and the training child (child-main.ts) must not hold it beside them.
+   */
+  resumeFromFile?: string;
+  /**
    * Start from these weights instead of a fresh init: a Stepwise checkpoint (from `stepwise import-t5`, or a trained
    * student). Its config and tokenizer replace `preset`, `config` and `vocabSize`. A resumed run needs it too (its hash
    * is among the options a resume must match) but starts from the weights the resume checkpoint holds.
@@ -66,7 +80,7 @@ export type TrainOptionsInput = StudentOptionsInput & TrainInputs;
  * @throws InputError naming the first bad option, its value and what was expected.
  */
 export function parseTrainOptions(input: TrainOptionsInput): TrainOptions {
-  const { valid, resumeFrom, initFrom, ...options } = input;
+  const { valid, resumeFrom, resumeFromFile, initFrom, ...options } = input;
   for (const [field, bytes] of [
     ['resumeFrom', resumeFrom],
     ['initFrom', initFrom],
@@ -79,6 +93,7 @@ export function parseTrainOptions(input: TrainOptionsInput): TrainOptions {
     ...parseStudentOptions(options),
     ...(valid ? { valid } : {}),
     ...(resumeFrom ? { resumeFrom } : {}),
+    ...(resumeFromFile !== undefined ? { resumeFromFile } : {}),
     ...(initFrom ? { initFrom } : {}),
   };
 }
@@ -112,6 +127,15 @@ export interface TrainHooks {
   shouldStop?(): boolean;
   /** Receives resume checkpoints (see `checkpointEvery`); awaited, so training waits while it is written. */
   onCheckpoint?(c: TrainCheckpoint): void | Promise<void>;
+  /**
+   * Resume checkpoints as files instead of bytes, in place of `onCheckpoint`: each is streamed to `path(step)` one
+   * tensor at a time (never a second copy of the weights and optimiser state in memory), atomically, and then
+   * `written` is awaited.
+   */
+  checkpointFiles?: {
+    path(step: number): string;
+    written(c: { step: number; path: string }): void | Promise<void>;
+  };
 }
 
 export interface LossPoint {
@@ -166,8 +190,36 @@ export interface TrainResult {
   wallMs: number;
 }
 
+/** The resume checkpoint a run continues from, if any: `resumeFrom`'s bytes, or `resumeFromFile`'s, read by tensor. */
+async function readSaved(opts: TrainOptions): Promise<ResumeCheckpoint | undefined> {
+  if (opts.resumeFromFile !== undefined) {
+    if (opts.resumeFrom) {
+      throw new InputError('resumeFrom and resumeFromFile are both set; expected at most one', 'resumeFromFile');
+    }
+    if (typeof opts.resumeFromFile !== 'string' || opts.resumeFromFile === '') {
+      throw new InputError(
+        `resumeFromFile is ${JSON.stringify(opts.resumeFromFile)}; expected the path of a checkpoint file`,
+        'resumeFromFile'
+      );
+    }
+    return readResumeCheckpointFile(opts.resumeFromFile);
+  }
+  return opts.resumeFrom ? readResumeCheckpoint(opts.resumeFrom) : undefined;
+}
+
 /** The run's data and options checked against each other, as pairs, and what a resume must match. */
-function prepare(records: readonly TrainRecord[], opts: TrainOptions) {
+function prepare(
+  records: readonly TrainRecord[],
+  opts: TrainOptions,
+  saved: ResumeCheckpoint | undefined
+): {
+  labelSource: LabelSource;
+  pairs: PairSet;
+  validPairs?: PairSet;
+  options: Record<string, unknown>;
+  data: string;
+  saved?: ResumeCheckpoint;
+} {
   if (opts.earlyStoppingPatience !== undefined && !opts.valid?.length) {
     throw new InputError(
       `earlyStoppingPatience is ${opts.earlyStoppingPatience}; expected to be set only with valid records to evaluate on`,
@@ -182,9 +234,8 @@ function prepare(records: readonly TrainRecord[], opts: TrainOptions) {
   const validPairs = opts.valid?.length ? buildPairs(opts.valid, opts.method, { labelSource }) : undefined;
   const options = trajectoryOptions(opts, labelSource);
   const data = dataHash(pairs, validPairs);
-  const saved = opts.resumeFrom ? readResumeCheckpoint(opts.resumeFrom) : undefined;
   if (saved) checkResumable(saved.state as unknown as TrainState, options, data, opts.steps);
-  return { labelSource, pairs, validPairs, options, data, saved };
+  return { labelSource, pairs, options, data, ...(validPairs ? { validPairs } : {}), ...(saved ? { saved } : {}) };
 }
 
 /**
@@ -231,9 +282,48 @@ export async function train(
   hooks: TrainHooks = {}
 ): Promise<TrainResult> {
   const started = Date.now();
-  const { labelSource, pairs, validPairs, options, data, saved } = prepare(records, opts);
+  return runTraining(await setUp(records, opts), started, hooks, ({ result, checkpoint }) => ({
+    ...result,
+    checkpoint: checkpointBytes(checkpoint),
+  }));
+}
+
+/**
+ * {@link train}, with the trained checkpoint streamed to `path` (atomically, one tensor at a time) rather than
+ * returned as bytes: what a process that must not hold a second copy of a big model's weights calls (child-main.ts).
+ */
+export async function trainToFile(
+  records: readonly TrainRecord[],
+  opts: TrainOptions,
+  path: string,
+  hooks: TrainHooks = {}
+): Promise<Omit<TrainResult, 'checkpoint'> & { checkpointPath: string }> {
+  const started = Date.now();
+  return runTraining(await setUp(records, opts), started, hooks, async ({ result, checkpoint }) => {
+    await writeCheckpointFile(path, checkpoint);
+    return { ...result, checkpointPath: path };
+  });
+}
+
+/** A run ready for its first step. */
+interface Session {
+  loop: TrainingLoop;
+  model: T5Model;
+  optimizer: ReturnType<typeof createOptimizer>;
+}
+
+/**
+ * Everything before the first step: data, tokenizer, model, optimiser and loop, restored from the resume checkpoint
+ * if there is one. A function of its own, whose caller keeps only the {@link Session}, so that what the run started
+ * from (checkpoint bytes, the tensors decoded from them: the weights and optimiser state over again) is unreachable
+ * once training begins; a suspended async function would keep its locals, and a resumed run carried its checkpoint.
+ */
+async function setUp(records: readonly TrainRecord[], opts: TrainOptions): Promise<Session> {
+  const { labelSource, pairs, validPairs, options, data, saved } = prepare(records, opts, await readSaved(opts));
   const { backend } = await initBackend(opts.backend);
   const { tokenizer, config, model } = await startingPoint(pairs, opts, saved);
+  // The loop keeps its options through the run: without the checkpoint bytes among them.
+  const loopOpts = { ...opts, resumeFrom: undefined, resumeFromFile: undefined, initFrom: undefined };
   let optimizer: ReturnType<typeof createOptimizer> | undefined;
   try {
     const trainSet = encodePairs(tokenizer, pairs, opts);
@@ -249,7 +339,7 @@ export async function train(
       adafactor: adafactorOf(opts),
     });
     const loop = new TrainingLoop({
-      opts,
+      opts: loopOpts,
       labelSource,
       backend,
       model,
@@ -265,8 +355,32 @@ export async function train(
       data,
     });
     if (saved) loop.restore(saved);
+    return { loop, model, optimizer };
+  } catch (err) {
+    optimizer?.dispose();
+    model.dispose();
+    throw err;
+  }
+}
+
+/** Trains a session to its end; `output` turns its outcome into the caller's while the model still exists. */
+async function runTraining<R>(
+  session: Session,
+  started: number,
+  hooks: TrainHooks,
+  output: (outcome: ReturnType<TrainingLoop['finish']>) => R | Promise<R>
+): Promise<R> {
+  const { loop, model } = session;
+  let optimizer: Session['optimizer'] | undefined = session.optimizer;
+  try {
+    // What the run started from is garbage now (see setUp): collected where the process allows, so that it is not
+    // part of training's peak memory.
+    collectGarbage();
     await loop.run(hooks);
-    return loop.finish(started);
+    // The final checkpoint holds no optimiser state: its slots (twice the weights, for AdamW) are freed first.
+    optimizer.dispose();
+    optimizer = undefined;
+    return await output(loop.finish(started));
   } finally {
     optimizer?.dispose();
     model.dispose();
