@@ -397,7 +397,11 @@ class Frame {
     // Two int32 words of the seed (TF's seed is a pair); seeds here are non-negative integers below 2^53.
     const whole = Math.floor(Math.abs(seed));
     const words = Int32Array.of(whole % 0x7fffffff, Math.floor(whole / 0x7fffffff) % 0x7fffffff);
-    const seedPair: Handle = { id: this.b.createTensor([2], this.b.TF_INT32, words), shape: [2], dtype: this.b.TF_INT32 };
+    const seedPair: Handle = {
+      id: this.b.createTensor([2], this.b.TF_INT32, words),
+      shape: [2],
+      dtype: this.b.TF_INT32,
+    };
     this.live.add(seedPair);
     const count = shape.reduce((a, b) => a * b, 1);
     let keep: Handle;
@@ -414,7 +418,10 @@ class Frame {
       keep = this.run('Reshape', this.k.attrs.reshapeBool, [above, this.k.constant('int', [count])]);
       this.free(above);
     } else {
-      const uniform = this.run('StatelessRandomUniform', this.k.attrs.uniform, [this.k.constant('int', [count]), seedPair]);
+      const uniform = this.run('StatelessRandomUniform', this.k.attrs.uniform, [
+        this.k.constant('int', [count]),
+        seedPair,
+      ]);
       keep = this.run('GreaterEqual', this.k.attrs.float, [uniform, this.scalar(rate)]);
       this.free(uniform);
     }
@@ -450,7 +457,13 @@ export function dropout<T extends tf.Tensor>(x: T, rate: number, seed: number): 
   if (rate === 0) return x;
   const nb = native();
   if (!nb) return tf.dropout(x, rate, undefined, seed) as T;
-  return tf.tidy(() => tf.mul(x, Frame.run(nb, (f) => f.adopt(f.dropoutMask(x.shape, rate, seed)))) as T);
+  return tf.tidy(
+    () =>
+      tf.mul(
+        x,
+        Frame.run(nb, (f) => f.adopt(f.dropoutMask(x.shape, rate, seed)))
+      ) as T
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -588,8 +601,7 @@ function splitHeads(f: Frame, x: Handle, batch: number, length: number, n: numbe
 function mergeHeads(f: Frame, parts: Handle[]): Handle {
   const [batch, heads, length, headDim] = parts[0].shape;
   const stacked = parts.length === 1 ? parts[0] : f.pack(parts, 0); // [n, B, H, L, K]
-  const moved =
-    parts.length === 1 ? f.transpose(stacked, [0, 2, 1, 3]) : f.transpose(stacked, [1, 3, 0, 2, 4]); // [B, L, n, H, K]
+  const moved = parts.length === 1 ? f.transpose(stacked, [0, 2, 1, 3]) : f.transpose(stacked, [1, 3, 0, 2, 4]); // [B, L, n, H, K]
   if (stacked !== parts[0]) f.free(stacked);
   const flat = f.reshape(moved, [batch * length, parts.length * heads * headDim]);
   f.free(moved);
