@@ -348,10 +348,12 @@ export class NativeDecoder {
       const memory = temp(this.exec('Reshape', [float, index('Tshape')], [hidden, ints([batch * source, width])]));
       const toHeads = ints([batch, source, this.heads, c.d_kv]);
       const perm = ints([0, 2, 1, 3]);
+      // BatchMatMulV2, not MatMul: TensorFlow's eager MatMul was seen to corrupt the heap when a signal reaches the
+      // thread running it (one intra-op thread, under --cpu-prof); BatchMatMulV2, which tfjs itself uses, never did.
       const matMulAttrs = [
         float,
-        { name: 'transpose_a', type: b.TF_ATTR_BOOL, value: false },
-        { name: 'transpose_b', type: b.TF_ATTR_BOOL, value: false },
+        { name: 'adj_x', type: b.TF_ATTR_BOOL, value: false },
+        { name: 'adj_y', type: b.TF_ATTR_BOOL, value: false },
       ];
       for (let i = 0; i < this.layers; i++) {
         for (const [feed, hf] of [
@@ -359,7 +361,7 @@ export class NativeDecoder {
           [`cv${i}`, 'v'],
         ]) {
           const flat = temp(
-            this.exec('MatMul', matMulAttrs, [
+            this.exec('BatchMatMulV2', matMulAttrs, [
               memory,
               weight(`decoder.block.${i}.layer.1.EncDecAttention.${hf}.weight`),
             ])
