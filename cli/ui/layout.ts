@@ -85,10 +85,16 @@ const script = (actions: boolean, poll?: { url: string; signature: string }) => 
   }
   ${
     poll
-      ? `const tick = async () => {
+      ? `// A submitted form waits on the server (an approval answers only once the run took its Update and promoted);
+  // a reload meanwhile would cancel that navigation and lose its answer, so polling stops at the first submit.
+  let submitted = false;
+  document.addEventListener('submit', () => { submitted = true; });
+  const tick = async () => {
+    if (submitted) return;
     try {
       const res = await fetch(${JSON.stringify(poll.url)}, { headers: { accept: 'application/json' } });
       const state = await res.json();
+      if (submitted) return;
       if (state.signature !== ${JSON.stringify(poll.signature)}) return location.reload();
       for (const s of state.stages ?? []) {
         const cell = document.getElementById('progress-' + s.name);
