@@ -24,6 +24,7 @@
 import { InputError } from '../errors';
 import {
   assertLittleEndian,
+  collectGarbage,
   corrupt,
   decodeSafetensors,
   encodeSafetensors,
@@ -106,6 +107,17 @@ export function weightSources(model: T5Model): TensorSource[] {
       return hf;
     },
   }));
+}
+
+/**
+ * A copy of the model's weights, as `T5Model.exportWeights` gives them, read through {@link weightSources}: no
+ * TensorFlow transpose, and what the reads leave behind is collected (`collectGarbage`) rather than left to pile up.
+ * What the training loop keeps as the best weights so far.
+ */
+export function copyWeights(model: T5Model): NamedWeight[] {
+  const weights = weightSources(model).map((s) => ({ name: s.name, shape: s.shape, data: s.read().slice() }));
+  collectGarbage();
+  return weights;
 }
 
 /** A model checkpoint: the model's weights (or weights already read back), config, tokenizer and training metadata. */

@@ -1,19 +1,28 @@
 /**
- * Fused formulations of the student's hottest non-matMul work. A training step of the `small` shape on native
- * TensorFlow (bench/train-throughput.ts: batch 8 × 64+32 tokens, 2 cores) took ~950 ms, of which the matMuls were
- * ~300 ms; the rest went to small elementwise kernels and their bookkeeping: dropout masks drawn in JavaScript
- * (~200 ms), the Adam update op by op (~220 ms), GELU and RMS norm with their autodiff gradients. With the helpers
- * here the step takes ~600 ms (PyTorch CPU, same config and threads: ~750 ms). Fewer, larger kernels win, so each
- * helper is one of:
+ * Fused formulations of the student's training step. A step of the `small` shape on native TensorFlow
+ * (bench/train-throughput.ts: batch 8 × 64+32 tokens) costs ~108 GFLOP of matrix products, which oneDNN runs at
+ * ~95 GFLOP/s per core; everything else is elementwise kernels and the bookkeeping around each kernel, and that is
+ * where the formulation matters. Measured on a 2-core AMD EPYC (Zen 4) with one intra-op thread, CPU time per step
+ * (the machine was shared, so CPU time, not wall time, is the robust figure): op by op through tfjs ~1,930 ms (4,280
+ * kernels), with the sublayers below ~1,610 ms (3,500 kernels), PyTorch (HF T5, same shape and thread) ~1,930 ms.
+ * Each helper is one of:
  *
- * - a hand-written gradient (`tf.customGrad`): the backward pass of RMS norm and of gated GELU in 8–9 ops instead of
- *   the ~20 that autodiff records for the same forward formula;
+ * - a whole pre-norm sublayer as one differentiable op with a hand-written backward pass (attention and
+ *   feed-forward): norm, projections, attention or activation, dropout and the residual in ~30 raw TensorFlow ops
+ *   each way and one tape node, where tfjs's autodiff records ~40 nodes and runs about twice the kernels;
+ * - a hand-written gradient (`tf.customGrad`) for RMS norm and gated GELU elsewhere;
  * - a TensorFlow op run by name on the native backend (tfjs-node executes any TF op through its binding): dropout
- *   masks from `StatelessRandomUniform`, the loss from `SparseSoftmaxCrossEntropyWithLogits`, the global norm from
- *   `L2Loss`, and the whole Adam update from `ResourceApplyAdam` (one kernel per variable instead of eleven).
+ *   masks from Philox (`StatelessRandomUniformFullInt`), the loss from `SparseSoftmaxCrossEntropyWithLogits`, the
+ *   global norm from `L2Loss`, and the whole Adam update from `ResourceApplyAdam`, in place.
+ *
+ * The sublayers run on raw handles (see {@link Frame}): ops straight through the binding with their attributes and
+ * constant inputs made once, which skips tfjs's per-op tracking, and intermediate results freed as soon as they are
+ * used, which also halves the step's peak memory (measured: 4.8 → 2.7 GB for `small` distill-step-by-step).
  *
  * Every helper computes the same function on every backend: where the native backend is absent (wasm, cpu) it runs
- * plain tfjs ops. The forward formulas are those of t5.ts, so the parity test vector still holds.
+ * plain tfjs ops (for the sublayers, t5.ts's op-by-op formulas), and test/student-fast-ops.test.ts holds the fused
+ * formulations to the plain ones, values and gradients. The forward formulas are those of t5.ts, so the parity
+ * test vector still holds.
  */
 import { tf } from './tf';
 
@@ -59,8 +68,6 @@ interface NativeBackend {
   createOutputTensor(handle: Handle): tf.Tensor;
 }
 
-/** Set while {@link withPortableKernels} runs. */
-let portableOnly = false;
 /** Set while {@link withOpByOpSublayers} runs. */
 let noFusedSublayers = false;
 
@@ -70,25 +77,11 @@ let noFusedSublayers = false;
  * inside a `tf.customGrad`.
  */
 function native(): NativeBackend | undefined {
-  if (portableOnly || tf.getBackend() !== 'tensorflow') return undefined;
+  if (tf.getBackend() !== 'tensorflow') return undefined;
   const backend = tf.backend() as unknown as Partial<NativeBackend>;
   return typeof backend.executeSingleOutput === 'function' && typeof backend.getInputTensorIds === 'function'
     ? (backend as NativeBackend)
     : undefined;
-}
-
-/**
- * Runs `body` with every helper here on its portable formula, as on a backend without native kernels: how the
- * tests hold the fused native formulations to the op-by-op ones on the same backend.
- */
-export function withPortableKernels<T>(body: () => T): T {
-  const before = portableOnly;
-  portableOnly = true;
-  try {
-    return body();
-  } finally {
-    portableOnly = before;
-  }
 }
 
 /**
@@ -168,11 +161,18 @@ class RawKernels {
     | 'matMulNT',
     OpAttr[]
   >;
+  /**
+   * Whether dropout masks take two 16-bit draws per 32 random bits (see {@link Frame.dropoutMask}): on the CPU,
+   * where the generator is most of a mask's cost; a GPU draws a float per position as cheaply, and may lack the
+   * uint16 comparison kernel.
+   */
+  readonly halfDraws: boolean;
   private readonly countedAttrs = new Map<string, OpAttr[]>();
   private readonly constants = new Map<string, Handle>();
 
   constructor(readonly nb: NativeBackend) {
     this.b = nb.binding;
+    this.halfDraws = !(nb as { isUsingGpuDevice?: boolean }).isUsingGpuDevice;
     const T = typeAttr(nb, 'T', 'float32');
     const index = (name: string) => typeAttr(nb, name, 'int32');
     const flags = (adjX: boolean, adjY: boolean) => [T, boolAttr(nb, 'adj_x', adjX), boolAttr(nb, 'adj_y', adjY)];
@@ -391,7 +391,7 @@ class Frame {
    * of a mask's cost: `StatelessRandomUniformFullInt` gives 32 random bits per call, which serve two positions as two
    * 16-bit draws (dropped when below rate·2^16), half the generator's work of a float per position (measured: 2.9 →
    * 1.5 ms for 512k positions). The drop probability is the rate to 2^-17, as a float draw gives it to 2^-24.
-   * An odd count takes one float draw per position.
+   * An odd count, and a GPU, take one float draw per position.
    */
   dropoutMask(shape: number[], rate: number, seed: number): Handle {
     // Two int32 words of the seed (TF's seed is a pair); seeds here are non-negative integers below 2^53.
@@ -405,7 +405,7 @@ class Frame {
     this.live.add(seedPair);
     const count = shape.reduce((a, b) => a * b, 1);
     let keep: Handle;
-    if (count % 2 === 0) {
+    if (this.k.halfDraws && count % 2 === 0) {
       const bits = this.run('StatelessRandomUniformFullInt', this.k.attrs.fullInt, [
         this.k.constant('int', [count / 2]),
         seedPair,
@@ -414,22 +414,20 @@ class Frame {
       this.free(bits);
       const above = this.run('GreaterEqual', this.k.attrs.uint16, [halves, this.k.threshold16(rate)]);
       this.free(halves);
-      // SelectV2 over a [n, 2] condition is ~20x slower than over the same values in one axis (measured).
-      keep = this.run('Reshape', this.k.attrs.reshapeBool, [above, this.k.constant('int', [count])]);
+      // In `shape`: SelectV2 over the [n, 2] condition was ~20x slower than over the same values (measured).
+      keep = this.run('Reshape', this.k.attrs.reshapeBool, [above, this.k.constant('int', shape)]);
       this.free(above);
     } else {
       const uniform = this.run('StatelessRandomUniform', this.k.attrs.uniform, [
-        this.k.constant('int', [count]),
+        this.k.constant('int', shape),
         seedPair,
       ]);
       keep = this.run('GreaterEqual', this.k.attrs.float, [uniform, this.scalar(rate)]);
       this.free(uniform);
     }
     this.free(seedPair);
-    const flat = this.run('SelectV2', this.k.attrs.float, [keep, this.scalar(1 / (1 - rate)), this.scalar(0)]);
+    const mask = this.run('SelectV2', this.k.attrs.float, [keep, this.scalar(1 / (1 - rate)), this.scalar(0)]);
     this.free(keep);
-    const mask = this.reshape(flat, shape);
-    this.free(flat);
     return mask;
   }
 }
@@ -970,10 +968,15 @@ export function globalNorm(grads: readonly tf.Tensor[]): tf.Scalar {
  * maxNorm / (norm + 1e-6), capped at 1). New tensors; the caller disposes them and the inputs.
  */
 export function clipByGlobalNorm(grads: readonly tf.Tensor[], maxNorm: number): tf.Tensor[] {
-  return tf.tidy(() => {
-    const coef = tf.minimum(tf.div(maxNorm, tf.add(globalNorm(grads), 1e-6)), 1);
-    return grads.map((g) => tf.mul(g, coef));
-  });
+  const coef = tf.tidy(() => tf.minimum(tf.div(maxNorm, tf.add(globalNorm(grads), 1e-6)), 1));
+  try {
+    // Under the limit the coefficient is exactly 1, and multiplying by it would only copy every gradient (a pass
+    // over all the parameters). Reading one number back costs nothing where ops run synchronously.
+    if (coef.dataSync()[0] === 1) return grads.map((g) => g.clone());
+    return tf.tidy(() => grads.map((g) => tf.mul(g, coef)));
+  } finally {
+    coef.dispose();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -998,9 +1001,10 @@ export interface AdamUpdate {
  *
  * On native TensorFlow the moments live in TF resource variables and each variable's update is one
  * `ResourceApplyAdam` kernel (measured on the `small` shape: ~65 ms a step against ~220 ms for the same update op by
- * op, and no temporaries the size of the model). The variable has a resource twin that shares its buffer; TF copies
- * that buffer on write while the tfjs variable still holds it, and the variable is then pointed at the result. A
- * variable assigned from outside between updates (a checkpoint loaded, say) is noticed and its twin refreshed first.
+ * op, and no temporaries the size of the model). The variable has a resource twin that shares its buffer. TF updates
+ * that buffer in place only while nothing else holds it, so the tfjs variable lets go of its handle for the update
+ * and then takes a read of the result (a copy of every parameter a step saved). A variable assigned from outside
+ * between updates (a checkpoint loaded, say) is noticed and its twin refreshed first.
  * Elsewhere (wasm, cpu) the moments are tfjs variables updated by a handful of ops with the bias correction folded
  * into the step size.
  */

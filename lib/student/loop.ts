@@ -5,6 +5,7 @@
  */
 import {
   checkpointBytes,
+  copyWeights,
   modelCheckpoint,
   resumeCheckpoint,
   weightSources,
@@ -199,7 +200,7 @@ export class TrainingLoop {
     this.lastEvalStep = this.step;
     // Strictly lower, as HF's early stopping counts it: a tie is no improvement.
     if (!this.best || loss < this.best.loss) {
-      this.best = { step: this.step, loss, ...(opts.keepBest && !final ? { weights: model.exportWeights() } : {}) };
+      this.best = { step: this.step, loss, ...(opts.keepBest && !final ? { weights: copyWeights(model) } : {}) };
       this.evalsSinceBest = 0;
     } else {
       this.evalsSinceBest += 1;

@@ -4,7 +4,9 @@
  * output layer → loss, then incremental decoding (one decoder position per step against a key/value cache). It
  * matches HF `T5ForConditionalGeneration` to float32 rounding: test/student-parity.test.ts checks logits and loss
  * against a committed test vector. Parameters carry Hugging Face's names and, in checkpoints, its layouts, so a
- * checkpoint maps one-to-one onto `T5ForConditionalGeneration`'s state dict.
+ * checkpoint maps one-to-one onto `T5ForConditionalGeneration`'s state dict. On native TensorFlow each pre-norm
+ * sublayer of the encoder and decoder runs as one fused op with a hand-written backward pass (fast-ops.ts); the
+ * op-by-op formulas here are what it equals, and what the other backends and incremental decoding run.
  *
  * Shapes in comments: B batch, S source length, T target length, D d_model, H heads, K d_kv, F d_ff, V vocabulary.
  */
