@@ -35,6 +35,14 @@ import { priceOf } from '../lib/teacher/stage/accounting';
 import { teacherMetrics } from './metrics';
 import { mapErrors, progressReporter, withKeepalive } from './progress';
 
+/**
+ * How often a shard signals its count to the stage's workflow. Each signal is a history event and a workflow task,
+ * worker CPU taken from the calls, and a shard that finishes while such a task runs waits for it before the next
+ * shard is scheduled. Every ten seconds keeps the progress query moving at a fifth of the cost of the default two
+ * (the parent hears of each finished shard at once either way).
+ */
+const SHARD_PROGRESS_SIGNAL_MS = 10_000;
+
 /** Split the train and valid examples into shards; nothing is called yet. */
 export async function planTeacher(deps: StageDeps, input: TeacherStageInput): Promise<TeacherPlan> {
   return mapErrors(() => planShards(deps, input));
@@ -53,9 +61,10 @@ export async function teacherShard(
     // Every call in flight links its own signal to this one for the duration of the call: that many listeners are
     // expected, not a leak.
     setMaxListeners(input.concurrency + 16, ctx.cancellationSignal);
-    const report = progressReporter(deps.client, 'promptTeacher');
+    const report = progressReporter(deps.client, 'promptTeacher', SHARD_PROGRESS_SIGNAL_MS);
     const beat = timedHeartbeat(ctx, input.index);
     const metrics = teacherMetrics(priceOf(input.stage.teacher));
+    let reported = -Infinity;
     try {
       return await promptShard(deps, input, {
         signal: ctx.cancellationSignal,
@@ -63,6 +72,11 @@ export async function teacherShard(
         onRetry: metrics.onRetry,
         onProgress: (step, total) => {
           beat.progress(step, total);
+          // The timer heartbeats; a report heartbeats too (serializing its details), so reports go out only as often
+          // as they are signalled, and the last one always, rather than with every call.
+          const now = Date.now();
+          if (now - reported < SHARD_PROGRESS_SIGNAL_MS && step < total) return;
+          reported = now;
           report(step, total, { shard: input.index });
         },
       });
@@ -74,10 +88,12 @@ export async function teacherShard(
 
 /**
  * Heartbeats the latest progress on a timer, from the first progress report on. Calls can all be waiting at once (a
- * long rate-limit pause, hung requests): the heartbeat must not wait on them.
+ * long rate-limit pause, hung requests): the heartbeat must not wait on them. At most two seconds apart, the most the
+ * worker lets the SDK hold a heartbeat back (workers/pipeline-worker.ts), so a cancellation, which reaches the
+ * activity in a heartbeat's answer, arrives within a few seconds.
  */
 function timedHeartbeat(ctx: Context, shard: number) {
-  const every = Math.max(200, Math.min(5000, (ctx.info.heartbeatTimeoutMs ?? 15_000) / 3));
+  const every = Math.max(200, Math.min(2000, (ctx.info.heartbeatTimeoutMs ?? 15_000) / 3));
   let progress = { step: 0, total: 0 };
   let timer: NodeJS.Timeout | undefined;
   return {

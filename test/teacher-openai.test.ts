@@ -7,13 +7,13 @@ import { generateDemoTask } from '../lib/data/demo-task';
 import { parseCompletion } from '../lib/data/parse';
 import type { Example } from '../lib/data/types';
 import { InputError } from '../lib/errors';
-import { ArtifactStore } from '../lib/store/artifact-store';
+import { ArtifactStore, canonicalJson, sha256Hex } from '../lib/store/artifact-store';
 import { FsBackend } from '../lib/store/fs-store';
 import { createTeacher } from '../lib/teacher';
 import { createOpenAITeacher, type OpenAITeacherConfig } from '../lib/teacher/openai-teacher';
 import { startLocalTeacherServer, type LocalTeacherServerOptions } from '../lib/teacher/local-server';
 import { buildPrompt } from '../lib/teacher/templates';
-import type { TeacherRequest } from '../lib/teacher/types';
+import { promptHash, type TeacherRequest } from '../lib/teacher/types';
 
 const MODEL = 'stepwise-test';
 
@@ -119,6 +119,37 @@ test('a second run over the same store is answered from the cache without any HT
   const third = await warmer.complete(requests.slice(0, 1));
   t.false(third[0].cached);
   t.is(server.stats().requests, 11);
+});
+
+test('the prompt hash is the sha256 of the canonical JSON of the call, so caches written before still answer', (t) => {
+  const calls = [
+    { model: MODEL, messages: buildPrompt('demo', 'The food was great, the staff was rude and the view was lovely.') },
+    {
+      model: 'm',
+      messages: [
+        { role: 'system' as const, content: 'quote " newline \n unicode \u2028 é 🙂' },
+        { role: 'user' as const, content: '' },
+      ],
+      temperature: 0.7,
+      maxTokens: 16,
+      seed: 3,
+    },
+    { model: 'm', messages: [], temperature: 0, maxTokens: 256, seed: 0 },
+  ];
+  for (const call of calls) {
+    // The definition the response cache was keyed by: every field, keys sorted, undefined members dropped.
+    const canonical = canonicalJson({
+      model: call.model,
+      messages: call.messages.map((m) => ({ role: m.role, content: m.content })),
+      temperature: call.temperature,
+      maxTokens: call.maxTokens,
+      seed: call.seed,
+    });
+    t.is(promptHash(call), sha256Hex(canonical));
+  }
+  // Fields a caller carries along beside role and content do not change the hash.
+  const extra = { ...calls[0], messages: calls[0].messages.map((m) => ({ ...m, name: 'x' })) };
+  t.is(promptHash(extra), promptHash(calls[0]));
 });
 
 test('a 500 is retried by the SDK and the retry succeeds', async (t) => {

@@ -121,6 +121,11 @@ class OpenAITeacher implements Teacher {
   private readonly limiter?: RateLimiter;
   private readonly onRetry?: (reason: RetryReason) => void;
   private readonly client: OpenAI;
+  /**
+   * Hashes {@link lookup} computed, by request: a shard looks each request up, then calls it on a miss, and the
+   * hash (canonical JSON of a prompt several KB long, then sha256) is worth computing once.
+   */
+  private readonly hashes = new WeakMap<TeacherRequest, string>();
 
   constructor(
     cfg: OpenAITeacherConfig,
@@ -148,7 +153,7 @@ class OpenAITeacher implements Teacher {
     opts.signal?.throwIfAborted();
     const messages: ChatMessage[] = request.messages.map((m) => ({ role: m.role, content: m.content }));
     const seed = request.seed;
-    const hash = this.hashOf(messages, seed);
+    const hash = this.hashes.get(request) ?? this.hashOf(messages, seed);
     const call: PreparedCall = {
       messages,
       seed,
@@ -164,6 +169,7 @@ class OpenAITeacher implements Teacher {
 
   async lookup(request: TeacherRequest): Promise<TeacherResponse | undefined> {
     const hash = this.hashOf(request.messages, request.seed);
+    this.hashes.set(request, hash);
     return this.lookupKey(teacherCacheKey(hash), { id: request.id, promptHash: hash });
   }
 

@@ -120,9 +120,12 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
   const records = new Map(done);
   opts.onProgress?.(stats.resumed, stats.calls);
   if (stats.resumed > 0) opts.onCalls?.('resumed', stats.resumed);
-  const hits = await lookupAll(opts.teacher, pending, (i, s) => requestOf(opts, i, s), opts.signal);
-  const calls = new ShardCalls(opts, pending, hits, stats, records);
+  const lookups = new Lookahead(opts, pending);
+  const calls = new ShardCalls(opts, pending, lookups, stats, records);
   await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency, pending.length)) }, () => calls.run()));
+  // Lookups no slot took (the budget stopped the shard) are reads only, but none is left running once it returns. An
+  // aborted shard does not wait for them: a store that is down would hold up its cancellation.
+  await lookups.settle();
   await opts.journal.flush();
   await calls.background.drain();
   stats.budgetStopped = calls.stopped || (opts.budget?.exhausted ?? false);
@@ -170,29 +173,65 @@ function requestOf(opts: RunShardOptions, i: number, s: number): TeacherRequest 
   };
 }
 
+/** A pending call's request, built once, and its response-cache hit if an earlier run made the call. */
+interface LookedUp {
+  request: TeacherRequest;
+  hit?: TeacherResponse;
+}
+
 /**
- * Cache lookups for the whole shard first, a few dozen at a time: a call then goes straight to the endpoint, and
- * no slot waits on a store round-trip before its request.
+ * Cache lookups started ahead of the slot that takes the oldest of them: a few dozen, as many as a re-run answered
+ * from the cache needs in flight to go at the store's pace (its slots make no calls, they only wait on lookups).
  */
-async function lookupAll(
-  teacher: Teacher,
-  pending: readonly { i: number; s: number }[],
-  requestFor: (i: number, s: number) => TeacherRequest,
-  signal: AbortSignal | undefined
-): Promise<Map<string, TeacherResponse>> {
-  const hits = new Map<string, TeacherResponse>();
-  if (!teacher.lookup) return hits;
-  let k = 0;
-  const lookups = async () => {
-    while (k < pending.length) {
-      signal?.throwIfAborted();
-      const { i, s } = pending[k++];
-      const hit = await teacher.lookup!(requestFor(i, s));
-      if (hit) hits.set(`${i}.${s}`, hit);
+const LOOKAHEAD = 32;
+
+/**
+ * The shard's cache lookups, run ahead of the calls that need them. Looking the whole shard up before the first call
+ * would hold every slot for a thousand store reads at each shard's start (most of a second on S3); kept
+ * {@link LOOKAHEAD} ahead, a lookup has almost always landed by the time a slot takes its call, so a call still goes
+ * straight to the endpoint and no slot waits on a store round-trip, from the first call on.
+ */
+class Lookahead {
+  private readonly ahead = new Map<number, Promise<LookedUp>>();
+  /** Next pending call to start a lookup for. */
+  private started = 0;
+
+  constructor(
+    private readonly opts: RunShardOptions,
+    private readonly pending: readonly { i: number; s: number }[]
+  ) {}
+
+  /** Call `k`'s request and cache hit; starts the lookups of the calls after it, up to the window. */
+  take(k: number): Promise<LookedUp> {
+    this.fill(k + 1 + LOOKAHEAD);
+    const found = this.ahead.get(k)!;
+    this.ahead.delete(k);
+    return found;
+  }
+
+  /** Waits for the lookups no slot took, ignoring how they ended. */
+  async settle(): Promise<void> {
+    await Promise.allSettled(this.ahead.values());
+    this.ahead.clear();
+  }
+
+  private fill(until: number): void {
+    const end = Math.min(until, this.pending.length);
+    for (; this.started < end; this.started++) {
+      const looking = this.lookup(this.started);
+      // Handled here so a lookup that fails after its shard gave up is not an unhandled rejection; the slot that
+      // takes it still sees the failure.
+      looking.catch(() => undefined);
+      this.ahead.set(this.started, looking);
     }
-  };
-  await Promise.all(Array.from({ length: Math.min(32, pending.length) }, lookups));
-  return hits;
+  }
+
+  private async lookup(k: number): Promise<LookedUp> {
+    const { i, s } = this.pending[k];
+    const request = requestOf(this.opts, i, s);
+    const hit = await this.opts.teacher.lookup?.(request);
+    return hit ? { request, hit } : { request };
+  }
 }
 
 /** Journal appends and cache writes in flight: started as each call finishes, awaited before the shard reports. */
@@ -240,7 +279,7 @@ class ShardCalls {
   constructor(
     private readonly opts: RunShardOptions,
     private readonly pending: readonly { i: number; s: number }[],
-    private readonly hits: ReadonlyMap<string, TeacherResponse>,
+    private readonly lookups: Lookahead,
     private readonly stats: ShardStats,
     private readonly records: Map<string, CallRecord>
   ) {
@@ -252,8 +291,13 @@ class ShardCalls {
     const { signal, journal } = this.opts;
     while (!this.stopped && this.next < this.pending.length) {
       signal?.throwIfAborted();
-      const { i, s } = this.pending[this.next++];
-      const response = this.hits.get(`${i}.${s}`) ?? (await this.send(i, s));
+      const k = this.next++;
+      const { i, s } = this.pending[k];
+      const { request, hit } = await this.lookups.take(k);
+      signal?.throwIfAborted();
+      // Another slot's call may have met the end of the budget while this one waited on its lookup.
+      if (this.stopped) break;
+      const response = hit ?? (await this.send(request));
       if (response.notSent) {
         this.stopped = true;
         // Refused by the budget after attempts the endpoint may have billed: journalled as a failure all the same,
@@ -272,7 +316,9 @@ class ShardCalls {
         await journal.append(record);
       } else {
         this.background.add(journal.append(record));
-        if (this.background.size > 4 * this.opts.concurrency) await this.background.anySettled();
+        // Bounded at a call's two writes (its cache entry, its record) per slot: a store slower than the endpoint
+        // then holds the slots back, instead of a queue of writes growing in memory.
+        if (this.background.size > 2 * this.opts.concurrency) await this.background.anySettled();
       }
       this.background.throwIfFailed();
       this.records.set(`${i}.${s}`, record);
@@ -280,9 +326,9 @@ class ShardCalls {
     }
   }
 
-  private send(i: number, s: number): Promise<TeacherResponse> {
+  private send(request: TeacherRequest): Promise<TeacherResponse> {
     const { teacher } = this.opts;
-    return teacher.callOne(requestOf(this.opts, i, s), {
+    return teacher.callOne(request, {
       signal: this.opts.signal,
       budget: this.opts.budget,
       skipLookup: teacher.lookup !== undefined,

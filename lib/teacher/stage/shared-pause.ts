@@ -84,9 +84,22 @@ class PauseView {
     }
   }
 
-  /** The latest pause end, from a read at most `cacheMs` old; a failed read keeps what was known. */
+  /**
+   * The latest pause end, from a read at most `cacheMs` old; a failed read keeps what was known. A read past half
+   * its age is renewed in the background, so under a steady stream of calls none of them waits on the store: the
+   * record is read every `cacheMs / 2` or so while calls flow, and only a call after a lull waits for a fresh read.
+   */
   until(): Promise<number> {
-    if (performance.now() - this.readAt < this.cacheMs) return Promise.resolve(this.knownUntil);
+    const age = performance.now() - this.readAt;
+    if (age < this.cacheMs) {
+      if (age >= this.cacheMs / 2) void this.read();
+      return Promise.resolve(this.knownUntil);
+    }
+    return this.read();
+  }
+
+  /** Reads the record, or joins the read in flight. */
+  private read(): Promise<number> {
     this.reading ??= this.store
       .getKeyJson<PauseRecord>(this.key)
       .then(
