@@ -2,13 +2,16 @@
  * Orchestration overhead per stage: the same six stages with near-zero work (a 40-example demo task, 2 training
  * steps), once through Temporal (dev server, real workers, the workflow) and once called directly in sequence.
  * Per stage, Temporal's time is the gap between consecutive activity completions in the workflow history;
- * the direct time is the wall time of the same activity function. Last line: one JSON object.
+ * the direct time is the wall time of the same activity function. BENCH_RUNS (5) timed runs after one warm-up;
+ * BENCH_TIMELINE=1 prints the last run's history, and its teacher child's, event by event with their times: where a
+ * stage's overhead goes. Last line: one JSON object.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
-import type { temporal } from '@temporalio/proto';
+import { temporal } from '@temporalio/proto';
+import type { Client } from '@temporalio/client';
 import { startTemporalDevServer } from '../infra/temporal';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from '../workers/pipeline-worker';
 import { createActivityDeps } from '../workers/deps';
@@ -65,6 +68,30 @@ function stageTimes(history: temporal.api.history.v1.IHistory): Record<StageName
     }
   }
   return out as Record<StageName, number>;
+}
+
+/** Prints a history's events, each with its time since the first (BENCH_TIMELINE=1). */
+async function printTimeline(client: Client, label: string, history: temporal.api.history.v1.IHistory) {
+  const events = history.events ?? [];
+  const names = new Map<number, string>();
+  console.log(label);
+  for (const e of events) {
+    const type = e.activityTaskScheduledEventAttributes?.activityType?.name;
+    if (type) names.set(Number(e.eventId), type);
+    const of =
+      e.activityTaskStartedEventAttributes?.scheduledEventId ??
+      e.activityTaskCompletedEventAttributes?.scheduledEventId;
+    const kind = temporal.api.enums.v1.EventType[Number(e.eventType)].replace('EVENT_TYPE_', '').toLowerCase();
+    const name = type ?? (of ? names.get(Number(of)) : undefined) ?? '';
+    console.log(`  ${(ms(e) - ms(events[0])).toFixed(1).padStart(8)} ms  ${kind} ${name}`);
+  }
+  for (const e of events) {
+    const child = e.childWorkflowExecutionStartedEventAttributes?.workflowExecution;
+    if (child?.workflowId) {
+      const handle = client.workflow.getHandle(child.workflowId, child.runId ?? undefined);
+      await printTimeline(client, `child ${child.workflowId}`, await handle.fetchHistory());
+    }
+  }
 }
 
 /**
@@ -130,7 +157,9 @@ async function main() {
         args: [spec],
       });
       await handle.result();
-      const viaTemporal = stageTimes(await handle.fetchHistory());
+      const history = await handle.fetchHistory();
+      const viaTemporal = stageTimes(history);
+      if (i === RUNS && process.env.BENCH_TIMELINE) await printTimeline(conn.client, 'pipeline', history);
 
       const t: Partial<Record<StageName, number>> = {};
       const timed = async <T>(stage: StageName, fn: () => Promise<T>): Promise<T> => {

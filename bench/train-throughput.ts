@@ -472,7 +472,9 @@ function runNative(c: Case, backend: BackendName, plan: StepPlan): Promise<Outco
     TF_NUM_INTRAOP_THREADS: String(SETTINGS.threads),
     TF_NUM_INTEROP_THREADS: '1',
   };
-  const args = ['--import', 'tsx', __filename, '--child', JSON.stringify({ case: c, backend, plan })];
+  // --expose-gc as a pipeline run's training child has it (lib/student/child.ts): the checkpoint writer frees what it
+  // has read back as it goes, which is part of the peak RSS measured here.
+  const args = ['--expose-gc', '--import', 'tsx', __filename, '--child', JSON.stringify({ case: c, backend, plan })];
   return runProcess(process.execPath, args, env, (stdout) => {
     const line = stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
     if (!line) return { ok: false, reason: `printed no result: ${stdout.slice(-400)}` };
