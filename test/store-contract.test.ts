@@ -1,7 +1,7 @@
 import test from 'ava';
 import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer, type AddressInfo } from 'node:net';
@@ -286,6 +286,26 @@ storeContract('S3Backend', async () => {
   const prefix = `t/${randomBytes(6).toString('hex')}`;
   const store = openStore({ kind: 's3', bucket: BUCKET, prefix, endpoint: s3.endpoint });
   return { store, backend: store.backend, dispose: () => store.close() };
+});
+
+test('FsBackend: folders removed by hand under a live store are made again by the next write, which leaves no temp file', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'stepwise-store-'));
+  const backend = new FsBackend(root);
+  try {
+    t.true(await backend.put('a/b/one.json', Buffer.from('1')));
+    t.true(await backend.put('a/b/two.json', Buffer.from('2'), { ifNoneMatch: true }));
+    // The backend remembers both folders exist; both are gone now.
+    await rm(join(root, 'a'), { recursive: true });
+    await rm(join(root, '.stepwise-tmp'), { recursive: true });
+    t.true(await backend.put('a/b/three.json', Buffer.from('3')));
+    t.is((await backend.get('a/b/three.json')).toString(), '3');
+    await rm(join(root, 'a'), { recursive: true });
+    t.true(await backend.put('a/b/four.json', Buffer.from('4'), { ifNoneMatch: true }));
+    t.is((await backend.get('a/b/four.json')).toString(), '4');
+    t.deepEqual(await readdir(join(root, '.stepwise-tmp')), [], 'every temp file was published or removed');
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
 });
 
 test('S3Backend: a body larger than one part is uploaded in several parts', async (t) => {
