@@ -134,7 +134,11 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   t.is(manifest.teacher.mode, 'direct');
   t.true(manifest.teacher.usage.promptTokens > 0 && manifest.teacher.usage.completionTokens > 0);
   t.deepEqual(version.lineage.teacher?.usage, manifest.teacher.usage);
-  t.is(manifest.teacher.calls.planned, manifest.teacher.calls.sent + manifest.teacher.calls.cached);
+  // Every planned call was sent, answered from the cache, or taken from the journal of an earlier attempt of its
+  // shard (a shard retried on a loaded machine resumes).
+  const { planned, sent, cached, resumed } = manifest.teacher.calls;
+  t.is(planned, sent + cached + resumed, JSON.stringify(manifest.teacher.calls));
+  if (resumed > 0) t.log(`a teacher shard was retried: ${resumed} call(s) resumed from its journal`);
 
   // Five stages ran as activities of their types, the promotion gate as its plan, decision and promotion, and the
   // run's report as the last; the

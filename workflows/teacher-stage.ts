@@ -162,7 +162,6 @@ class ShardScheduler {
   constructor(
     private readonly input: TeacherStageInput,
     private readonly state: TeacherStageState,
-    private readonly acts: StageActivities,
     private readonly shardActs: StageActivities,
     private readonly batchActs: StageActivities
   ) {
@@ -323,10 +322,7 @@ class ShardScheduler {
       ...(budgetUsd === undefined ? {} : { budgetUsd }),
       ...(state.accounted[index] === undefined ? {} : { accountedUsd: state.accounted[index].costUsd }),
     };
-    if (!this.batchMode) {
-      // A stage of one shard has no fan-out to lose: it goes to this worker eagerly, like planning and assembly.
-      return (state.plan.shards === 1 ? this.acts : this.shardActs).teacherShard(shardInput);
-    }
+    if (!this.batchMode) return this.shardActs.teacherShard(shardInput);
     return this.driveBatch(index, shardInput);
   }
 
@@ -380,7 +376,7 @@ export async function teacherStage(
 ): Promise<PromptTeacherResult> {
   const { acts, shardActs, batchActs } = stageActivities(input.teacher);
   const state = carried ?? initialState(await acts.planTeacher(input));
-  const scheduler = new ShardScheduler(input, state, acts, shardActs, batchActs);
+  const scheduler = new ShardScheduler(input, state, shardActs, batchActs);
   scheduler.serveProgress();
   await scheduler.runAll();
 
