@@ -15,15 +15,21 @@ import { SpecError } from '../lib/pipeline/spec';
  * activity completes holds back the task that schedules the next stage, so a stage shorter than the interval sends
  * none at all (measured with bench:orchestration: two signals per stage cost ~20 ms of its overhead).
  */
-export function progressReporter(client: Client | undefined, stage: StageName, minIntervalMs = 2000) {
+export function progressReporter(
+  client: Client | undefined,
+  stage: StageName,
+  minIntervalMs = 2000,
+  /** Least time between heartbeats; the last count always beats. */
+  beatMs = 100
+) {
   const ctx = Context.current();
   let lastSignal = Date.now();
   let lastBeat = 0;
   return (step: number, total: number, details: Record<string, unknown> = {}): void => {
     const now = Date.now();
     // The SDK throttles what reaches the server, but serializes every call: at a thousand calls a second that is
-    // real work, so beats closer than 100 ms apart are skipped here (the last one always goes).
-    if (now - lastBeat >= 100 || step >= total) {
+    // real work, so beats closer than `beatMs` apart are skipped here (the last one always goes).
+    if (now - lastBeat >= beatMs || step >= total) {
       lastBeat = now;
       ctx.heartbeat({ step, total, ...details });
     }

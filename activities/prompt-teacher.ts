@@ -61,10 +61,11 @@ export async function teacherShard(
     // Every call in flight links its own signal to this one for the duration of the call: that many listeners are
     // expected, not a leak.
     setMaxListeners(input.concurrency + 16, ctx.cancellationSignal);
-    const report = progressReporter(deps.client, 'promptTeacher', SHARD_PROGRESS_SIGNAL_MS);
+    // The timer heartbeats the count; a report heartbeats too (serializing its details), so only as often as it
+    // signals, and at the last count.
+    const report = progressReporter(deps.client, 'promptTeacher', SHARD_PROGRESS_SIGNAL_MS, SHARD_PROGRESS_SIGNAL_MS);
     const beat = timedHeartbeat(ctx, input.index);
     const metrics = teacherMetrics(priceOf(input.stage.teacher));
-    let reported = -Infinity;
     try {
       return await promptShard(deps, input, {
         signal: ctx.cancellationSignal,
@@ -72,11 +73,6 @@ export async function teacherShard(
         onRetry: metrics.onRetry,
         onProgress: (step, total) => {
           beat.progress(step, total);
-          // The timer heartbeats; a report heartbeats too (serializing its details), so reports go out only as often
-          // as they are signalled, and the last one always, rather than with every call.
-          const now = Date.now();
-          if (now - reported < SHARD_PROGRESS_SIGNAL_MS && step < total) return;
-          reported = now;
           report(step, total, { shard: input.index });
         },
       });

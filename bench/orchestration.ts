@@ -99,7 +99,8 @@ function activityRuns(history: temporal.api.history.v1.IHistory): Map<string, [n
     if (done) {
       const id = Number(done.scheduledEventId);
       const name = type.get(id)!;
-      runs.set(name, [...(runs.get(name) ?? []), [started.get(id)!, ms(e)]]);
+      if (!runs.has(name)) runs.set(name, []);
+      runs.get(name)!.push([started.get(id)!, ms(e)]);
     }
   }
   return runs;

@@ -10,6 +10,7 @@ import { initBackend } from '../lib/student/backend';
 import { makeConfig } from '../lib/student/config';
 import { beamSearch, beamSearchIds, greedyDecode, greedyIds } from '../lib/student/decode';
 import { importT5, type ImportedT5 } from '../lib/student/hf';
+import { padBatch } from '../lib/student/loss';
 import { NativeDecoder, nativeHandleCount } from '../lib/student/native-decode';
 import { T5Model } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
@@ -104,12 +105,7 @@ test('a cached decoder step gives the logits of the full forward pass at that po
     const sources = randomSources(3, 300, 1);
     const targets = randomSources(3, 300, 2).map((s) => [0, ...s.slice(0, 6)]); // [B, 7] decoder inputs
     const maxDiff = tf.tidy(() => {
-      const width = Math.max(...sources.map((s) => s.length));
-      const source = tf.tensor2d(
-        sources.map((s) => [...s, ...Array<number>(width - s.length).fill(0)]),
-        undefined,
-        'int32'
-      );
+      const source = padBatch(sources);
       const full = model.forward(source, tf.tensor2d(targets, undefined, 'int32')); // [B, 7, V]
       const cache = model.startDecoding(model.encode(source));
       const steps: tf.Tensor[] = [];
@@ -302,12 +298,7 @@ test('the native decoder gives the key/value cache logits at every step, through
     try {
       const sources = randomSources(4, 300, 9);
       const maxDiff = tf.tidy(() => {
-        const width = Math.max(...sources.map((s) => s.length));
-        const source = tf.tensor2d(
-          sources.map((s) => [...s, ...Array<number>(width - s.length).fill(0)]),
-          undefined,
-          'int32'
-        );
+        const source = padBatch(sources);
         const encoded = model.encode(source);
         const cache = model.startDecoding(encoded);
         const native = NativeDecoder.start(model, encoded, 6)!;

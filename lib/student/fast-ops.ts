@@ -288,6 +288,10 @@ class Frame {
   }
 
   /** A tfjs tensor that owns `h` from now on. */
+  borrowAll(ts: readonly tf.Tensor[]): Handle[] {
+    return ts.map((t) => this.borrow(t));
+  }
+
   adopt(h: Handle): tf.Tensor {
     this.live.delete(h);
     return this.k.nb.createOutputTensor(h);
@@ -305,14 +309,7 @@ class Frame {
   }
 
   private run(name: string, attrs: OpAttr[], inputs: Handle[]): Handle {
-    const [out] = this.b.executeOp(
-      name,
-      attrs,
-      inputs.map((h) => h.id),
-      1
-    );
-    this.live.add(out);
-    return out;
+    return this.runN(name, attrs, inputs, 1)[0];
   }
 
   private runN(name: string, attrs: OpAttr[], inputs: Handle[], n: number): Handle[] {
@@ -607,6 +604,29 @@ function mergeHeads(f: Frame, parts: Handle[]): Handle {
 }
 
 /**
+ * A fused sublayer as one differentiable op: `forward` alone when no gradient is being recorded; otherwise one tape
+ * node that keeps what `forward` saved (`keep`) and runs `backward` on it, borrowed into the backward's own frame,
+ * with dy. `backward` returns the gradients of `inputs`, in order.
+ */
+function fusedOp(
+  nb: NativeBackend,
+  inputs: tf.Tensor[],
+  forward: (f: Frame, keep: boolean) => { out: tf.Tensor; saved: tf.Tensor[] },
+  backward: (f: Frame, saved: Handle[], dy: tf.Tensor) => tf.Tensor[]
+): tf.Tensor {
+  if (!recording()) return Frame.run(nb, (f) => forward(f, false).out);
+  const op = withGradient(((_: tf.Tensor[], save: tf.GradSaveFunc) => {
+    const { out, saved } = Frame.run(nb, (f) => forward(f, true));
+    save(saved);
+    return {
+      value: out,
+      gradFunc: (dy: tf.Tensor, kept: tf.Tensor[]) => Frame.run(nb, (f) => backward(f, f.borrowAll(kept), dy)),
+    };
+  }) as Parameters<typeof withGradient>[0]);
+  return op(...inputs);
+}
+
+/**
  * A whole pre-norm attention sublayer as one differentiable op on native TensorFlow, `x + drop(attention(norm(x)))`
  * (t5.ts's formulas: position bias and masks already in `bias`, no 1/√K, dropout on the attention weights and on
  * the output), with a hand-written backward pass. Against the same ops through tfjs's autodiff it runs about half
@@ -640,7 +660,7 @@ export function attentionSublayer(
 
   // Forward on raw handles; `keep` lists what the backward needs (adopted as tfjs tensors when a tape records).
   const forward = (f: Frame, keep: boolean) => {
-    const [X, G, Q, K, V, O] = inputs.slice(0, 6).map((t) => f.borrow(t));
+    const [X, G, Q, K, V, O] = f.borrowAll(inputs.slice(0, 6));
     const rows = f.reshape(X, [batch * length, width]);
     const { r, xHat, normed } = normRows(f, rows, G, eps);
     let q: Handle, k: Handle, v: Handle;
@@ -686,88 +706,76 @@ export function attentionSublayer(
     return { out, saved: saved.map((h) => f.adopt(h)) };
   };
 
-  if (!recording()) return Frame.run(nb, (f) => forward(f, false).out);
-
-  const op = withGradient(((_: tf.Tensor[], save: tf.GradSaveFunc) => {
-    const { out, saved } = Frame.run(nb, (f) => forward(f, true));
-    save(saved);
-    return {
-      value: out,
-      gradFunc: (dy: tf.Tensor, kept: tf.Tensor[]) =>
-        Frame.run(nb, (f) => {
-          const h = kept.map((t) => f.borrow(t));
-          const [r, xHat, normed, projection, q, k, v, probs, contextRows] = h;
-          const memoryRows = cross ? h[9] : undefined;
-          const [weightMask, dropped, outMask] = seeds ? h.slice(cross ? 10 : 9) : [undefined, probs, undefined];
-          const [G, Q, O] = [w.norm, w.q, w.o].map((t) => f.borrow(t));
-          const dRows = f.reshape(f.borrow(dy), [batch * length, width]);
-          const dUpdate = outMask ? f.mul(dRows, outMask) : dRows;
-          const dO = f.matMul(contextRows, dUpdate, true); // [H·K, D]
-          const dContextRows = f.matMul(dUpdate, O, false, true); // [B·T, H·K]
-          if (outMask) f.free(dUpdate);
-          const grouped = f.reshape(dContextRows, [batch, length, heads, q.shape[3]]);
-          f.free(dContextRows);
-          const dContext = f.transpose(grouped, [0, 2, 1, 3]); // [B, H, T, K]
-          f.free(grouped);
-          const dDropped = f.matMul(dContext, v, false, true); // [B, H, T, S]
-          const dv = f.matMul(dropped, dContext, true); // [B, H, S, K]
-          f.free(dContext);
-          const dProbs = weightMask ? f.mul(dDropped, weightMask) : dDropped;
-          if (weightMask) f.free(dDropped);
-          // Softmax: ds = p ⊙ (dp − Σ dp ⊙ p).
-          const dpp = f.mul(dProbs, probs);
-          const rowSum = f.sum(dpp, [3], true);
-          f.free(dpp);
-          const centred = f.sub(dProbs, rowSum);
-          f.free(dProbs, rowSum);
-          const dScores = f.mul(centred, probs);
-          f.free(centred);
-          const dq = f.matMul(dScores, k); // [B, H, T, K]
-          const dk = f.matMul(dScores, q, true); // [B, H, S, K]
-          let dNormed: Handle, dMemory: tf.Tensor | undefined;
-          let dQ: Handle, dK: Handle, dV: Handle;
-          if (!cross) {
-            const dQkv = mergeHeads(f, [dq, dk, dv]); // [B·T, 3HK]
-            f.free(dq, dk, dv);
-            const dProjection = f.matMul(normed, dQkv, true);
-            [dQ, dK, dV] = f.split(dProjection, 1, 3);
-            f.free(dProjection);
-            dNormed = f.matMul(dQkv, projection, false, true);
-            f.free(dQkv);
-          } else {
-            const dqRows = mergeHeads(f, [dq]); // [B·T, HK]
-            f.free(dq);
-            dQ = f.matMul(normed, dqRows, true);
-            dNormed = f.matMul(dqRows, Q, false, true);
-            f.free(dqRows);
-            const dKv = mergeHeads(f, [dk, dv]); // [B·S, 2HK]
-            f.free(dk, dv);
-            const dProjection = f.matMul(memoryRows!, dKv, true);
-            [dK, dV] = f.split(dProjection, 1, 2);
-            f.free(dProjection);
-            const dMemoryRows = f.matMul(dKv, projection, false, true);
-            f.free(dKv);
-            dMemory = f.adopt(f.reshape(dMemoryRows, [batch, sourceLength, width]));
-          }
-          const { dx, dw } = normRowsGrad(f, dNormed, xHat, r, G);
-          f.free(dNormed);
-          const dSum = f.add(dRows, dx);
-          f.free(dx);
-          const grads = [
-            f.adopt(f.reshape(dSum, [batch, length, width])),
-            f.adopt(dw),
-            f.adopt(dQ),
-            f.adopt(dK),
-            f.adopt(dV),
-            f.adopt(dO),
-            ...(dMemory ? [dMemory] : []),
-            ...(biasGrad ? [f.adopt(dScores)] : []),
-          ];
-          return grads;
-        }),
-    };
-  }) as Parameters<typeof withGradient>[0]);
-  return op(...inputs);
+  return fusedOp(nb, inputs, forward, (f, h, dy) => {
+    const [r, xHat, normed, projection, q, k, v, probs, contextRows] = h;
+    const memoryRows = cross ? h[9] : undefined;
+    const [weightMask, dropped, outMask] = seeds ? h.slice(cross ? 10 : 9) : [undefined, probs, undefined];
+    const [G, Q, O] = f.borrowAll([w.norm, w.q, w.o]);
+    const dRows = f.reshape(f.borrow(dy), [batch * length, width]);
+    const dUpdate = outMask ? f.mul(dRows, outMask) : dRows;
+    const dO = f.matMul(contextRows, dUpdate, true); // [H·K, D]
+    const dContextRows = f.matMul(dUpdate, O, false, true); // [B·T, H·K]
+    if (outMask) f.free(dUpdate);
+    const grouped = f.reshape(dContextRows, [batch, length, heads, q.shape[3]]);
+    f.free(dContextRows);
+    const dContext = f.transpose(grouped, [0, 2, 1, 3]); // [B, H, T, K]
+    f.free(grouped);
+    const dDropped = f.matMul(dContext, v, false, true); // [B, H, T, S]
+    const dv = f.matMul(dropped, dContext, true); // [B, H, S, K]
+    f.free(dContext);
+    const dProbs = weightMask ? f.mul(dDropped, weightMask) : dDropped;
+    if (weightMask) f.free(dDropped);
+    // Softmax: ds = p ⊙ (dp − Σ dp ⊙ p).
+    const dpp = f.mul(dProbs, probs);
+    const rowSum = f.sum(dpp, [3], true);
+    f.free(dpp);
+    const centred = f.sub(dProbs, rowSum);
+    f.free(dProbs, rowSum);
+    const dScores = f.mul(centred, probs);
+    f.free(centred);
+    const dq = f.matMul(dScores, k); // [B, H, T, K]
+    const dk = f.matMul(dScores, q, true); // [B, H, S, K]
+    let dNormed: Handle, dMemory: tf.Tensor | undefined;
+    let dQ: Handle, dK: Handle, dV: Handle;
+    if (!cross) {
+      const dQkv = mergeHeads(f, [dq, dk, dv]); // [B·T, 3HK]
+      f.free(dq, dk, dv);
+      const dProjection = f.matMul(normed, dQkv, true);
+      [dQ, dK, dV] = f.split(dProjection, 1, 3);
+      f.free(dProjection);
+      dNormed = f.matMul(dQkv, projection, false, true);
+      f.free(dQkv);
+    } else {
+      const dqRows = mergeHeads(f, [dq]); // [B·T, HK]
+      f.free(dq);
+      dQ = f.matMul(normed, dqRows, true);
+      dNormed = f.matMul(dqRows, Q, false, true);
+      f.free(dqRows);
+      const dKv = mergeHeads(f, [dk, dv]); // [B·S, 2HK]
+      f.free(dk, dv);
+      const dProjection = f.matMul(memoryRows!, dKv, true);
+      [dK, dV] = f.split(dProjection, 1, 2);
+      f.free(dProjection);
+      const dMemoryRows = f.matMul(dKv, projection, false, true);
+      f.free(dKv);
+      dMemory = f.adopt(f.reshape(dMemoryRows, [batch, sourceLength, width]));
+    }
+    const { dx, dw } = normRowsGrad(f, dNormed, xHat, r, G);
+    f.free(dNormed);
+    const dSum = f.add(dRows, dx);
+    f.free(dx);
+    const grads = [
+      f.adopt(f.reshape(dSum, [batch, length, width])),
+      f.adopt(dw),
+      f.adopt(dQ),
+      f.adopt(dK),
+      f.adopt(dV),
+      f.adopt(dO),
+      ...(dMemory ? [dMemory] : []),
+      ...(biasGrad ? [f.adopt(dScores)] : []),
+    ];
+    return grads;
+  });
 }
 
 /**
@@ -790,7 +798,7 @@ export function feedForwardSublayer(
   const inputs = [x, w.norm, ...w.wi, w.wo];
 
   const forward = (f: Frame, keep: boolean) => {
-    const [X, G, ...rest] = inputs.map((t) => f.borrow(t));
+    const [X, G, ...rest] = f.borrowAll(inputs);
     const WO = rest[rest.length - 1];
     const rows = f.reshape(X, [batch * length, width]);
     const { r, xHat, normed } = normRows(f, rows, G, eps);
@@ -834,75 +842,58 @@ export function feedForwardSublayer(
     return { out, saved: saved.map((h) => f.adopt(h)) };
   };
 
-  if (!recording()) return Frame.run(nb, (f) => forward(f, false).out);
-
-  const op = withGradient(((_: tf.Tensor[], save: tf.GradSaveFunc) => {
-    const { out, saved } = Frame.run(nb, (f) => forward(f, true));
-    save(saved);
-    return {
-      value: out,
-      gradFunc: (dy: tf.Tensor, keptTensors: tf.Tensor[]) =>
-        Frame.run(nb, (f) => {
-          const h = keptTensors.map((t) => f.borrow(t));
-          const [r, xHat, normed, dropped] = h;
-          const acts = gated ? h.slice(4, 8) : [dropped];
-          const [hiddenMask, outMask] = seeds ? h.slice(gated ? 8 : 4) : [undefined, undefined];
-          const [G, ...rest] = [w.norm, ...w.wi, w.wo].map((t) => f.borrow(t));
-          const WO = rest[rest.length - 1];
-          const dRows = f.reshape(f.borrow(dy), [batch * length, width]);
-          const dUpdate = outMask ? f.mul(dRows, outMask) : dRows;
-          const dWo = f.matMul(dropped, dUpdate, true);
-          const dDropped = f.matMul(dUpdate, WO, false, true);
-          if (outMask) f.free(dUpdate);
-          const dHidden = hiddenMask ? f.mul(dDropped, hiddenMask) : dDropped;
-          if (hiddenMask) f.free(dDropped);
-          let dNormed: Handle;
-          let dWi: Handle[];
-          if (gated) {
-            const [a, b, s, gelu] = acts;
-            const db = f.mul(dHidden, gelu);
-            // d gelu/da = s + s(1−s)·a·(C0 + 3·C1·a²) (gatedGelu's gradient).
-            const squares = f.unary('Square', a);
-            const scaled = f.mul(squares, f.scalar(3 * GELU_C1));
-            f.free(squares);
-            const inner = f.add(scaled, f.scalar(GELU_C0));
-            f.free(scaled);
-            const slope = f.mul(a, inner);
-            f.free(inner);
-            const sigmoidPart = f.grad('SigmoidGrad', s, slope);
-            f.free(slope);
-            const derivative = f.add(s, sigmoidPart);
-            f.free(sigmoidPart);
-            const dGelu = f.mul(dHidden, b);
-            const da = f.mul(dGelu, derivative);
-            f.free(dGelu, derivative);
-            dWi = [f.matMul(normed, da, true), f.matMul(normed, db, true)];
-            const fromA = f.matMul(da, rest[0], false, true);
-            const fromB = f.matMul(db, rest[1], false, true);
-            f.free(da, db);
-            dNormed = f.add(fromA, fromB);
-            f.free(fromA, fromB);
-          } else {
-            const da = f.grad('ReluGrad', dHidden, acts[0]);
-            dWi = [f.matMul(normed, da, true)];
-            dNormed = f.matMul(da, rest[0], false, true);
-            f.free(da);
-          }
-          f.free(dHidden);
-          const { dx, dw } = normRowsGrad(f, dNormed, xHat, r, G);
-          f.free(dNormed);
-          const dSum = f.add(dRows, dx);
-          f.free(dx);
-          return [
-            f.adopt(f.reshape(dSum, [batch, length, width])),
-            f.adopt(dw),
-            ...dWi.map((d) => f.adopt(d)),
-            f.adopt(dWo),
-          ];
-        }),
-    };
-  }) as Parameters<typeof withGradient>[0]);
-  return op(...inputs);
+  return fusedOp(nb, inputs, forward, (f, h, dy) => {
+    const [r, xHat, normed, dropped] = h;
+    const acts = gated ? h.slice(4, 8) : [dropped];
+    const [hiddenMask, outMask] = seeds ? h.slice(gated ? 8 : 4) : [undefined, undefined];
+    const [G, ...rest] = f.borrowAll([w.norm, ...w.wi, w.wo]);
+    const WO = rest[rest.length - 1];
+    const dRows = f.reshape(f.borrow(dy), [batch * length, width]);
+    const dUpdate = outMask ? f.mul(dRows, outMask) : dRows;
+    const dWo = f.matMul(dropped, dUpdate, true);
+    const dDropped = f.matMul(dUpdate, WO, false, true);
+    if (outMask) f.free(dUpdate);
+    const dHidden = hiddenMask ? f.mul(dDropped, hiddenMask) : dDropped;
+    if (hiddenMask) f.free(dDropped);
+    let dNormed: Handle;
+    let dWi: Handle[];
+    if (gated) {
+      const [a, b, s, gelu] = acts;
+      const db = f.mul(dHidden, gelu);
+      // d gelu/da = s + s(1−s)·a·(C0 + 3·C1·a²) (gatedGelu's gradient).
+      const squares = f.unary('Square', a);
+      const scaled = f.mul(squares, f.scalar(3 * GELU_C1));
+      f.free(squares);
+      const inner = f.add(scaled, f.scalar(GELU_C0));
+      f.free(scaled);
+      const slope = f.mul(a, inner);
+      f.free(inner);
+      const sigmoidPart = f.grad('SigmoidGrad', s, slope);
+      f.free(slope);
+      const derivative = f.add(s, sigmoidPart);
+      f.free(sigmoidPart);
+      const dGelu = f.mul(dHidden, b);
+      const da = f.mul(dGelu, derivative);
+      f.free(dGelu, derivative);
+      dWi = [f.matMul(normed, da, true), f.matMul(normed, db, true)];
+      const fromA = f.matMul(da, rest[0], false, true);
+      const fromB = f.matMul(db, rest[1], false, true);
+      f.free(da, db);
+      dNormed = f.add(fromA, fromB);
+      f.free(fromA, fromB);
+    } else {
+      const da = f.grad('ReluGrad', dHidden, acts[0]);
+      dWi = [f.matMul(normed, da, true)];
+      dNormed = f.matMul(da, rest[0], false, true);
+      f.free(da);
+    }
+    f.free(dHidden);
+    const { dx, dw } = normRowsGrad(f, dNormed, xHat, r, G);
+    f.free(dNormed);
+    const dSum = f.add(dRows, dx);
+    f.free(dx);
+    return [f.adopt(f.reshape(dSum, [batch, length, width])), f.adopt(dw), ...dWi.map((d) => f.adopt(d)), f.adopt(dWo)];
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------

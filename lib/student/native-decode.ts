@@ -87,6 +87,22 @@ function blockWeights(config: T5Config): [string, string][] {
 }
 
 /**
+ * Step graphs' sessions by model config. `GraphSession.load` finds a graph loaded before by its hash, but building
+ * and serialising the graph to hash it is work a decoder need not repeat for every batch of the same model.
+ */
+const stepSessions = new Map<string, GraphSession>();
+
+function stepSession(binding: SessionBinding, config: T5Config): GraphSession {
+  const key = JSON.stringify(config);
+  let session = stepSessions.get(key);
+  if (!session) {
+    session = GraphSession.load(binding, stepGraph(config));
+    stepSessions.set(key, session);
+  }
+  return session;
+}
+
+/**
  * One decoder step as a graph. Feeds: `tokens` [B] (int32), `bias_table` [1, H, L, L], `bias_begin` / `bias_size`
  * (int32 [4], this step's row of the table), `source_bias` [B, 1, 1, S], `shared`, `final_norm`, `lm_head` (untied
  * heads), `no_eos` [1, V], and per block i `k{i}` / `v{i}` (the cache, [B, H, t, K]), `ck{i}` / `cv{i}` (cross
@@ -225,7 +241,7 @@ export class NativeDecoder {
     this.layers = c.num_decoder_layers;
     this.heads = c.num_heads;
     this.rows = encoded.hidden.shape[0];
-    this.session = GraphSession.load(b, stepGraph(c));
+    this.session = stepSession(b, c);
     try {
       const weight = (name: string) => backend.getInputTensorIds([model.variables.get(name)!])[0];
       this.feeds.set('shared', weight('shared.weight'));

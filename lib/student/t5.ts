@@ -19,6 +19,7 @@ import {
   gatedGelu,
   maskedCrossEntropy,
   rmsNorm as fusedRmsNorm,
+  usesNativeKernels,
   type SublayerDropout,
 } from './fast-ops';
 import { tf } from './tf';
@@ -522,12 +523,13 @@ export class T5Model {
     const drop = this.dropout(opts, 1);
     const length = decoderInputIds.shape[1];
     const table = p('decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight');
-    // Broadcast over the batch once: the fused sublayers take a bias of the scores' full shape as the one that
-    // carries a gradient (the position bias), and the sum over the batch then happens once, not per block.
-    const selfBias = tf.broadcastTo(
-      tf.add(positionBias(table, this.buckets(length, length, false), length, length), causalBias(length)),
-      [decoderInputIds.shape[0], c.num_heads, length, length]
-    ); // [B, H, T, T]
+    const bias = tf.add(positionBias(table, this.buckets(length, length, false), length, length), causalBias(length));
+    // Broadcast over the batch once where the fused sublayers run: they take a bias of the scores' full shape as the
+    // one that carries a gradient (the position bias), and the sum over the batch then happens once, not per block.
+    // The op-by-op formulas broadcast the [1, H, T, T] bias themselves.
+    const selfBias = usesNativeKernels()
+      ? tf.broadcastTo(bias, [decoderInputIds.shape[0], c.num_heads, length, length]) // [B, H, T, T]
+      : bias;
     let y = drop.apply(tf.gather(p('shared.weight'), decoderInputIds)); // [B, T, D]
     for (let i = 0; i < c.num_decoder_layers; i++) {
       const block = `decoder.block.${i}`;
