@@ -12,7 +12,6 @@
  */
 import {
   ApplicationFailure,
-  type ActivityOptions,
   getExternalWorkflowHandle,
   makeContinueAsNewFunc,
   patched,
@@ -77,13 +76,9 @@ export interface TeacherStageState {
 
 type StageActivities = ReturnType<typeof proxyActivities<Activities>>;
 
-/** The stage's activities by cost class, each with the timeouts, retries and dispatch that fit it. */
-function stageActivities(spec: TeacherStageInput['teacher']): {
-  acts: StageActivities;
-  shardActs: StageActivities;
-  batchActs: StageActivities;
-} {
-  const options = {
+/** The two cost classes of the stage's activities, each with the timeouts and retries that fit it. */
+function stageActivities(spec: TeacherStageInput['teacher']): { acts: StageActivities; batchActs: StageActivities } {
+  const acts = proxyActivities<Activities>({
     // A shard is at most a few thousand calls; a hung worker shows in the heartbeat timeout long before this.
     startToCloseTimeout: '6 hours',
     heartbeatTimeout: spec.heartbeatTimeoutSeconds * 1000,
@@ -94,13 +89,10 @@ function stageActivities(spec: TeacherStageInput['teacher']): {
       maximumAttempts: 20,
       nonRetryableErrorTypes: NON_RETRYABLE,
     },
-  } satisfies ActivityOptions;
-  // Planning and assembly run once per stage: handed straight back to this worker with the workflow task that
-  // schedules them (eager dispatch, where the cluster allows it), they skip a trip through the task queue.
-  const acts = proxyActivities<Activities>(options);
-  // Shards fan out over every worker serving the queue: eager dispatch would hand each one to the worker that
-  // runs this workflow, piling the whole stage onto one process, to save a poll on work that takes minutes.
-  const shardActs = proxyActivities<Activities>({ ...options, allowEagerDispatch: false });
+    // Shards fan out over every worker serving the queue: eager dispatch would hand each one to the worker that
+    // runs this workflow, piling the whole stage onto one process, to save a poll on work that takes minutes.
+    allowEagerDispatch: false,
+  });
   // Batch polls and submissions are single quick HTTP calls; collection reads one output file. Each heartbeats every
   // second while it works (withKeepalive), so a lost worker is noticed in 30 s, not after the start-to-close timeout.
   const batchActs = proxyActivities<Activities>({
@@ -113,7 +105,7 @@ function stageActivities(spec: TeacherStageInput['teacher']): {
       nonRetryableErrorTypes: NON_RETRYABLE,
     },
   });
-  return { acts, shardActs, batchActs };
+  return { acts, batchActs };
 }
 
 /** The state of a stage that has planned its shards and launched none. */
@@ -162,7 +154,7 @@ class ShardScheduler {
   constructor(
     private readonly input: TeacherStageInput,
     private readonly state: TeacherStageState,
-    private readonly shardActs: StageActivities,
+    private readonly acts: StageActivities,
     private readonly batchActs: StageActivities
   ) {
     const spec = input.teacher;
@@ -322,7 +314,7 @@ class ShardScheduler {
       ...(budgetUsd === undefined ? {} : { budgetUsd }),
       ...(state.accounted[index] === undefined ? {} : { accountedUsd: state.accounted[index].costUsd }),
     };
-    if (!this.batchMode) return this.shardActs.teacherShard(shardInput);
+    if (!this.batchMode) return this.acts.teacherShard(shardInput);
     return this.driveBatch(index, shardInput);
   }
 
@@ -374,9 +366,9 @@ export async function teacherStage(
   input: TeacherStageInput,
   carried?: TeacherStageState
 ): Promise<PromptTeacherResult> {
-  const { acts, shardActs, batchActs } = stageActivities(input.teacher);
+  const { acts, batchActs } = stageActivities(input.teacher);
   const state = carried ?? initialState(await acts.planTeacher(input));
-  const scheduler = new ShardScheduler(input, state, shardActs, batchActs);
+  const scheduler = new ShardScheduler(input, state, acts, batchActs);
   scheduler.serveProgress();
   await scheduler.runAll();
 
