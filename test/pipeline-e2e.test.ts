@@ -12,6 +12,7 @@ import { getVersion, listVersions } from '../lib/registry/registry';
 import { templateHash } from '../lib/teacher/templates';
 import type { PipelineSpecInput } from '../lib/pipeline/spec';
 import { servicesForFile } from './helpers/services';
+import { retriedAttempts } from './helpers/retries';
 
 const services = servicesForFile();
 
@@ -139,6 +140,7 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
   const { planned, sent, cached, resumed } = manifest.teacher.calls;
   t.is(planned, sent + cached + resumed, JSON.stringify(manifest.teacher.calls));
   if (resumed > 0) t.log(`a teacher shard was retried: ${resumed} call(s) resumed from its journal`);
+  for (const r of await retriedAttempts(services().client, handle.workflowId)) t.log('retried:', r);
 
   // Five stages ran as activities of their types, the promotion gate as its plan, decision and promotion, and the
   // run's report as the last; the

@@ -332,3 +332,38 @@ test('aborting the signal stops a shard promptly', async (t) => {
   await t.throwsAsync(running);
   t.true(Date.now() - started < 5_000);
 });
+
+test('a slot that fails stops the shard taking calls: once the attempt has failed, no call of it is still sent', async (t) => {
+  const slow = await startLocalTeacherServer({ model: MODEL, latencyMs: 100, errorRate: 0 });
+  t.teardown(() => slow.close());
+  // The response cache fails its sixth read for good: one slot's lookup throws while the other slots have calls in
+  // flight and most of the shard is still to send.
+  let reads = 0;
+  const failing = new Proxy(store, {
+    get(target, prop, receiver) {
+      if (prop === 'getKey') {
+        return async (key: string) => {
+          if (key.startsWith('cache/teacher/') && ++reads === 6) throw new Error('cache read refused');
+          return target.getKey(key);
+        };
+      }
+      const value: unknown = Reflect.get(target, prop, receiver);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const own = { ...deps, store: failing, scripted: async () => ({ url: slow.url, model: MODEL }) };
+  const stage = await stageInput(40);
+  const plan = await planShards(own, stage);
+  await t.throwsAsync(promptShard(own, shardInput(stage, plan.plan, 0, 'failing-slot'), {}), {
+    message: 'cache read refused',
+  });
+  const atFailure = slow.counters().requests;
+  await new Promise((r) => setTimeout(r, 1_000));
+  t.is(slow.counters().requests, atFailure, 'no call was sent after the attempt failed');
+  // What the attempt finished was journalled before it failed: a retry resumes every one of its calls.
+  const retried = await promptShard(own, shardInput(stage, plan.plan, 0, 'failing-slot'), {});
+  t.true(atFailure < retried.calls / 2, `the first attempt stopped early (${atFailure} of ${retried.calls} calls)`);
+  t.is(retried.resumed, atFailure);
+  t.is(retried.sent, retried.calls - atFailure);
+  t.is(slow.counters().requests, retried.calls, 'each call was sent once');
+});

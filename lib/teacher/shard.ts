@@ -122,7 +122,14 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
   if (stats.resumed > 0) opts.onCalls?.('resumed', stats.resumed);
   const lookups = new Lookahead(opts, pending);
   const calls = new ShardCalls(opts, pending, lookups, stats, records);
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency, pending.length)) }, () => calls.run()));
+  try {
+    await calls.runSlots(Math.max(1, Math.min(opts.concurrency, pending.length)));
+  } catch (err) {
+    // The calls the other slots finished meanwhile are written down before the attempt fails, so its retry resumes
+    // them rather than paying for them again. A cancelled shard does not wait on the store.
+    if (!opts.signal?.aborted) await Promise.allSettled([opts.journal.flush(), calls.background.drain()]);
+    throw err;
+  }
   // Lookups no slot took (the budget stopped the shard) are reads only, but none is left running once it returns. An
   // aborted shard does not wait for them: a store that is down would hold up its cancellation.
   await lookups.settle();
@@ -273,6 +280,8 @@ class ShardCalls {
   /** Set once the budget refuses a call: no slot takes another. */
   stopped = false;
   readonly background = new BackgroundWrites();
+  /** The first error a slot met: no slot takes another call once it is set. */
+  private failure: { error: unknown } | undefined;
   private next = 0;
   private finished: number;
 
@@ -286,17 +295,33 @@ class ShardCalls {
     this.finished = stats.resumed;
   }
 
-  /** One slot: takes the next pending call until none is left or the budget stops the shard. */
-  async run(): Promise<void> {
+  /**
+   * Runs `n` slots to the end. The first error a slot meets stops the others from taking another call (their calls
+   * in flight finish), and is thrown once every slot has ended: the attempt then fails with no call of it still
+   * going, where a slot left running would keep sending calls that the attempt's retry sends again.
+   */
+  async runSlots(n: number): Promise<void> {
+    await Promise.all(
+      Array.from({ length: n }, () =>
+        this.run().catch((error: unknown) => {
+          this.failure ??= { error };
+        })
+      )
+    );
+    if (this.failure) throw this.failure.error;
+  }
+
+  /** One slot: takes the next pending call until none is left, the budget stops the shard or another slot failed. */
+  private async run(): Promise<void> {
     const { signal, journal } = this.opts;
-    while (!this.stopped && this.next < this.pending.length) {
+    while (!this.stopped && !this.failure && this.next < this.pending.length) {
       signal?.throwIfAborted();
       const k = this.next++;
       const { i, s } = this.pending[k];
       const { request, hit } = await this.lookups.take(k);
       signal?.throwIfAborted();
-      // Another slot's call may have met the end of the budget while this one waited on its lookup.
-      if (this.stopped) break;
+      // Another slot's call may have met the end of the budget, or failed, while this one waited on its lookup.
+      if (this.stopped || this.failure) break;
       const response = hit ?? (await this.send(request));
       if (response.notSent) {
         this.stopped = true;
