@@ -140,6 +140,9 @@ async function startOnce(opts: TemporalDevServerOptions): Promise<TemporalDevSer
   const namespace = opts.namespace ?? 'default';
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', dbFile];
   args.push('--log-level', 'warn');
+  // Off by default in the server: an activity scheduled on the workflow's own task queue is then handed back to the
+  // worker with the workflow task's answer instead of through the queue, one trip less per stage (bench:orchestration).
+  args.push('--dynamic-config-value', 'system.enableActivityEagerExecution=true');
   let uiUrl: string | undefined;
   if (headless) {
     args.push('--headless');

@@ -12,6 +12,7 @@
  */
 import {
   ApplicationFailure,
+  type ActivityOptions,
   getExternalWorkflowHandle,
   makeContinueAsNewFunc,
   patched,
@@ -76,9 +77,13 @@ export interface TeacherStageState {
 
 type StageActivities = ReturnType<typeof proxyActivities<Activities>>;
 
-/** The two cost classes of the stage's activities, each with the timeouts and retries that fit it. */
-function stageActivities(spec: TeacherStageInput['teacher']): { acts: StageActivities; batchActs: StageActivities } {
-  const acts = proxyActivities<Activities>({
+/** The stage's activities by cost class, each with the timeouts, retries and dispatch that fit it. */
+function stageActivities(spec: TeacherStageInput['teacher']): {
+  acts: StageActivities;
+  shardActs: StageActivities;
+  batchActs: StageActivities;
+} {
+  const options = {
     // A shard is at most a few thousand calls; a hung worker shows in the heartbeat timeout long before this.
     startToCloseTimeout: '6 hours',
     heartbeatTimeout: spec.heartbeatTimeoutSeconds * 1000,
@@ -89,10 +94,13 @@ function stageActivities(spec: TeacherStageInput['teacher']): { acts: StageActiv
       maximumAttempts: 20,
       nonRetryableErrorTypes: NON_RETRYABLE,
     },
-    // Shards fan out over every worker serving the queue: eager dispatch would hand each one to the worker that
-    // runs this workflow, piling the whole stage onto one process, to save a poll on work that takes minutes.
-    allowEagerDispatch: false,
-  });
+  } satisfies ActivityOptions;
+  // Planning and assembly run once per stage: handed straight back to this worker with the workflow task that
+  // schedules them (eager dispatch, where the cluster allows it), they skip a trip through the task queue.
+  const acts = proxyActivities<Activities>(options);
+  // Shards fan out over every worker serving the queue: eager dispatch would hand each one to the worker that
+  // runs this workflow, piling the whole stage onto one process, to save a poll on work that takes minutes.
+  const shardActs = proxyActivities<Activities>({ ...options, allowEagerDispatch: false });
   // Batch polls and submissions are single quick HTTP calls; collection reads one output file. Each heartbeats every
   // second while it works (withKeepalive), so a lost worker is noticed in 30 s, not after the start-to-close timeout.
   const batchActs = proxyActivities<Activities>({
@@ -105,7 +113,7 @@ function stageActivities(spec: TeacherStageInput['teacher']): { acts: StageActiv
       nonRetryableErrorTypes: NON_RETRYABLE,
     },
   });
-  return { acts, batchActs };
+  return { acts, shardActs, batchActs };
 }
 
 /** The state of a stage that has planned its shards and launched none. */
@@ -154,7 +162,7 @@ class ShardScheduler {
   constructor(
     private readonly input: TeacherStageInput,
     private readonly state: TeacherStageState,
-    private readonly acts: StageActivities,
+    private readonly shardActs: StageActivities,
     private readonly batchActs: StageActivities
   ) {
     const spec = input.teacher;
@@ -314,7 +322,7 @@ class ShardScheduler {
       ...(budgetUsd === undefined ? {} : { budgetUsd }),
       ...(state.accounted[index] === undefined ? {} : { accountedUsd: state.accounted[index].costUsd }),
     };
-    if (!this.batchMode) return this.acts.teacherShard(shardInput);
+    if (!this.batchMode) return this.shardActs.teacherShard(shardInput);
     return this.driveBatch(index, shardInput);
   }
 
@@ -366,9 +374,9 @@ export async function teacherStage(
   input: TeacherStageInput,
   carried?: TeacherStageState
 ): Promise<PromptTeacherResult> {
-  const { acts, batchActs } = stageActivities(input.teacher);
+  const { acts, shardActs, batchActs } = stageActivities(input.teacher);
   const state = carried ?? initialState(await acts.planTeacher(input));
-  const scheduler = new ShardScheduler(input, state, acts, batchActs);
+  const scheduler = new ShardScheduler(input, state, shardActs, batchActs);
   scheduler.serveProgress();
   await scheduler.runAll();
 
