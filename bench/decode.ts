@@ -34,6 +34,7 @@ import { describeBackend, initBackend } from '../lib/student/backend';
 import { isPresetName, makeConfig, toHFConfig, type ConfigOverrides, type T5Config } from '../lib/student/config';
 import { greedyIds } from '../lib/student/decode';
 import { T5Model } from '../lib/student/t5';
+import { cpuinfo, median, round, spread } from './stats';
 
 /** The reproduction's student shape, read from its spec so the bench follows the spec. */
 const REPRODUCTION_SPEC = join(__dirname, '..', 'examples', 'svamp-paper.json');
@@ -251,33 +252,17 @@ function pytorchWorker(python: string, config: T5Config): Worker {
   return new Worker('pytorch', python, args, env);
 }
 
-const round = (x: number, digits = 1) => Number(x.toFixed(digits));
-
-function median(xs: number[]): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
 function machine() {
   const list = cpus();
-  const flags = /^flags\s*:\s*(.*)$/m.exec(safeRead('/proc/cpuinfo'))?.[1].split(' ') ?? [];
+  const { flags } = cpuinfo();
   return {
     cpu: list[0]?.model.trim() ?? 'unknown',
     cores: list.length,
     threads: CONFIG.threads,
-    simd: ['avx512f', 'avx2', 'fma'].filter((f) => flags.includes(f)),
+    simd: ['avx512f', 'avx2', 'fma'].filter((f) => flags.has(f)),
     /** 1-minute load average when the bench started and ended: above `cores`, the figures are contended. */
     load: [round(loadavg()[0], 2)],
   };
-}
-
-function safeRead(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '';
-  }
 }
 
 async function main(): Promise<void> {
@@ -380,11 +365,7 @@ async function main(): Promise<void> {
         const ratios = rounds.student.map((s, i) => s.tokensPerSec / rounds.pytorch[i].tokensPerSec);
         result.pytorchTokensPerSec[name] = round(median(rounds.pytorch.map((t) => t.tokensPerSec)));
         result.pytorchMs[name] = round(median(rounds.pytorch.map((t) => t.ms)), 0);
-        result.ratioToPytorch[name] = {
-          median: round(median(ratios), 3),
-          min: round(Math.min(...ratios), 3),
-          max: round(Math.max(...ratios), 3),
-        };
+        result.ratioToPytorch[name] = spread(ratios, 3);
         result.generatedTokens[name] = { student: studentTokens, pytorch: rounds.pytorch[0].tokens };
         if (rounds.pytorch[0].tokens !== studentTokens) {
           console.log(`  note: the student generated ${studentTokens} tokens, PyTorch ${rounds.pytorch[0].tokens}`);

@@ -24,6 +24,7 @@ import type { PromptTeacherResult } from '../contract';
 import { parseSpec, type PipelineSpecInput } from '../lib/pipeline/spec';
 import { CPU_TASK_QUEUE, STAGES, type StageName } from '../contract';
 import { distillationPipeline } from '../workflows';
+import { median, round, spread } from './stats';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 
@@ -39,11 +40,6 @@ const spec: PipelineSpecInput = {
 
 /** The stages a run of `spec` executes. */
 const TIMED = STAGES.filter((s) => s !== 'gate');
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const ms = (t: temporal.api.history.v1.IHistoryEvent) => {
   const ts = t.eventTime!;
@@ -311,22 +307,13 @@ async function main() {
       bench: 'orchestration',
       runs: RUNS,
       overheadMsPerStage: round(overheadMsPerStage),
-      addedMsPerStage: {
-        median: round(median(addedPerRun)),
-        min: round(Math.min(...addedPerRun)),
-        max: round(Math.max(...addedPerRun)),
-      },
+      addedMsPerStage: spread(addedPerRun),
       ratio: round(totalTemporal / totalDirect, 3),
       totalTemporalMs: round(totalTemporal),
       totalDirectMs: round(totalDirect),
       stages,
     })
   );
-}
-
-function round(x: number, digits = 1) {
-  const f = 10 ** digits;
-  return Math.round(x * f) / f;
 }
 
 main().catch((err) => {

@@ -47,6 +47,7 @@ import { startLocalTeacherServer } from '../lib/teacher';
 import { connectTemporal, quietTemporalLogs } from '../workers/pipeline-worker';
 import { CPU_TASK_QUEUE } from '../contract';
 import { teacherStage } from '../workflows';
+import { round } from './stats';
 
 const ROOT = join(__dirname, '..');
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -244,7 +245,6 @@ async function main() {
     }
   }
 
-  const round = (x: number, digits = 4) => Number(x.toFixed(digits));
   try {
     const figures: Record<string, unknown> = { concurrency: CONCURRENCY };
     const goals: Record<string, boolean> = {};
@@ -258,8 +258,8 @@ async function main() {
       );
       const ideal = CONCURRENCY / (LATENCY_MS / 1000);
       const fastIdeal = CONCURRENCY / (FAST_EFFICIENCY_LATENCY_MS / 1000);
-      const efficiency = round(eff.callsPerSecond / ideal);
-      const fast = round(fastEff.callsPerSecond / fastIdeal);
+      const efficiency = round(eff.callsPerSecond / ideal, 4);
+      const fast = round(fastEff.callsPerSecond / fastIdeal, 4);
       Object.assign(figures, {
         efficiency,
         [`efficiencyAt${FAST_EFFICIENCY_LATENCY_MS}ms`]: fast,
@@ -283,7 +283,7 @@ async function main() {
       for (const kind of stores.rss) {
         const small = await phase(SMALL, FAST_LATENCY_MS, kind, false);
         const large = await phase(LARGE, FAST_LATENCY_MS, kind, false);
-        const growth = round(large.peakRssMiB / small.peakRssMiB - 1);
+        const growth = round(large.peakRssMiB / small.peakRssMiB - 1, 4);
         const name = kind === 'fs' ? 'rssGrowth' : 'rssGrowthS3';
         figures[name] = growth;
         peakRssMiB[kind] = { [SMALL]: Math.round(small.peakRssMiB), [LARGE]: Math.round(large.peakRssMiB) };

@@ -66,6 +66,7 @@ import { paramSpecs } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
 import { loadTokenizer } from '../lib/student/tokenizer';
 import { parseTrainOptions, trainToFile } from '../lib/student/train';
+import { cpuinfo, median, round, spread } from './stats';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Cases
@@ -260,12 +261,6 @@ class StepClock {
     return this.stepMs.length >= this.plan.steps;
   }
 }
-
-const median = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Native child
@@ -523,16 +518,8 @@ interface Peak {
 }
 
 function machineInfo(threads: number) {
-  let cpuinfo = '';
-  try {
-    cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
-  } catch {
-    // Not Linux: the peak stays unknown.
-  }
-  const blocks = cpuinfo.split(/\n\s*\n/).filter((b) => /^processor\s*:/m.test(b));
-  const field = (name: string): string | undefined =>
-    new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm').exec(blocks[0] ?? '')?.[1]?.trim();
-  const flags = new Set((field('flags') ?? '').split(/\s+/));
+  // Off Linux there is no cpuinfo, and the peak stays unknown.
+  const { blocks, field, flags } = cpuinfo();
   const relevant = ['avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'avx2', 'fma', 'avx'];
   const cores = new Set(
     blocks.map((b) => `${/^physical id\s*:\s*(\d+)/m.exec(b)?.[1]}:${/^core id\s*:\s*(\d+)/m.exec(b)?.[1]}`)
@@ -583,8 +570,6 @@ function machineInfo(threads: number) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Parent: rounds and the summary
-
-const round = (x: number, digits = 1) => Number(x.toFixed(digits));
 
 interface RoundFigures {
   msPerStep: number;
@@ -641,9 +626,7 @@ function summarise(c: Case, natives: Outcome[], torches: Outcome[], peak: Peak |
   return {
     shape: c.shape,
     method: c.method,
-    ratio: ratios.length
-      ? { median: round(median(ratios), 3), min: round(Math.min(...ratios), 3), max: round(Math.max(...ratios), 3) }
-      : null,
+    ratio: ratios.length ? spread(ratios, 3) : null,
     nativeTokensPerSec: tps(nativeMs),
     pytorchTokensPerSec: tps(torchMs),
     nativeMsPerStep: nativeMs,

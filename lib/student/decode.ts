@@ -271,6 +271,7 @@ function greedyUncached(model: T5Model, sources: readonly number[][], opts: Gene
     const { hidden, sourceBias } = model.encode(sourceTensor(model, sources));
     return [hidden, sourceBias];
   });
+  const noEos = minLength > 0 ? eosExclusion(model) : undefined;
   try {
     for (let t = 0; t < maxLength && done.some((d) => !d); t++) {
       const next = tf.tidy(() => {
@@ -278,7 +279,7 @@ function greedyUncached(model: T5Model, sources: readonly number[][], opts: Gene
         const hidden = model.decode({ hidden: encoded[0], sourceBias: encoded[1] }, decoderInput); // [B, t+1, D]
         const last = tf.slice(hidden, [0, t, 0], [rows, 1, d_model]); // [B, 1, D]
         const logits = tf.reshape(model.logits(last), [rows, vocab_size]); // [B, V]
-        return tf.argMax(t < minLength ? tf.add(logits, eosExclusion(model)) : logits, -1).dataSync();
+        return tf.argMax(noEos && t < minLength ? tf.add(logits, noEos) : logits, -1).dataSync();
       });
       for (let i = 0; i < rows; i++) {
         // A finished row keeps decoding pad so the batch stays rectangular; its output is already final.
@@ -289,6 +290,7 @@ function greedyUncached(model: T5Model, sources: readonly number[][], opts: Gene
     }
   } finally {
     tf.dispose(encoded);
+    noEos?.dispose();
   }
   return prefixes.map((p) => {
     const ids = p.slice(1);
@@ -351,6 +353,7 @@ export function beamSearchIds(model: T5Model, sources: readonly number[][], opts
   const searches = sources.map(() => startSearch(numBeams));
   if (sources.length === 0) return [];
   const decoder = startStepper(model, sources, opts.maxLength);
+  const noEos = settings.minLength > 0 ? eosExclusion(model) : undefined;
   try {
     // Beam b of the a-th active input is row a·numBeams + b.
     decoder.select(sources.flatMap((_, i) => Array<number>(numBeams).fill(i)));
@@ -358,12 +361,11 @@ export function beamSearchIds(model: T5Model, sources: readonly number[][], opts
     let next = active.flatMap(() => Array<number>(numBeams).fill(model.config.decoder_start_token_id));
     for (let step = 0; step < opts.maxLength && active.length > 0; step++) {
       const top = topCandidates(
-        model,
         decoder,
         next,
         active.map((s) => searches[s]),
         settings,
-        step
+        step < settings.minLength ? noEos : undefined
       );
       const last = step + 1 >= opts.maxLength;
       const length = step + 1; // generated tokens after this step, eos included
@@ -388,6 +390,7 @@ export function beamSearchIds(model: T5Model, sources: readonly number[][], opts
     }
   } finally {
     decoder.dispose();
+    noEos?.dispose();
   }
   return searches.map((s) => s.finished);
 }
@@ -421,19 +424,19 @@ function startSearch(numBeams: number): Search {
  * continuations of each input over all its beams. Every tensor it makes is freed before it returns.
  */
 function topCandidates(
-  model: T5Model,
   decoder: Stepper,
   next: number[],
   active: readonly Search[],
-  { numBeams, vocab, candidates, minLength }: BeamSettings,
-  step: number
+  { numBeams, vocab, candidates }: BeamSettings,
+  /** Added to the log-probabilities while eos may not be chosen ({@link eosExclusion}); absent after. */
+  noEos: tf.Tensor2D | undefined
 ): StepCandidates {
   const rows = active.length * numBeams;
   const runningLogProbs = active.flatMap((search) => search.running.map((b) => b.logProb));
   return tf.tidy(() => {
     let logProbs = tf.logSoftmax(decoder.logits(next)); // [A·N, V]
     // HF masks eos after the log-softmax, so the other tokens' log-probabilities stay as they were.
-    if (step < minLength) logProbs = tf.add(logProbs, eosExclusion(model));
+    if (noEos) logProbs = tf.add(logProbs, noEos);
     const total = tf.add(logProbs, tf.tensor2d(runningLogProbs, [rows, 1])); // [A·N, V]
     const top = tf.topk(tf.reshape(total, [active.length, numBeams * vocab]), candidates); // [A, 2N]
     return { values: top.values.dataSync(), indices: top.indices.dataSync() };

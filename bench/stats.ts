@@ -1,0 +1,38 @@
+/** What the benches share: each figure's median over rounds or runs with its spread, and the machine's CPU. */
+import { readFileSync } from 'node:fs';
+
+/** The median of a non-empty list (the mean of the middle two for an even count). */
+export function median(xs: readonly number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/** `x` to `digits` decimals, as a number (what the JSON line carries). */
+export const round = (x: number, digits = 1): number => Number(x.toFixed(digits));
+
+/** Median, min and max of a non-empty list, each to `digits` decimals. */
+export function spread(xs: readonly number[], digits = 1): { median: number; min: number; max: number } {
+  return {
+    median: round(median(xs), digits),
+    min: round(Math.min(...xs), digits),
+    max: round(Math.max(...xs), digits),
+  };
+}
+
+/**
+ * The first processor's `/proc/cpuinfo` block, field by field, and how many blocks there are (empty off Linux: the
+ * machine figures then stay unknown).
+ */
+export function cpuinfo(): { field: (name: string) => string | undefined; flags: Set<string>; blocks: string[] } {
+  let text = '';
+  try {
+    text = readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    // Not Linux.
+  }
+  const blocks = text.split(/\n\s*\n/).filter((b) => /^processor\s*:/m.test(b));
+  const field = (name: string): string | undefined =>
+    new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm').exec(blocks[0] ?? '')?.[1]?.trim();
+  return { field, flags: new Set((field('flags') ?? '').split(/\s+/)), blocks };
+}
