@@ -15,7 +15,12 @@ import {
   writeCheckpointFile,
   type TrainingMeta,
 } from '../lib/student/checkpoint';
-import { encodeSafetensors, writeSafetensorsFile, type TensorSource } from '../lib/student/checkpoint-file';
+import {
+  encodeSafetensors,
+  readSafetensorsFile,
+  writeSafetensorsFile,
+  type TensorSource,
+} from '../lib/student/checkpoint-file';
 import { makeConfig } from '../lib/student/config';
 import { createOptimizer } from '../lib/student/optim';
 import { mulberry32, T5Model, type NamedWeight } from '../lib/student/t5';
@@ -184,6 +189,72 @@ test('a streamed write that fails part way leaves neither the file nor a tempora
     const short = [{ name: 'c', shape: [3], read: () => new Float32Array(2) }];
     await t.throwsAsync(writeSafetensorsFile(path, short, {}), { message: /tensor 'c' read 8 bytes; .* makes it 12/ });
     t.deepEqual(await readdir(dir), []);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+/** A checksummed safetensors file of `tensors`, its header listing them in the given order, whatever their offsets. */
+function fileWithLayout(tensors: { name: string; data: Float32Array; at: number }[]): Buffer {
+  const dataLength = tensors.reduce((n, t) => n + t.data.byteLength, 0);
+  const data = Buffer.alloc(dataLength);
+  const table: Record<string, unknown> = { __metadata__: { kind: 'test' } };
+  for (const t of tensors) {
+    data.set(new Uint8Array(t.data.buffer), t.at);
+    table[t.name] = { dtype: 'F32', shape: [t.data.length], data_offsets: [t.at, t.at + t.data.byteLength] };
+  }
+  const checksum = createHash('sha256').update(JSON.stringify(table)).update(data).digest('hex');
+  (table.__metadata__ as Record<string, string>).checksum = `sha256:${checksum}`;
+  const json = Buffer.from(JSON.stringify(table));
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([length, json, data]);
+}
+
+test('a file read tensor by tensor is checked against its checksum, tensors in offset order or not', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-stream-'));
+  try {
+    const a = Float32Array.from({ length: 300 }, (_, i) => Math.sin(i));
+    const b = Float32Array.from({ length: 50 }, (_, i) => i / 7);
+    const layouts = {
+      // As this module writes: the tensors fill the data in header order, hashed as they are read.
+      'in order': fileWithLayout([
+        { name: 'a', data: a, at: 0 },
+        { name: 'b', data: b, at: a.byteLength },
+      ]),
+      // As another writer may: the header lists a tensor stored after the next, hashed in a pass of its own.
+      'out of order': fileWithLayout([
+        { name: 'a', data: a, at: b.byteLength },
+        { name: 'b', data: b, at: 0 },
+      ]),
+    };
+    for (const [layout, bytes] of Object.entries(layouts)) {
+      const path = join(dir, `${layout.replace(/ /g, '-')}.safetensors`);
+      await writeFile(path, bytes);
+      const read = await readSafetensorsFile(path);
+      t.deepEqual(
+        read.weights.map((w) => [w.name, Array.from(w.data)]),
+        [
+          ['a', Array.from(a)],
+          ['b', Array.from(b)],
+        ],
+        layout
+      );
+      t.deepEqual(read.metadata, { kind: 'test' }, layout);
+      for (const at of [bytes.length - a.byteLength - 1, bytes.length - 1]) {
+        const bad = Buffer.from(bytes);
+        bad[at] ^= 0xff;
+        await writeFile(path, bad);
+        await t.throwsAsync(
+          readSafetensorsFile(path, { source: path }),
+          {
+            instanceOf: CheckpointCorruptError,
+            message: /is corrupt: .*hashes to sha256:/,
+          },
+          `${layout}, byte ${at} flipped`
+        );
+      }
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

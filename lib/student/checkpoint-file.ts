@@ -83,9 +83,9 @@ const CHECKSUM_PLACEHOLDER = `sha256:${'0'.repeat(64)}`;
 
 /**
  * A file's layout before any tensor is read: its header is a function of names, shapes and metadata alone, and the
- * checksum is a fixed-length string, so the data's offsets are known first. `header(checksum)` is the header's
- * bytes, padded as the reference writer pads them (data 8-byte aligned); `hash` is the checksum's hash with the
- * header (without the checksum) already in it, for the data to follow.
+ * checksum is a fixed-length string, so the data's offsets are known first. The header's bytes are padded as the
+ * reference writer pads them (data 8-byte aligned); the checksum's hash starts with the header (without the
+ * checksum) and takes the data as `data()` reads it.
  */
 function planFile(tensors: readonly TensorSource[], metadata: Record<string, string>, checksummed: boolean) {
   const { [CHECKSUM_KEY]: _stale, ...rest } = metadata;
@@ -108,7 +108,30 @@ function planFile(tensors: readonly TensorSource[], metadata: Record<string, str
     return bytes;
   };
   const headerLength = header(checksummed ? CHECKSUM_PLACEHOLDER : undefined).length;
-  return { sizes, dataLength: offset, headerLength, hash, header };
+  return {
+    dataLength: offset,
+    headerLength,
+    /**
+     * Each tensor's bytes with where they go in the file, read one at a time (checked against their shape) and hashed
+     * as they go: `header()` is final once they all have been.
+     */
+    *data(): Generator<{ bytes: Uint8Array; at: number }> {
+      const readBytes = sourceReader();
+      let at = headerLength;
+      for (const [i, t] of tensors.entries()) {
+        const bytes = readBytes(t, sizes[i]);
+        hash?.update(bytes);
+        yield { bytes, at };
+        at += bytes.byteLength;
+      }
+    },
+    /** The header, with the checksum of the data {@link data} went through. */
+    header: (): Buffer => {
+      const head = header(hash && `sha256:${hash.digest('hex')}`);
+      if (head.length !== headerLength) throw new Error('safetensors header changed length once its checksum was set');
+      return head;
+    },
+  };
 }
 
 /**
@@ -148,10 +171,22 @@ function sourceReader() {
  * The checksum of a file: sha256 over its header JSON without the checksum key, then its data. The header is hashed
  * as `JSON.stringify` writes it, which a parse and a re-stringify reproduce (key order and numbers survive).
  */
-function checksumOf(header: Record<string, unknown>, data: Iterable<Uint8Array>): string {
+function checksumOf(header: Record<string, unknown>, data: Iterable<Uint8Array>): string;
+function checksumOf(header: Record<string, unknown>, data: AsyncIterable<Uint8Array>): Promise<string>;
+function checksumOf(
+  header: Record<string, unknown>,
+  data: Iterable<Uint8Array> | AsyncIterable<Uint8Array>
+): string | Promise<string> {
   const hash = createHash('sha256').update(JSON.stringify(header));
-  for (const chunk of data) hash.update(chunk);
-  return `sha256:${hash.digest('hex')}`;
+  const digest = () => `sha256:${hash.digest('hex')}`;
+  if (Symbol.iterator in data) {
+    for (const chunk of data) hash.update(chunk);
+    return digest();
+  }
+  return (async () => {
+    for await (const chunk of data) hash.update(chunk);
+    return digest();
+  })();
 }
 
 /**
@@ -166,17 +201,10 @@ export function encodeSafetensors(
 ): Buffer {
   assertLittleEndian();
   const sources = tensors.map((t) => ('read' in t ? t : inMemory(t)));
-  const { sizes, dataLength, headerLength, hash, header } = planFile(sources, metadata, opts.checksum === true);
-  const out = Buffer.allocUnsafe(headerLength + dataLength);
-  const readBytes = sourceReader();
-  let at = headerLength;
-  sources.forEach((t, i) => {
-    const bytes = readBytes(t, sizes[i]);
-    hash?.update(bytes);
-    out.set(bytes, at);
-    at += bytes.byteLength;
-  });
-  header(hash && `sha256:${hash.digest('hex')}`).copy(out, 0);
+  const plan = planFile(sources, metadata, opts.checksum === true);
+  const out = Buffer.allocUnsafe(plan.headerLength + plan.dataLength);
+  for (const { bytes, at } of plan.data()) out.set(bytes, at);
+  plan.header().copy(out, 0);
   return out;
 }
 
@@ -193,21 +221,12 @@ export async function writeSafetensorsFile(
   opts: { checksum?: boolean } = {}
 ): Promise<number> {
   assertLittleEndian();
-  const { sizes, dataLength, headerLength, hash, header } = planFile(tensors, metadata, opts.checksum === true);
+  const plan = planFile(tensors, metadata, opts.checksum === true);
   const partial = `${path}.partial-${process.pid}`;
   const file = await open(partial, 'w');
-  const readBytes = sourceReader();
   try {
-    let at = headerLength;
-    for (const [i, t] of tensors.entries()) {
-      const bytes = readBytes(t, sizes[i]);
-      hash?.update(bytes);
-      await writeAll(file, bytes, at);
-      at += bytes.byteLength;
-    }
-    const head = header(hash && `sha256:${hash.digest('hex')}`);
-    if (head.length !== headerLength) throw new Error('safetensors header changed length once its checksum was set');
-    await writeAll(file, head, 0);
+    for (const { bytes, at } of plan.data()) await writeAll(file, bytes, at);
+    await writeAll(file, plan.header(), 0);
     await file.close();
     await rename(partial, path);
   } catch (err) {
@@ -215,7 +234,7 @@ export async function writeSafetensorsFile(
     await rm(partial, { force: true });
     throw err;
   }
-  return headerLength + dataLength;
+  return plan.headerLength + plan.dataLength;
 }
 
 /** Writes all of `bytes` at `position` (a single write may be short). */
@@ -311,9 +330,10 @@ export function readTable(bytes: Buffer, from: CheckpointSource) {
 }
 
 /**
- * {@link decodeSafetensors} of a file, without ever holding it whole: the checksum is verified in one streaming pass,
- * then each tensor is read into a buffer of its own, so a reader can let go of the tensors it has handed on (to
- * TensorFlow) while it keeps others (a resumed run keeps only the best weights).
+ * {@link decodeSafetensors} of a file, without ever holding it whole: each tensor is read into a buffer of its own, so
+ * a reader can let go of the tensors it has handed on (to TensorFlow) while it keeps others (a resumed run keeps only
+ * the best weights). The checksum is taken over those buffers as they are read, where the tensors fill the data in
+ * order (every file this module writes); a file laid out otherwise is hashed in a streaming pass of its own first.
  * @throws CheckpointCorruptError as decodeSafetensors does; the file system's errors for a file it cannot read.
  */
 export async function readSafetensorsFile(
@@ -337,11 +357,12 @@ export async function readSafetensorsFile(
     const headerBytes = Buffer.alloc(headerLength);
     await readAt(headerBytes, 8);
     const dataStart = 8 + headerLength;
-    const { header, entries, metadata, written } = parseHeader(headerBytes, size - dataStart, from);
-    if (written !== undefined) {
-      const hash = createHash('sha256').update(JSON.stringify(header));
-      for await (const chunk of createReadStream(path, { start: dataStart })) hash.update(chunk as Buffer);
-      const actual = `sha256:${hash.digest('hex')}`;
+    const dataLength = size - dataStart;
+    const { header, entries, metadata, written } = parseHeader(headerBytes, dataLength, from);
+    const inOrder = entries.every((e, i) => e.begin === (i === 0 ? 0 : entries[i - 1].end));
+    const hashedAsRead = inOrder && (entries.at(-1)?.end ?? 0) === dataLength;
+    if (written !== undefined && !hashedAsRead) {
+      const actual = await checksumOf(header, readStream(path, dataStart));
       if (actual !== written) throw checksumMismatch(from, actual, written);
     }
     const weights: NamedWeight[] = [];
@@ -350,10 +371,22 @@ export async function readSafetensorsFile(
       await readAt(new Uint8Array(data.buffer), dataStart + begin);
       weights.push({ name, shape, data });
     }
+    if (written !== undefined && hashedAsRead) {
+      const actual = checksumOf(
+        header,
+        weights.map((w) => new Uint8Array(w.data.buffer))
+      );
+      if (actual !== written) throw checksumMismatch(from, actual, written);
+    }
     return { weights, metadata };
   } finally {
     await file.close();
   }
+}
+
+/** The file's bytes from `start` on, chunk by chunk as a stream reads them. */
+async function* readStream(path: string, start: number): AsyncGenerator<Uint8Array> {
+  for await (const chunk of createReadStream(path, { start })) yield chunk as Buffer;
 }
 
 /**
