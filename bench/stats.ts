@@ -21,8 +21,8 @@ export function spread(xs: readonly number[], digits = 1): { median: number; min
 }
 
 /**
- * The first processor's `/proc/cpuinfo` block, field by field, and how many blocks there are (empty off Linux: the
- * machine figures then stay unknown).
+ * `/proc/cpuinfo`: every processor's block, and the first block's fields and flags (all empty off Linux: the machine
+ * figures then stay unknown).
  */
 export function cpuinfo(): { field: (name: string) => string | undefined; flags: Set<string>; blocks: string[] } {
   let text = '';

@@ -287,11 +287,12 @@ class Frame {
     return { id: this.k.nb.getInputTensorIds([t])[0], shape: t.shape, dtype: this.b.TF_FLOAT };
   }
 
-  /** A tfjs tensor that owns `h` from now on. */
+  /** {@link borrow} of each of `ts`, in order. */
   borrowAll(ts: readonly tf.Tensor[]): Handle[] {
     return ts.map((t) => this.borrow(t));
   }
 
+  /** A tfjs tensor that owns `h` from now on. */
   adopt(h: Handle): tf.Tensor {
     this.live.delete(h);
     return this.k.nb.createOutputTensor(h);

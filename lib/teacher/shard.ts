@@ -126,8 +126,11 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
     await calls.runSlots(Math.max(1, Math.min(opts.concurrency, pending.length)));
   } catch (err) {
     // The calls the other slots finished meanwhile are written down before the attempt fails, so its retry resumes
-    // them rather than paying for them again. A cancelled shard does not wait on the store.
-    if (!opts.signal?.aborted) await Promise.allSettled([opts.journal.flush(), calls.background.drain()]);
+    // them rather than paying for them again, and no lookup is left running. A cancelled shard does not wait on the
+    // store.
+    if (!opts.signal?.aborted) {
+      await Promise.allSettled([opts.journal.flush(), calls.background.drain(), lookups.settle()]);
+    }
     throw err;
   }
   // Lookups no slot took (the budget stopped the shard) are reads only, but none is left running once it returns. An
