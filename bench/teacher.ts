@@ -19,6 +19,9 @@
  *   rssGrowthS3 <= 0.10); a figure not measured in this run has no entry.
  * - workerCpuMsPerCall: the worker's CPU time (user + system) per call in each efficiency phase: what the wall-time
  *   figures come to on a machine whose cores are busy with other work.
+ * - stealShare: per efficiency phase, the share of the machine's CPU time its hypervisor gave other guests meanwhile
+ *   (`/proc/stat`). The worker, the server and Temporal share two cores here, so a phase that lost a tenth of them
+ *   to a neighbour is slower for it: compare efficiencies measured at similar steal.
  *
  * Settings (env): BENCH_CONCURRENCY, BENCH_LATENCY_MS, BENCH_EFFICIENCY_EXAMPLES (4000),
  * BENCH_FAST_EFFICIENCY_LATENCY_MS (250), BENCH_SMALL (10000), BENCH_LARGE (100000), BENCH_FAST_LATENCY_MS (2),
@@ -47,7 +50,7 @@ import { startLocalTeacherServer } from '../lib/teacher';
 import { connectTemporal, quietTemporalLogs } from '../workers/pipeline-worker';
 import { CPU_TASK_QUEUE } from '../contract';
 import { teacherStage } from '../workflows';
-import { round } from './stats';
+import { round, stealMeter } from './stats';
 
 const ROOT = join(__dirname, '..');
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
@@ -89,6 +92,8 @@ interface Phase {
   peakRssMiB: number;
   /** The worker's CPU time (user + system) while it ran this stage, per call. */
   cpuMsPerCall: number;
+  /** The machine's CPU time taken by other guests of its host meanwhile (see {@link stealMeter}). */
+  stealShare: number | undefined;
   /** From the workflow's history: workflow start to plan done, first shard scheduled to last done, assembly. */
   planMs: number;
   shardsMs: number;
@@ -205,6 +210,7 @@ async function main() {
         await runStage(others.slice(0, CONCURRENCY), `bench-teacher-warmup-${id}-${Date.now()}`);
       }
       const cpuBefore = await cpuMs(worker.pid!);
+      const steal = stealMeter();
       const started = performance.now();
       // BENCH_TRACE=1 prints the worker's resident set every 2 s: a leak climbs, a heap settling does not.
       const trace = process.env.BENCH_TRACE
@@ -229,13 +235,14 @@ async function main() {
         callsPerSecond: n / seconds,
         peakRssMiB,
         cpuMsPerCall,
+        stealShare: steal(),
         ...(await breakdown(handle)),
       };
       console.log(
         `${n} examples on ${kind}, latency ${latencyMs} ms, C=${CONCURRENCY}${warm ? ' (warm)' : ''}: ` +
           `${seconds.toFixed(1)} s, ${p.callsPerSecond.toFixed(1)} calls/s, worker ${cpuMsPerCall.toFixed(2)} ms CPU ` +
           `per call, peak RSS ${peakRssMiB.toFixed(0)} MiB; plan ${p.planMs.toFixed(0)} ms, ` +
-          `shards ${p.shardsMs.toFixed(0)} ms, finish ${p.finishMs.toFixed(0)} ms`
+          `shards ${p.shardsMs.toFixed(0)} ms, finish ${p.finishMs.toFixed(0)} ms; steal ${p.stealShare ?? 'unknown'}`
       );
       return p;
     } finally {
@@ -273,6 +280,7 @@ async function main() {
           [`${LATENCY_MS}ms`]: round(eff.cpuMsPerCall, 3),
           [`${FAST_EFFICIENCY_LATENCY_MS}ms`]: round(fastEff.cpuMsPerCall, 3),
         },
+        stealShare: { [`${LATENCY_MS}ms`]: eff.stealShare, [`${FAST_EFFICIENCY_LATENCY_MS}ms`]: fastEff.stealShare },
       });
       // The goals name 1 s and 250 ms: other latencies measure something else.
       if (LATENCY_MS === 1000) goals.efficiency = efficiency >= GOALS.efficiency;

@@ -3,7 +3,17 @@ import type { AddressInfo } from 'node:net';
 import test from 'ava';
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIUserAbortError } from 'openai';
 
+import { sharedHttpFetch } from '../lib/teacher/http-fetch';
 import { backoffMs, classifyError, MAX_RETRY_AFTER_MS, retryAfterMs } from '../lib/teacher/retry';
+
+/**
+ * Both fetches a teacher client may use: Node's (the SDK's default, and what file uploads and downloads go through)
+ * and ours for chat completions (lib/teacher/http-fetch.ts). Each SDK test below runs on both: the policy must read
+ * their failures alike.
+ */
+const FETCHES = { fetch: globalThis.fetch, 'http-fetch': sharedHttpFetch() } as const;
+type FetchName = keyof typeof FETCHES;
+const FETCH_NAMES = Object.keys(FETCHES) as FetchName[];
 
 const COMPLETION = JSON.stringify({
   id: 'chatcmpl-1',
@@ -80,8 +90,9 @@ test.after.always(async () => {
 /** What the real SDK throws for one call against a fault, with its own retries off. */
 async function sdkError(
   fault: string,
-  opts: { headers?: Record<string, string>; timeout?: number; signal?: AbortSignal } = {}
+  opts: { headers?: Record<string, string>; timeout?: number; signal?: AbortSignal; via?: FetchName } = {}
 ): Promise<unknown> {
+  const send = FETCHES[opts.via ?? 'fetch'];
   const query = new URLSearchParams(opts.headers ?? {}).toString();
   const client = new OpenAI({
     baseURL: `${root}/${fault}/v1`,
@@ -89,7 +100,7 @@ async function sdkError(
     maxRetries: 0,
     timeout: opts.timeout ?? 10_000,
     // Headers travel to the server in the query string; the SDK would drop a query in baseURL, so add it here.
-    fetch: (input, init) => fetch(query ? `${String(input)}?${query}` : input, init),
+    fetch: (input, init) => send(query ? `${String(input)}?${query}` : input, init),
   });
   try {
     await client.chat.completions.create(
@@ -143,127 +154,144 @@ test('backoffMs draws from [0, min(max, base·2^attempt)] with full jitter', (t)
   t.throws(() => backoffMs(1.5), { instanceOf: RangeError });
 });
 
-test('a 429 from the SDK is retryable and rate limited, with the wait the server asked for', async (t) => {
-  const inMs = classifyError(await sdkError('status-429', { headers: { 'retry-after-ms': '150' } }));
-  // A refusal: the endpoint did no work, so nothing was billed.
-  t.deepEqual(inMs, {
-    retryable: true,
-    rateLimited: true,
-    reason: 'HTTP 429: fault 429',
-    retryAfterMs: 150,
-    notProcessed: true,
-  });
-  const inSeconds = classifyError(await sdkError('status-429', { headers: { 'retry-after': '2' } }));
-  t.is(inSeconds.retryAfterMs, 2000);
-  const unsaid = classifyError(await sdkError('status-429'));
-  t.true(unsaid.retryable && unsaid.rateLimited);
-  t.is(unsaid.retryAfterMs, undefined);
-});
-
-test('a 429 for an exhausted quota is not retryable: waiting does not refill an account', async (t) => {
-  const c = classifyError(await sdkError('status-429', { headers: { 'x-code': 'insufficient_quota' } }));
-  t.false(c.retryable);
-  t.false(c.rateLimited);
-  t.is(c.reason, 'HTTP 429: fault 429');
-});
-
-test('server errors, request timeouts and conflicts from the SDK are retryable', async (t) => {
-  for (const status of [500, 502, 503, 408, 409]) {
-    const c = classifyError(await sdkError(`status-${status}`, { headers: { 'retry-after': '1' } }));
-    t.true(c.retryable, String(status));
-    t.false(c.rateLimited);
-    t.is(c.reason, `HTTP ${status}: fault ${status}`);
-    t.is(c.retryAfterMs, 1000);
-    // A 5xx may come after the endpoint did (and billed) the work; a 408 or 409 is a refusal before any.
-    t.is(c.notProcessed, status < 500 ? true : undefined, String(status));
-  }
-  const html = classifyError(await sdkError('html-500'));
-  t.true(html.retryable);
-  t.is(html.reason, 'HTTP 500: <html> <h1>Internal Server Error</h1> </html>', 'one line');
-});
-
-test('client errors from the SDK are not retryable', async (t) => {
-  for (const status of [400, 401, 403, 404, 422]) {
-    const c = classifyError(await sdkError(`status-${status}`));
-    t.deepEqual(c, {
-      retryable: false,
-      rateLimited: false,
-      reason: `HTTP ${status}: fault ${status}`,
+for (const via of FETCH_NAMES) {
+  test(`${via}: a 429 from the SDK is retryable and rate limited, with the wait the server asked for`, async (t) => {
+    const inMs = classifyError(await sdkError('status-429', { headers: { 'retry-after-ms': '150' }, via }));
+    // A refusal: the endpoint did no work, so nothing was billed.
+    t.deepEqual(inMs, {
+      retryable: true,
+      rateLimited: true,
+      reason: 'HTTP 429: fault 429',
+      retryAfterMs: 150,
       notProcessed: true,
     });
-  }
-});
-
-test('an x-should-retry header overrides the status, as in the SDK', async (t) => {
-  t.false(classifyError(await sdkError('status-503', { headers: { 'x-should-retry': 'false' } })).retryable);
-  t.true(classifyError(await sdkError('status-400', { headers: { 'x-should-retry': 'true' } })).retryable);
-});
-
-test('a dropped connection is a retryable connection error saying what happened', async (t) => {
-  const err = await sdkError('drop');
-  t.true(err instanceof APIConnectionError);
-  const c = classifyError(err);
-  t.true(c.retryable);
-  t.regex(c.reason, /^connection error: other side closed/);
-  // The request went out before the connection dropped: the endpoint may have done (and billed) the work.
-  t.is(c.notProcessed, undefined);
-});
-
-test('a server that never answers is a retryable timeout naming the timeout', async (t) => {
-  const err = await sdkError('hang', { timeout: 200 });
-  t.true(err instanceof APIConnectionTimeoutError);
-  t.deepEqual(classifyError(err, { timeoutMs: 200 }), {
-    retryable: true,
-    rateLimited: false,
-    reason: 'timeout after 200 ms',
+    const inSeconds = classifyError(await sdkError('status-429', { headers: { 'retry-after': '2' }, via }));
+    t.is(inSeconds.retryAfterMs, 2000);
+    const unsaid = classifyError(await sdkError('status-429', { via }));
+    t.true(unsaid.retryable && unsaid.rateLimited);
+    t.is(unsaid.retryAfterMs, undefined);
   });
-  t.is(classifyError(err).reason, 'timeout: Request timed out.');
-});
 
-test('a stall after the headers outlives the SDK timeout; the caller’s deadline makes it a retryable timeout', async (t) => {
-  // The SDK's 1 s timeout stops at the headers, so only the 3 s deadline ends this call, mid-body. (Both leave the
-  // headers, which come at once, ample time on a busy machine: a 100 ms SDK timeout could fire before them.)
-  const deadline = AbortSignal.timeout(3000);
-  const err = await sdkError('stall-body', { timeout: 1000, signal: deadline });
-  t.false(err instanceof APIConnectionTimeoutError);
-  t.is((err as Error).name, 'AbortError');
-  t.deepEqual(classifyError(err, { timeoutMs: 3000, timeoutSignal: deadline }), {
-    retryable: true,
-    rateLimited: false,
-    reason: 'timeout after 3000 ms',
+  test(`${via}: a 429 for an exhausted quota is not retryable: waiting does not refill an account`, async (t) => {
+    const c = classifyError(await sdkError('status-429', { headers: { 'x-code': 'insufficient_quota' }, via }));
+    t.false(c.retryable);
+    t.false(c.rateLimited);
+    t.is(c.reason, 'HTTP 429: fault 429');
   });
-  // Without the deadline there is no telling it from the caller giving up.
-  t.is(classifyError(err).reason, 'aborted');
-});
 
-test('a call the caller aborts is not retryable', async (t) => {
-  const controller = new AbortController();
-  setTimeout(() => controller.abort(new Error('shard cancelled')), 50);
-  const err = await sdkError('hang', { signal: controller.signal });
-  t.true(err instanceof APIUserAbortError);
-  t.deepEqual(classifyError(err, { timeoutMs: 30_000, timeoutSignal: AbortSignal.timeout(30_000) }), {
-    retryable: false,
-    rateLimited: false,
-    reason: 'aborted',
+  test(`${via}: server errors, request timeouts and conflicts from the SDK are retryable`, async (t) => {
+    for (const status of [500, 502, 503, 408, 409]) {
+      const c = classifyError(await sdkError(`status-${status}`, { headers: { 'retry-after': '1' }, via }));
+      t.true(c.retryable, String(status));
+      t.false(c.rateLimited);
+      t.is(c.reason, `HTTP ${status}: fault ${status}`);
+      t.is(c.retryAfterMs, 1000);
+      // A 5xx may come after the endpoint did (and billed) the work; a 408 or 409 is a refusal before any.
+      t.is(c.notProcessed, status < 500 ? true : undefined, String(status));
+    }
+    const html = classifyError(await sdkError('html-500', { via }));
+    t.true(html.retryable);
+    t.is(html.reason, 'HTTP 500: <html> <h1>Internal Server Error</h1> </html>', 'one line');
   });
-});
 
-test('a body cut short by a dropped connection is a retryable malformed response', async (t) => {
-  const err = await sdkError('truncated');
-  const c = classifyError(err);
-  t.true(c.retryable);
-  t.regex(c.reason, /^malformed response: body truncated \(other side closed/);
-});
+  test(`${via}: client errors from the SDK are not retryable`, async (t) => {
+    for (const status of [400, 401, 403, 404, 422]) {
+      const c = classifyError(await sdkError(`status-${status}`, { via }));
+      t.deepEqual(c, {
+        retryable: false,
+        rateLimited: false,
+        reason: `HTTP ${status}: fault ${status}`,
+        notProcessed: true,
+      });
+    }
+  });
 
-test('a body that is not JSON, or ends mid-JSON, is a retryable malformed response', async (t) => {
-  for (const fault of ['not-json', 'cut-short']) {
-    const err = await sdkError(fault);
-    t.true(err instanceof SyntaxError, fault);
+  test(`${via}: an x-should-retry header overrides the status, as in the SDK`, async (t) => {
+    t.false(classifyError(await sdkError('status-503', { headers: { 'x-should-retry': 'false' }, via })).retryable);
+    t.true(classifyError(await sdkError('status-400', { headers: { 'x-should-retry': 'true' }, via })).retryable);
+  });
+
+  test(`${via}: a dropped connection is a retryable connection error saying what happened`, async (t) => {
+    const err = await sdkError('drop', { via });
+    t.true(err instanceof APIConnectionError);
     const c = classifyError(err);
-    t.true(c.retryable, fault);
-    t.regex(c.reason, /^malformed response: /);
-  }
-});
+    t.true(c.retryable);
+    // undici and node:http name the same event in their own words.
+    t.regex(c.reason, via === 'fetch' ? /^connection error: other side closed/ : /^connection error: socket hang up/);
+    // The request went out before the connection dropped: the endpoint may have done (and billed) the work.
+    t.is(c.notProcessed, undefined);
+  });
+
+  test(`${via}: a server that never answers is a retryable timeout naming the timeout`, async (t) => {
+    const err = await sdkError('hang', { timeout: 200, via });
+    t.true(err instanceof APIConnectionTimeoutError);
+    t.deepEqual(classifyError(err, { timeoutMs: 200 }), {
+      retryable: true,
+      rateLimited: false,
+      reason: 'timeout after 200 ms',
+    });
+    t.is(classifyError(err).reason, 'timeout: Request timed out.');
+  });
+
+  test(`${via}: a stall after the headers is a retryable timeout, by the SDK's timeout or else the caller's deadline`, async (t) => {
+    // (Both leave the headers, which come at once, ample time on a busy machine: a 100 ms SDK timeout could fire
+    // before them.)
+    const deadline = AbortSignal.timeout(3000);
+    const started = Date.now();
+    const err = await sdkError('stall-body', { timeout: 1000, signal: deadline, via });
+    if (via === 'http-fetch') {
+      // Ours reads the whole body before the SDK sees the response, so the SDK's timeout covers the stall.
+      t.true(err instanceof APIConnectionTimeoutError);
+      t.true(Date.now() - started < 2900, 'ended by the 1 s SDK timeout, before the 3 s deadline');
+      t.deepEqual(classifyError(err, { timeoutMs: 1000 }), {
+        retryable: true,
+        rateLimited: false,
+        reason: 'timeout after 1000 ms',
+      });
+      return;
+    }
+    // Node's fetch hands the SDK the response at the headers, and the SDK's timeout stops there: only the deadline
+    // ends this call, mid-body.
+    t.false(err instanceof APIConnectionTimeoutError);
+    t.is((err as Error).name, 'AbortError');
+    t.deepEqual(classifyError(err, { timeoutMs: 3000, timeoutSignal: deadline }), {
+      retryable: true,
+      rateLimited: false,
+      reason: 'timeout after 3000 ms',
+    });
+    // Without the deadline there is no telling it from the caller giving up.
+    t.is(classifyError(err).reason, 'aborted');
+  });
+
+  test(`${via}: a call the caller aborts is not retryable`, async (t) => {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new Error('shard cancelled')), 50);
+    const err = await sdkError('hang', { signal: controller.signal, via });
+    t.true(err instanceof APIUserAbortError);
+    t.deepEqual(classifyError(err, { timeoutMs: 30_000, timeoutSignal: AbortSignal.timeout(30_000) }), {
+      retryable: false,
+      rateLimited: false,
+      reason: 'aborted',
+    });
+  });
+
+  test(`${via}: a body cut short by a dropped connection is a retryable malformed response`, async (t) => {
+    const err = await sdkError('truncated', { via });
+    const c = classifyError(err);
+    t.true(c.retryable);
+    t.regex(c.reason, /^malformed response: body truncated \(other side closed/);
+  });
+
+  test(`${via}: a body that is not JSON, or ends mid-JSON, is a retryable malformed response`, async (t) => {
+    for (const fault of ['not-json', 'cut-short']) {
+      const err = await sdkError(fault, { via });
+      t.true(err instanceof SyntaxError, fault);
+      const c = classifyError(err);
+      t.true(c.retryable, fault);
+      t.regex(c.reason, /^malformed response: /);
+    }
+  });
+}
 
 test('plain fetch failures, timeouts and unknown errors are classified too', async (t) => {
   // A port nothing listens on: fetch fails with ECONNREFUSED under 'fetch failed'.
@@ -271,11 +299,15 @@ test('plain fetch failures, timeouts and unknown errors are classified too', asy
   await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
   const port = (closed.address() as AddressInfo).port;
   await new Promise((resolve) => closed.close(resolve));
-  const refused = await fetch(`http://127.0.0.1:${port}/`).catch((err: unknown) => err);
-  const c = classifyError(refused);
-  t.true(c.retryable);
-  t.regex(c.reason, /^connection error: .*ECONNREFUSED/);
-  t.true(c.notProcessed, 'a refused connection never reached the endpoint: nothing billed');
+  for (const via of FETCH_NAMES) {
+    const refused = await FETCHES[via](`http://127.0.0.1:${port}/`, { method: 'POST', body: '{}' }).catch(
+      (err: unknown) => err
+    );
+    const c = classifyError(refused);
+    t.true(c.retryable, via);
+    t.regex(c.reason, /^connection error: .*ECONNREFUSED/, via);
+    t.true(c.notProcessed, `${via}: a refused connection never reached the endpoint: nothing billed`);
+  }
 
   const timedOut = classifyError(new DOMException('The operation was aborted due to timeout', 'TimeoutError'));
   t.true(timedOut.retryable);

@@ -367,3 +367,47 @@ test('a slot that fails stops the shard taking calls: once the attempt has faile
   t.is(retried.sent, retried.calls - atFailure);
   t.is(slow.counters().requests, retried.calls, 'each call was sent once');
 });
+
+test('a slot waits for its journal record only under a spending limit', async (t) => {
+  // Journal commits take 400 ms and the endpoint answers at once: how many calls went out before the first commit
+  // landed tells whether the slots waited for their records (at most one call each) or went on.
+  const fast = await startLocalTeacherServer({ model: MODEL, errorRate: 0 });
+  t.teardown(() => fast.close());
+  let sentAtFirstCommit: number | undefined;
+  const slowJournal = new Proxy(store, {
+    get(target, prop, receiver) {
+      if (prop === 'putKey') {
+        return async (key: string, ...rest: unknown[]) => {
+          if (key.startsWith('teacher/journal/')) {
+            await new Promise((r) => setTimeout(r, 400));
+            sentAtFirstCommit ??= fast.counters().requests;
+          }
+          return (target.putKey as (...a: unknown[]) => Promise<unknown>)(key, ...rest);
+        };
+      }
+      const value: unknown = Reflect.get(target, prop, receiver);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const own = { ...deps, store: slowJournal, scripted: async () => ({ url: fast.url, model: MODEL }) };
+  const price = { inputPerMillionTokens: 1, outputPerMillionTokens: 1 };
+
+  const unlimited = await stageInput(40, { price });
+  const plan = await planShards(own, unlimited);
+  const free = await promptShard(own, shardInput(unlimited, plan.plan, 0, 'journal-no-limit'), {});
+  t.is(free.sent, 40);
+  t.true(sentAtFirstCommit! > 8, `slots went on while the journal committed (${sentAtFirstCommit} calls sent)`);
+
+  sentAtFirstCommit = undefined;
+  const before = fast.counters().requests;
+  const limited = await stageInput(40, { price });
+  const limitedPlan = await planShards(own, limited);
+  const capped = await promptShard(
+    own,
+    { ...shardInput(limited, limitedPlan.plan, 0, 'journal-limit'), budgetUsd: 100 },
+    {}
+  );
+  t.is(capped.sent, 40);
+  // Four slots, each held by its first record until the first commit (and the one after it) lands.
+  t.true(sentAtFirstCommit! - before <= 4, `slots waited for their records (${sentAtFirstCommit! - before} sent)`);
+});

@@ -11,6 +11,7 @@ import OpenAI from 'openai';
 import { InputError } from '../errors';
 import type { ArtifactStore } from '../store/artifact-store';
 import { estimatePromptTokens, type Usage } from './budget';
+import { sharedHttpFetch } from './http-fetch';
 import { mapWithConcurrency } from './pool';
 import type { RateLimiter } from './rate-limit';
 import { backoffMs, classifyError, retryReasonOf, type ErrorClass, type RetryReason } from './retry';
@@ -146,6 +147,8 @@ class OpenAITeacher implements Teacher {
       apiKey: cfg.apiKey ?? 'unused',
       timeout: this.timeoutMs,
       maxRetries: 0,
+      // Chat completions over node:http with keep-alive: about 1 ms less CPU per call than Node's fetch (see there).
+      fetch: sharedHttpFetch(),
     });
   }
 
