@@ -34,7 +34,7 @@ import { describeBackend, initBackend } from '../lib/student/backend';
 import { isPresetName, makeConfig, toHFConfig, type ConfigOverrides, type T5Config } from '../lib/student/config';
 import { greedyIds } from '../lib/student/decode';
 import { T5Model } from '../lib/student/t5';
-import { cpuinfo, median, round, spread } from './stats';
+import { cpuinfo, median, round, spread, stealMeter } from './stats';
 
 /** The reproduction's student shape, read from its spec so the bench follows the spec. */
 const REPRODUCTION_SPEC = join(__dirname, '..', 'examples', 'svamp-paper.json');
@@ -262,6 +262,8 @@ function machine() {
     simd: ['avx512f', 'avx2', 'fma'].filter((f) => flags.has(f)),
     /** 1-minute load average when the bench started and ended: above `cores`, the figures are contended. */
     load: [round(loadavg()[0], 2)],
+    /** Share of the machine's CPU time its hypervisor gave other guests over the bench (see `stealMeter`). */
+    stealShare: undefined as number | undefined,
   };
 }
 
@@ -281,6 +283,7 @@ async function main(): Promise<void> {
   }
 
   const perShape = <T>() => ({}) as Record<string, T>;
+  const steal = stealMeter();
   const result = {
     tokensPerSecCached: perShape<number>(),
     pytorchTokensPerSec: perShape<number | null>(),
@@ -391,6 +394,7 @@ async function main(): Promise<void> {
     }
   }
   result.machine.load.push(round(loadavg()[0], 2));
+  result.machine.stealShare = steal();
   if (Math.max(...result.machine.load) > result.machine.cores) {
     console.log(
       `decode: load average ${result.machine.load.join(' → ')} on ${result.machine.cores} cores: the figures are ` +

@@ -7,7 +7,8 @@
  * which is larger than the overhead itself, so `addedMsPerStage` also gives, per run, each stage's time less the time
  * its activities ran by the same history (paired within the run), with its median and min–max over the runs.
  * BENCH_RUNS (5) timed runs after one warm-up; BENCH_TIMELINE=1 prints the last run's history, and its teacher
- * child's, event by event with their times: where a stage's overhead goes. Last line: one JSON object.
+ * child's, event by event with their times: where a stage's overhead goes. `stealShare`: the share of the machine's CPU
+ * time its hypervisor gave other guests over the bench. Last line: one JSON object.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -24,7 +25,7 @@ import type { PromptTeacherResult } from '../contract';
 import { parseSpec, type PipelineSpecInput } from '../lib/pipeline/spec';
 import { CPU_TASK_QUEUE, STAGES, type StageName } from '../contract';
 import { distillationPipeline } from '../workflows';
-import { median, round, spread } from './stats';
+import { median, round, spread, stealMeter } from './stats';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 
@@ -185,6 +186,7 @@ async function directTeacherStage(
 
 async function main() {
   quietTemporalLogs();
+  const steal = stealMeter();
   const tmp = await mkdtemp(join(tmpdir(), 'stepwise-bench-'));
   const store = `file://${join(tmp, 'artifacts')}`;
   const server = await startTemporalDevServer({ stateDir: join(tmp, 'temporal') });
@@ -312,6 +314,9 @@ async function main() {
       totalTemporalMs: round(totalTemporal),
       totalDirectMs: round(totalDirect),
       stages,
+      // The share of the machine's CPU time its hypervisor gave other guests over the bench: the worker, the server
+      // and the client share two cores, so a neighbour's burst lands on the timings.
+      stealShare: steal(),
     })
   );
 }

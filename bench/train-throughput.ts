@@ -48,7 +48,9 @@
  * Last stdout line: one JSON object: `cases` (per case `shape`, `method`, `ratio` {median,min,max},
  * `nativeTokensPerSec`, `pytorchTokensPerSec`, `nativeMsPerStep`, `pytorchMsPerStep`, `gflops` {native,pytorch},
  * `peakFraction` {native,pytorch}, `peakRssMiB` {native,pytorch}, `rssRatio`, `nativeTrainingPeakRssMiB`, `settled`
- * {native,pytorch} (every round settled), `rounds` (each round's figures)), `goals` (`throughput`: every case's median
+ * {native,pytorch} (every round settled), `rounds` (each round's figures, with `stealShare`: the share of the machine's
+ * CPU time its hypervisor gave other guests during that run, from /proc/stat; a round run at a tenth stolen is not
+ * comparable with one at none)), `goals` (`throughput`: every case's median
  * ratio ≥ 1.2; `rss`: every case's RSS ratio ≤ 1.5; null where a case was not measured), `machine`, `config`.
  * The default run takes about 15–25 minutes on 2 cores.
  */
@@ -66,7 +68,7 @@ import { paramSpecs } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
 import { loadTokenizer } from '../lib/student/tokenizer';
 import { parseTrainOptions, trainToFile } from '../lib/student/train';
-import { cpuinfo, median, round, spread } from './stats';
+import { cpuinfo, median, round, spread, stealMeter } from './stats';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Cases
@@ -284,7 +286,8 @@ interface RunResult {
   detail: Record<string, unknown>;
 }
 
-type Outcome = { ok: true; result: RunResult } | { ok: false; reason: string };
+/** One run's result, and the share of the machine's CPU its host gave other guests during it (see `stealMeter`). */
+type Outcome = ({ ok: true; result: RunResult } | { ok: false; reason: string }) & { stealShare?: number };
 const isOk = (o: Outcome): o is Extract<Outcome, { ok: true }> => o.ok;
 
 /** Pseudo-words from a fixed syllable set: enough distinct text for an 8k BPE vocabulary, reproducible. */
@@ -601,7 +604,8 @@ function describeRun(name: string, c: Case, o: Outcome): string {
     `  ${name}: ${f.tokensPerSec} tokens/s, ${f.msPerStep} ms/step median ` +
     `(${f.warmupSteps} warm-up steps, ${f.settled ? 'settled' : 'NOT settled'}: ${r.warmupMs.map((m) => round(m, 0)).join(', ')}; ` +
     `timed ${r.stepMs.map((m) => round(m, 0)).join(', ')} ms), peak RSS ${f.peakRssMiB} MiB ` +
-    `(${f.trainingPeakRssMiB} before the final checkpoint), ${round(r.setupMs / 1000, 1)} s to step 1, loss ${r.losses[0]} → ${r.losses[r.losses.length - 1]}`
+    `(${f.trainingPeakRssMiB} before the final checkpoint), ${round(r.setupMs / 1000, 1)} s to step 1, loss ${r.losses[0]} → ${r.losses[r.losses.length - 1]}` +
+    (o.stealShare === undefined ? '' : `, steal ${o.stealShare}`)
   );
 }
 
@@ -649,7 +653,10 @@ function summarise(c: Case, natives: Outcome[], torches: Outcome[], peak: Peak |
     gflopPerStep: round(flops / 1e9, 2),
     rounds: natives.map((o, i) => {
       const q = torches[i];
-      const side = (x: Outcome) => (x.ok ? figures(c, x.result) : { failed: x.reason });
+      const side = (x: Outcome) => ({
+        ...(x.ok ? figures(c, x.result) : { failed: x.reason }),
+        ...(x.stealShare === undefined ? {} : { stealShare: x.stealShare }),
+      });
       return {
         native: side(o),
         pytorch: side(q),
@@ -657,6 +664,14 @@ function summarise(c: Case, natives: Outcome[], torches: Outcome[], peak: Peak |
       };
     }),
   };
+}
+
+/** Runs one contender with the host's steal time metered over it. */
+async function metered(run: () => Promise<Outcome>): Promise<Outcome> {
+  const steal = stealMeter();
+  const outcome = await run();
+  const stealShare = steal();
+  return stealShare === undefined ? outcome : { ...outcome, stealShare };
 }
 
 /** True when every case meets the goal, false when any measured case misses it, null when one was not measured. */
@@ -704,9 +719,11 @@ async function main(): Promise<void> {
         `(at most ${plan.maxWarmup}), then ${plan.steps} timed steps`
     );
     for (let i = 0; i < rounds; i++) {
-      const native = await runNative(c, 'tensorflow', plan);
+      const native = await metered(() => runNative(c, 'tensorflow', plan));
       console.log(describeRun(`round ${i + 1} native`, c, native));
-      const torch = python.ok ? await runPytorch(python.path, c, plan) : { ok: false as const, reason: python.reason };
+      const torch = python.ok
+        ? await metered(() => runPytorch(python.path, c, plan))
+        : { ok: false as const, reason: python.reason };
       console.log(describeRun(`round ${i + 1} pytorch`, c, torch));
       natives.push(native);
       torches.push(torch);
