@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import test from 'ava';
 
-import { createHttpFetch } from '../lib/teacher/http-fetch';
+import { createHttpFetch, IDLE_MS } from '../lib/teacher/http-fetch';
 
 // The failures the retry policy reads (refused, dropped, truncated, stalled, aborted) are checked on both fetches in
 // teacher-retry.test.ts; this file checks what a successful call must look like, and what is left to Node's fetch.
@@ -153,4 +153,20 @@ test.serial('what it does not handle goes to fetch: other methods and bodies tha
   t.is(ports['/delegated'].length, before + 2);
   t.regex(String(seen.at(-1)!.headers['content-type']), /^multipart\/form-data/, 'the form went as fetch sends one');
   t.is(seen.at(-2)!.method, 'GET');
+});
+
+test('a call that outlasts the idle-socket timeout is not cut: only idle sockets are closed', async (t) => {
+  const slow = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => setTimeout(() => res.end('late'), IDLE_MS + 1000));
+  });
+  await new Promise<void>((resolve) => slow.listen(0, '127.0.0.1', resolve));
+  const { fetch: httpFetch, close } = createHttpFetch();
+  t.teardown(() => {
+    close();
+    slow.closeAllConnections();
+    slow.close();
+  });
+  const res = await httpFetch(`http://127.0.0.1:${(slow.address() as AddressInfo).port}/`, post('{}'));
+  t.is(await res.text(), 'late');
 });

@@ -28,7 +28,7 @@ const REDIRECT = new Set([301, 302, 303, 307, 308]);
  * Idle sockets are closed after this long: shorter than the 5 s most servers keep an idle connection (Node's own
  * default), so a request is rarely sent on a socket the server is closing. undici uses 4 s too.
  */
-const IDLE_MS = 4000;
+export const IDLE_MS = 4000;
 
 const DECODERS: Record<string, (buf: Buffer) => Promise<Buffer>> = {
   gzip: promisify(zlib.gunzip),
