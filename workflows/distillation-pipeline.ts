@@ -48,19 +48,18 @@ import {
   type TrainStudentResult,
   type ValidateRationalesResult,
 } from '../contract';
-import {
-  parseSpec,
-  SpecError,
-  taskOf,
-  usesTeacher,
-  isModelRef,
-  warmStartRef,
-  type GateSpec,
-  type PipelineSpec,
-  type PipelineSpecInput,
-  type TaskKind,
-} from '../lib/pipeline/spec';
+import type { GateSpec, PipelineSpec, PipelineSpecInput, TaskKind } from '../lib/pipeline/spec';
 import { teacherStage } from './teacher-stage';
+
+type SpecModule = typeof import('../lib/pipeline/spec');
+/**
+ * The spec module, evaluated when a pipeline first reads its spec rather than when the bundle loads. Every workflow
+ * a worker starts evaluates the bundle's modules afresh (the SDK's reusable V8 context gives each its own), and the
+ * spec's zod schemas (with the student's and teacher's options, and zod itself) were most of that: about 24 ms of CPU
+ * per workflow, profiled. Workflows that never read a spec (the teacher stage and each of its continue-as-new runs,
+ * sweeps) now skip it. The bundler resolves this require statically, as it does an import.
+ */
+const specLib = (): SpecModule => require('../lib/pipeline/spec') as SpecModule;
 
 /** Failure types that no retry can fix. */
 const NON_RETRYABLE = ['InputError', 'NoUsableRationales'];
@@ -144,9 +143,10 @@ function scoredSplit(spec: PipelineSpec, sample: SampleResult) {
 /** The spec, parsed: a bad one fails the run at once, non-retryably, before any stage is scheduled. */
 function validSpec(input: PipelineSpecInput): PipelineSpec {
   try {
-    return parseSpec(input);
+    return specLib().parseSpec(input);
   } catch (err) {
-    if (err instanceof SpecError) throw ApplicationFailure.nonRetryable(err.message, 'InputError', err.issues);
+    if (err instanceof specLib().SpecError)
+      throw ApplicationFailure.nonRetryable(err.message, 'InputError', err.issues);
     throw err;
   }
 }
@@ -223,7 +223,7 @@ function trackStages(runs: (stage: StageName) => boolean) {
  */
 export async function distillationPipeline(specInput: PipelineSpecInput): Promise<PipelineResult> {
   const spec = validSpec(specInput);
-  const withTeacher = usesTeacher(spec);
+  const withTeacher = specLib().usesTeacher(spec);
   const stage = trackStages((name) =>
     name === 'gate' ? spec.gate.enabled : withTeacher || (name !== 'promptTeacher' && name !== 'validateRationales')
   );
@@ -257,7 +257,7 @@ async function runReport(
     workflowId,
     runId,
     spec,
-    task: taskOf(spec),
+    task: specLib().taskOf(spec),
     startedAt: startTime.toISOString(),
     endedAt: new Date().toISOString(),
     outcome: 'failed',
@@ -288,7 +288,7 @@ async function pipeline(
   approvals: ReturnType<typeof approvalInbox>,
   attributes: ReturnType<typeof searchAttributes>
 ): Promise<PipelineResult> {
-  const task = taskOf(spec);
+  const task = specLib().taskOf(spec);
   const { workflowId, runId } = workflowInfo();
   const sample: SampleResult = await stage('sample', () => io.sample(spec), summary.sample);
   attributes.datasetHash(sample.datasetHash);
@@ -423,8 +423,8 @@ function gpuActivities(spec: PipelineSpec) {
  */
 async function initOf(spec: PipelineSpec): Promise<{ initFrom?: ResolvedInit }> {
   const init = spec.student.init;
-  if (init !== undefined && isModelRef(init)) return { initFrom: await io.resolveInit(init) };
-  const warm = warmStartRef(spec);
+  if (init !== undefined && specLib().isModelRef(init)) return { initFrom: await io.resolveInit(init) };
+  const warm = specLib().warmStartRef(spec);
   if (warm === undefined) return {};
   const from = await io.resolveWarmStart(warm);
   return from ? { initFrom: from } : {};
@@ -437,7 +437,7 @@ async function teacherStages(
   sample: SampleResult,
   stage: ReturnType<typeof trackStages>
 ): Promise<{ teacherResult?: PromptTeacherResult; validation?: ValidateRationalesResult }> {
-  if (!usesTeacher(spec)) return {};
+  if (!specLib().usesTeacher(spec)) return {};
   const teacherResult = await stage('promptTeacher', () => promptTeacher(spec, task, sample), summary.promptTeacher);
   const responses = teacherResult.responses;
   const validation = await stage(
