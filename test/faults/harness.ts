@@ -13,6 +13,7 @@ import { getVersion, listVersions } from '../../lib/registry/registry';
 import type { ArtifactStore } from '../../lib/store/artifact-store';
 import { startWorkerProcess, type Services } from '../helpers/services';
 import { killGroup } from '../helpers/processes';
+import { walkActivities } from '../helpers/retries';
 
 export { sleep, waitFor } from '../helpers/wait';
 
@@ -81,25 +82,22 @@ export interface RunHistory {
 /** What the server recorded of a run: its stages' results and which of them were retried after a timeout. */
 export async function runHistory(handle: WorkflowHandle): Promise<RunHistory> {
   const events = (await handle.fetchHistory()).events ?? [];
-  const typeOf = new Map<string, string>();
   const results: Record<string, unknown> = {};
   const retriedAfterTimeout: Record<string, number[]> = {};
   const heartbeatTimeoutSeconds: Record<string, number> = {};
+  walkActivities(events, {
+    scheduled(activity, scheduled) {
+      heartbeatTimeoutSeconds[activity] = Number(scheduled.heartbeatTimeout?.seconds ?? 0);
+    },
+    started(activity, started) {
+      if (started.lastFailure?.timeoutFailureInfo) (retriedAfterTimeout[activity] ??= []).push(started.attempt ?? 0);
+    },
+    completed(activity, completed) {
+      const payload = completed.result?.payloads?.[0];
+      if (payload) results[activity] = defaultPayloadConverter.fromPayload(payload);
+    },
+  });
   for (const e of events) {
-    const scheduled = e.activityTaskScheduledEventAttributes;
-    if (scheduled) {
-      typeOf.set(String(e.eventId), scheduled.activityType?.name ?? '');
-      heartbeatTimeoutSeconds[scheduled.activityType?.name ?? ''] = Number(scheduled.heartbeatTimeout?.seconds ?? 0);
-    }
-    const started = e.activityTaskStartedEventAttributes;
-    if (started?.lastFailure?.timeoutFailureInfo) {
-      (retriedAfterTimeout[typeOf.get(String(started.scheduledEventId)) ?? ''] ??= []).push(started.attempt ?? 0);
-    }
-    const completed = e.activityTaskCompletedEventAttributes;
-    const payload = completed?.result?.payloads?.[0];
-    if (completed && payload) {
-      results[typeOf.get(String(completed.scheduledEventId)) ?? ''] = defaultPayloadConverter.fromPayload(payload);
-    }
     const child = e.childWorkflowExecutionCompletedEventAttributes?.result?.payloads?.[0];
     if (child) results.promptTeacher = defaultPayloadConverter.fromPayload(child);
   }
