@@ -17,6 +17,7 @@ import {
 } from '../lib/student/checkpoint';
 import {
   encodeSafetensors,
+  decodeSafetensors,
   readSafetensorsFile,
   writeSafetensorsFile,
   type TensorSource,
@@ -196,7 +197,7 @@ test('a streamed write that fails part way leaves neither the file nor a tempora
 
 /** A checksummed safetensors file of `tensors`, its header listing them in the given order, whatever their offsets. */
 function fileWithLayout(tensors: { name: string; data: Float32Array; at: number }[]): Buffer {
-  const dataLength = tensors.reduce((n, t) => n + t.data.byteLength, 0);
+  const dataLength = Math.max(0, ...tensors.map((t) => t.at + t.data.byteLength));
   const data = Buffer.alloc(dataLength);
   const table: Record<string, unknown> = { __metadata__: { kind: 'test' } };
   for (const t of tensors) {
@@ -222,7 +223,7 @@ test('a file read tensor by tensor is checked against its checksum, tensors in o
         { name: 'a', data: a, at: 0 },
         { name: 'b', data: b, at: a.byteLength },
       ]),
-      // As another writer may: the header lists a tensor stored after the next, hashed in a pass of its own.
+      // As another writer may: the header lists a tensor stored after the next (hashed in offset order all the same).
       'out of order': fileWithLayout([
         { name: 'a', data: a, at: b.byteLength },
         { name: 'b', data: b, at: 0 },
@@ -254,6 +255,33 @@ test('a file read tensor by tensor is checked against its checksum, tensors in o
           `${layout}, byte ${at} flipped`
         );
       }
+    }
+    // Data no tensor owns (a hole between tensors, bytes after the last, a byte two tensors share) is refused as the
+    // format requires, checksum or not: nothing a reader skips can ride along in a checkpoint.
+    const withData = (tensors: { name: string; data: Float32Array; at: number }[], extra = 0) => {
+      const file = fileWithLayout(tensors);
+      return Buffer.concat([file, Buffer.alloc(extra)]);
+    };
+    const shapes = {
+      'a hole': withData([
+        { name: 'a', data: a, at: 0 },
+        { name: 'b', data: b, at: a.byteLength + 4 },
+      ]),
+      'bytes after the last tensor': withData([{ name: 'a', data: a, at: 0 }], 8),
+      'a shared byte range': withData([
+        { name: 'a', data: a, at: 0 },
+        { name: 'b', data: b, at: a.byteLength - 4 },
+      ]),
+    };
+    for (const [shape, bytes] of Object.entries(shapes)) {
+      const path = join(dir, 'holes.safetensors');
+      await writeFile(path, bytes);
+      await t.throwsAsync(
+        readSafetensorsFile(path, { source: path }),
+        { instanceOf: CheckpointCorruptError, message: /not a valid safetensors file: .*(expected|cover)/ },
+        shape
+      );
+      t.throws(() => decodeSafetensors(bytes), { instanceOf: CheckpointCorruptError }, shape);
     }
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -5,7 +5,6 @@
  * `checksum` to the metadata, the sha256 of the header (without it) and the data, which every read verifies.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { InputError } from '../errors';
@@ -171,22 +170,10 @@ function sourceReader() {
  * The checksum of a file: sha256 over its header JSON without the checksum key, then its data. The header is hashed
  * as `JSON.stringify` writes it, which a parse and a re-stringify reproduce (key order and numbers survive).
  */
-function checksumOf(header: Record<string, unknown>, data: Iterable<Uint8Array>): string;
-function checksumOf(header: Record<string, unknown>, data: AsyncIterable<Uint8Array>): Promise<string>;
-function checksumOf(
-  header: Record<string, unknown>,
-  data: Iterable<Uint8Array> | AsyncIterable<Uint8Array>
-): string | Promise<string> {
+function checksumOf(header: Record<string, unknown>, data: Iterable<Uint8Array>): string {
   const hash = createHash('sha256').update(JSON.stringify(header));
-  const digest = () => `sha256:${hash.digest('hex')}`;
-  if (Symbol.iterator in data) {
-    for (const chunk of data) hash.update(chunk);
-    return digest();
-  }
-  return (async () => {
-    for await (const chunk of data) hash.update(chunk);
-    return digest();
-  })();
+  for (const chunk of data) hash.update(chunk);
+  return `sha256:${hash.digest('hex')}`;
 }
 
 /**
@@ -289,6 +276,17 @@ function parseHeader(headerBytes: Buffer, dataLength: number, from: CheckpointSo
     }
     entries.push({ name, shape: entry.shape, begin, end });
   }
+  // As the format requires: the tensors cover the data exactly, with no bytes between or after them and none shared
+  // (a byte no tensor owns could carry anything past every reader). It also lets a reader hash the data tensor by
+  // tensor, in offset order.
+  let covered = 0;
+  for (const e of [...entries].sort((x, y) => x.begin - y.begin)) {
+    if (e.begin !== covered) {
+      bad(`tensor '${e.name}' starts at data byte ${e.begin}, where ${covered} was expected (no holes or overlaps)`);
+    }
+    covered = e.end;
+  }
+  if (covered !== dataLength) bad(`the tensors cover ${covered} of its ${dataLength} data bytes`);
   const written = metadata[CHECKSUM_KEY];
   if (written !== undefined) delete metadata[CHECKSUM_KEY];
   return { header, entries, metadata, written };
@@ -332,8 +330,8 @@ export function readTable(bytes: Buffer, from: CheckpointSource) {
 /**
  * {@link decodeSafetensors} of a file, without ever holding it whole: each tensor is read into a buffer of its own, so
  * a reader can let go of the tensors it has handed on (to TensorFlow) while it keeps others (a resumed run keeps only
- * the best weights). The checksum is taken over those buffers as they are read, where the tensors fill the data in
- * order (every file this module writes); a file laid out otherwise is hashed in a streaming pass of its own first.
+ * the best weights). The checksum is taken over those buffers, in offset order: the header check makes sure the
+ * tensors cover the data exactly, so they are its bytes whatever order the header lists them in.
  * @throws CheckpointCorruptError as decodeSafetensors does; the file system's errors for a file it cannot read.
  */
 export async function readSafetensorsFile(
@@ -359,22 +357,19 @@ export async function readSafetensorsFile(
     const dataStart = 8 + headerLength;
     const dataLength = size - dataStart;
     const { header, entries, metadata, written } = parseHeader(headerBytes, dataLength, from);
-    const inOrder = entries.every((e, i) => e.begin === (i === 0 ? 0 : entries[i - 1].end));
-    const hashedAsRead = inOrder && (entries.at(-1)?.end ?? 0) === dataLength;
-    if (written !== undefined && !hashedAsRead) {
-      const actual = await checksumOf(header, readStream(path, dataStart));
-      if (actual !== written) throw checksumMismatch(from, actual, written);
-    }
     const weights: NamedWeight[] = [];
     for (const { name, shape, begin, end } of entries) {
       const data = new Float32Array((end - begin) / 4);
       await readAt(new Uint8Array(data.buffer), dataStart + begin);
       weights.push({ name, shape, data });
     }
-    if (written !== undefined && hashedAsRead) {
+    if (written !== undefined) {
+      // The header has checked that the tensors tile the data, so they are the data in offset order.
+      const byOffset = entries.map((e, i) => ({ begin: e.begin, bytes: new Uint8Array(weights[i].data.buffer) }));
+      byOffset.sort((x, y) => x.begin - y.begin);
       const actual = checksumOf(
         header,
-        weights.map((w) => new Uint8Array(w.data.buffer))
+        byOffset.map((t) => t.bytes)
       );
       if (actual !== written) throw checksumMismatch(from, actual, written);
     }
@@ -382,11 +377,6 @@ export async function readSafetensorsFile(
   } finally {
     await file.close();
   }
-}
-
-/** The file's bytes from `start` on, chunk by chunk as a stream reads them. */
-async function* readStream(path: string, start: number): AsyncGenerator<Uint8Array> {
-  for await (const chunk of createReadStream(path, { start })) yield chunk as Buffer;
 }
 
 /**
