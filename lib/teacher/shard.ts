@@ -341,12 +341,11 @@ class ShardCalls {
       // Cache hits need no journal entry to be free next time, but journalling them keeps resume O(journal).
       // The append is under way at once and durable within one store round-trip (a group commit); the slot does
       // not wait for it, so a slow store does not idle the endpoint. Appends in flight are bounded all the same.
-      if (this.opts.budget?.limitUsd !== undefined) {
-        // Under a spending limit the slot waits for its record: a retry of this shard learns what was spent from the
-        // journal, and sets aside one worst-case call per slot of a dead attempt. That covers the calls in flight
-        // only if no slot has moved on past an answer that is not yet written down. A budget that only counts
-        // usage sets nothing aside, and waiting there would hold each slot for a journal commit after every call
-        // (about a tenth of a 250 ms call's time, measured).
+      if (this.opts.budget) {
+        // The slot waits for its record: a retry of this shard learns what was spent from the journal, and sets aside
+        // one worst-case call per slot of a dead attempt. That covers the calls in flight only if no slot has moved on
+        // past an answer that is not yet written down. It also keeps a killed worker's answered-but-unjournalled calls
+        // to one per slot: without the wait, a kill mid-shard repeated calls (multi-worker's test caught it).
         await journal.append(record);
       } else {
         this.background.add(journal.append(record));
