@@ -3,7 +3,7 @@
  * sockets, the answer buffered whole and handed back as a `Response`. Node's own fetch (undici) wraps every request
  * and body in web streams, abort signals and transferables: measured at 64 calls in flight against our local server,
  * it cost about 1 ms more CPU per call than this (1.44 against 0.40 ms, client and server together), and at the
- * teacher stage's 250 ms benchmark the worker's CPU per call fell from 4.1 to 3.2 ms. A worker that runs hundreds
+ * teacher stage's benchmark (paired runs) the worker's CPU per call fell from 3.4–4.7 to 2.5–3.1 ms. A worker that runs hundreds
  * of calls a second on two cores spends that time where the next answer waits.
  *
  * Only what chat completions need takes this path: a POST whose body is a string or bytes, to an http(s) URL.
@@ -66,9 +66,7 @@ export function createHttpFetch(): HttpFetch {
     if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || init?.method !== 'POST' || !body) {
       return globalThis.fetch(input, init);
     }
-    return send(url, { ...init, method: 'POST' }, body, agents[url.protocol]).then(
-      (res) => res ?? globalThis.fetch(input, init)
-    );
+    return send(url, init, body, agents[url.protocol]).then((res) => res ?? globalThis.fetch(input, init));
   };
   return {
     fetch: fetchFn as typeof fetch,

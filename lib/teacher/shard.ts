@@ -86,11 +86,7 @@ export interface RunShardOptions {
   prior: readonly CallRecord[];
   /** Tags every record this run journals (see {@link CallRecord.stage}). */
   stageId?: string;
-  /**
-   * Counts what the calls spend; with a limit (`limitUsd`), refuses calls past it. Only a limited budget makes a slot
-   * wait for its call's journal record (see {@link ShardCalls}): without one there is nothing to set aside.
-   */
-  budget?: CallBudget & { exhausted: boolean; readonly limitUsd?: number };
+  budget?: CallBudget & { exhausted: boolean };
   /** Maps a completion to its label for the vote; undefined when it does not parse. */
   labelOf?: (completion: string) => string | undefined;
   signal?: AbortSignal;
