@@ -31,6 +31,11 @@ export interface StepwiseSettings {
   /** `STEPWISE_WORKER_MEMORY_LOG_SECONDS`: a worker logs its memory this often (0: never). */
   workerMemoryLogSeconds: number;
   /**
+   * `STEPWISE_WORKER_HEAP_GROWTH_PERCENT`: how far a worker's JavaScript heap may grow past what the last full
+   * collection kept (default 30; 0: V8's own sizing). Raw here; workers/heap.ts checks it, naming the variable.
+   */
+  workerHeapGrowthPercent?: string;
+  /**
    * `STEPWISE_LOG_FORMAT`: `json` (one object per line, the ids of the run, stage and attempt as fields) or `text`.
    * Default: `json` for `stepwise worker`, `text` for the embedded mode's log files and `--verbose`. Raw here;
    * workers/logging.ts checks it, naming the variable.
@@ -121,6 +126,7 @@ export function settings(env: Env = process.env): StepwiseSettings {
     tfjsBackend: nonEmpty(env[BACKEND_ENV]),
     skipNative: env.STEPWISE_SKIP_NATIVE === '1',
     workerMemoryLogSeconds: Number.isFinite(memoryLog) && memoryLog > 0 ? memoryLog : 0,
+    workerHeapGrowthPercent: nonEmpty(env.STEPWISE_WORKER_HEAP_GROWTH_PERCENT),
     logFormat: nonEmpty(env.STEPWISE_LOG_FORMAT),
     logLevel: nonEmpty(env.STEPWISE_LOG_LEVEL),
     temporalCliPath: nonEmpty(env.TEMPORAL_CLI_PATH),

@@ -3,6 +3,8 @@ import { freePort } from '../infra/cache';
 import type { Logger } from '@temporalio/common';
 import { connectTemporal, createPipelineWorkers } from './pipeline-worker';
 import { installRuntime } from './telemetry';
+import { heapGrowthPercent, limitHeapGrowth } from './heap';
+import { settings } from '../infra/config';
 import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
 import { devServerSearchAttributes } from './search-attributes';
 
@@ -25,6 +27,8 @@ export async function startEmbedded(opts: {
   /** The workers' logger (default: warnings and errors on stderr); installed with the Runtime, once per process. */
   logger?: Logger;
 }) {
+  // The embedded workers run in this process: it sizes its heap as `stepwise worker` does.
+  limitHeapGrowth(heapGrowthPercent(settings().workerHeapGrowthPercent));
   installRuntime({ logger: opts.logger });
   // The UI is the point of a local run: it shows every stage's inputs, outputs, retries and timings.
   const server = await startTemporalDevServer({
