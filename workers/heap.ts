@@ -7,6 +7,9 @@
  * swing, and the 10k → 100k growth read 0.02 in one run and 0.38 in the next. At 30% growth the heap holds at
  * 120–127 MiB, peak RSS at 288 / 299 MiB, and the worker spent less CPU per call (1.13 against 1.21–1.32 ms: a
  * small heap stays in cache; the extra full collections cost less than that).
+ * The price is paid where a worker does little but promote: a loop that only churns long-lived garbage over a
+ * 116 MiB live set ran 2.4× as long at 30% as on V8's own sizing (test/worker-heap.test.ts's workload). Students
+ * train in forked children, which this does not reach.
  *
  * The flag is read at every full collection, so setting it once the process runs takes effect from the next one.
  * It is a V8 flag, not a Node option: NODE_OPTIONS refuses it, so a worker sets it on itself.
