@@ -367,3 +367,41 @@ test('a slot that fails stops the shard taking calls: once the attempt has faile
   t.is(retried.sent, retried.calls - atFailure);
   t.is(slow.counters().requests, retried.calls, 'each call was sent once');
 });
+
+test('a slot sends its next call while its last answer is written, and never has two answers unwritten', async (t) => {
+  // A store slower than the endpoint: each journal write takes 250 ms, each call 40 ms.
+  const quick = await startLocalTeacherServer({ model: MODEL, latencyMs: 40, errorRate: 0 });
+  t.teardown(() => quick.close());
+  let durable = 0;
+  const slowJournal = new Proxy(store, {
+    get(target, prop, receiver) {
+      if (prop === 'putKey') {
+        return async (key: string, body: string | Buffer, opts?: object) => {
+          if (!key.startsWith('teacher/journal/')) return target.putKey(key, body, opts);
+          await new Promise((r) => setTimeout(r, 250));
+          const written = await target.putKey(key, body, opts);
+          durable += String(body).trim().split('\n').length;
+          return written;
+        };
+      }
+      const value: unknown = Reflect.get(target, prop, receiver);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const own = { ...deps, store: slowJournal, scripted: async () => ({ url: quick.url, model: MODEL }) };
+  const stage = await stageInput(10);
+  const plan = await planShards(own, stage);
+  // Calls the endpoint has received that no journal record holds yet, sampled as the shard runs on one slot.
+  let most = 0;
+  const sampler = setInterval(() => (most = Math.max(most, quick.counters().requests - durable)), 5);
+  try {
+    const result = await promptShard(own, { ...shardInput(stage, plan.plan, 0, 'pipelined-slot'), concurrency: 1 }, {});
+    t.is(result.sent, result.calls);
+  } finally {
+    clearInterval(sampler);
+  }
+  t.is(durable, quick.counters().requests, 'every call sent has its record in the journal');
+  // Two: the answer being written and the next call in flight. Waiting for each write before the next call would
+  // make it one; not waiting at all would let unwritten answers pile up behind the slow store.
+  t.is(most, 2);
+});

@@ -68,7 +68,7 @@ export function attemptsPrefix(shardKey: string, input: TeacherShardInput): stri
 /**
  * The budget of one attempt of a direct-mode launch. Besides what earlier attempts journalled ({@link budgetFor}),
  * an attempt that died (a killed worker, a failed step) may have had calls in flight that the provider processed
- * and billed but nobody journalled: at most `inFlightUsd`, its concurrency at a call's worst case. So each attempt
+ * and billed but nobody journalled: at most `inFlightUsd`, two calls per slot at a call's worst case. So each attempt
  * leaves a mark under the launch's prefix before it sends anything, and sets that much aside for every mark an
  * earlier attempt left. Conservative (an earlier attempt's finished calls are counted twice), never short.
  */

@@ -54,12 +54,15 @@ export async function promptShard(
   return shardOutcome(deps.store, input, open, stats, (index) => index.size === stats.calls);
 }
 
-/** What this attempt's calls in flight could cost at most: its concurrency at the worst case of the shard's calls. */
+/**
+ * What this attempt's calls could cost at most without a record in the journal, were it to die now: per slot, one
+ * answer still being written and one call in flight (shard.ts), each at the worst case of the shard's calls.
+ */
 function inFlightWorstUsd(input: TeacherShardInput, { doc, examples }: Pick<OpenShard, 'doc' | 'examples'>): number {
   const spec = input.stage.teacher;
   const price = priceOf(spec);
   if (input.budgetUsd === undefined || !price || spec.kind === 'replay') return 0;
   let longest = 0;
   for (const ex of examples) longest = Math.max(longest, estimatePromptTokens(buildPrompt(doc.task, ex.input)));
-  return input.concurrency * costOf({ promptTokens: longest, completionTokens: spec.maxTokens }, price);
+  return 2 * input.concurrency * costOf({ promptTokens: longest, completionTokens: spec.maxTokens }, price);
 }
