@@ -76,6 +76,17 @@ async function stageInput(n: number, teacher: Record<string, unknown> = {}): Pro
   return { task: 'demo', teacher: spec.teacher, train, valid };
 }
 
+/** The test store with some of its methods replaced: a fault or a delay where a test needs one. */
+function storeWith(overrides: Partial<Pick<ArtifactStore, 'getKey' | 'putKey'>>): ArtifactStore {
+  return new Proxy(store, {
+    get(target, prop, receiver) {
+      if (prop in overrides) return overrides[prop as keyof typeof overrides];
+      const value: unknown = Reflect.get(target, prop, receiver);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
 function shardInput(stage: TeacherStageInput, plan: TeacherShardInput['plan'], index: number, stageId: string) {
   return { stage, stageId, plan, index, concurrency: 4 };
 }
@@ -339,16 +350,10 @@ test('a slot that fails stops the shard taking calls: once the attempt has faile
   // The response cache fails its sixth read for good: one slot's lookup throws while the other slots have calls in
   // flight and most of the shard is still to send.
   let reads = 0;
-  const failing = new Proxy(store, {
-    get(target, prop, receiver) {
-      if (prop === 'getKey') {
-        return async (key: string) => {
-          if (key.startsWith('cache/teacher/') && ++reads === 6) throw new Error('cache read refused');
-          return target.getKey(key);
-        };
-      }
-      const value: unknown = Reflect.get(target, prop, receiver);
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+  const failing = storeWith({
+    getKey: async (key) => {
+      if (key.startsWith('cache/teacher/') && ++reads === 6) throw new Error('cache read refused');
+      return store.getKey(key);
     },
   });
   const own = { ...deps, store: failing, scripted: async () => ({ url: slow.url, model: MODEL }) };
@@ -373,19 +378,13 @@ test('a slot sends its next call while its last answer is written, and never has
   const quick = await startLocalTeacherServer({ model: MODEL, latencyMs: 40, errorRate: 0 });
   t.teardown(() => quick.close());
   let durable = 0;
-  const slowJournal = new Proxy(store, {
-    get(target, prop, receiver) {
-      if (prop === 'putKey') {
-        return async (key: string, body: string | Buffer, opts?: object) => {
-          if (!key.startsWith('teacher/journal/')) return target.putKey(key, body, opts);
-          await new Promise((r) => setTimeout(r, 250));
-          const written = await target.putKey(key, body, opts);
-          durable += String(body).trim().split('\n').length;
-          return written;
-        };
-      }
-      const value: unknown = Reflect.get(target, prop, receiver);
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+  const slowJournal = storeWith({
+    putKey: async (key, body, opts) => {
+      if (!key.startsWith('teacher/journal/')) return store.putKey(key, body, opts);
+      await new Promise((r) => setTimeout(r, 250));
+      const written = await store.putKey(key, body, opts);
+      durable += String(body).trim().split('\n').length;
+      return written;
     },
   });
   const own = { ...deps, store: slowJournal, scripted: async () => ({ url: quick.url, model: MODEL }) };
