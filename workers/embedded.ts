@@ -3,8 +3,7 @@ import { freePort } from '../infra/cache';
 import type { Logger } from '@temporalio/common';
 import { connectTemporal, createPipelineWorkers } from './pipeline-worker';
 import { installRuntime } from './telemetry';
-import { heapGrowthPercent, limitHeapGrowth } from './heap';
-import { settings } from '../infra/config';
+import { limitHeapGrowthFromSettings } from './heap';
 import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
 import { devServerSearchAttributes } from './search-attributes';
 
@@ -28,7 +27,7 @@ export async function startEmbedded(opts: {
   logger?: Logger;
 }) {
   // The embedded workers run in this process: it sizes its heap as `stepwise worker` does.
-  limitHeapGrowth(heapGrowthPercent(settings().workerHeapGrowthPercent));
+  limitHeapGrowthFromSettings();
   installRuntime({ logger: opts.logger });
   // The UI is the point of a local run: it shows every stage's inputs, outputs, retries and timings.
   const server = await startTemporalDevServer({

@@ -16,6 +16,7 @@
  */
 import v8 from 'node:v8';
 
+import { settings } from '../infra/config';
 import { InputError } from '../lib/errors';
 
 export const HEAP_GROWTH_ENV = 'STEPWISE_WORKER_HEAP_GROWTH_PERCENT';
@@ -43,4 +44,9 @@ export function heapGrowthPercent(raw: string | undefined): number {
 export function limitHeapGrowth(percent: number): void {
   // V8 reads 0 as "no fixed factor": its default.
   v8.setFlagsFromString(`--heap-growing-percent=${percent}`);
+}
+
+/** Applies the process's `STEPWISE_WORKER_HEAP_GROWTH_PERCENT` (see {@link heapGrowthPercent}): each worker entry point's one call. */
+export function limitHeapGrowthFromSettings(): void {
+  limitHeapGrowth(heapGrowthPercent(settings().workerHeapGrowthPercent));
 }

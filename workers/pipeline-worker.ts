@@ -14,7 +14,7 @@ import { workerLogger } from './logging';
 import { cachedWorkflowBundle } from './workflow-bundle';
 import { bootstrapCurrentVersion, versionedWorkerOptions, workerVersionFromSettings } from './versioning';
 import { installRuntime } from './telemetry';
-import { heapGrowthPercent, limitHeapGrowth } from './heap';
+import { limitHeapGrowthFromSettings } from './heap';
 import { shutdownTracing, tracingWorkflowModules, workerTracingOptions } from './tracing';
 
 /**
@@ -144,7 +144,7 @@ export async function runWorker(opts: {
 }): Promise<void> {
   // Checked before anything starts: a bad setting is the operator's to fix, not a crash after connecting.
   const versioning = workerVersionFromSettings();
-  limitHeapGrowth(heapGrowthPercent(settings().workerHeapGrowthPercent));
+  limitHeapGrowthFromSettings();
   // One JSON line per entry by default, its own lines included (workers/logging.ts): the run, stage and attempt are
   // fields a log collector filters on. INFO keeps worker state changes, which are an operator's to see.
   const logger = workerLogger();
