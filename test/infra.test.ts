@@ -44,6 +44,9 @@ test('the Temporal dev server starts, accepts a client, keeps its state in state
     t.is(ns.namespaceInfo?.name, 'default');
     t.true(existsSync(join(stateDir, 'temporal.db')));
     t.is(server.dbFile, join(stateDir, 'temporal.db'));
+    // The database is in write-ahead-log mode: bytes 18 and 19 of an SQLite file's header are 2 then, 1 otherwise.
+    const header = await readFile(server.dbFile);
+    t.deepEqual([header[18], header[19]], [2, 2]);
   } finally {
     await connection?.close();
     await server.stop();
