@@ -4,7 +4,7 @@
  * outlive two scavenges while the call is in flight, so they reach the old generation and pile up there until the
  * next full collection. Measured (`bench:teacher`, 64 calls in flight at 2 ms, filesystem store): the old space
  * swung between ~100 and ~260 MiB, peak RSS landed anywhere from 357 to 569 MiB depending on where a run caught the
- * swing, and the 10k → 100k growth read 0.02 in one run and 0.38 in the next. At 30% growth the heap holds at
+ * swing, and the 10k → 100k growth read 0.02 in one run and 0.36 in another, same code. At 30% the heap holds at
  * 120–127 MiB, peak RSS at 288 / 299 MiB, and the worker spent less CPU per call (1.13 against 1.21–1.32 ms: a
  * small heap stays in cache; the extra full collections cost less than that).
  * The price is paid where a worker does little but promote: a loop that only churns long-lived garbage over a

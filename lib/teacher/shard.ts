@@ -337,25 +337,19 @@ class ShardCalls {
       this.count(response);
       const record = toRecord(i, s, response, this.opts.stageId);
       // Cache hits need no journal entry to be free next time, but journalling them keeps resume O(journal).
-      // The append is under way at once and durable within one store round-trip (a group commit); the slot does
-      // not wait for it, so a slow store does not idle the endpoint. Appends in flight are bounded all the same.
-      if (this.opts.budget) {
-        // A slot never has more than one answer that is not written down: it sends its next call while this record
-        // is written, and waits for the write before it goes past that call's answer. A retry of this shard learns
-        // what was spent from the journal and sets aside, per slot of a dead attempt, one unwritten answer and one
-        // call in flight at their worst case (direct.ts); a killed worker's answered-but-unjournalled calls stay at
-        // one per slot (without any wait, a kill mid-shard repeated calls: multi-worker's test caught it). Waiting
-        // for each record before the next call instead idled every slot for a store round-trip per call: 11-14 ms
-        // per call at 1 s and 250 ms latency on the filesystem store (fsync among the cache writes), more on S3.
-        if (unwritten) await unwritten;
-        unwritten = journal.append(record);
-        unwritten.catch(() => undefined);
-      } else {
-        this.background.add(journal.append(record));
-        // Bounded at a call's two writes (its cache entry, its record) per slot: a store slower than the endpoint
-        // then holds the slots back, instead of a queue of writes growing in memory.
-        if (this.background.size > 2 * this.opts.concurrency) await this.background.anySettled();
-      }
+      // A slot never has more than one answer that is not written down: it sends its next call while this record is
+      // written, and waits for the write before it goes past that call's answer. A retry of this shard learns what
+      // was spent from the journal and sets aside, per slot of a dead attempt, one unwritten answer and one call in
+      // flight at their worst case (direct.ts); a killed worker's answered-but-unjournalled calls stay at one per slot
+      // (without any wait, a kill mid-shard repeated calls: multi-worker's test caught it). Waiting for each record
+      // before the next call instead idled every slot for a store round-trip per call: 11-14 ms per call at 1 s and
+      // 250 ms latency on the filesystem store (fsync among the cache writes), more on S3.
+      if (unwritten) await unwritten;
+      unwritten = journal.append(record);
+      unwritten.catch(() => undefined);
+      // Cache writes in flight are bounded too, at two per slot: a store slower than the endpoint then holds the slots
+      // back, instead of a queue of writes growing in memory.
+      while (this.background.size > 2 * this.opts.concurrency) await this.background.anySettled();
       this.background.throwIfFailed();
       this.records.set(`${i}.${s}`, record);
       this.opts.onProgress?.(++this.finished, this.stats.calls);
