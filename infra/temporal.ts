@@ -143,7 +143,7 @@ async function startOnce(opts: TemporalDevServerOptions): Promise<TemporalDevSer
   // SQLite's write-ahead log instead of its default rollback journal: a commit is one append and one fsync of the log
   // where the rollback journal costs two or more, and readers no longer wait on the writer. Every workflow task,
   // activity completion and heartbeat is a commit, so each stage's orchestration costs less (bench:orchestration:
-  // 13-16 ms added around a short stage's work, from 14-21). synchronous=FULL keeps every commit durable, as before.
+  // 13-17 ms added around a short stage's work, from 14-21). synchronous=FULL keeps every commit durable, as before.
   for (const pragma of ['journal_mode=WAL', 'synchronous=FULL']) args.push('--sqlite-pragma', pragma);
   // Off by default in the server: an activity scheduled on the workflow's own task queue is then handed back to the
   // worker with the workflow task's answer instead of through the queue, one trip less per stage (bench:orchestration).

@@ -46,7 +46,10 @@ export function limitHeapGrowth(percent: number): void {
   v8.setFlagsFromString(`--heap-growing-percent=${percent}`);
 }
 
-/** Applies the process's `STEPWISE_WORKER_HEAP_GROWTH_PERCENT` (see {@link heapGrowthPercent}): each worker entry point's one call. */
+/**
+ * Applies the process's `STEPWISE_WORKER_HEAP_GROWTH_PERCENT` (see {@link heapGrowthPercent}): each worker entry
+ * point's one call.
+ */
 export function limitHeapGrowthFromSettings(): void {
   limitHeapGrowth(heapGrowthPercent(settings().workerHeapGrowthPercent));
 }

@@ -244,7 +244,7 @@ class Lookahead {
   }
 }
 
-/** Journal appends and cache writes in flight: started as each call finishes, awaited before the shard reports. */
+/** Response-cache writes in flight: started as each call finishes, awaited before the shard reports. */
 class BackgroundWrites {
   private readonly inFlight = new Set<Promise<unknown>>();
   private error: unknown;
