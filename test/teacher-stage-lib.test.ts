@@ -7,7 +7,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { generateDemoTask } from '../lib/data/demo-task';
 import type { Example } from '../lib/data/types';
 import { InputError } from '../lib/errors';
@@ -15,7 +15,8 @@ import { parseSpec } from '../lib/pipeline/spec';
 import { openStore } from '../lib/store';
 import type { ArtifactStore } from '../lib/store/artifact-store';
 import { startLocalTeacherServer, type LocalTeacherServer } from '../lib/teacher/local-server';
-import type { CallRecord, ShardResponse } from '../lib/teacher/shard';
+import { Journal } from '../lib/teacher/journal';
+import { CANCELLED_WRITES_MS, type CallRecord, type ShardResponse } from '../lib/teacher/shard';
 import {
   assembleResponses,
   batchKey,
@@ -38,6 +39,7 @@ import {
   type TeacherShardResult,
   type TeacherStageInput,
 } from '../lib/teacher/stage';
+import { waitFor } from './helpers/wait';
 
 const MODEL = 'stage-lib-test';
 let tmp: string;
@@ -342,6 +344,55 @@ test('aborting the signal stops a shard promptly', async (t) => {
   controller.abort(new Error('stop'));
   await t.throwsAsync(running);
   t.true(Date.now() - started < 5_000);
+});
+
+/**
+ * A shard cancelled while its answers' journal writes are in flight: `journalDelayMs` slows each journal segment write
+ * (forever when undefined). Every request after the eighth is held, so when the signal aborts, eight answers are in
+ * hand and none is coming.
+ */
+async function cancelWithJournalWrites(t: ExecutionContext, journalDelayMs: number | undefined) {
+  const held = await startLocalTeacherServer({ model: MODEL, latencyMs: 5, errorRate: 0 });
+  t.teardown(async () => {
+    held.release();
+    await held.close();
+  });
+  held.setFaults({ holdAfter: 8 });
+  const slow = storeWith({
+    putKey: async (key, body, opts) => {
+      if (key.startsWith('teacher/journal/')) {
+        await new Promise((r) => (journalDelayMs === undefined ? undefined : setTimeout(r, journalDelayMs)));
+      }
+      return store.putKey(key, body, opts);
+    },
+  });
+  const own = { ...deps, store: slow, scripted: async () => ({ url: held.url, model: MODEL }) };
+  const stage = await stageInput(40);
+  const plan = await planShards(own, stage);
+  const controller = new AbortController();
+  const running = promptShard(own, shardInput(stage, plan.plan, 0, 'cancelled'), { signal: controller.signal });
+  running.catch(() => undefined);
+  await waitFor('eight answers', () => (held.stats().answered === 8 ? true : undefined), 30_000, 5);
+  const started = Date.now();
+  controller.abort(new Error('worker shutting down'));
+  await t.throwsAsync(running, { message: 'worker shutting down' });
+  const doc = await readPlan(store, plan.plan);
+  const key = shardKeyOf(doc.identity, doc.shards[0].ref);
+  const waitedMs = Date.now() - started;
+  const { records } = await Journal.open<CallRecord>(store, journalPrefix(key));
+  return { waitedMs, journalled: successes(records) };
+}
+
+test('a cancelled shard writes down the answers it has before it throws, so its retry pays for none again', async (t) => {
+  const { waitedMs, journalled } = await cancelWithJournalWrites(t, 400);
+  t.is(journalled, 8, 'every answer received is in the journal when the cancelled attempt ends');
+  t.true(waitedMs >= 300, `it waited for the writes (${waitedMs} ms)`);
+});
+
+test('a cancelled shard waits for a store that does not answer only so long', async (t) => {
+  const { waitedMs, journalled } = await cancelWithJournalWrites(t, undefined);
+  t.is(journalled, 0);
+  t.true(waitedMs >= CANCELLED_WRITES_MS - 100 && waitedMs < CANCELLED_WRITES_MS + 3_000, `${waitedMs} ms`);
 });
 
 test('a slot that fails stops the shard taking calls: once the attempt has failed, no call of it is still sent', async (t) => {

@@ -126,15 +126,16 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
     await calls.runSlots(Math.max(1, Math.min(opts.concurrency, pending.length)));
   } catch (err) {
     // The calls the other slots finished meanwhile are written down before the attempt fails, so its retry resumes
-    // them rather than paying for them again, and no lookup is left running. A cancelled shard does not wait on the
-    // store.
-    if (!opts.signal?.aborted) {
-      await Promise.allSettled([opts.journal.flush(), calls.background.drain(), lookups.settle()]);
-    }
+    // them rather than paying for them again, and no lookup is left running.
+    const settled = Promise.allSettled([opts.journal.flush(), calls.background.drain(), lookups.settle()]);
+    if (!opts.signal?.aborted) await settled;
+    // A cancelled shard waits for the same writes, but only so long: a worker that drains cancels its shards and
+    // exits once they end, and answers still being written then were lost, and paid for again by the retry
+    // (multi-worker's test caught it). A store that is down does not hold the cancellation past the bound.
+    else await settledWithin(settled, CANCELLED_WRITES_MS);
     throw err;
   }
-  // Lookups no slot took (the budget stopped the shard) are reads only, but none is left running once it returns. An
-  // aborted shard does not wait for them: a store that is down would hold up its cancellation.
+  // Lookups no slot took (the budget stopped the shard) are reads only, but none is left running once it returns.
   await lookups.settle();
   await opts.journal.flush();
   await calls.background.drain();
@@ -142,6 +143,25 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
   // Calls with no record at all: refused by the budget, or never reached after it stopped the shard.
   stats.notSent = stats.calls - records.size;
   return { responses: foldShard(examples, samples, records, opts.labelOf), stats };
+}
+
+/**
+ * How long a cancelled shard waits for its journal and cache writes in flight: a journal segment's five tries back off
+ * for 3 s in all, so a store that answers at all lands them well within it.
+ */
+export const CANCELLED_WRITES_MS = 5_000;
+
+/** Waits for `settled`, or `ms`, whichever is first; leaves no timer behind. */
+async function settledWithin(settled: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  try {
+    await Promise.race([settled, bound]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** The successes earlier attempts journalled, by `i.s`. */
@@ -287,6 +307,8 @@ class ShardCalls {
   private failure: { error: unknown } | undefined;
   private next = 0;
   private finished: number;
+  /** Slots waiting on the store (see {@link untilCancelled}), each by its rejection. */
+  private readonly waiting = new Set<(reason: unknown) => void>();
 
   constructor(
     private readonly opts: RunShardOptions,
@@ -304,14 +326,38 @@ class ShardCalls {
    * going, where a slot left running would keep sending calls that the attempt's retry sends again.
    */
   async runSlots(n: number): Promise<void> {
-    await Promise.all(
-      Array.from({ length: n }, () =>
-        this.run().catch((error: unknown) => {
-          this.failure ??= { error };
-        })
-      )
-    );
+    const { signal } = this.opts;
+    // One listener for the shard, not one per wait: the signal lives as long as the activity.
+    const onAbort = () => {
+      for (const reject of this.waiting) reject(signal!.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await Promise.all(
+        Array.from({ length: n }, () =>
+          this.run().catch((error: unknown) => {
+            this.failure ??= { error };
+          })
+        )
+      );
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
     if (this.failure) throw this.failure.error;
+  }
+
+  /**
+   * Waits for `p`, a store operation, unless the shard is cancelled first: a slot held up by a slow or dead store
+   * still ends when its activity is cancelled, and runShard waits for the writes in flight only up to its bound.
+   */
+  private untilCancelled<T>(p: Promise<T>): Promise<T> {
+    const { signal } = this.opts;
+    if (!signal) return p;
+    signal.throwIfAborted();
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.add(reject);
+      p.then(resolve, reject).finally(() => this.waiting.delete(reject));
+    });
   }
 
   /** One slot: takes the next pending call until none is left, the budget stops the shard or another slot failed. */
@@ -323,7 +369,7 @@ class ShardCalls {
       signal?.throwIfAborted();
       const k = this.next++;
       const { i, s } = this.pending[k];
-      const { request, hit } = await this.lookups.take(k);
+      const { request, hit } = await this.untilCancelled(this.lookups.take(k));
       signal?.throwIfAborted();
       // Another slot's call may have met the end of the budget, or failed, while this one waited on its lookup.
       if (this.stopped || this.failure) break;
@@ -344,17 +390,26 @@ class ShardCalls {
       // (without any wait, a kill mid-shard repeated calls: multi-worker's test caught it). Waiting for each record
       // before the next call instead idled every slot for a store round-trip per call: 11-14 ms per call at 1 s and
       // 250 ms latency on the filesystem store (fsync among the cache writes), more on S3.
-      if (unwritten) await unwritten;
+      try {
+        if (unwritten) await this.untilCancelled(unwritten);
+      } catch (err) {
+        // Cancelled while the slot's last record was being written: this answer goes to the journal all the same
+        // (runShard waits for it, bounded), or the attempt's retry pays for it again.
+        if (signal?.aborted) journal.append(record).catch(() => undefined);
+        throw err;
+      }
       unwritten = journal.append(record);
       unwritten.catch(() => undefined);
       // Cache writes in flight are bounded too, at two per slot: a store slower than the endpoint then holds the slots
       // back, instead of a queue of writes growing in memory.
-      while (this.background.size > 2 * this.opts.concurrency) await this.background.anySettled();
+      while (this.background.size > 2 * this.opts.concurrency) {
+        await this.untilCancelled(this.background.anySettled());
+      }
       this.background.throwIfFailed();
       this.records.set(`${i}.${s}`, record);
       this.opts.onProgress?.(++this.finished, this.stats.calls);
     }
-    await unwritten;
+    if (unwritten) await this.untilCancelled(unwritten);
   }
 
   private send(request: TeacherRequest): Promise<TeacherResponse> {
