@@ -244,7 +244,8 @@ interface TableEntry {
 /**
  * A safetensors header, checked: well-formed, and float32 tensors that fit the `dataLength` bytes after it. Offsets
  * are relative to the data. The checksum, when there is one, is taken out of the metadata (and so out of the header,
- * which is then what it was computed over) and returned as `written`.
+ * which is then what it was computed over) and returned as `written`. `byOffset` lists the entries' indexes in the order
+ * of their data.
  */
 function parseHeader(headerBytes: Buffer, dataLength: number, from: CheckpointSource) {
   const bad = (why: string): never => {
@@ -279,8 +280,9 @@ function parseHeader(headerBytes: Buffer, dataLength: number, from: CheckpointSo
   // As the format requires: the tensors cover the data exactly, with no bytes between or after them and none shared
   // (a byte no tensor owns could carry anything past every reader). It also lets a reader hash the data tensor by
   // tensor, in offset order.
+  const byOffset = entries.map((_, i) => i).sort((x, y) => entries[x].begin - entries[y].begin);
   let covered = 0;
-  for (const e of [...entries].sort((x, y) => x.begin - y.begin)) {
+  for (const e of byOffset.map((i) => entries[i])) {
     if (e.begin !== covered) {
       bad(`tensor '${e.name}' starts at data byte ${e.begin}, where ${covered} was expected (no holes or overlaps)`);
     }
@@ -289,7 +291,7 @@ function parseHeader(headerBytes: Buffer, dataLength: number, from: CheckpointSo
   if (covered !== dataLength) bad(`the tensors cover ${covered} of its ${dataLength} data bytes`);
   const written = metadata[CHECKSUM_KEY];
   if (written !== undefined) delete metadata[CHECKSUM_KEY];
-  return { header, entries, metadata, written };
+  return { header, entries, byOffset, metadata, written };
 }
 
 /** The length of the header that follows the 8 bytes of `lengthBytes`, checked to fit a file of `size` bytes. */
@@ -356,7 +358,7 @@ export async function readSafetensorsFile(
     await readAt(headerBytes, 8);
     const dataStart = 8 + headerLength;
     const dataLength = size - dataStart;
-    const { header, entries, metadata, written } = parseHeader(headerBytes, dataLength, from);
+    const { header, entries, byOffset, metadata, written } = parseHeader(headerBytes, dataLength, from);
     const weights: NamedWeight[] = [];
     for (const { name, shape, begin, end } of entries) {
       const data = new Float32Array((end - begin) / 4);
@@ -365,11 +367,9 @@ export async function readSafetensorsFile(
     }
     if (written !== undefined) {
       // The header has checked that the tensors tile the data, so they are the data in offset order.
-      const byOffset = entries.map((e, i) => ({ begin: e.begin, bytes: new Uint8Array(weights[i].data.buffer) }));
-      byOffset.sort((x, y) => x.begin - y.begin);
       const actual = checksumOf(
         header,
-        byOffset.map((t) => t.bytes)
+        byOffset.map((i) => new Uint8Array(weights[i].data.buffer))
       );
       if (actual !== written) throw checksumMismatch(from, actual, written);
     }
