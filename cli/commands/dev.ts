@@ -12,7 +12,7 @@ import { startS3Server, ensureBucket } from '../../infra/s3-server';
 import { settings } from '../../infra/config';
 import { log } from '../shared/options';
 import { devServerSearchAttributes } from '../../workers/search-attributes';
-import { appendingFile } from '../../workers/logging';
+import { serviceLog } from '../shared/service-log';
 
 export function addDevCommand(program: Command): void {
   program
@@ -23,25 +23,12 @@ export function addDevCommand(program: Command): void {
     .action(async (flags: { s3?: boolean; verbose?: boolean }) => serveDev(Boolean(flags.s3), Boolean(flags.verbose)));
 }
 
-/** A service's output: appended to its file under `<state>/logs`, and printed too when `verbose`. */
-function serviceLog(file: string, verbose: boolean) {
-  const sink = appendingFile(file);
-  sink(`--- ${new Date().toISOString()} pid ${process.pid}: stepwise ${process.argv.slice(2).join(' ')}`);
-  return Object.assign(
-    (line: string) => {
-      sink(line);
-      if (verbose) log(line);
-    },
-    { close: () => sink.close() }
-  );
-}
-
 /** Prints the services' addresses as `NAME=value` lines, so a shell can `export` them, then waits for Ctrl-C. */
 async function serveDev(withS3: boolean, verbose: boolean): Promise<void> {
   await setup({ temporal: true, s3: withS3, log });
   const dir = settings().home;
   const logs = join(dir, 'logs');
-  const temporalLog = serviceLog(join(logs, 'temporal.log'), verbose);
+  const temporalLog = serviceLog(join(logs, 'temporal.log'), { echo: verbose ? log : undefined });
   const temporal = await startTemporalDevServer({
     stateDir: dir,
     uiPort: await freePort(),
@@ -55,7 +42,7 @@ async function serveDev(withS3: boolean, verbose: boolean): Promise<void> {
   console.log(`TEMPORAL_ADDRESS=${temporal.address}`);
   if (temporal.uiUrl) console.log(`Temporal UI: ${temporal.uiUrl}`);
   let s3: Awaited<ReturnType<typeof startS3Server>> | undefined;
-  const s3Log = withS3 ? serviceLog(join(logs, 's3.log'), verbose) : undefined;
+  const s3Log = withS3 ? serviceLog(join(logs, 's3.log'), { echo: verbose ? log : undefined }) : undefined;
   if (withS3) {
     s3 = await startS3Server({ dataDir: join(dir, 's3'), log: s3Log });
     await ensureBucket(s3, 'stepwise');

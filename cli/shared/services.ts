@@ -7,7 +7,8 @@ import type { Client } from '@temporalio/client';
 import { connectClient, temporalTarget } from '../../workers/connection';
 import { settings } from '../../infra/config';
 import type { startEmbedded } from '../../workers/embedded';
-import { appendingFile, createLogger, logSettings, stderrSink, type LineSink } from '../../workers/logging';
+import { createLogger, logSettings, stderrSink } from '../../workers/logging';
+import { serviceLog } from './service-log';
 import type { InterruptedRun } from '../../workers/interrupted';
 import { StateInUseError } from '../../infra/db-lock';
 import { InputError } from '../../lib/errors';
@@ -88,27 +89,18 @@ export async function openServices(store: string, opts: { verbose?: boolean } = 
   };
 }
 
-/**
- * The embedded services' log files, each opened with a line naming this command (a state folder's logs collect
- * every run's), and where each kind of line goes: the files always, the console too when `verbose`.
- */
+/** The embedded services' log files under `<home>/logs`: the files always, the console too when `verbose`. */
 function embeddedLogs(home: string, verbose: boolean, format: { format: string }) {
   const dir = join(home, 'logs');
-  const server = appendingFile(join(dir, 'temporal.log'));
-  const workers = appendingFile(join(dir, 'workers.log'));
-  const opened = `--- ${new Date().toISOString()} pid ${process.pid}: stepwise ${process.argv.slice(2).join(' ')}`;
-  server(opened);
-  // A JSON file stays all JSON: its opening line is a record too.
-  workers(
-    format.format === 'json'
-      ? JSON.stringify({ time: new Date().toISOString(), level: 'info', message: opened })
-      : opened
-  );
-  const serverSinks: LineSink[] = verbose ? [server, log] : [server];
+  const server = serviceLog(join(dir, 'temporal.log'), { echo: verbose ? log : undefined });
+  const workers = serviceLog(join(dir, 'workers.log'), {
+    echo: verbose ? stderrSink : undefined,
+    json: format.format === 'json',
+  });
   return {
     dir,
-    server: (line: string) => serverSinks.forEach((sink) => sink(line)),
-    workers: verbose ? [workers, stderrSink] : [workers],
+    server,
+    workers: [workers],
     close() {
       server.close();
       workers.close();
