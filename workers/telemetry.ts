@@ -62,19 +62,6 @@ export function installRuntime(opts: RuntimeTelemetryOptions = {}): { metricsAdd
   return metricsAddress ? { metricsAddress } : {};
 }
 
-/**
- * The metrics port a flag or `STEPWISE_METRICS_PORT` gives, checked.
- * @throws InputError naming `field` when it is not an integer from 1 to 65535.
- */
-export function parseMetricsPort(value: string | undefined, field: string): number | undefined {
-  if (value === undefined) return undefined;
-  const port = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new InputError(`${field} is '${value}'; expected a port number from 1 to 65535`, field);
-  }
-  return port;
-}
-
 /** `host:port`, with an IPv6 host in brackets as the exporter expects. */
 function bindAddress(host: string, port: number): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;

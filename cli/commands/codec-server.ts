@@ -6,7 +6,7 @@ import { Command } from 'commander';
 import { InputError } from '../../lib/errors';
 import { AesGcmPayloadCodec, payloadKeysFromSettings } from '../../workers/codec';
 import { startCodecServer } from '../../workers/codec-server';
-import { log, number } from '../shared/options';
+import { log, portFlag } from '../shared/options';
 
 export function addCodecServerCommand(program: Command): void {
   program
@@ -18,7 +18,7 @@ export function addCodecServerCommand(program: Command): void {
       '--origin <url>',
       "the Temporal UI's origin, the one page allowed to call it (e.g. http://localhost:8233)"
     )
-    .option('--port <n>', 'port to listen on', number('--port'), 8888)
+    .option('--port <n>', 'port to listen on (0: any free port)', portFlag('--port', 0), 8888)
     .option('--host <address>', 'address to listen on; whoever reaches it can decrypt payloads', '127.0.0.1')
     .action(async (flags: { origin: string; port: number; host: string }) => serveCodec(flags));
 }
@@ -30,9 +30,6 @@ async function serveCodec(flags: { origin: string; port: number; host: string })
       'stepwise codec-server needs the payload keys: set STEPWISE_PAYLOAD_KEYS or STEPWISE_PAYLOAD_KEYS_FILE',
       'STEPWISE_PAYLOAD_KEYS'
     );
-  }
-  if (!Number.isInteger(flags.port) || flags.port < 0 || flags.port > 65535) {
-    throw new InputError(`--port is ${flags.port}; expected an integer from 0 to 65535`, 'port');
   }
   const codec = new AesGcmPayloadCodec(keys);
   const server = await startCodecServer({ codec, origin: flags.origin, host: flags.host, port: flags.port, log });

@@ -4,7 +4,7 @@
  * version's lineage. With `--allow-actions` it also approves and rejects candidates and promotes and archives
  * versions, each action carrying the token printed at start.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { settings } from '../../infra/config';
 import { InputError } from '../../lib/errors';
 import { openStore } from '../../lib/store';
@@ -13,7 +13,7 @@ import { newActionToken, startUiServer } from '../ui/server';
 import type { UiContext } from '../ui/pages';
 import { connectForListing } from './runs';
 import { openServices } from '../shared/services';
-import { log } from '../shared/options';
+import { log, portFlag } from '../shared/options';
 
 /** Beside the Temporal UI's own default (8233), so both can be open at once. */
 export const DEFAULT_UI_PORT = 8240;
@@ -31,7 +31,7 @@ export function addUiCommand(program: Command): void {
   program
     .command('ui')
     .description('a web UI on this machine: runs and their progress and reports, models, aliases, history, lineage')
-    .option('--port <n>', 'port to listen on (0: a free one)', portFlag, DEFAULT_UI_PORT)
+    .option('--port <n>', 'port to listen on (0: a free one)', portFlag('--port', 0), DEFAULT_UI_PORT)
     .option(
       '--host <address>',
       'address to bind (the pages are for this machine: keep the loopback default)',
@@ -119,14 +119,6 @@ async function connect(
     where: listing.where,
     close: () => listing.close(),
   };
-}
-
-function portFlag(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) {
-    throw new InvalidArgumentError(`--port must be an integer from 0 to 65535, got '${value}'`);
-  }
-  return n;
 }
 
 function urlFlag(value: string): string {

@@ -4,9 +4,9 @@
 import { Command, Option } from 'commander';
 import { temporalTarget } from '../../workers/connection';
 import { runWorker } from '../../workers/pipeline-worker';
-import { parseMetricsPort } from '../../workers/telemetry';
 import { QUEUE_KINDS, type QueueKind } from '../../contract';
 import { settings } from '../../infra/config';
+import { parsePort } from '../shared/options';
 
 export function addWorkerCommand(program: Command): void {
   program
@@ -35,8 +35,10 @@ export function addWorkerCommand(program: Command): void {
       // Checked here, so the message names what the operator set: the flag or the variable.
       const metricsPort =
         flags.metricsPort !== undefined
-          ? parseMetricsPort(flags.metricsPort, '--metrics-port')
-          : parseMetricsPort(config.metricsPort, 'STEPWISE_METRICS_PORT');
+          ? parsePort(flags.metricsPort, '--metrics-port')
+          : config.metricsPort !== undefined
+            ? parsePort(config.metricsPort, 'STEPWISE_METRICS_PORT')
+            : undefined;
       await runWorker({
         queue: flags.queue,
         target: temporalTarget(),
