@@ -16,6 +16,7 @@ import type { ArtifactStore } from '../../lib/store/artifact-store';
 import { InputError } from '../../lib/errors';
 import { checkSpecPaths } from '../../lib/data/roots';
 import type { Method } from '../../lib/student/options';
+import { settledWithin } from '../../lib/wait';
 import { distillationSweep, type SweepInput } from '../../workflows';
 import { log, number } from '../shared/options';
 import { specFromFlags, type RunFlags } from '../shared/spec-flags';
@@ -173,7 +174,7 @@ async function follow(handle: WorkflowHandle<typeof distillationSweep>) {
   while (!done) {
     const p = await handle.query(sweepProgressQuery).catch(() => undefined);
     if (p) show(p);
-    await Promise.race([result.catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
+    await settledWithin(result, 2000);
   }
   const r = await result;
   show({ phase: 'done', parallel: 0, cells: r.cells.map((c) => ({ ...c, status: c.status })) });

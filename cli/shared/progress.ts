@@ -3,6 +3,7 @@
  */
 import { ActivityFailure, ChildWorkflowFailure, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { progressQuery, type PipelineProgress, type PipelineResult, type StageName } from '../../contract';
+import { settledWithin } from '../../lib/wait';
 import type { distillationPipeline } from '../../workflows';
 import { log } from './options';
 import type { Services } from './services';
@@ -91,7 +92,7 @@ export async function follow(
     } catch {
       // The workflow may not have started its first task yet, or just closed: the next poll tells.
     }
-    await Promise.race([resultPromise.catch(() => undefined), new Promise((r) => setTimeout(r, 500))]);
+    await settledWithin(resultPromise, 500);
   }
   try {
     view.update(await handle.query(progressQuery));

@@ -4,6 +4,7 @@
  * (by majority vote when there are several samples). Pure library code: the activity around it supplies the
  * teacher, the journal, the budget and the cancellation signal.
  */
+import { settledWithin } from '../wait';
 import type { Usage } from './budget';
 import type { Journal } from './journal';
 import type { CallBudget, ChatMessage, RateLimitWaits, Teacher, TeacherRequest, TeacherResponse } from './types';
@@ -150,19 +151,6 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
  * for 3 s in all, so a store that answers at all lands them well within it.
  */
 export const CANCELLED_WRITES_MS = 5_000;
-
-/** Waits for `settled`, or `ms`, whichever is first; leaves no timer behind. */
-async function settledWithin(settled: Promise<unknown>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, ms);
-  });
-  try {
-    await Promise.race([settled, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** The successes earlier attempts journalled, by `i.s`. */
 function successesOf(prior: readonly CallRecord[]): Map<string, CallRecord> {
