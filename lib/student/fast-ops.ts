@@ -25,64 +25,10 @@
  * test vector still holds.
  */
 import { tf } from './tf';
-
-// ---------------------------------------------------------------------------------------------------------------
-// Raw TensorFlow ops through the tfjs-node binding
-
-/** An op attribute as the tfjs-node binding takes it (`type` is one of the binding's TF_ATTR_* codes). */
-interface OpAttr {
-  name: string;
-  type: number;
-  value: unknown;
-}
-
-/** A tensor in the native library as the binding's `executeOp` describes it (`dtype` is a TF_* code). */
-interface Handle {
-  id: number;
-  shape: number[];
-  dtype: number;
-}
-
-/** The parts of tfjs-node's binding (dist/tfjs_binding.d.ts) used here. */
-interface Binding {
-  TF_FLOAT: number;
-  TF_INT32: number;
-  TF_ATTR_TYPE: number;
-  TF_ATTR_BOOL: number;
-  TF_ATTR_INT: number;
-  TF_ATTR_STRING: number;
-  TF_ATTR_SHAPE: number;
-  createTensor(shape: number[], dtype: number, values: Float32Array | Int32Array): number;
-  deleteTensor(id: number): void;
-  executeOp(name: string, attrs: OpAttr[], inputs: number[], numOutputs: number): Handle[];
-}
-
-/** The parts of tfjs-node's NodeJSKernelBackend (dist/nodejs_kernel_backend.js) used here. */
-interface NativeBackend {
-  binding: Binding;
-  executeSingleOutput(name: string, attrs: OpAttr[], inputs: tf.Tensor[]): tf.Tensor;
-  executeMultipleOutputs(name: string, attrs: OpAttr[], inputs: tf.Tensor[], numOutputs: number): tf.Tensor[];
-  /** The native handles of tfjs tensors (still owned by tfjs). */
-  getInputTensorIds(tensors: tf.Tensor[]): number[];
-  /** A tfjs tensor that takes ownership of a native handle. */
-  createOutputTensor(handle: Handle): tf.Tensor;
-}
+import { nativeBackend as native, type Binding, type Handle, type NativeBackend, type OpAttr } from './tf-native';
 
 /** Set while {@link withOpByOpSublayers} runs. */
 let noFusedSublayers = false;
-
-/**
- * The native backend when it is the current one, else undefined. Ops run this way are tracked by tfjs's engine
- * (`tf.tidy` frees them) but not recorded on the gradient tape: callers use them off the differentiated path or
- * inside a `tf.customGrad`.
- */
-function native(): NativeBackend | undefined {
-  if (tf.getBackend() !== 'tensorflow') return undefined;
-  const backend = tf.backend() as unknown as Partial<NativeBackend>;
-  return typeof backend.executeSingleOutput === 'function' && typeof backend.getInputTensorIds === 'function'
-    ? (backend as NativeBackend)
-    : undefined;
-}
 
 /**
  * Runs `body` with the sublayers op by op while the other native kernels (dropout masks among them) stay: the fused

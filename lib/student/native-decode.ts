@@ -18,44 +18,7 @@ import type { EncoderOutput, T5Model } from './t5';
 import { relativePositionBuckets } from './t5';
 import { tf } from './tf';
 import { GraphBuilder, GraphSession, type SessionBinding } from './tf-graph';
-
-/** The parts of tfjs-node's binding (dist/tfjs_binding.d.ts) used here. */
-interface Binding extends SessionBinding {
-  createTensor(shape: number[], dtype: number, values: Float32Array | Int32Array): number;
-  deleteTensor(id: number): void;
-  tensorDataSync(id: number): Float32Array | Int32Array | Uint8Array;
-  executeOp(name: string, attrs: OpAttr[], inputs: number[], numOutputs: number): { id: number; shape: number[] }[];
-  getNumOfTensors(): number;
-  TF_FLOAT: number;
-  TF_INT32: number;
-  TF_ATTR_TYPE: number;
-  TF_ATTR_BOOL: number;
-}
-
-interface OpAttr {
-  name: string;
-  type: number;
-  value: unknown;
-}
-
-/** The parts of tfjs-node's NodeJSKernelBackend used here. */
-interface Backend {
-  binding: Binding;
-  /** The TensorFlow handles of tfjs tensors (still owned by tfjs). */
-  getInputTensorIds(tensors: tf.Tensor[]): number[];
-  /** A tfjs tensor that takes ownership of a handle. */
-  createOutputTensor(metadata: { id: number; shape: number[]; dtype: number }): tf.Tensor;
-}
-
-function nativeBackend(): Backend | undefined {
-  if (tf.getBackend() !== 'tensorflow') return undefined;
-  const backend = tf.backend() as unknown as Partial<Backend>;
-  const ok =
-    typeof backend.getInputTensorIds === 'function' &&
-    typeof backend.createOutputTensor === 'function' &&
-    typeof backend.binding?.runSavedModel === 'function';
-  return ok ? (backend as Backend) : undefined;
-}
+import { nativeBackend, type Binding, type NativeBackend, type OpAttr } from './tf-native';
 
 /** TensorFlow tensor handles alive in the native library (tests check that decoding leaves none behind). */
 export function nativeHandleCount(): number | undefined {
@@ -231,7 +194,7 @@ export class NativeDecoder {
   }
 
   private constructor(
-    private readonly backend: Backend,
+    private readonly backend: NativeBackend,
     private readonly model: T5Model,
     encoded: EncoderOutput,
     private readonly maxLength: number
