@@ -4,7 +4,7 @@ import test from 'ava';
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIUserAbortError } from 'openai';
 
 import { sharedHttpFetch } from '../lib/teacher/http-fetch';
-import { backoffMs, classifyError, MAX_RETRY_AFTER_MS, retryAfterMs } from '../lib/teacher/retry';
+import { backoffMs, classifyError, MAX_RETRY_AFTER_MS, retryAfterMs, retryReasonOf } from '../lib/teacher/retry';
 
 /**
  * Both fetches a teacher client may use: Node's (the SDK's default, and what file uploads and downloads go through)
@@ -161,10 +161,12 @@ for (const via of FETCH_NAMES) {
     t.deepEqual(inMs, {
       retryable: true,
       rateLimited: true,
+      kind: 'client_error',
       reason: 'HTTP 429: fault 429',
       retryAfterMs: 150,
       notProcessed: true,
     });
+    t.is(retryReasonOf(inMs), 'rate_limited');
     const inSeconds = classifyError(await sdkError('status-429', { headers: { 'retry-after': '2' }, via }));
     t.is(inSeconds.retryAfterMs, 2000);
     const unsaid = classifyError(await sdkError('status-429', { via }));
@@ -177,6 +179,7 @@ for (const via of FETCH_NAMES) {
     t.false(c.retryable);
     t.false(c.rateLimited);
     t.is(c.reason, 'HTTP 429: fault 429');
+    t.is(retryReasonOf(c), 'client_error');
   });
 
   test(`${via}: server errors, request timeouts and conflicts from the SDK are retryable`, async (t) => {
@@ -186,6 +189,7 @@ for (const via of FETCH_NAMES) {
       t.false(c.rateLimited);
       t.is(c.reason, `HTTP ${status}: fault ${status}`);
       t.is(c.retryAfterMs, 1000);
+      t.is(retryReasonOf(c), status >= 500 ? 'server_error' : 'client_error', String(status));
       // A 5xx may come after the endpoint did (and billed) the work; a 408 or 409 is a refusal before any.
       t.is(c.notProcessed, status < 500 ? true : undefined, String(status));
     }
@@ -200,6 +204,7 @@ for (const via of FETCH_NAMES) {
       t.deepEqual(c, {
         retryable: false,
         rateLimited: false,
+        kind: 'client_error',
         reason: `HTTP ${status}: fault ${status}`,
         notProcessed: true,
       });
@@ -216,6 +221,7 @@ for (const via of FETCH_NAMES) {
     t.true(err instanceof APIConnectionError);
     const c = classifyError(err);
     t.true(c.retryable);
+    t.is(retryReasonOf(c), 'connection');
     // undici and node:http name the same event in their own words.
     t.regex(c.reason, via === 'fetch' ? /^connection error: other side closed/ : /^connection error: socket hang up/);
     // The request went out before the connection dropped: the endpoint may have done (and billed) the work.
@@ -228,9 +234,11 @@ for (const via of FETCH_NAMES) {
     t.deepEqual(classifyError(err, { timeoutMs: 200 }), {
       retryable: true,
       rateLimited: false,
+      kind: 'timeout',
       reason: 'timeout after 200 ms',
     });
     t.is(classifyError(err).reason, 'timeout: Request timed out.');
+    t.is(retryReasonOf(classifyError(err)), 'timeout');
   });
 
   test(`${via}: a stall after the headers is a retryable timeout, by the SDK's timeout or else the caller's deadline`, async (t) => {
@@ -246,6 +254,7 @@ for (const via of FETCH_NAMES) {
       t.deepEqual(classifyError(err, { timeoutMs: 1000 }), {
         retryable: true,
         rateLimited: false,
+        kind: 'timeout',
         reason: 'timeout after 1000 ms',
       });
       return;
@@ -257,6 +266,7 @@ for (const via of FETCH_NAMES) {
     t.deepEqual(classifyError(err, { timeoutMs: 3000, timeoutSignal: deadline }), {
       retryable: true,
       rateLimited: false,
+      kind: 'timeout',
       reason: 'timeout after 3000 ms',
     });
     // Without the deadline there is no telling it from the caller giving up.
@@ -271,6 +281,7 @@ for (const via of FETCH_NAMES) {
     t.deepEqual(classifyError(err, { timeoutMs: 30_000, timeoutSignal: AbortSignal.timeout(30_000) }), {
       retryable: false,
       rateLimited: false,
+      kind: 'aborted',
       reason: 'aborted',
     });
   });
@@ -280,6 +291,7 @@ for (const via of FETCH_NAMES) {
     const c = classifyError(err);
     t.true(c.retryable);
     t.regex(c.reason, /^malformed response: body truncated \(other side closed/);
+    t.is(retryReasonOf(c), 'malformed');
   });
 
   test(`${via}: a body that is not JSON, or ends mid-JSON, is a retryable malformed response`, async (t) => {
@@ -288,6 +300,7 @@ for (const via of FETCH_NAMES) {
       t.true(err instanceof SyntaxError, fault);
       const c = classifyError(err);
       t.true(c.retryable, fault);
+      t.is(retryReasonOf(c), 'malformed', fault);
       t.regex(c.reason, /^malformed response: /);
     }
   });

@@ -74,6 +74,8 @@ export interface ErrorClass {
   retryable: boolean;
   /** The server refused for load (429): the caller should pause its rate limiter, not only this call. */
   rateLimited: boolean;
+  /** What failed, in a few fixed words: what retries are counted by (see {@link retryReasonOf}). */
+  kind: FailureKind;
   /** One short human line, starting with the kind: `HTTP 503: …`, `timeout after 30000 ms`, `connection error: …`. */
   reason: string;
   /** What the server asked for in `retry-after-ms` / `retry-after`, when it said. */
@@ -101,16 +103,15 @@ export type RetryReason =
   | 'empty_completion'
   | 'other';
 
+/** A classified failure's kind: an HTTP status by its class, or how the call failed without one. */
+export type FailureKind =
+  'server_error' | 'client_error' | 'timeout' | 'connection' | 'malformed' | 'aborted' | 'other';
+
 /** The {@link RetryReason} of a classified failure (an empty completion is not one: its caller names it). */
 export function retryReasonOf(verdict: ErrorClass): RetryReason {
   if (verdict.rateLimited) return 'rate_limited';
-  const { reason } = verdict;
-  if (/^HTTP 5\d\d/.test(reason)) return 'server_error';
-  if (reason.startsWith('HTTP ')) return 'client_error';
-  if (reason.startsWith('timeout')) return 'timeout';
-  if (reason.startsWith('connection error')) return 'connection';
-  if (reason.startsWith('malformed response')) return 'malformed';
-  return 'other';
+  // An abort is never retried; were it counted, it would be as what it is not.
+  return verdict.kind === 'aborted' ? 'other' : verdict.kind;
 }
 
 /** Connection failures that happen before a request can reach the endpoint. */
@@ -143,6 +144,7 @@ export function classifyError(
   const timeout = (detail?: string): ErrorClass => ({
     retryable: true,
     rateLimited: false,
+    kind: 'timeout',
     reason:
       opts.timeoutMs !== undefined
         ? `timeout after ${opts.timeoutMs} ms`
@@ -152,26 +154,37 @@ export function classifyError(
   const isAbort = err instanceof APIUserAbortError || name === 'AbortError' || name === 'TimeoutError';
 
   if (isAbort && (opts.timeoutSignal?.aborted || name === 'TimeoutError')) return timeout(errorMessage(err));
-  if (isAbort) return { retryable: false, rateLimited: false, reason: 'aborted' };
+  if (isAbort) return { retryable: false, rateLimited: false, kind: 'aborted', reason: 'aborted' };
   if (err instanceof APIConnectionTimeoutError) return timeout(err.message);
   if (err instanceof APIConnectionError) {
     return connectionError(err);
   }
   if (err instanceof APIError && err.status !== undefined) return classifyStatus(err, err.status);
   if (err instanceof SyntaxError) {
-    return { retryable: true, rateLimited: false, reason: `malformed response: ${oneLine(err.message)}` };
+    return {
+      retryable: true,
+      rateLimited: false,
+      kind: 'malformed',
+      reason: `malformed response: ${oneLine(err.message)}`,
+    };
   }
   // undici ends a body whose connection dropped before Content-Length bytes arrived with TypeError('terminated').
   if (err instanceof TypeError && err.message === 'terminated') {
     return {
       retryable: true,
       rateLimited: false,
+      kind: 'malformed',
       reason: `malformed response: body truncated (${oneLine(rootCause(err))})`,
     };
   }
   if (isConnectionFailure(err)) return connectionError(err);
   // Anything else is most likely a bug on our side; retrying would only repeat it.
-  return { retryable: false, rateLimited: false, reason: `error: ${oneLine(`${name}: ${errorMessage(err)}`)}` };
+  return {
+    retryable: false,
+    rateLimited: false,
+    kind: 'other',
+    reason: `error: ${oneLine(`${name}: ${errorMessage(err)}`)}`,
+  };
 }
 
 function connectionError(err: unknown): ErrorClass {
@@ -179,6 +192,7 @@ function connectionError(err: unknown): ErrorClass {
   return {
     retryable: true,
     rateLimited: false,
+    kind: 'connection',
     reason: `connection error: ${oneLine(rootCause(err))}`,
     ...(never ? { notProcessed: true as const } : {}),
   };
@@ -207,6 +221,7 @@ function classifyStatus(err: APIError, status: number): ErrorClass {
   return {
     retryable,
     rateLimited: status === 429 && !outOfCredit,
+    kind: status >= 500 && status < 600 ? 'server_error' : 'client_error',
     reason,
     ...(wait === undefined ? {} : { retryAfterMs: wait }),
     // A 4xx is the endpoint refusing the request before any work; a 5xx may come after the work was done.
