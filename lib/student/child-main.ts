@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { initBackend } from './backend';
 import type { ChildMessage, PredictJobResult, StudentJob, TrainJobResult } from './child';
-import { explain, predict } from './evaluate';
+import { Student } from './evaluate';
 import { trainToFile } from './train';
 
 function send(message: ChildMessage): Promise<void> {
@@ -58,18 +58,21 @@ async function runJob(job: StudentJob): Promise<TrainJobResult | PredictJobResul
   }
   if (job.kind === 'predict') {
     const { backend } = await initBackend(job.backend ?? 'auto');
-    const checkpoint = await readFile(job.checkpointPath);
-    const outputs = await predict(checkpoint, job.inputs, {
-      maxLength: job.maxLength,
-      batchSize: job.batchSize,
-      backend,
-      onProgress: (done, total) => sendProgress({ step: done, totalSteps: total }),
-    });
-    const count = Math.min(job.explain?.count ?? 0, job.inputs.length);
-    if (count === 0) return { outputs, backend };
-    const started = Date.now();
-    const explanations = await explain(checkpoint, job.inputs.slice(0, count), { batchSize: job.batchSize, backend });
-    return explanations ? { outputs, backend, explanations, explainMs: Date.now() - started } : { outputs, backend };
+    const student = await Student.load(await readFile(job.checkpointPath), backend);
+    try {
+      const outputs = await student.predict(job.inputs, {
+        maxLength: job.maxLength,
+        batchSize: job.batchSize,
+        onProgress: (done, total) => sendProgress({ step: done, totalSteps: total }),
+      });
+      const count = Math.min(job.explain?.count ?? 0, job.inputs.length);
+      if (count === 0) return { outputs, backend };
+      const started = Date.now();
+      const explanations = await student.explain(job.inputs.slice(0, count), { batchSize: job.batchSize });
+      return explanations ? { outputs, backend, explanations, explainMs: Date.now() - started } : { outputs, backend };
+    } finally {
+      student.dispose();
+    }
   }
   throw Object.assign(
     new Error(`job kind is ${JSON.stringify((job as { kind?: unknown }).kind)}; expected 'train' or 'predict'`),
