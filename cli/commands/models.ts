@@ -10,10 +10,10 @@ import { Command } from 'commander';
 import { settings } from '../../infra/config';
 import { InputError } from '../../lib/errors';
 import { openStore, type ArtifactStore } from '../../lib/store';
-import { objectKey } from '../../lib/store/artifact-store';
 import { checkModelName } from '../../lib/registry/names';
 import { getVersion, listModels, listVersions, type ModelVersion } from '../../lib/registry/registry';
 import { aliasAt, listAliases, modelHistory, versionStatus } from '../../lib/registry/audit';
+import { readVersionManifest } from '../../lib/registry/manifest';
 import { parseModelRef, resolveRef } from '../../lib/registry/refs';
 import { connectClient, temporalTarget } from '../../workers/connection';
 import { openServices } from '../shared/services';
@@ -251,19 +251,10 @@ async function diff(a: string, b: string, flags: Opened): Promise<void> {
 
 /** The split hashes from the version's run manifest; none when it cannot be read (the row then shows `-`). */
 async function splitHashes(store: ArtifactStore, v: ModelVersion): Promise<SplitHashes> {
-  const uri = v.lineage.manifest;
-  const addressed = /objects\/sha256\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(uri)?.[1];
-  const key = addressed ? objectKey(addressed) : /(runs\/[^/]+\/manifest\.json)$/.exec(uri)?.[1];
-  if (!key) return {};
-  try {
-    const bytes = await store.getKey(key);
-    const manifest =
-      bytes && (JSON.parse(bytes.toString('utf8')) as { artifacts?: { role: string; sha256: string }[] });
-    const of = (role: string) => manifest?.artifacts?.find((x) => x.role === role)?.sha256;
-    return { train: of('split/train'), valid: of('split/valid'), test: of('split/test') };
-  } catch {
-    return {};
-  }
+  const read = await readVersionManifest(store, v);
+  if ('problem' in read) return {};
+  const of = (role: string) => read.manifest.artifacts?.find((x) => x.role === role)?.sha256;
+  return { train: of('split/train'), valid: of('split/valid'), test: of('split/test') };
 }
 
 async function history(name: string, flags: Opened): Promise<void> {

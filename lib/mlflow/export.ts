@@ -8,9 +8,10 @@
  * version by its `stepwise.version` tag, each metric point by key and step, each param by key), so an export can be
  * repeated at any point and converges on one run and one version.
  */
-import type { ArtifactRef, ArtifactStore } from '../store/artifact-store';
+import type { ArtifactStore } from '../store/artifact-store';
 import { getVersion, type ModelVersion } from '../registry/registry';
 import { listAliases, versionHistory } from '../registry/audit';
+import { readVersionManifest } from '../registry/manifest';
 import type { LossPoint } from '../student/train';
 import {
   MlflowClient,
@@ -183,13 +184,16 @@ function oldest(runs: MlflowRun[]): MlflowRun {
   return [...runs].sort((a, b) => a.info.run_id.localeCompare(b.info.run_id))[0];
 }
 
-/** The run's manifest: content-addressed since claims exist, `runs/<workflowId>/manifest.json` before. */
+/**
+ * The version's run manifest, for its spec (params) and artifacts. A version registered before manifests were
+ * content-addressed may have lost its named manifest to a later run of the workflow: it is exported without them then,
+ * rather than with another run's; a content-addressed manifest that cannot be read fails the export.
+ */
 async function readManifest(store: ArtifactStore, v: ModelVersion): Promise<Manifest> {
-  const uri = v.lineage.manifest;
-  const sha = /objects\/sha256\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(uri)?.[1];
-  if (sha) return store.getJson<Manifest>({ sha256: sha, size: 0 } satisfies ArtifactRef);
-  const named = /(runs\/[^/]+\/manifest\.json)$/.exec(uri)?.[1];
-  return (named && (await store.getKeyJson<Manifest>(named))) || {};
+  const read = await readVersionManifest(store, v);
+  if ('manifest' in read) return read.manifest;
+  if (read.named) return {};
+  throw new Error(`mlflow export: the manifest of ${v.name} v${v.version} (${v.lineage.manifest}) is ${read.problem}`);
 }
 
 /** What the promotion gate measured, once it has decided (absent at registration time, present after the gate). */

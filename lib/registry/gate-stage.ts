@@ -19,6 +19,7 @@ import {
   type AuditRecord,
   versionHistory,
 } from './audit';
+import { readVersionManifest } from './manifest';
 import { getVersion } from './registry';
 import { decideGate as decide, pairOutcomes, type GateDecision } from './gate';
 
@@ -77,22 +78,17 @@ export async function frozenEvaluation(store: ArtifactStore, name: string, versi
   if (gated.length) return gated[gated.length - 1];
   const record = await getVersion(store, name, version);
   if (!record) throw new InputError(`${name}@${version}: no such version`, 'gate.alias');
-  const manifest = await store.getJson<{ artifacts: { role: string; sha256: string; size: number }[] }>(
-    refOfUri(record.lineage.manifest)
-  );
+  const read = await readVersionManifest(store, record);
+  if ('problem' in read) {
+    throw new Error(`registry: the manifest of ${name} v${version} (${record.lineage.manifest}) is ${read.problem}`);
+  }
+  const { manifest } = read;
   const role = (r: string) => {
     const a = manifest.artifacts.find((x) => x.role === r);
     if (!a) throw new Error(`registry: the manifest of ${name} v${version} names no ${r}`);
     return { sha256: a.sha256, size: a.size };
   };
   return { evalSet: role('split/test'), predictions: role('eval/predictions'), accuracy: record.metrics.accuracy };
-}
-
-/** A content-addressed URI's reference (its size is not in the URI; the hash is what reads check). */
-function refOfUri(uri: string): ArtifactRef {
-  const sha256 = /objects\/sha256\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(uri)?.[1];
-  if (!sha256) throw new Error(`registry: ${uri} is not a content-addressed artifact URI`);
-  return { sha256, size: 0 };
 }
 
 export interface DecideGateInput {

@@ -9,11 +9,11 @@
  * a person's approval, and the run. Everything is read from the version record, its content-addressed manifest (the
  * artifacts by role, the spec) and the audit log; nothing is taken on trust that `verify` cannot re-read.
  */
-import type { PipelineSpec } from '../pipeline/spec';
 import type { ArtifactStore } from '../store/artifact-store';
 import { canonicalJson, IntegrityError, NotFoundError, objectKey, sha256Hex } from '../store/artifact-store';
 import { decodeSafetensors } from '../student/checkpoint-file';
 import { modelHistory, versionStatus, type AuditRecord } from './audit';
+import { hashOfUri, readObject, readVersionManifest, type ManifestArtifact } from './manifest';
 import type { RunWorkers, ModelVersion } from './registry';
 
 /** What a node stands for. Every kind a complete distill-step-by-step version has appears in its tree. */
@@ -123,26 +123,6 @@ export function redact(value: unknown, field = ''): unknown {
 // ---------------------------------------------------------------------------------------------------------------
 // The tree
 
-interface ManifestArtifact {
-  role: string;
-  sha256: string;
-  size: number;
-  uri: string;
-}
-
-interface Manifest {
-  workflowId: string;
-  runId: string;
-  codeVersion: string;
-  spec: PipelineSpec;
-  artifacts: ManifestArtifact[];
-}
-
-/** The hash a content-addressed URI names (`…/objects/sha256/ab/<64 hex>`), or undefined for a named key. */
-export function hashOfUri(uri: string): string | undefined {
-  return /objects\/sha256\/[0-9a-f]{2}\/([0-9a-f]{64})$/.exec(uri)?.[1];
-}
-
 const short = (hash: string) => hash.slice(0, 12);
 const node = (
   kind: LineageKind,
@@ -156,42 +136,6 @@ const node = (
   children: children.filter((c): c is LineageNode => c !== undefined),
 });
 
-/** Read a stored object by hash, saying why not instead of throwing when it is missing or altered. */
-async function tryRead(store: ArtifactStore, sha256: string): Promise<{ bytes: Buffer } | { problem: string }> {
-  try {
-    return { bytes: await store.get({ sha256, size: 0 }) };
-  } catch (err) {
-    if (err instanceof NotFoundError) return { problem: 'missing' };
-    if (err instanceof IntegrityError) {
-      return {
-        problem: err.expected === sha256 ? `altered (its bytes hash to ${err.actual})` : `altered (${err.message})`,
-      };
-    }
-    throw err;
-  }
-}
-
-/**
- * The manifest of a version registered before manifests were content-addressed: the workflow's named key
- * (`runs/<workflowId>/manifest.json`), read only while it is still this run's (a later run of the workflow
- * overwrites it). It has no recorded hash, so it cannot itself be verified; the artifacts it lists carry theirs.
- */
-async function namedManifest(
-  store: ArtifactStore,
-  l: ModelVersion['lineage']
-): Promise<{ bytes: Buffer } | { problem: string }> {
-  const base = store.uri('');
-  if (!l.manifest.startsWith(base)) return { problem: `not in this store (${store.uri('')})` };
-  const bytes = await store.getKey(l.manifest.slice(base.length));
-  if (!bytes) return { problem: 'missing' };
-  try {
-    const { runId } = JSON.parse(bytes.toString('utf8')) as { runId?: string };
-    return runId === l.runId ? { bytes } : { problem: `overwritten by run ${runId} of the same workflow` };
-  } catch {
-    return { problem: 'unparsable' };
-  }
-}
-
 /**
  * The tokenizer the checkpoint carries (safetensors metadata `tokenizer`): its hash and vocabulary size. The training
  * stage does not record it separately, so it is read from the checkpoint, whose own hash vouches for it.
@@ -200,7 +144,7 @@ async function tokenizerOf(
   store: ArtifactStore,
   checkpoint: string
 ): Promise<{ hash: string; vocabSize?: number } | { problem: string }> {
-  const read = await tryRead(store, checkpoint);
+  const read = await readObject(store, checkpoint);
   if ('problem' in read) return { problem: `checkpoint ${read.problem}` };
   try {
     const { metadata } = decodeSafetensors(read.bytes, { source: objectKey(checkpoint) });
@@ -235,9 +179,8 @@ function workersText(w: RunWorkers): string {
 export async function lineageTree(store: ArtifactStore, version: ModelVersion): Promise<LineageNode> {
   const l = version.lineage;
   const manifestHash = hashOfUri(l.manifest);
-  const manifestRead = manifestHash ? await tryRead(store, manifestHash) : await namedManifest(store, l);
-  const manifest =
-    manifestRead && 'bytes' in manifestRead ? (JSON.parse(manifestRead.bytes.toString('utf8')) as Manifest) : undefined;
+  const manifestRead = await readVersionManifest(store, version);
+  const manifest = 'manifest' in manifestRead ? manifestRead.manifest : undefined;
   const byRole = new Map<string, ManifestArtifact>((manifest?.artifacts ?? []).map((a) => [a.role, a]));
   const placed = new Set<string>();
   /** A node for the manifest's artifact of `role`, or one built from the hash the version record holds. */
@@ -448,7 +391,7 @@ export async function lineageTree(store: ArtifactStore, version: ModelVersion): 
         ...(manifestHash ? { hash: manifestHash } : {}),
         uri: l.manifest,
         role: 'run/manifest',
-        ...(manifestRead && 'problem' in manifestRead ? { details: { problem: manifestRead.problem } } : {}),
+        ...('problem' in manifestRead ? { details: { problem: manifestRead.problem } } : {}),
       }),
     ]
   );
