@@ -24,7 +24,7 @@ import {
 } from '../lib/student/checkpoint-file';
 import { makeConfig } from '../lib/student/config';
 import { createOptimizer } from '../lib/student/optim';
-import { mulberry32, T5Model, type NamedWeight } from '../lib/student/t5';
+import { mulberry32, paramSpecs, T5Model, type NamedWeight } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
 import { trainTokenizer } from '../lib/student/tokenizer';
 import { parseTrainOptions, train, trainToFile, type TrainOptionsInput } from '../lib/student/train';
@@ -57,6 +57,18 @@ function referenceBytes(weights: readonly NamedWeight[], metadata: Record<string
   return Buffer.concat([length, Buffer.from(json, 'utf8'), data]);
 }
 
+/**
+ * The model's weights in HF's layout, read through TensorFlow's own transpose: the reference the streamed writer, which
+ * transposes by hand (checkpoint.ts weightSources), is held to.
+ */
+function hfWeights(model: T5Model): NamedWeight[] {
+  return paramSpecs(model.config).map((spec) => {
+    const v = model.variables.get(spec.name)!;
+    const data = tf.tidy(() => (spec.linear ? tf.transpose(v) : v).dataSync() as Float32Array);
+    return { name: spec.name, shape: spec.shape, data: Float32Array.from(data) };
+  });
+}
+
 /** A tiny student one AdamW step in (so its moments are not zeros), with best weights that differ from the current. */
 async function tinyRun() {
   const tokenizer = await trainTokenizer(['the soup was warm', 'the tea was cold', 'positive', 'negative'], {
@@ -64,7 +76,7 @@ async function tinyRun() {
   });
   const config = makeConfig('tiny', tokenizer.vocabSize);
   const model = T5Model.init(config, 3);
-  const best = model.exportWeights();
+  const best = hfWeights(model);
   const params = [...model.variables].map(([name, variable]) => ({ name, variable, decay: true }));
   const optimizer = createOptimizer('adamw', params, { adamw: { weightDecay: 0.01 } });
   const random = mulberry32(9);
@@ -103,7 +115,7 @@ test.serial(
 
       const { tensors, ...optimizerState } = optimizer.getState();
       const prefixed = (prefix: string, ws: NamedWeight[]) => ws.map((w) => ({ ...w, name: prefix + w.name }));
-      const everything = [...model.exportWeights(), ...prefixed('optimizer.', tensors), ...prefixed('best.', best)];
+      const everything = [...hfWeights(model), ...prefixed('optimizer.', tensors), ...prefixed('best.', best)];
       const metadata = {
         format: 'stepwise-t5-resume',
         config: JSON.stringify(config),

@@ -81,8 +81,8 @@ export interface CheckpointParts {
 }
 
 /**
- * The model's weights as sources, in its state-dict order and HF's layout (as `T5Model.exportWeights` gives them), each
- * read back when a writer reaches it: a checkpoint of a big model holds one tensor at a time. A linear weight (kept
+ * The model's weights as sources, in its state-dict order and with HF's names and layout, each read back when a writer
+ * reaches it: a checkpoint of a big model holds one tensor at a time. A linear weight (kept
  * `[in, out]` for compute, t5.ts) is transposed here, into one scratch buffer reused from source to source: a
  * TensorFlow transpose per weight grew the process by hundreds of MiB that it never gave back. So a source's data is
  * valid until the next source of the list is read, which is how the writers consume them.
@@ -110,9 +110,9 @@ export function weightSources(model: T5Model): TensorSource[] {
 }
 
 /**
- * A copy of the model's weights, as `T5Model.exportWeights` gives them, read through {@link weightSources}: no
- * TensorFlow transpose, and what the reads leave behind is collected (`collectGarbage`) rather than left to pile up.
- * What the training loop keeps as the best weights so far.
+ * A copy of the model's weights in HF's names and layout, read through {@link weightSources}: no TensorFlow transpose,
+ * and what the reads leave behind is collected (`collectGarbage`) rather than left to pile up. What the training loop
+ * keeps as the best weights so far, and what `exportT5` writes for a model in memory.
  */
 export function copyWeights(model: T5Model): NamedWeight[] {
   const weights = weightSources(model).map((s) => ({ name: s.name, shape: s.shape, data: s.read().slice() }));

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors';
-import { decodeSafetensors, encodeSafetensors, readCheckpointMeta } from './checkpoint';
+import { copyWeights, decodeSafetensors, encodeSafetensors, readCheckpointMeta } from './checkpoint';
 import { configFromHF, scalesOutputs, toHFConfigJson, type T5Config } from './config';
 import { paramSpecs, T5Model, type NamedWeight } from './t5';
 import { loadTokenizer, sentencePieceToTokenizerJson, type StudentTokenizer } from './tokenizer';
@@ -249,7 +249,7 @@ export async function exportT5(source: ExportSource, dir: string): Promise<strin
     weights = decodeSafetensors(source).weights.filter((w) => names.has(w.name));
   } else {
     config = source.model.config;
-    weights = source.model.exportWeights();
+    weights = copyWeights(source.model);
     tokenizerJson = source.tokenizer.toJSON();
   }
   if (config.tie_word_embeddings && !scalesOutputs(config)) {

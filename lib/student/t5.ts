@@ -453,15 +453,6 @@ export class T5Model {
     return this.specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
   }
 
-  /** Weights in HF names and layouts, read back from the backend. */
-  exportWeights(): NamedWeight[] {
-    return this.specs.map((spec) => {
-      const v = this.weights.get(spec.name)!;
-      const data = tf.tidy(() => (spec.linear ? tf.transpose(v) : v).dataSync() as Float32Array);
-      return { name: spec.name, shape: spec.shape, data: Float32Array.from(data) };
-    });
-  }
-
   dispose(): void {
     for (const v of this.weights.values()) v.dispose();
     this.weights.clear();
