@@ -32,7 +32,11 @@ export const METRICS = {
   checkpointBytes: 'stepwise_checkpoint_uploaded_bytes_total',
   /** Seconds each resume checkpoint's upload took. */
   checkpointUpload: 'stepwise_checkpoint_upload_seconds',
-  /** Seconds an activity attempt waited between being scheduled and starting on this worker. */
+  /**
+   * Seconds an activity attempt waited between being scheduled and starting on this worker. The SDK's own
+   * `temporal_activity_schedule_to_start_latency` is per task queue only (no activity type) and in coarse millisecond
+   * buckets; this one says which stage waited (training for a GPU worker, a shard behind the others), up to 30 min.
+   */
   queueWait: 'stepwise_activity_queue_wait_seconds',
 } as const;
 
