@@ -11,7 +11,7 @@
 import type { ArtifactStore } from '../store/artifact-store';
 import { getVersion, type ModelVersion } from '../registry/registry';
 import { listAliases, versionHistory } from '../registry/audit';
-import { readVersionManifest } from '../registry/manifest';
+import { readVersionManifest, type RunManifest } from '../registry/manifest';
 import type { LossPoint } from '../student/train';
 import {
   MlflowClient,
@@ -52,11 +52,8 @@ export interface ExportResult {
   created: { run: boolean; modelVersion: boolean; params: number; metricPoints: number };
 }
 
-/** The parts of a run's manifest the export reads. */
-interface Manifest {
-  spec?: Record<string, unknown>;
-  artifacts?: { role: string; sha256: string; size: number; uri: string }[];
-}
+/** The parts of a run's manifest the export reads; none for a version whose named manifest is gone. */
+type Manifest = Partial<Pick<RunManifest, 'spec' | 'artifacts'>>;
 
 /** The train log's fields the export reads (lib/student/train-stage.ts writes it). */
 interface TrainLog {

@@ -93,15 +93,7 @@ export interface ErrorClass {
  * Why a call was tried again, in a few fixed words: what metrics count retries by. A reason line carries the server's
  * own text (unbounded, and it may echo the request), so it is never a label itself.
  */
-export type RetryReason =
-  | 'rate_limited'
-  | 'server_error'
-  | 'client_error'
-  | 'timeout'
-  | 'connection'
-  | 'malformed'
-  | 'empty_completion'
-  | 'other';
+export type RetryReason = Exclude<FailureKind, 'aborted'> | 'rate_limited' | 'empty_completion';
 
 /** A classified failure's kind: an HTTP status by its class, or how the call failed without one. */
 export type FailureKind =
