@@ -12,6 +12,7 @@ import type { PromptTeacherResult } from '../teacher/stage/types';
 import { checkModelName, checkRunId } from './names';
 import { recordRegistration, REGISTRY_IDENTITY } from './audit';
 import { exemplarsHash, parseCodeVersion } from './lineage';
+import type { RunManifest } from './manifest';
 import { getTemplate, templateHash } from '../teacher/templates';
 import {
   claimVersion,
@@ -128,8 +129,16 @@ function resultOf(version: ModelVersion, manifestKey: string): RegisterModelResu
   };
 }
 
-/** Every artifact of the run by role, hash and location, with the spec, metrics and teacher accounting. */
-function manifestOf(store: ArtifactStore, input: RegisterModelInput, codeVersion: string) {
+/**
+ * Every artifact of the run by role, hash and location, with the spec, metrics and teacher accounting. Typed as what
+ * every reader of a version's manifest relies on (`RunManifest`, lib/registry/manifest.ts), so what is written and
+ * what is read cannot drift apart; the other fields are for people and tools reading the run.
+ */
+function manifestOf(
+  store: ArtifactStore,
+  input: RegisterModelInput,
+  codeVersion: string
+): RunManifest & Record<string, unknown> {
   const artifacts: { role: string; ref: ArtifactRef | undefined }[] = [
     { role: 'split/train', ref: input.sample.train },
     { role: 'split/valid', ref: input.sample.valid },
