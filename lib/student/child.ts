@@ -123,14 +123,19 @@ const KILL_GRACE_MS = 2000;
 const STDERR_TAIL_BYTES = 8192;
 
 /**
- * The child's flags: the TypeScript loader (the parent's own flags when it was started with tsx, else tsx's hook),
- * and `--expose-gc`, with which the checkpoint writer frees the tensors it has read back as it goes (checkpoint-file.ts).
+ * The child's flags: TensorFlow.js's bundle, loaded first; the TypeScript loader (the parent's own flags when it was
+ * started with tsx, else tsx's hook); and `--expose-gc`, with which the checkpoint writer frees the tensors it has read
+ * back as it goes (checkpoint-file.ts).
+ *
+ * Every child loads `@tensorflow/tfjs` (lib/student/tf.ts), a few MB of plain JavaScript. Through tsx's hook, which
+ * reads and checks each file it loads, that took 0.6–0.7 s of the child's start; required before the hook is in place,
+ * 0.3 s, and the TypeScript that imports it later gets the same module from the cache. Two children per pipeline run.
  */
 function childExecArgv(): string[] {
   // An inspector flag would make the child fight the parent for the debugger port.
   const inherited = process.execArgv.filter((arg) => !arg.startsWith('--inspect') && arg !== '--expose-gc');
   const loader = inherited.some((arg) => arg.includes('tsx')) ? [] : ['--require', require.resolve('tsx/cjs')];
-  return [...inherited, ...loader, '--expose-gc'];
+  return ['--require', require.resolve('@tensorflow/tfjs'), ...inherited, ...loader, '--expose-gc'];
 }
 
 /** How a job ended, as far as the child told us: its result or its error. */
