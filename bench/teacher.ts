@@ -310,13 +310,27 @@ async function main() {
   }
 }
 
+/**
+ * Every phase's worker joins one Worker Deployment version. Left to derive its build id from the checkout, a worker
+ * started after a commit or an edit made mid-bench is a new version that is not current, and the phase's stage
+ * waits for a worker of the first version forever (measured: a 100k phase idle for 15 minutes). Within one bench
+ * run each phase runs its own workflows, so sharing a version is safe.
+ */
+const BUILD_ID = process.env.STEPWISE_BUILD_ID ?? `bench-teacher-${process.pid}`;
+
 async function startWorker(store: string, address: string, namespace: string): Promise<ChildProcess> {
   // BENCH_WORKER_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`) goes to the worker's node: where its time goes.
   const nodeArgs = (process.env.BENCH_WORKER_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const worker = spawn(process.execPath, [...nodeArgs, join(ROOT, 'bin', 'stepwise.js'), 'worker', '--queue', 'cpu'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, TEMPORAL_ADDRESS: address, TEMPORAL_NAMESPACE: namespace, STEPWISE_STORE: store },
+    env: {
+      ...process.env,
+      TEMPORAL_ADDRESS: address,
+      TEMPORAL_NAMESPACE: namespace,
+      STEPWISE_STORE: store,
+      STEPWISE_BUILD_ID: BUILD_ID,
+    },
   });
   await new Promise<void>((resolve, reject) => {
     worker.stdout!.on('data', (chunk: Buffer) => {
