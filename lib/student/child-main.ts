@@ -57,8 +57,8 @@ async function runJob(job: StudentJob): Promise<TrainJobResult | PredictJobResul
     );
   }
   if (job.kind === 'predict') {
-    const { backend } = await initBackend(job.backend ?? 'auto');
-    const student = await Student.load(await readFile(job.checkpointPath), backend);
+    const student = await Student.load(await readFile(job.checkpointPath), job.backend ?? 'auto');
+    const { backend } = student;
     try {
       const outputs = await student.predict(job.inputs, {
         maxLength: job.maxLength,

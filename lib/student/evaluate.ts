@@ -29,15 +29,19 @@ export function inputPrefix(method: string): string {
  * few reads and builds the model once, not once per task. {@link dispose} frees its weights.
  */
 export class Student {
-  private constructor(private readonly loaded: LoadedCheckpoint) {}
+  private constructor(
+    private readonly loaded: LoadedCheckpoint,
+    /** The backend it runs on: the one asked for, or the rung of the ladder `auto` reached. */
+    readonly backend: BackendName
+  ) {}
 
   /**
    * Loads `checkpoint` on the backend asked for (default `auto`, the ladder).
    * @throws InputError when the checkpoint is malformed.
    */
   static async load(checkpoint: Uint8Array, backend: BackendName | 'auto' = 'auto'): Promise<Student> {
-    await initBackend(backend);
-    return new Student(loadCheckpoint(checkpoint));
+    const init = await initBackend(backend);
+    return new Student(loadCheckpoint(checkpoint), init.backend);
   }
 
   /** Greedy predictions for `inputs`, in order. */
