@@ -4,7 +4,8 @@
  * `small` presets at the student's default 8k vocabulary, and the reproduction shape of examples/svamp-paper.json),
  * a batch of 8 sources of 64 tokens, 64 new tokens each. Both sides decode with a cache and are made to generate
  * exactly that many tokens (the student's `minLength`, HF's `min_new_tokens`, set to the maximum), so the token
- * counts match (checked and reported); both run with the same number of threads.
+ * counts match (checked and reported); both run with the same number of threads (TensorFlow's intra-op and inter-op
+ * pools each of that size, as a worker gets them by default on 2 cores; PyTorch's intra-op threads).
  *
  * Per shape, one student process (this file with `--worker`, on the backend `initBackend('auto')` picks;
  * STEPWISE_TFJS_BACKEND overrides) and one PyTorch process (bench/pytorch_t5_decode.py, HF
@@ -230,9 +231,14 @@ function studentWorker(shape: string): Worker {
   const env = {
     ...process.env,
     TF_CPP_MIN_LOG_LEVEL: '2',
-    // TensorFlow's thread pools read these at start-up.
+    // TensorFlow's thread pools read these at start-up. Both are sized to the bench's threads, which on a 2-core
+    // machine is what a worker that sets neither gets (four tf_Compute threads either way, counted; one inter-op
+    // thread leaves two). The step graph's independent ops (a block's q, k and v projections, its two gated-GELU
+    // inputs) then run side by side, where one inter-op thread runs them one after another. Measured on `small`,
+    // six alternated pairs of processes: a generate call took a median 7% longer with one inter-op thread (-2% to
+    // +30%). PyTorch's eager generate runs one op at a time whatever its inter-op pool.
     TF_NUM_INTRAOP_THREADS: String(CONFIG.threads),
-    TF_NUM_INTEROP_THREADS: '1',
+    TF_NUM_INTEROP_THREADS: String(CONFIG.threads),
   };
   return new Worker('student', process.execPath, ['--import', 'tsx', __filename, '--worker', shape], env);
 }
