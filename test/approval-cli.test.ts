@@ -4,13 +4,13 @@
  * running dev server, sends the Update; the run then finishes promoted and the audit log holds the comment.
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
 import { openStore } from '../lib/store';
 import { getAlias, modelHistory } from '../lib/registry/audit';
+import { tempDir } from './helpers/temp';
 
 const BIN = resolve(__dirname, '..', 'bin', 'stepwise.js');
 
@@ -23,7 +23,7 @@ const spec = (approval: boolean) => ({
 });
 
 test('a run awaiting approval names the command; `models approve` from another process promotes it', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-approval-cli-'));
+  const dir = await tempDir(t, 'stepwise-approval-cli-');
   const env = {
     ...process.env,
     STEPWISE_HOME: join(dir, 'state'),

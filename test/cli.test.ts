@@ -1,11 +1,11 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import test from 'ava';
 import { demoSpec, parseSpec } from '../lib/pipeline/spec';
 import { runWorkflowId } from '../lib/pipeline/run-identity';
 import { buildProgram } from '../cli/program';
 import { stepwise } from './helpers/cli';
+import { tempDir } from './helpers/temp';
 
 const DATASETS = resolve(__dirname, '..', '..', 'shared', 'datasets');
 
@@ -65,7 +65,7 @@ test('every command has --help', async (t) => {
 });
 
 test('run with a bad spec file exits with the field, the value and what was expected, starting nothing', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const dir = await tempDir(t, 'stepwise-cli-');
   const file = join(dir, 'spec.json');
   await writeFile(
     file,
@@ -78,7 +78,7 @@ test('run with a bad spec file exits with the field, the value and what was expe
 });
 
 test('sweep refuses a bad grid before anything starts, naming the list and the value', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const dir = await tempDir(t, 'stepwise-cli-');
   const env = { STEPWISE_HOME: join(dir, 'state') };
   for (const [args, message] of [
     [['--methods', 'standard-finetune,distil'], /methods has "distil"; expected distill-step-by-step\|/],
@@ -103,7 +103,7 @@ test('validate names a missing dataset folder', async (t) => {
 });
 
 test('teacher flags land in the spec and are validated like it: a budget without a price is refused', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const dir = await tempDir(t, 'stepwise-cli-');
   const state = { STEPWISE_HOME: join(dir, 'state') };
   const base = ['run', '--teacher-url', 'http://127.0.0.1:9/v1', '--teacher-model', 'big-model', '--name', 'x2'];
   const noPrice = await stepwise([...base, '--max-cost', '5'], state);
@@ -123,7 +123,7 @@ test('teacher flags land in the spec and are validated like it: a budget without
 });
 
 test('a run id is derived from the spec and the content of its data: same spec, same id; changed data, new id', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const dir = await tempDir(t, 'stepwise-cli-');
   const train = join(dir, 'train.jsonl');
   const testFile = join(dir, 'test.jsonl');
   await writeFile(train, '{"input":"a","label":"x"}\n');
@@ -155,7 +155,7 @@ test('a run id is derived from the spec and the content of its data: same spec, 
 });
 
 test('resume with no interrupted run in the state says so and exits 2', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-cli-'));
+  const dir = await tempDir(t, 'stepwise-cli-');
   const r = await stepwise(['resume'], { STEPWISE_HOME: join(dir, 'state'), TEMPORAL_ADDRESS: '' });
   t.is(r.code, 2, r.stderr);
   t.regex(r.stderr, new RegExp(`no interrupted run in the state folder ${join(dir, 'state')}`));

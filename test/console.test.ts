@@ -16,6 +16,7 @@ import { startTemporalDevServer } from '../infra/temporal';
 import { parseSpec } from '../lib/pipeline/spec';
 import { devServerSearchAttributes, startPipelineRun } from '../workers/search-attributes';
 import { BIN, stepwise } from './helpers/cli';
+import { tempDir } from './helpers/temp';
 
 const ROOT = resolve(__dirname, '..');
 const DATASETS = resolve(ROOT, '..', 'shared', 'datasets');
@@ -39,7 +40,7 @@ function assertNoInternals(t: import('ava').ExecutionContext, stderr: string): v
 }
 
 test('a missing data folder is refused in one line, exit 2, before any service starts or anything is written', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-console-'));
+  const dir = await tempDir(t, 'stepwise-console-');
   const home = join(dir, 'state');
   const started = Date.now();
   const r = await stepwise(
@@ -60,7 +61,7 @@ test('a missing data folder is refused in one line, exit 2, before any service s
 });
 
 test('a reference dataset without a teacher suggests --teacher replay and --teacher-url, from flags or a spec file', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-console-'));
+  const dir = await tempDir(t, 'stepwise-console-');
   const home = join(dir, 'state');
   const fromFlags = await stepwise(['run', '--data-dir', DATASETS, '--task', 'svamp'], embedded(home));
   const file = join(dir, 'spec.json');

@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { ArtifactStore, FsBackend, openStore } from '../lib/store';
 import { sha256Hex } from '../lib/store/artifact-store';
 import { registerRun } from '../lib/registry/run';
@@ -17,6 +17,7 @@ import { startTemporalDevServer } from '../infra/temporal';
 import { Client, Connection } from '@temporalio/client';
 import { registerInput } from './faults/register-fixture';
 import { s3ServerForFile } from './helpers/s3';
+import { tempDir } from './helpers/temp';
 
 const run = promisify(execFile);
 const BIN = resolve(__dirname, '..', 'bin', 'stepwise.js');
@@ -57,11 +58,12 @@ const json = <T>(r: Ran): T => JSON.parse(r.stdout) as T;
 
 /** A fresh filesystem store holding `n` versions of `name`, registered through the register stage's code. */
 async function fsRegistry(
+  t: ExecutionContext,
   name: string,
   n: number,
   tweak?: (i: number, input: ReturnType<typeof registerInput>) => void
 ) {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-models-cli-'));
+  const dir = await tempDir(t, 'stepwise-models-cli-');
   const store = new ArtifactStore(new FsBackend(dir));
   await register(store, name, n, tweak);
   return { store, env: { STEPWISE_STORE: dir } };
@@ -92,7 +94,7 @@ function refused(
 }
 
 test('ls lists models with their aliases and a model’s versions; show gives one version; both as text and JSON', async (t) => {
-  const { env } = await fsRegistry('m', 3);
+  const { env } = await fsRegistry(t, 'm', 3);
   const promoted = await stepwise(
     ['promote', 'm@2', '--alias', 'champion', '--identity', 'alice', '--why', 'best'],
     env
@@ -146,7 +148,7 @@ test('ls lists models with their aliases and a model’s versions; show gives on
 });
 
 test('approve, reject and archive a version no run waits on change its status, with the rules enforced', async (t) => {
-  const { env } = await fsRegistry('m', 3);
+  const { env } = await fsRegistry(t, 'm', 3);
   const approved = await stepwise(['approve', 'm@1', '--comment', 'looks good', '--identity', 'alice'], env);
   t.is(approved.code, 0, approved.stderr);
   t.is(approved.stdout, 'm v1: candidate → approved\n');
@@ -198,7 +200,7 @@ test('approve, reject and archive a version no run waits on change its status, w
 });
 
 test('diff puts two versions side by side and marks the rows that differ', async (t) => {
-  const { env } = await fsRegistry('m', 2, (i, input) => {
+  const { env } = await fsRegistry(t, 'm', 2, (i, input) => {
     if (i === 1) input.evaluation = { ...input.evaluation, accuracy: 0.8, correct: 240 };
   });
   const rows = json<Record<string, [unknown, unknown]>>(await stepwise(['diff', 'm@1', 'm@2', '--json'], env));
@@ -227,7 +229,7 @@ test('diff puts two versions side by side and marks the rows that differ', async
 });
 
 test('history lists every change in order; at answers before, between and after three promotions', async (t) => {
-  const { store, env } = await fsRegistry('m', 3);
+  const { store, env } = await fsRegistry(t, 'm', 3);
   const moves: AuditRecord[] = [];
   for (const v of [1, 2, 3]) {
     const r = await stepwise(['promote', `m@${v}`, '--alias', 'champion', '--json', '--identity', `user-${v}`], env);
@@ -390,7 +392,7 @@ test('s3: two promotions racing in two processes: one moves the alias, the other
 });
 
 test('approve or reject of a version whose run awaits approval asks that run; a closed run leaves it to the registry', async (t) => {
-  const { store, env } = await fsRegistry('m', 2);
+  const { store, env } = await fsRegistry(t, 'm', 2);
   // The gate's records for two versions that passed and wait for a person (lib/registry/gate-stage.ts writes these).
   for (const [version, workflowId] of [
     [1, 'stepwise-m-gone'],

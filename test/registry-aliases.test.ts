@@ -2,10 +2,7 @@
  * Aliases, statuses and the audit log (lib/registry/audit.ts) on both stores: compare-and-swap under contention,
  * the log's consistency, "which version did the alias name at time T", status rules, and crash repair.
  */
-import test from 'ava';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import test, { type ExecutionContext } from 'ava';
 import { InputError } from '../lib/errors';
 import { ArtifactStore, FsBackend, S3Backend } from '../lib/store';
 import { registerRun } from '../lib/registry/run';
@@ -23,13 +20,14 @@ import {
 import { resolveRef } from '../lib/registry/refs';
 import { hooked, registerInput } from './faults/register-fixture';
 import { s3ServerForFile } from './helpers/s3';
+import { tempDir } from './helpers/temp';
 
 const BUCKET = 'stepwise-aliases';
 const s3 = s3ServerForFile(BUCKET);
 
 let prefixes = 0;
-const stores: Record<string, () => Promise<ArtifactStore>> = {
-  fs: async () => new ArtifactStore(new FsBackend(await mkdtemp(join(tmpdir(), 'stepwise-aliases-')))),
+const stores: Record<string, (t: ExecutionContext) => Promise<ArtifactStore>> = {
+  fs: async (t) => new ArtifactStore(new FsBackend(await tempDir(t, 'stepwise-aliases-'))),
   s3: async () =>
     new ArtifactStore(
       new S3Backend({
@@ -54,7 +52,7 @@ const aliasRecords = (history: AuditRecord[], alias: string) =>
 
 for (const [kind, fresh] of Object.entries(stores)) {
   test(`${kind}: 16 concurrent promotions to one alias: one wins per round, the log loses none`, async (t) => {
-    const store = await fresh();
+    const store = await fresh(t);
     const versions = await registered(store, 'm', 16);
     const winners: number[] = [];
     for (let round = 0; round < 4; round++) {
@@ -99,7 +97,7 @@ for (const [kind, fresh] of Object.entries(stores)) {
   });
 
   test(`${kind}: models at answers before, between and after three promotions`, async (t) => {
-    const store = await fresh();
+    const store = await fresh(t);
     const [v1, v2, v3] = await registered(store, 'm', 3);
     const at = (iso: string) => new Date(iso);
     await moveAlias(store, 'm', 'champion', v1, { who: 'a', why: 'first', now: at('2026-03-01T00:00:00Z') });
@@ -123,7 +121,7 @@ for (const [kind, fresh] of Object.entries(stores)) {
   });
 
   test(`${kind}: status rules, references and the audit trail of each change`, async (t) => {
-    const store = await fresh();
+    const store = await fresh(t);
     const [v1, v2, v3] = await registered(store, 'm', 3);
     t.is((await versionStatus(store, 'm', v1))!.status, 'candidate');
     await changeStatus(store, 'm', v1, 'approve', { who: 'alice', why: 'looks good' });
@@ -176,7 +174,7 @@ for (const [kind, fresh] of Object.entries(stores)) {
   });
 
   test(`${kind}: a move whose log append was lost is repaired, and a retried change applies once`, async (t) => {
-    const store = await fresh();
+    const store = await fresh(t);
     const [v1, v2] = await registered(store, 'm', 2);
     // The process dies between the swap (the commit) and the log append.
     const crashing = hooked(store, {

@@ -6,11 +6,10 @@
  * OpenAI-compatible server, so the calls counted are real HTTP requests.
  */
 import { execFile } from 'node:child_process';
-import { appendFile, mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { appendFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import type { WorkflowHandle } from '@temporalio/client';
 import {
   StepwiseDatasetHash,
@@ -28,6 +27,7 @@ import { ensureTemporalCli } from '../infra/temporal';
 import { servicesForFile } from './helpers/services';
 import { waitFor } from './helpers/wait';
 import { retriedAttempts } from './helpers/retries';
+import { tempDir } from './helpers/temp';
 
 const services = servicesForFile();
 const BIN = resolve(__dirname, '..', 'bin', 'stepwise.js');
@@ -68,8 +68,8 @@ function cli(args: string[], env: Record<string, string | undefined> = {}): Prom
 
 const toJsonl = (rows: { input: string; label: string }[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';
 
-async function dataFiles() {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-refresh-'));
+async function dataFiles(t: ExecutionContext) {
+  const dir = await tempDir(t, 'stepwise-refresh-');
   const all = generateDemoTask({ n: 170, seed: 11 }).map((e) => ({ input: e.input, label: e.label }));
   const train = join(dir, 'train.jsonl');
   const test = join(dir, 'test.jsonl');
@@ -110,7 +110,7 @@ async function describe(name: string): Promise<ScheduleView> {
 }
 
 test('a schedule refreshes: unchanged data ends the run with no teacher call; new data sends exactly the new examples', async (t) => {
-  const data = await dataFiles();
+  const data = await dataFiles(t);
   const spec = {
     name: 'nightly',
     data: { kind: 'jsonl', train: data.train, test: data.test },
@@ -213,7 +213,7 @@ test('a schedule refreshes: unchanged data ends the run with no teacher call; ne
 });
 
 test('a bad cron, a bad interval or a bad spec is refused naming the flag or field, and nothing is created', async (t) => {
-  const data = await dataFiles();
+  const data = await dataFiles(t);
   const good = join(data.dir, 'good.json');
   await writeFile(
     good,
@@ -277,7 +277,7 @@ test('update, trigger and backfill: the new timing and policy show in describe, 
   // gets (this run's calls, on the same data, landed in that count in CI: 181 for 100).
   const weeklyTeacher = await startLocalTeacherServer({ model: 'weekly-teacher' });
   t.teardown(() => weeklyTeacher.close());
-  const data = await dataFiles();
+  const data = await dataFiles(t);
   const specFile = join(data.dir, 'weekly.json');
   await writeFile(
     specFile,

@@ -4,7 +4,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -30,6 +30,7 @@ import {
 import { startCodecServer } from '../workers/codec-server';
 import { allHistories, bytesAsText, decodedPayloadText } from './helpers/history-text';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
+import { tempDir } from './helpers/temp';
 
 const key = (id: string): PayloadKey => ({ id, key: randomBytes(32) });
 const ring = (...keys: PayloadKey[]) => keys.map((k) => `${k.id}:${k.key.toString('base64')}`).join(',');
@@ -109,7 +110,7 @@ test('bad key configuration is an InputError naming the variable, without echoin
 });
 
 test('keys come from the variable or from a file, never both', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-keys-'));
+  const dir = await tempDir(t, 'stepwise-keys-');
   const file = join(dir, 'keys');
   const a = key('file-a');
   const b = key('file-b');
@@ -138,7 +139,7 @@ test.serial('a pipeline run with keys leaves no plaintext of its spec on the Tem
   const tag = randomUUID().slice(0, 8);
   const name = `classified-model-${tag}`;
   const teacherModel = `classified-teacher-${tag}`;
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-codec-'));
+  const dir = await tempDir(t, 'stepwise-codec-');
   const examples = generateDemoTask({ n: 60, seed: 5 }).map(({ input, label }) => ({ input, label }));
   const [train, testFile] = [join(dir, `classified-train-${tag}.jsonl`), join(dir, `classified-test-${tag}.jsonl`)];
   const jsonl = (rows: object[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';

@@ -2,11 +2,11 @@
  * The on-disk workflow bundle cache: a bundle is reused only for the same code and options, so a worker never runs
  * stale workflow code, and a corrupt cache file is rebuilt rather than trusted.
  */
-import { mkdtemp, mkdir, readdir, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
 import { cachedWorkflowBundle, workflowBundleKey } from '../workers/workflow-bundle';
+import { tempDir } from './helpers/temp';
 
 const quiet = {
   log: () => undefined,
@@ -18,7 +18,7 @@ const quiet = {
 };
 
 test('the key changes with any source file the workflows may import, the lockfile and the options, and only then', async (t) => {
-  const root = await mkdtemp(join(tmpdir(), 'stepwise-bundle-key-'));
+  const root = await tempDir(t, 'stepwise-bundle-key-');
   await mkdir(join(root, 'workflows'));
   await mkdir(join(root, 'lib', 'deep'), { recursive: true });
   await mkdir(join(root, 'test'));
@@ -48,7 +48,7 @@ test('the key changes with any source file the workflows may import, the lockfil
 });
 
 test('a bundle is built once, then read from the cache; a corrupt cache file is rebuilt', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-bundles-'));
+  const dir = await tempDir(t, 'stepwise-bundles-');
   const workflowsPath = require.resolve('../workflows');
   const built = await cachedWorkflowBundle({ workflowsPath, logger: quiet, dir });
   t.true(built.code.includes('distillationPipeline'));
