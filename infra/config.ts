@@ -28,6 +28,11 @@ export interface StepwiseSettings {
   tfjsBackend?: string;
   /** `STEPWISE_SKIP_NATIVE=1`: never build the native tfjs addon. */
   skipNative: boolean;
+  /**
+   * `STEPWISE_TMP_EXCLUSIVE=1`: no other process makes scratch folders in this worker's temp dir (a container's own
+   * /tmp), so at start it removes every scratch folder it did not make, not only those of provably dead processes.
+   */
+  tmpExclusive: boolean;
   /** `STEPWISE_WORKER_MEMORY_LOG_SECONDS`: a worker logs its memory this often (0: never). */
   workerMemoryLogSeconds: number;
   /**
@@ -125,6 +130,7 @@ export function settings(env: Env = process.env): StepwiseSettings {
     codeVersion: nonEmpty(env.STEPWISE_CODE_VERSION),
     tfjsBackend: nonEmpty(env[BACKEND_ENV]),
     skipNative: env.STEPWISE_SKIP_NATIVE === '1',
+    tmpExclusive: env.STEPWISE_TMP_EXCLUSIVE === '1',
     workerMemoryLogSeconds: Number.isFinite(memoryLog) && memoryLog > 0 ? memoryLog : 0,
     workerHeapGrowthPercent: nonEmpty(env.STEPWISE_WORKER_HEAP_GROWTH_PERCENT),
     logFormat: nonEmpty(env.STEPWISE_LOG_FORMAT),

@@ -1,7 +1,7 @@
 import { startTemporalDevServer } from '../infra/temporal';
 import { freePort } from '../infra/cache';
 import type { Logger } from '@temporalio/common';
-import { connectTemporal, createPipelineWorkers } from './pipeline-worker';
+import { clearScratchLeftovers, connectTemporal, createPipelineWorkers } from './pipeline-worker';
 import { installRuntime } from './telemetry';
 import { limitHeapGrowthFromSettings } from './heap';
 import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
@@ -29,6 +29,7 @@ export async function startEmbedded(opts: {
   // The embedded workers run in this process: it sizes its heap as `stepwise worker` does.
   limitHeapGrowthFromSettings();
   installRuntime({ logger: opts.logger });
+  await clearScratchLeftovers(opts.log ?? (() => undefined));
   // The UI is the point of a local run: it shows every stage's inputs, outputs, retries and timings.
   const server = await startTemporalDevServer({
     stateDir: opts.stateDir,

@@ -15,6 +15,7 @@ import { cachedWorkflowBundle } from './workflow-bundle';
 import { bootstrapCurrentVersion, versionedWorkerOptions, workerVersionFromSettings } from './versioning';
 import { installRuntime } from './telemetry';
 import { limitHeapGrowthFromSettings } from './heap';
+import { sweepScratch } from '../lib/scratch';
 import { shutdownTracing, tracingWorkflowModules, workerTracingOptions } from './tracing';
 
 /**
@@ -126,6 +127,19 @@ export async function connectTemporal(target: TemporalTarget) {
 }
 
 /**
+ * Removes the scratch folders (lib/scratch.ts) that killed workers left behind, a partial checkpoint in each, before
+ * this one takes work; `STEPWISE_TMP_EXCLUSIVE=1` says every such folder not its own may go. Says what it removed.
+ */
+export async function clearScratchLeftovers(log: (line: string) => void): Promise<void> {
+  const removed = await sweepScratch({ exclusive: settings().tmpExclusive });
+  if (removed.length > 0) {
+    log(
+      `stepwise worker: removed ${removed.length} scratch folder(s) of processes that are gone: ${removed.join(', ')}`
+    );
+  }
+}
+
+/**
  * Long-running worker for a real cluster: `stepwise worker --queue cpu|gpu`, the one worker entry (tests and benches
  * start workers through it too). Stops gracefully on SIGINT/SIGTERM (the SDK's default shutdown signals), finishing
  * or cancelling in-flight activities first.
@@ -149,6 +163,7 @@ export async function runWorker(opts: {
   // fields a log collector filters on. INFO keeps worker state changes, which are an operator's to see.
   const logger = workerLogger();
   const { metricsAddress } = installRuntime({ metricsPort: opts.metricsPort, metricsHost: opts.metricsHost, logger });
+  await clearScratchLeftovers((line) => logger.info(line));
   if (opts.queue === 'gpu') await prepareGpuWorker(logger);
   const temporal = await connectTemporal(opts.target);
   // Runs set these attributes; a cluster that lacks them and will not take them from us gets one line on how to add them.

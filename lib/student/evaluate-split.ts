@@ -3,8 +3,7 @@
  * it (exact match, or equal value of the equation for SVAMP) against gold and the majority-class baseline. Every
  * prediction is stored, so a metric can always be traced back to examples.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ArtifactRef, ArtifactStore } from '../store/artifact-store';
 import type { Example, TaskKind } from '../data/types';
@@ -12,6 +11,7 @@ import { labelsMatch } from '../data/score';
 import { trivialBaselines, type TrivialBaselines } from '../data/baselines';
 import type { PipelineSpec } from '../pipeline/spec';
 import { runStudentJob } from './child';
+import { scratchDir } from '../scratch';
 
 export interface EvaluateInput {
   task: TaskKind;
@@ -70,7 +70,7 @@ export async function evaluateCheckpoint(
     store.get(input.checkpoint),
   ]);
   hooks.onProgress?.(0, test.length);
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-eval-'));
+  const dir = await scratchDir('eval');
   try {
     const checkpointPath = join(dir, 'checkpoint.safetensors');
     await writeFile(checkpointPath, checkpointBytes);

@@ -9,8 +9,7 @@
  * interval of recomputation, never a run trained on from garbage. Training is deterministic, so falling back, even
  * all the way to the start, reaches the same weights.
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../errors';
 import { IntegrityError, NotFoundError, type ArtifactRef, type ArtifactStore } from '../store/artifact-store';
@@ -24,6 +23,7 @@ import type { TrainRecord } from './pairs';
 import type { Example } from '../data/types';
 import type { RationaleRecord } from '../data/rationales';
 import type { PipelineSpec } from '../pipeline/spec';
+import { scratchDir } from '../scratch';
 
 /**
  * checkpoint.ts's `verifyCheckpoint`, loaded on first use: its shape checks bring in TensorFlow.js (seconds of
@@ -176,7 +176,7 @@ async function trainFromStore(
   job: StoredTrainingJob,
   hooks: StoredTrainingHooks
 ): Promise<StoredTrainingResult> {
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-train-'));
+  const dir = await scratchDir('train');
   const rejected: RejectedCheckpoint[] = [];
   const damaged = new Set<string>();
   const uploads = new CheckpointUploads(store, hooks, damaged);

@@ -12,12 +12,12 @@
  *
  * T5 conventions: pad = 0 (`<pad>`), eos = 1 (`</s>`, appended to every encoding), unk = 2 (`<unk>`).
  */
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError } from '../../errors';
 import { MIN_VOCAB_SIZE } from '../options';
 import { LibraryTokenizer, METASPACE, SPACE, specialToken, t5PostProcessor, type StudentTokenizer } from './common';
+import { scratchDir } from '../../scratch';
 
 export const PAD_ID = 0;
 export const EOS_ID = 1;
@@ -98,7 +98,7 @@ export async function trainTokenizer(
   if (normalized.length === 0) throw new InputError('texts to train the tokenizer on hold no text', 'texts');
 
   const hf = require('tokenizers') as typeof import('tokenizers');
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-tokenizer-'));
+  const dir = await scratchDir('tokenizer');
   try {
     // BPE learns from word counts only, so one line joined by spaces trains the same merges as one text per line
     // and keeps the file's line ends out of the alphabet.

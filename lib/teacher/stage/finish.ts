@@ -1,8 +1,7 @@
 /** The teacher stage's last step: every shard's responses, in plan order, as one artifact. */
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import type { ArtifactStore } from '../../store/artifact-store';
@@ -11,6 +10,7 @@ import { foldShard, indexRecords, type CallRecord, type ShardExample } from '../
 import { doneKey, journalPrefix, readPlan, shardKeyOf, type PlanDoc, type ShardDone } from './layout';
 import { labeller } from './open-shard';
 import type { FinishTeacherInput, FinishTeacherResult, TeacherStageFigures } from './types';
+import { scratchDir } from '../../scratch';
 
 /** How the caller follows assembly. */
 export interface AssembleHooks {
@@ -29,7 +29,7 @@ export async function assembleResponses(
   hooks: AssembleHooks = {}
 ): Promise<FinishTeacherResult> {
   const doc = await readPlan(store, input.plan);
-  const dir = await mkdtemp(join(tmpdir(), 'stepwise-teacher-'));
+  const dir = await scratchDir('teacher');
   try {
     const path = join(dir, 'responses.jsonl');
     const out = createWriteStream(path);

@@ -1,0 +1,143 @@
+/**
+ * Scratch folders for what a stage keeps on disk while it works: a training run's checkpoints, the checkpoint an
+ * evaluation loads, the teacher stage's assembled responses, a tokenizer's corpus. Each user removes its folder when
+ * it is done, but a worker killed mid-stage (SIGKILL, the OOM killer, a node drained hard) leaves its folders behind,
+ * a partial checkpoint in each (measured: a killed training left `resume-60.safetensors.partial-…`). On a long-lived
+ * machine, or in a pod whose `/tmp` is an emptyDir that outlives container restarts (deploy/k8s), those add up with
+ * every kill. So each folder names the process that made it, and a worker that starts removes the folders whose maker
+ * is provably gone ({@link sweepScratch}).
+ *
+ * "Provably": a pid alone is not enough, since pids are reused (a container's worker is often pid 1 on every restart).
+ * The owner record holds the pid, the process's start time (Linux's /proc, in clock ticks since boot) and its pid
+ * namespace. A folder is removed only when its owner was in this process's pid namespace and that pid is now free or
+ * held by a process that started at another time. A folder made in another container that shares the volume, or one
+ * whose owner cannot be read, is left alone. That leaves out a container's earlier incarnations (each restart is a new
+ * pid namespace), so a worker told that its temp dir is its own (`STEPWISE_TMP_EXCLUSIVE=1`, as the Kubernetes
+ * manifests' per-pod /tmp is) removes every scratch folder it did not make.
+ */
+import { readFileSync, readlinkSync } from 'node:fs';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** The file in each scratch folder that names its maker. */
+export const OWNER_FILE = '.stepwise-owner';
+
+/** Scratch folders' names start with this (each user adds its own word: `stepwise-train-…`). */
+const PREFIX = 'stepwise-';
+
+/** The process that made a scratch folder. */
+export interface ScratchOwner {
+  pid: number;
+  /** Field 22 of /proc/<pid>/stat; absent where there is no /proc. */
+  start?: string;
+  /** `pid:[inode]` of /proc/self/ns/pid; absent where there is no /proc. */
+  pidNamespace?: string;
+  host: string;
+}
+
+/** The start time of process `pid` (clock ticks since boot), or undefined when it cannot be read. */
+function startTimeOf(pid: number | 'self'): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The name (field 2) is in parentheses and may hold spaces: count fields from the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function pidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return undefined;
+  }
+}
+
+let self: ScratchOwner | undefined;
+
+/** This process as an owner record (read once: none of it changes while the process lives). */
+export function currentOwner(): ScratchOwner {
+  if (!self) {
+    const start = startTimeOf('self');
+    const namespace = pidNamespace();
+    self = {
+      pid: process.pid,
+      ...(start === undefined ? {} : { start }),
+      ...(namespace === undefined ? {} : { pidNamespace: namespace }),
+      host: hostname(),
+    };
+  }
+  return self;
+}
+
+/** A new scratch folder under the system's temp dir (`stepwise-<word>-XXXXXX`), its owner recorded in it. */
+export async function scratchDir(word: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), `${PREFIX}${word}-`));
+  try {
+    await writeFile(join(dir, OWNER_FILE), JSON.stringify(currentOwner()));
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return dir;
+}
+
+const sameProcess = (a: ScratchOwner, b: ScratchOwner) =>
+  a.pid === b.pid && a.start === b.start && a.pidNamespace === b.pidNamespace && a.host === b.host;
+
+/**
+ * Whether `owner` is provably gone, judged from this process (see the note at the top); with `exclusive`, whether it
+ * is any other process.
+ */
+export function ownerGone(owner: ScratchOwner, me: ScratchOwner = currentOwner(), exclusive = false): boolean {
+  if (exclusive) return !sameProcess(owner, me);
+  if (owner.pidNamespace !== me.pidNamespace || owner.host !== me.host) return false;
+  if (!Number.isSafeInteger(owner.pid) || owner.pid <= 0) return false;
+  if (owner.pid === me.pid) return owner.start !== undefined && me.start !== undefined && owner.start !== me.start;
+  try {
+    process.kill(owner.pid, 0);
+  } catch (err) {
+    // ESRCH: no such process. EPERM: there is one, another user's.
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+  // The pid is taken: by the owner still, unless a start time says it is another process now.
+  if (owner.start === undefined) return false;
+  const now = startTimeOf(owner.pid);
+  return now !== undefined && now !== owner.start;
+}
+
+/**
+ * Removes the scratch folders under `root` (default the system's temp dir) whose owner is provably gone (with
+ * `exclusive`: made by any other process); returns their paths. Best effort: a folder that cannot be read or removed
+ * is skipped, as is anything without an owner file.
+ */
+export async function sweepScratch(opts: { root?: string; exclusive?: boolean } = {}): Promise<string[]> {
+  const root = opts.root ?? tmpdir();
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    if (!name.startsWith(PREFIX)) continue;
+    const dir = join(root, name);
+    let owner: ScratchOwner;
+    try {
+      owner = JSON.parse(await readFile(join(dir, OWNER_FILE), 'utf8')) as ScratchOwner;
+    } catch {
+      continue;
+    }
+    if (!ownerGone(owner, currentOwner(), opts.exclusive)) continue;
+    try {
+      await rm(dir, { recursive: true, force: true });
+      removed.push(dir);
+    } catch {
+      // Another sweeper got there first, or the folder is not ours to remove: either way nothing to do.
+    }
+  }
+  return removed;
+}
