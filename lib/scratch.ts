@@ -108,6 +108,27 @@ export function ownerGone(owner: ScratchOwner, me: ScratchOwner = currentOwner()
   return now !== undefined && now !== owner.start;
 }
 
+/** The owner record of a scratch folder, or undefined when it has none or one that is not a record of ours. */
+async function readOwner(dir: string): Promise<ScratchOwner | undefined> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(await readFile(join(dir, OWNER_FILE), 'utf8'));
+  } catch {
+    return undefined;
+  }
+  if (typeof parsed !== 'object' || parsed === null) return undefined;
+  const { pid, start, pidNamespace, host } = parsed as Record<string, unknown>;
+  if (typeof pid !== 'number' || typeof host !== 'string') return undefined;
+  if (start !== undefined && typeof start !== 'string') return undefined;
+  if (pidNamespace !== undefined && typeof pidNamespace !== 'string') return undefined;
+  return {
+    pid,
+    host,
+    ...(start === undefined ? {} : { start }),
+    ...(pidNamespace === undefined ? {} : { pidNamespace }),
+  };
+}
+
 /**
  * Removes the scratch folders under `root` (default the system's temp dir) whose owner is provably gone (with
  * `exclusive`: made by any other process); returns their paths. Best effort: a folder that cannot be read or removed
@@ -125,13 +146,8 @@ export async function sweepScratch(opts: { root?: string; exclusive?: boolean } 
   for (const name of names) {
     if (!name.startsWith(PREFIX)) continue;
     const dir = join(root, name);
-    let owner: ScratchOwner;
-    try {
-      owner = JSON.parse(await readFile(join(dir, OWNER_FILE), 'utf8')) as ScratchOwner;
-    } catch {
-      continue;
-    }
-    if (!ownerGone(owner, currentOwner(), opts.exclusive)) continue;
+    const owner = await readOwner(dir);
+    if (!owner || !ownerGone(owner, currentOwner(), opts.exclusive)) continue;
     try {
       await rm(dir, { recursive: true, force: true });
       removed.push(dir);

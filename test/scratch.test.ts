@@ -63,15 +63,22 @@ test('a killed process leaves its scratch folder; the next sweep removes it, and
   );
 });
 
-test('folders without an owner record, or not named as scratch, are never touched', async (t) => {
+test('folders without a readable owner record, or not named as scratch, are never touched', async (t) => {
   const tmp = await tempDir(t, 'stepwise-scratch-test-');
   await mkdir(join(tmp, 'stepwise-train-noowner'));
   await mkdir(join(tmp, 'other-dir'));
   await writeFile(join(tmp, 'other-dir', OWNER_FILE), JSON.stringify({ ...currentOwner(), pid: 2 ** 22 + 1 }));
-  await mkdir(join(tmp, 'stepwise-train-garbled'));
-  await writeFile(join(tmp, 'stepwise-train-garbled', OWNER_FILE), '{not json');
+  const garbled = ['{not json', 'null', '[]', '7', '{"pid":"1","host":"x"}'];
+  for (const [i, text] of garbled.entries()) {
+    await mkdir(join(tmp, `stepwise-train-garbled${i}`));
+    await writeFile(join(tmp, `stepwise-train-garbled${i}`, OWNER_FILE), text);
+  }
   t.deepEqual(await sweepScratch({ root: tmp }), []);
-  t.deepEqual((await readdir(tmp)).sort(), ['other-dir', 'stepwise-train-garbled', 'stepwise-train-noowner']);
+  t.deepEqual(await sweepScratch({ root: tmp, exclusive: true }), [], 'not even a worker that owns its temp dir');
+  t.deepEqual(
+    (await readdir(tmp)).sort(),
+    ['other-dir', ...garbled.map((_, i) => `stepwise-train-garbled${i}`), 'stepwise-train-noowner'].sort()
+  );
 });
 
 test('an owner is gone only when provably so: its pid free or reused, in this pid namespace and host', (t) => {
