@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { accessSync, constants as fsConstants, createReadStream, existsSync } from 'node:fs';
+import { accessSync, constants as fsConstants, createReadStream, existsSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { hostname } from 'node:os';
@@ -28,6 +28,31 @@ export function pidAlive(pid: number): boolean {
     // EPERM: the process exists but belongs to someone else.
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** Fields 3… of /proc/<pid>/stat (state first), or undefined off Linux or for no such process. */
+function procStat(pid: number): string[] | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may contain spaces and parentheses: count fields from the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat); undefined off Linux. */
+export function processStartTime(pid: number): string | undefined {
+  return procStat(pid)?.[19];
+}
+
+/** Whether `pid` runs and is the same process that was recorded (not a later one that reused the pid). */
+export function processRunning(pid: number | undefined, start: string | undefined): boolean {
+  if (!pid || pid <= 0 || !pidAlive(pid)) return false;
+  const stat = procStat(pid);
+  // A killed child its parent has not reaped yet (a zombie) still answers kill(0), but holds no files.
+  if (stat?.[0] === 'Z') return false;
+  return start === undefined || stat === undefined || stat[19] === start;
 }
 
 /**

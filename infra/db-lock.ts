@@ -4,13 +4,12 @@
  * the server and, once it runs, the server itself. A lock whose server (or, while starting, whose owner) is gone is
  * stale and is taken over; a live holder is refused with an error that names the state folder.
  */
-import { readFileSync } from 'node:fs';
 import { link, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { randomUUID } from 'node:crypto';
 
-import { pidAlive, type Log } from './cache';
+import { processRunning, processStartTime, type Log } from './cache';
 
 /** What a lock file says. `*Start` is the process's start time (Linux), so a reused pid is not taken for the holder. */
 export interface LockHolder {
@@ -44,31 +43,6 @@ export interface DbLock {
   setServer(pid: number): Promise<void>;
   /** Removes the lock if it is still this one (a later server may have taken over after this one was killed). */
   release(): Promise<void>;
-}
-
-/** Fields 3… of /proc/<pid>/stat (state first), or undefined off Linux or for no such process. */
-function procStat(pid: number): string[] | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may contain spaces and parentheses: count fields from the last ')'.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return undefined;
-  }
-}
-
-/** Start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat); undefined off Linux. */
-export function processStartTime(pid: number): string | undefined {
-  return procStat(pid)?.[19];
-}
-
-/** Whether `pid` runs and is the same process that was recorded (not a later one that reused the pid). */
-function running(pid: number | undefined, start: string | undefined): boolean {
-  if (!pid || pid <= 0 || !pidAlive(pid)) return false;
-  const stat = procStat(pid);
-  // A killed child its parent has not reaped yet (a zombie) still answers kill(0), but holds no files.
-  if (stat?.[0] === 'Z') return false;
-  return start === undefined || stat === undefined || stat[19] === start;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -111,14 +85,14 @@ async function readHolder(file: string): Promise<{ raw: string; holder?: LockHol
  */
 async function holderIsLive(holder: LockHolder, orphanWaitMs: number, log?: Log): Promise<boolean> {
   if (holder.host !== hostname()) return true;
-  if (!holder.serverPid) return running(holder.pid, holder.pidStart);
-  if (!running(holder.serverPid, holder.serverStart)) return false;
-  if (running(holder.pid, holder.pidStart)) return true;
+  if (!holder.serverPid) return processRunning(holder.pid, holder.pidStart);
+  if (!processRunning(holder.serverPid, holder.serverStart)) return false;
+  if (processRunning(holder.pid, holder.pidStart)) return true;
   log?.(
     `waiting for the Temporal dev server ${holder.serverPid} of a stopped Stepwise process (${holder.pid}) to exit`
   );
   const deadline = Date.now() + orphanWaitMs;
-  while (running(holder.serverPid, holder.serverStart)) {
+  while (processRunning(holder.serverPid, holder.serverStart)) {
     if (Date.now() > deadline) {
       try {
         process.kill(holder.serverPid, 'SIGKILL');
@@ -126,7 +100,7 @@ async function holderIsLive(holder: LockHolder, orphanWaitMs: number, log?: Log)
         // gone meanwhile
       }
       await sleep(500);
-      return running(holder.serverPid, holder.serverStart);
+      return processRunning(holder.serverPid, holder.serverStart);
     }
     await sleep(250);
   }

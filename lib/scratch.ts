@@ -15,10 +15,12 @@
  * pid namespace), so a worker told that its temp dir is its own (`STEPWISE_TMP_EXCLUSIVE=1`, as the Kubernetes
  * manifests' per-pod /tmp is) removes every scratch folder it did not make.
  */
-import { readFileSync, readlinkSync } from 'node:fs';
+import { readlinkSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
+
+import { processRunning, processStartTime } from '../infra/cache';
 
 /** The file in each scratch folder that names its maker. */
 export const OWNER_FILE = '.stepwise-owner';
@@ -36,17 +38,6 @@ export interface ScratchOwner {
   host: string;
 }
 
-/** The start time of process `pid` (clock ticks since boot), or undefined when it cannot be read. */
-function startTimeOf(pid: number | 'self'): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The name (field 2) is in parentheses and may hold spaces: count fields from the last ')'.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
 function pidNamespace(): string | undefined {
   try {
     return readlinkSync('/proc/self/ns/pid');
@@ -60,7 +51,7 @@ let self: ScratchOwner | undefined;
 /** This process as an owner record (read once: none of it changes while the process lives). */
 export function currentOwner(): ScratchOwner {
   if (!self) {
-    const start = startTimeOf('self');
+    const start = processStartTime(process.pid);
     const namespace = pidNamespace();
     self = {
       pid: process.pid,
@@ -95,17 +86,9 @@ export function ownerGone(owner: ScratchOwner, me: ScratchOwner = currentOwner()
   if (exclusive) return !sameProcess(owner, me);
   if (owner.pidNamespace !== me.pidNamespace || owner.host !== me.host) return false;
   if (!Number.isSafeInteger(owner.pid) || owner.pid <= 0) return false;
-  if (owner.pid === me.pid) return owner.start !== undefined && me.start !== undefined && owner.start !== me.start;
-  try {
-    process.kill(owner.pid, 0);
-  } catch (err) {
-    // ESRCH: no such process. EPERM: there is one, another user's.
-    return (err as NodeJS.ErrnoException).code === 'ESRCH';
-  }
-  // The pid is taken: by the owner still, unless a start time says it is another process now.
-  if (owner.start === undefined) return false;
-  const now = startTimeOf(owner.pid);
-  return now !== undefined && now !== owner.start;
+  // The same judgement as the Temporal database's lock (infra/db-lock.ts): a pid taken by a process that started at
+  // another time is not the owner, and one whose start time cannot be read is taken to be.
+  return !processRunning(owner.pid, owner.start);
 }
 
 /** The owner record of a scratch folder, or undefined when it has none or one that is not a record of ours. */
@@ -121,12 +104,7 @@ async function readOwner(dir: string): Promise<ScratchOwner | undefined> {
   if (typeof pid !== 'number' || typeof host !== 'string') return undefined;
   if (start !== undefined && typeof start !== 'string') return undefined;
   if (pidNamespace !== undefined && typeof pidNamespace !== 'string') return undefined;
-  return {
-    pid,
-    host,
-    ...(start === undefined ? {} : { start }),
-    ...(pidNamespace === undefined ? {} : { pidNamespace }),
-  };
+  return parsed as ScratchOwner;
 }
 
 /**
