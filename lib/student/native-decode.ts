@@ -98,18 +98,18 @@ function stepGraph(config: T5Config): GraphBuilder {
    * x [B, k] · w [k, n] (wᵀ with `transposeB`), w having `size` = k·n elements. MatMul and BatchMatMulV2 (2-D operands,
    * no batch) give the same product, and which runs faster depends on the weight's size. Measured on 2 cores (the
    * oneDNN build, 8 rows, the two variants alternated in one process, the same tokens every call): BatchMatMulV2 for
-   * every weight made a 64-token generate call of the `small` shape (512×384 projections) 10-13% faster, but the d256
+   * every weight made a 64-token generate call of the `small` shape (512×384 projections) 9% faster, but the d256
    * 4+4 shape's 6% slower; with its 256×256 attention projections left on MatMul, that shape was even (per-round
    * median 0.999) and `small` still 10% faster (0.902), `tiny` even (0.968, noisy). Hence the line between them.
    */
+  const batchMatMul = (a: string, b: string, adjY: boolean, name?: string) =>
+    g.op('BatchMatMulV2', [a, b], { ...T, adj_x: { bool: false }, adj_y: { bool: adjY } }, name);
   const matMul = (a: string, b: string, size: number, transposeB = false, name?: string) =>
     size >= BATCH_MATMUL_FROM
-      ? g.op('BatchMatMulV2', [a, b], { ...T, adj_x: { bool: false }, adj_y: { bool: transposeB } }, name)
+      ? batchMatMul(a, b, transposeB, name)
       : g.op('MatMul', [a, b], { ...T, transpose_a: { bool: false }, transpose_b: { bool: transposeB } }, name);
   const attention = config.d_model * H * K;
   const feedForward = config.d_model * config.d_ff;
-  const batchMatMul = (a: string, b: string, adjY: boolean) =>
-    g.op('BatchMatMulV2', [a, b], { ...T, adj_x: { bool: false }, adj_y: { bool: adjY } });
   const reshape = (a: string, shape: string) => g.op('Reshape', [a, shape], { ...T, Tshape: { type: 'int32' } });
   // t5.ts's rmsNorm op for op: x · rsqrt(mean(x²) + eps) · w.
   const norm = (x: string, w: string) => {
