@@ -5,12 +5,38 @@ import path from 'node:path';
 import test from 'ava';
 import { InputError } from '../lib/errors';
 import { readCheckpointMeta } from '../lib/student/checkpoint';
-import { runStudentJob, StudentChildCrashError } from '../lib/student/child';
+import { inheritedFlags, runStudentJob, StudentChildCrashError } from '../lib/student/child';
 import { parseStudentOptions } from '../lib/student/options';
 import type { TrainRecord } from '../lib/student/pairs';
 import { isAlive } from './helpers/processes';
 
 // Each test starts a real child process (node + tsx + tfjs), so they run one at a time on our 2 cores.
+
+test('a child keeps the parent’s flags but tsx’s, the inspector’s and --expose-gc, in either spelling', (t) => {
+  const tsxHook = path.join('/app', 'node_modules', 'tsx', 'dist', 'cjs', 'index.cjs');
+  t.deepEqual(
+    inheritedFlags([
+      '--import',
+      'tsx',
+      '--import=tsx/esm',
+      '--require',
+      tsxHook,
+      '-r',
+      'tsx/cjs',
+      '--inspect=9229',
+      '--inspect-brk',
+      '--expose-gc',
+      '--max-old-space-size=512',
+      '--import=./otel.mjs',
+      '--require',
+      './setup.js',
+      '--enable-source-maps',
+    ]),
+    ['--max-old-space-size=512', '--import', './otel.mjs', '--require', './setup.js', '--enable-source-maps']
+  );
+  // A package whose name only starts with tsx is not tsx.
+  t.deepEqual(inheritedFlags(['--import', 'tsx-extra']), ['--import', 'tsx-extra']);
+});
 
 const WORDS = ['tasty', 'fresh', 'cold', 'stale'];
 

@@ -123,19 +123,56 @@ const KILL_GRACE_MS = 2000;
 const STDERR_TAIL_BYTES = 8192;
 
 /**
- * The child's flags: TensorFlow.js's bundle, loaded first; the TypeScript loader (the parent's own flags when it was
- * started with tsx, else tsx's hook); and `--expose-gc`, with which the checkpoint writer frees the tensors it has read
- * back as it goes (checkpoint-file.ts).
+ * The child's flags: TensorFlow.js's bundle, loaded first; tsx's CommonJS hook; the parent's other flags; and
+ * `--expose-gc`, with which the checkpoint writer frees the tensors it has read back as it goes (checkpoint-file.ts).
  *
  * Every child loads `@tensorflow/tfjs` (lib/student/tf.ts), a few MB of plain JavaScript. Through tsx's hook, which
  * reads and checks each file it loads, that took 0.6–0.7 s of the child's start; required before the hook is in place,
  * 0.3 s, and the TypeScript that imports it later gets the same module from the cache. Two children per pipeline run.
+ *
+ * The TypeScript loader is always tsx's CommonJS hook, as `stepwise` itself registers it (bin/stepwise.js), even when
+ * the parent was started with `--import tsx` (the benches): that form also starts tsx's ES module hooks on a
+ * thread of their own, which the child (CommonJS throughout) never uses and which cost it ~0.5 s of CPU at start.
  */
 function childExecArgv(): string[] {
-  // An inspector flag would make the child fight the parent for the debugger port.
-  const inherited = process.execArgv.filter((arg) => !arg.startsWith('--inspect') && arg !== '--expose-gc');
-  const loader = inherited.some((arg) => arg.includes('tsx')) ? [] : ['--require', require.resolve('tsx/cjs')];
-  return ['--require', require.resolve('@tensorflow/tfjs'), ...inherited, ...loader, '--expose-gc'];
+  return [
+    '--require',
+    require.resolve('@tensorflow/tfjs'),
+    ...inheritedFlags(process.execArgv),
+    '--require',
+    require.resolve('tsx/cjs'),
+    '--expose-gc',
+  ];
+}
+
+/** Flags that take their value as the next argument when not written `--flag=value`. */
+const LOADER_FLAGS = new Set(['--import', '--require', '-r', '--loader', '--experimental-loader']);
+
+/**
+ * The parent's flags a child keeps: not an inspector flag (the child would fight the parent for the debugger port),
+ * not `--expose-gc` (added once), and not a flag that loads tsx, whose hook the child registers its own way.
+ */
+export function inheritedFlags(execArgv: readonly string[]): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < execArgv.length; i++) {
+    const arg = execArgv[i];
+    if (arg.startsWith('--inspect') || arg === '--expose-gc') continue;
+    const eq = arg.indexOf('=');
+    const flag = eq < 0 ? arg : arg.slice(0, eq);
+    if (LOADER_FLAGS.has(flag)) {
+      const value = eq < 0 ? execArgv[i + 1] : arg.slice(eq + 1);
+      if (eq < 0) i++;
+      if (value !== undefined && !isTsx(value)) kept.push(flag, value);
+      continue;
+    }
+    kept.push(arg);
+  }
+  return kept;
+}
+
+/** `tsx`, `tsx/cjs`, `tsx/esm` or a resolved path into tsx's package. */
+function isTsx(specifier: string): boolean {
+  return /^tsx(\/|$)/.test(specifier) || /[\\/]node_modules[\\/]tsx[\\/]/.test(specifier);
 }
 
 /** How a job ended, as far as the child told us: its result or its error. */
