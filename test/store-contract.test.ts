@@ -22,6 +22,7 @@ import {
   type BlobBackend,
 } from '../lib/store';
 import { isTransientS3Error } from '../lib/store/s3-store';
+import { startStoreProxy } from './faults/store-proxy';
 
 /** A fresh, empty store for one test, and how to dispose of it. */
 interface Fixture {
@@ -328,6 +329,53 @@ test('S3Backend: a body larger than one part is uploaded in several parts', asyn
   } finally {
     client.destroy();
     await backend.close();
+  }
+});
+
+test('S3Backend: putFile reads parts straight from the file, at most partConcurrency in flight', async (t) => {
+  if (!s3) throw new Error('the S3 gateway did not start');
+  // A proxy in front of the gateway that holds each part upload 500 ms, so parts in flight overlap when allowed to.
+  let inFlight = 0;
+  let most = 0;
+  let parts = 0;
+  const proxy = await startStoreProxy(s3.endpoint, {
+    hold: (req, res) => {
+      if (req.method !== 'PUT' || !/[?&]partNumber=/.test(req.url ?? '')) return 0;
+      parts++;
+      most = Math.max(most, ++inFlight);
+      res.on('close', () => inFlight--);
+      return 500;
+    },
+  });
+  const endpoint = proxy.endpoint;
+  const backend = new S3Backend({ bucket: BUCKET, prefix: `parts-${randomBytes(4).toString('hex')}`, endpoint });
+  const store = new ArtifactStore(backend);
+  const dir = await mkdtemp(join(tmpdir(), 'stepwise-file-'));
+  try {
+    for (const concurrency of [1, 2, undefined]) {
+      // 4 parts and a bit, new bytes each time so each upload happens.
+      const bytes = randomBytes(4 * 5 * 1024 * 1024 + 777);
+      const file = join(dir, `f-${concurrency}.bin`);
+      await writeFile(file, bytes);
+      most = 0;
+      parts = 0;
+      const ref = await store.putFile(file, 'application/octet-stream', { partConcurrency: concurrency });
+      t.is(parts, 5, 'five parts');
+      t.is(most, Math.min(concurrency ?? 4, 5), `at most ${concurrency ?? 'the default 4'} parts in flight`);
+      t.is(ref.sha256, sha256(bytes));
+      t.true(Buffer.compare(await store.get(ref), bytes) === 0, 'stored intact');
+      // A create-only write of the same key over the finished object writes nothing.
+      t.false(await backend.putFile!(objectKey(ref.sha256), file, { ifNoneMatch: true }));
+    }
+    const fresh = join(dir, 'fresh.bin');
+    await writeFile(fresh, randomBytes(6 * 1024 * 1024));
+    await t.throwsAsync(store.putFile(fresh, undefined, { partConcurrency: 0 }), {
+      message: /partConcurrency is 0/,
+    });
+  } finally {
+    await backend.close();
+    await proxy.close();
+    await rm(dir, { recursive: true, force: true });
   }
 });
 

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 
 /**
@@ -93,6 +93,11 @@ export interface PutOptions {
   ifNoneMatch?: boolean;
   ifMatch?: string;
   contentType?: string;
+  /**
+   * S3: how many parts of a multipart upload are in flight at once (default 4, as the SDK's own uploader); a file
+   * upload holds that many part buffers (5 MiB each by default). The filesystem backend ignores it.
+   */
+  partConcurrency?: number;
 }
 
 /**
@@ -108,6 +113,12 @@ export interface BlobBackend {
    * appears under `key` or nothing does: a write cut off midway never leaves a partial object there.
    */
   put(key: string, body: BlobBody, opts?: PutOptions): Promise<boolean>;
+  /**
+   * Optional: write the file at `path` at `key`, as `put` with a stream of it would, for backends that can read a
+   * file more cheaply than a stream gives it to them (S3 reads each multipart part straight into a buffer of its own,
+   * where the SDK's uploader gathers a stream's 64 KiB chunks and concatenates them into fresh part-sized buffers).
+   */
+  putFile?(key: string, path: string, opts?: PutOptions): Promise<boolean>;
   /** Read the whole object, or throw {@link NotFoundError}. */
   get(key: string): Promise<Buffer>;
   /**
@@ -125,6 +136,33 @@ export interface BlobBackend {
 
 export function sha256Hex(data: Uint8Array | string): string {
   return createHash('sha256').update(data).digest('hex');
+}
+
+/** Bytes read per call while hashing a file: one buffer, reused. */
+const HASH_READ_BYTES = 1 << 20;
+
+/**
+ * The sha256 and size of a file, read through one reused buffer. A read stream hands out a new 64 KiB buffer per
+ * chunk, all of it garbage until the next collection: hashing a 25 MB file that way raised the resident set by
+ * 25 MiB (measured), on a worker that runs other activities beside.
+ */
+export async function sha256File(path: string): Promise<ArtifactRef> {
+  const hash = createHash('sha256');
+  const buffer = Buffer.allocUnsafe(HASH_READ_BYTES);
+  const file = await open(path, 'r');
+  let size = 0;
+  try {
+    for (;;) {
+      const { bytesRead } = await file.read(buffer, 0, buffer.byteLength, size);
+      if (bytesRead === 0) break;
+      // update() has taken the bytes in before the buffer is read into again.
+      hash.update(buffer.subarray(0, bytesRead));
+      size += bytesRead;
+    }
+  } finally {
+    await file.close();
+  }
+  return { sha256: hash.digest('hex'), size };
 }
 
 /** Stable JSON: object keys sorted, so equal values hash equally whatever order they were built in. */
@@ -172,15 +210,18 @@ export class ArtifactStore {
     return { sha256, size: bytes.byteLength };
   }
 
-  /** Store a file from disk (large checkpoints): hashed in one streaming pass, uploaded in a second. */
-  async putFile(path: string, contentType?: string): Promise<ArtifactRef> {
-    const hash = createHash('sha256');
-    for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-    const sha256 = hash.digest('hex');
-    const { size } = await stat(path);
+  /**
+   * Store a file from disk (large checkpoints, a stage's assembled responses): hashed in one pass, uploaded in a
+   * second, each through buffers of a fixed size (see {@link BlobBackend.putFile}). `partConcurrency` bounds what an
+   * S3 upload holds in memory (see {@link PutOptions}).
+   */
+  async putFile(path: string, contentType?: string, opts: { partConcurrency?: number } = {}): Promise<ArtifactRef> {
+    const { sha256, size } = await sha256File(path);
     const key = objectKey(sha256);
     if (!(await this.backend.exists(key))) {
-      await this.backend.put(key, () => createReadStream(path), { ifNoneMatch: true, contentType });
+      const put = { ifNoneMatch: true, contentType, ...opts };
+      if (this.backend.putFile) await this.backend.putFile(key, path, put);
+      else await this.backend.put(key, () => createReadStream(path), put);
     }
     return { sha256, size };
   }

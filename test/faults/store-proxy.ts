@@ -20,7 +20,14 @@ export interface StoreProxy {
   close(): Promise<void>;
 }
 
-export async function startStoreProxy(target: string): Promise<StoreProxy> {
+/**
+ * `hold`, when given, decides each request's hold instead of {@link StoreProxy.setDelay} (and may watch the request
+ * and its response).
+ */
+export async function startStoreProxy(
+  target: string,
+  opts: { hold?: (req: IncomingMessage, res: ServerResponse) => number } = {}
+): Promise<StoreProxy> {
   const upstream = new URL(target);
   let delayMs = 0;
   let forwarded = 0;
@@ -45,7 +52,8 @@ export async function startStoreProxy(target: string): Promise<StoreProxy> {
   }
 
   const server = createServer((req, res) => {
-    if (delayMs > 0) setTimeout(() => forward(req, res), delayMs);
+    const holdMs = opts.hold ? opts.hold(req, res) : delayMs;
+    if (holdMs > 0) setTimeout(() => forward(req, res), holdMs);
     else forward(req, res);
   });
   server.keepAliveTimeout = 1000;
