@@ -4,12 +4,12 @@
  * already in flight (`stepwise run` starts with the USE_EXISTING conflict policy) instead of a second run.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { DEFAULT_GATE, type PipelineSpec } from './spec';
 import { specPaths } from '../data/roots';
 import { canonicalJson } from '../store/artifact-store';
+import { hashFileInto } from '../../infra/cache';
 
 // JSON with keys sorted at every level, so equal specs print equally whatever order their fields came in: the store's
 // one definition (content hashes use it too), re-exported for the callers that name runs.
@@ -32,10 +32,6 @@ export function dataPathsOf(spec: PipelineSpec): string[] {
   );
 }
 
-async function hashFile(file: string, into: ReturnType<typeof createHash>): Promise<void> {
-  for await (const chunk of createReadStream(file)) into.update(chunk as Buffer);
-}
-
 /**
  * Folds a file, or every file under a folder in name order, into the hash: relative names and contents. A path this
  * machine cannot read (a cluster worker's mount) counts by its name only; the workers report it if it is missing.
@@ -54,7 +50,7 @@ async function hashPath(path: string, into: ReturnType<typeof createHash>, name 
     return;
   }
   into.update(`file ${name} ${info.size}\n`);
-  await hashFile(path, into);
+  await hashFileInto(path, into);
 }
 
 /** sha256 of the data a spec reads, in hex. */

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
+
+import { hashFileInto } from '../../infra/cache';
 
 /**
  * A reference to an immutable, content-addressed artifact. This (not the bytes) is what crosses Temporal:
@@ -138,33 +139,6 @@ export function sha256Hex(data: Uint8Array | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-/** Bytes read per call while hashing a file: one buffer, reused. */
-const HASH_READ_BYTES = 1 << 20;
-
-/**
- * The sha256 and size of a file, read through one reused buffer. A read stream hands out a new 64 KiB buffer per
- * chunk, all of it garbage until the next collection: hashing a 25 MB file that way raised the resident set by
- * 25 MiB (measured), on a worker that runs other activities beside.
- */
-export async function sha256File(path: string): Promise<ArtifactRef> {
-  const hash = createHash('sha256');
-  const buffer = Buffer.allocUnsafe(HASH_READ_BYTES);
-  const file = await open(path, 'r');
-  let size = 0;
-  try {
-    for (;;) {
-      const { bytesRead } = await file.read(buffer, 0, buffer.byteLength, size);
-      if (bytesRead === 0) break;
-      // update() has taken the bytes in before the buffer is read into again.
-      hash.update(buffer.subarray(0, bytesRead));
-      size += bytesRead;
-    }
-  } finally {
-    await file.close();
-  }
-  return { sha256: hash.digest('hex'), size };
-}
-
 /** Stable JSON: object keys sorted, so equal values hash equally whatever order they were built in. */
 export function canonicalJson(value: unknown): string {
   return JSON.stringify(value, (_k, v) => {
@@ -216,7 +190,9 @@ export class ArtifactStore {
    * S3 upload holds in memory (see {@link PutOptions}).
    */
   async putFile(path: string, contentType?: string, opts: { partConcurrency?: number } = {}): Promise<ArtifactRef> {
-    const { sha256, size } = await sha256File(path);
+    const hash = createHash('sha256');
+    const size = await hashFileInto(path, hash);
+    const sha256 = hash.digest('hex');
     const key = objectKey(sha256);
     if (!(await this.backend.exists(key))) {
       const put = { ifNoneMatch: true, contentType, ...opts };
