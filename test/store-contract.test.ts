@@ -131,6 +131,43 @@ function storeContract(name: string, fresh: () => Promise<Fixture>): void {
     }
   });
 
+  test(`${name}: iterJsonl reads a split of many chunks record by record, and a corrupted one throws at its end`, async (t) => {
+    const { store, backend, dispose } = await fresh();
+    try {
+      // ~3 MiB over several reads, with multi-byte characters and lines longer than a read, so lines and characters
+      // fall across chunk boundaries.
+      const records = Array.from({ length: 3000 }, (_, i) => ({
+        id: `ex-${i}`,
+        input: `${'é€🙂'.repeat(i % 300 === 0 ? 40_000 : 3)} #${i}`,
+      }));
+      const ref = await store.putJsonl(records);
+      t.true(ref.size > 3 * 1024 * 1024, 'larger than three reads');
+      const read = [];
+      for await (const r of store.iterJsonl<(typeof records)[number]>(ref)) read.push(r);
+      t.deepEqual(read, records);
+      // The same length of other bytes, still valid JSON lines: every record parses, and the hash decides.
+      const other = records.map((r) => ({ ...r, id: r.id.replace('ex', 'xe') }));
+      await backend.put(objectKey(ref.sha256), Buffer.from(other.map((r) => JSON.stringify(r)).join('\n') + '\n'));
+      let yielded = 0;
+      const err = await t.throwsAsync(
+        (async () => {
+          for await (const _ of store.iterJsonl(ref)) yielded++;
+        })(),
+        { instanceOf: IntegrityError }
+      );
+      t.is(yielded, records.length, 'the records were read before the hash was known');
+      t.is(err?.expected, ref.sha256);
+      await t.throwsAsync(
+        (async () => {
+          for await (const _ of store.iterJsonl({ sha256: sha256('never stored'), size: 12 })) yielded++;
+        })(),
+        { instanceOf: NotFoundError }
+      );
+    } finally {
+      await dispose();
+    }
+  });
+
   test(`${name}: absent objects throw NotFoundError and read as undefined by name`, async (t) => {
     const { store, backend, dispose } = await fresh();
     try {
@@ -376,6 +413,54 @@ test('S3Backend: putFile reads parts straight from the file, at most partConcurr
     await backend.close();
     await proxy.close();
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('S3Backend: a read cut off midway goes on from the first byte not yet delivered', async (t) => {
+  if (!s3) throw new Error('the S3 gateway did not start');
+  // A proxy that cuts the first GET of the object after ~1 MiB of its body, and records each GET's Range.
+  const ranges: (string | undefined)[] = [];
+  let cut = false;
+  const proxy = await startStoreProxy(s3.endpoint, {
+    hold: (req, res) => {
+      if (req.method !== 'GET' || !/\/objects\//.test(req.url ?? '')) return 0;
+      ranges.push(req.headers.range);
+      if (!cut) {
+        cut = true;
+        let sent = 0;
+        const write = res.write.bind(res) as (chunk: Buffer) => boolean;
+        res.write = ((chunk: Buffer) => {
+          sent += chunk.length;
+          if (sent > 1024 * 1024) {
+            res.destroy();
+            return false;
+          }
+          return write(chunk);
+        }) as typeof res.write;
+      }
+      return 0;
+    },
+  });
+  const backend = new S3Backend({
+    bucket: BUCKET,
+    prefix: `cut-${randomBytes(4).toString('hex')}`,
+    endpoint: proxy.endpoint,
+  });
+  const store = new ArtifactStore(backend);
+  try {
+    const records = Array.from({ length: 40_000 }, (_, i) => ({ id: i, text: randomBytes(48).toString('base64') }));
+    const ref = await store.putJsonl(records);
+    const read = [];
+    for await (const r of store.iterJsonl(ref)) read.push(r);
+    t.deepEqual(read, records, 'every record, once, in order');
+    t.true(cut);
+    t.is(ranges.length, 2, 'one GET cut off, one more to finish');
+    t.is(ranges[0], undefined);
+    const from = Number(/^bytes=(\d+)-$/.exec(ranges[1] ?? '')?.[1]);
+    t.true(from > 0 && from <= 1024 * 1024 + 64 * 1024, `the second GET starts where the first broke (${ranges[1]})`);
+  } finally {
+    await backend.close();
+    await proxy.close();
   }
 });
 

@@ -123,6 +123,12 @@ export interface BlobBackend {
   /** Read the whole object, or throw {@link NotFoundError}. */
   get(key: string): Promise<Buffer>;
   /**
+   * Optional: read the object as a series of chunks, in order, as they arrive, or throw {@link NotFoundError}: for
+   * large artifacts read once front to back (dataset splits), which then never sit whole in memory. A chunk is the
+   * caller's to keep. A backend without it is read through `get`.
+   */
+  getChunks?(key: string): AsyncIterable<Uint8Array>;
+  /**
    * Read a small named object with its entity tag, the token a compare-and-swap write (`put` with `ifMatch`) names;
    * `undefined` when it does not exist.
    */
@@ -133,6 +139,31 @@ export interface BlobBackend {
   list(prefix: string): Promise<string[]>;
   /** Release clients / handles. */
   close?(): Promise<void>;
+}
+
+/**
+ * The JSON records of newline-separated bytes given in chunks of any size: a line split across chunks is joined
+ * once its end arrives (its pieces kept apart until then, so a long line costs no repeated copying), and decoded
+ * only whole, so a character split between chunks is never broken.
+ */
+async function* linesOf<T>(chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): AsyncGenerator<T> {
+  let pieces: Buffer[] = [];
+  for await (const chunk of chunks) {
+    const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    let start = 0;
+    for (let end = bytes.indexOf(10); end !== -1; end = bytes.indexOf(10, start)) {
+      let line = bytes.subarray(start, end);
+      if (pieces.length > 0) {
+        line = Buffer.concat([...pieces, line]);
+        pieces = [];
+      }
+      if (line.length > 0) yield JSON.parse(line.toString('utf8')) as T;
+      start = end + 1;
+    }
+    if (start < bytes.length) pieces.push(bytes.subarray(start));
+  }
+  const last = Buffer.concat(pieces);
+  if (last.length > 0) yield JSON.parse(last.toString('utf8')) as T;
 }
 
 export function sha256Hex(data: Uint8Array | string): string {
@@ -236,18 +267,27 @@ export class ArtifactStore {
   }
 
   /**
-   * The records of a JSONL artifact one at a time, parsed line by line from the verified bytes: for large splits,
-   * where an array of every record (and one string of the whole file) would be most of a process's memory.
+   * The records of a JSONL artifact one at a time, parsed line by line as its bytes arrive: for large splits, where
+   * an array of every record (or the whole file, even as bytes) would be most of a process's memory. The bytes are
+   * hashed as they go and checked at the end, so a corrupted artifact throws {@link IntegrityError} only after the
+   * records before the end were yielded: whatever a caller builds from them is provisional until the loop ends.
    */
   async *iterJsonl<T>(ref: ArtifactRef): AsyncGenerator<T> {
-    const bytes = await this.get(ref);
-    let start = 0;
-    while (start < bytes.length) {
-      let end = bytes.indexOf(10, start);
-      if (end === -1) end = bytes.length;
-      if (end > start) yield JSON.parse(bytes.toString('utf8', start, end)) as T;
-      start = end + 1;
+    const key = objectKey(ref.sha256);
+    if (!this.backend.getChunks) {
+      yield* linesOf<T>([await this.get(ref)]);
+      return;
     }
+    const hash = createHash('sha256');
+    const hashed = async function* (chunks: AsyncIterable<Uint8Array>) {
+      for await (const chunk of chunks) {
+        hash.update(chunk);
+        yield chunk;
+      }
+    };
+    yield* linesOf<T>(hashed(this.backend.getChunks(key)));
+    const actual = hash.digest('hex');
+    if (actual !== ref.sha256) throw new IntegrityError(key, ref.sha256, actual);
   }
 
   async has(ref: ArtifactRef): Promise<boolean> {

@@ -12,6 +12,9 @@ import { assertValidKey, assertValidPrefix, compareKeys } from './keys';
 /** Scratch folder inside the root: same filesystem, so the final rename/link is atomic. Never listed. */
 const TMP_DIR = '.stepwise-tmp';
 
+/** Size of each read of {@link FsBackend.getChunks}. */
+const CHUNK_BYTES = 1 << 20;
+
 /**
  * A {@link BlobBackend} on a local (or network) folder: the default for single-machine runs and tests.
  * Writes go to a temp file that is fsynced and then renamed (or hard-linked, for conditional creates) into place,
@@ -117,6 +120,29 @@ export class FsBackend implements BlobBackend {
     } catch (err) {
       if (isAbsent(err)) throw new NotFoundError(key);
       throw err;
+    }
+  }
+
+  async *getChunks(key: string): AsyncGenerator<Uint8Array> {
+    let file;
+    try {
+      file = await open(this.pathOf(key), 'r');
+    } catch (err) {
+      if (isAbsent(err)) throw new NotFoundError(key);
+      throw err;
+    }
+    // Reads of up to 1 MiB: few syscalls for a large split. Each chunk is fresh, as the caller may keep it.
+    try {
+      const { size } = await file.stat();
+      for (let position = 0; position < size;) {
+        const chunk = Buffer.allocUnsafe(Math.min(CHUNK_BYTES, size - position));
+        const { bytesRead } = await file.read(chunk, 0, chunk.length, position);
+        if (bytesRead === 0) return;
+        position += bytesRead;
+        yield chunk.subarray(0, bytesRead);
+      }
+    } finally {
+      await file.close();
     }
   }
 

@@ -118,6 +118,20 @@ function asBuffer(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
+/**
+ * The SDK checks a full object's stored checksum as its body arrives: bytes altered at rest fail there, before our
+ * own hash check. The same corruption gets the same error, which is never retried into success.
+ */
+function alteredAtRest(err: unknown, key: string): IntegrityError | undefined {
+  const checksum = /^Checksum mismatch: expected "?([^"\s]+)"?.*received "?([^"\s]+)"?/i.exec(
+    (err as Error).message ?? ''
+  );
+  if (!checksum) return undefined;
+  const altered = new IntegrityError(key, checksum[1], checksum[2]);
+  altered.message = `artifact store: object '${key}' fails its stored checksum (expected ${checksum[1]}, got ${checksum[2]}): altered at rest`;
+  return altered;
+}
+
 /** Reads exactly `length` bytes at `position` into the start of `buffer`. */
 async function readAt(file: FileHandle, buffer: Buffer, length: number, position: number): Promise<void> {
   for (let done = 0; done < length;) {
@@ -437,19 +451,58 @@ export class S3Backend implements BlobBackend {
         return asBuffer(await out.Body.transformToByteArray());
       } catch (err) {
         if (isNotFound(err)) throw new NotFoundError(key);
-        // The SDK checks the server's stored checksum itself: bytes altered at rest fail there, before our own hash
-        // check. The same corruption, so the same error (never retried into success).
-        const checksum = /^Checksum mismatch: expected "?([^"\s]+)"?.*received "?([^"\s]+)"?/i.exec(
-          (err as Error).message ?? ''
-        );
-        if (checksum) {
-          const altered = new IntegrityError(key, checksum[1], checksum[2]);
-          altered.message = `artifact store: object '${key}' fails its stored checksum (expected ${checksum[1]}, got ${checksum[2]}): altered at rest`;
-          throw altered;
-        }
-        throw err;
+        throw alteredAtRest(err, key) ?? err;
       }
     });
+  }
+
+  /**
+   * The object's bytes as the connection delivers them. A connection cut midway is opened again at the first byte
+   * not yet delivered (a ranged GET: objects under a key read this way are never rewritten), retried as any call for
+   * up to `retryForMs` without progress, so a long read survives a flaky network without starting over.
+   */
+  async *getChunks(key: string): AsyncGenerator<Uint8Array> {
+    const Key = this.fullKey(key);
+    let offset = 0;
+    let size: number | undefined;
+    let stalledSince: number | undefined;
+    let failures = 0;
+    for (;;) {
+      const out = await this.retrying('GET', key, async () => {
+        try {
+          const range = offset > 0 ? { Range: `bytes=${offset}-` } : {};
+          const answer = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, ...range }));
+          if (!answer.Body) throw new Error(`S3 GetObject ${this.location}/${key} returned no body`);
+          return answer;
+        } catch (err) {
+          if (isNotFound(err)) throw new NotFoundError(key);
+          throw err;
+        }
+      });
+      if (offset === 0) size = out.ContentLength;
+      try {
+        for await (const chunk of out.Body as AsyncIterable<Uint8Array>) {
+          offset += chunk.byteLength;
+          stalledSince = undefined;
+          yield chunk;
+        }
+        return;
+      } catch (err) {
+        const altered = alteredAtRest(err, key);
+        if (altered) throw altered;
+        if (!isTransientS3Error(err)) throw err;
+        if (stalledSince === undefined) failures = 0;
+        stalledSince ??= Date.now();
+        const waited = Date.now() - stalledSince;
+        if (waited > this.retryForMs) throw new StoreUnavailableError(this.location, 'GET', key, waited, err);
+        // Every byte arrived and only the end failed: there is nothing left to ask for (a range past the end is
+        // refused), and the caller's hash of what arrived decides.
+        if (size !== undefined && offset >= size) return;
+        // A connection that keeps breaking right after it opens is not hammered: the waits grow as for any call.
+        failures += 1;
+        await sleep(Math.min(5_000, 125 * 2 ** failures) * (0.5 + Math.random() / 2));
+      }
+    }
   }
 
   async getTagged(key: string): Promise<{ body: Buffer; etag: string } | undefined> {
