@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
@@ -416,31 +416,47 @@ test('S3Backend: putFile reads parts straight from the file, at most partConcurr
   }
 });
 
-test('S3Backend: a read cut off midway goes on from the first byte not yet delivered', async (t) => {
+/**
+ * A proxy in front of the gateway that cuts the first GET whose path matches `path` after ~1 MiB of its body, and
+ * records every matching GET's Range and If-Match headers. `onCut` runs as the connection is cut; the GETs after it
+ * are held until what it returns has settled.
+ */
+async function cuttingProxy(path: RegExp, onCut?: () => Promise<unknown>) {
   if (!s3) throw new Error('the S3 gateway did not start');
-  // A proxy that cuts the first GET of the object after ~1 MiB of its body, and records each GET's Range.
-  const ranges: (string | undefined)[] = [];
+  const gets: { range?: string; ifMatch?: string }[] = [];
   let cut = false;
+  let cutDone: Promise<unknown> | undefined;
   const proxy = await startStoreProxy(s3.endpoint, {
     hold: (req, res) => {
-      if (req.method !== 'GET' || !/\/objects\//.test(req.url ?? '')) return 0;
-      ranges.push(req.headers.range);
-      if (!cut) {
-        cut = true;
-        let sent = 0;
-        const write = res.write.bind(res) as (chunk: Buffer) => boolean;
-        res.write = ((chunk: Buffer) => {
-          sent += chunk.length;
-          if (sent > 1024 * 1024) {
-            res.destroy();
-            return false;
-          }
-          return write(chunk);
-        }) as typeof res.write;
-      }
+      if (req.method !== 'GET' || !path.test(req.url ?? '')) return 0;
+      gets.push({ range: req.headers.range, ifMatch: req.headers['if-match'] });
+      if (cut) return cutDone ?? 0;
+      cut = true;
+      let sent = 0;
+      const write = res.write.bind(res) as (chunk: Buffer) => boolean;
+      res.write = ((chunk: Buffer) => {
+        sent += chunk.length;
+        if (sent > 1024 * 1024) {
+          cutDone = onCut?.();
+          res.destroy();
+          return false;
+        }
+        return write(chunk);
+      }) as typeof res.write;
       return 0;
     },
   });
+  return { proxy, gets, wasCut: () => cut };
+}
+
+/** The first byte a ranged GET asks for, checked to lie where a cut after ~1 MiB leaves off. */
+function resumedFrom(t: ExecutionContext, range: string | undefined): void {
+  const from = Number(/^bytes=(\d+)-$/.exec(range ?? '')?.[1]);
+  t.true(from > 0 && from <= 1024 * 1024 + 64 * 1024, `the second GET starts where the first broke (${range})`);
+}
+
+test('S3Backend: a read cut off midway goes on from the first byte not yet delivered', async (t) => {
+  const { proxy, gets, wasCut } = await cuttingProxy(/\/objects\//);
   const backend = new S3Backend({
     bucket: BUCKET,
     prefix: `cut-${randomBytes(4).toString('hex')}`,
@@ -453,13 +469,62 @@ test('S3Backend: a read cut off midway goes on from the first byte not yet deliv
     const read = [];
     for await (const r of store.iterJsonl(ref)) read.push(r);
     t.deepEqual(read, records, 'every record, once, in order');
-    t.true(cut);
-    t.is(ranges.length, 2, 'one GET cut off, one more to finish');
-    t.is(ranges[0], undefined);
-    const from = Number(/^bytes=(\d+)-$/.exec(ranges[1] ?? '')?.[1]);
-    t.true(from > 0 && from <= 1024 * 1024 + 64 * 1024, `the second GET starts where the first broke (${ranges[1]})`);
+    t.true(wasCut());
+    t.is(gets.length, 2, 'one GET cut off, one more to finish');
+    t.is(gets[0]!.range, undefined);
+    resumedFrom(t, gets[1]!.range);
   } finally {
     await backend.close();
+    await proxy.close();
+  }
+});
+
+test('S3Backend: a whole-object get cut off midway also goes on from where it broke', async (t) => {
+  const { proxy, gets, wasCut } = await cuttingProxy(/\/objects\//);
+  const backend = new S3Backend({
+    bucket: BUCKET,
+    prefix: `cut-get-${randomBytes(4).toString('hex')}`,
+    endpoint: proxy.endpoint,
+  });
+  const store = new ArtifactStore(backend);
+  try {
+    // A checkpoint-like blob: one get, not a stream of records.
+    const bytes = randomBytes(3 * 1024 * 1024 + 123);
+    const ref = await store.put(bytes);
+    t.true(Buffer.compare(await store.get(ref), bytes) === 0, 'the same bytes');
+    t.true(wasCut());
+    t.is(gets.length, 2, 'one GET cut off, one more to finish');
+    resumedFrom(t, gets[1]!.range);
+    t.truthy(gets[1]!.ifMatch, 'the resumed range asks for the version it began with');
+  } finally {
+    await backend.close();
+    await proxy.close();
+  }
+});
+
+test('S3Backend: a key rewritten between a cut and the resume is read again whole, never spliced', async (t) => {
+  if (!s3) throw new Error('the S3 gateway did not start');
+  const prefix = `rewrite-${randomBytes(4).toString('hex')}`;
+  const before = Buffer.alloc(3 * 1024 * 1024, 'a');
+  const after = Buffer.alloc(3 * 1024 * 1024 + 10, 'b');
+  // Another writer rewrites the key, straight to the gateway, as the reader's connection is cut; the reader's next
+  // GET reaches the gateway only once that write is done.
+  const direct = new S3Backend({ bucket: BUCKET, prefix, endpoint: s3.endpoint });
+  const { proxy, gets } = await cuttingProxy(/\/mutable\//, () => direct.put('mutable/state.bin', after));
+  const backend = new S3Backend({ bucket: BUCKET, prefix, endpoint: proxy.endpoint });
+  try {
+    await direct.put('mutable/state.bin', before);
+    const body = await backend.get('mutable/state.bin');
+    t.true(
+      Buffer.compare(body, after) === 0,
+      `the new version whole, not the old one's first MiB and the new one's rest`
+    );
+    t.is(gets.length, 3, 'cut, refused as another version, read again');
+    resumedFrom(t, gets[1]!.range);
+    t.truthy(gets[1]!.ifMatch, 'the resume asks for the version it began with');
+    t.is(gets[2]!.range, undefined, 'the fresh read starts at byte 0');
+  } finally {
+    await Promise.all([backend.close(), direct.close()]);
     await proxy.close();
   }
 });

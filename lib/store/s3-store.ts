@@ -132,6 +132,17 @@ function alteredAtRest(err: unknown, key: string): IntegrityError | undefined {
   return altered;
 }
 
+/** How many times a whole-object read starts over because its key was rewritten while it read. */
+const MAX_READ_RESTARTS = 3;
+
+/** A resumed read found another version under the key than the one it began reading. */
+class ChangedWhileReadError extends Error {
+  constructor(location: string, key: string) {
+    super(`artifact store: object '${location}/${key}' was rewritten while being read`);
+    this.name = 'ChangedWhileReadError';
+  }
+}
+
 /** Reads exactly `length` bytes at `position` into the start of `buffer`. */
 async function readAt(file: FileHandle, buffer: Buffer, length: number, position: number): Promise<void> {
   for (let done = 0; done < length;) {
@@ -441,57 +452,92 @@ export class S3Backend implements BlobBackend {
     }
   }
 
+  /**
+   * The whole object, read through {@link read}: a connection cut mid-download goes on from the first byte not yet
+   * delivered instead of starting over, which for a multi-gigabyte checkpoint is the difference between finishing
+   * and not. Bytes land in one buffer of the announced size, so the read holds one copy plus the chunk in flight,
+   * not the chunks and their concatenation. A key rewritten between a cut and the resume (only mutable keys can be)
+   * is read again from the start: the resumed range asks for the version it began with and is refused for another.
+   */
   async get(key: string): Promise<Buffer> {
-    const Key = this.fullKey(key);
-    return this.retrying('GET', key, async () => {
+    for (let restarts = 0; ; restarts++) {
+      let whole: Buffer | undefined;
+      const parts: Uint8Array[] = [];
+      let filled = 0;
       try {
-        const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
-        if (!out.Body) throw new Error(`S3 GetObject ${this.location}/${key} returned no body`);
-        // Reading the body is part of the attempt: a connection cut mid-download is retried from the start.
-        return asBuffer(await out.Body.transformToByteArray());
+        for await (const chunk of this.read(
+          key,
+          (size) => (whole = size === undefined ? undefined : Buffer.allocUnsafe(size))
+        )) {
+          if (whole) whole.set(chunk, filled);
+          else parts.push(chunk);
+          filled += chunk.byteLength;
+        }
       } catch (err) {
-        if (isNotFound(err)) throw new NotFoundError(key);
-        throw alteredAtRest(err, key) ?? err;
+        if (err instanceof ChangedWhileReadError && restarts < MAX_READ_RESTARTS) continue;
+        throw err;
       }
-    });
+      return whole ?? Buffer.concat(parts, filled);
+    }
   }
 
   /**
-   * The object's bytes as the connection delivers them. A connection cut midway is opened again at the first byte
-   * not yet delivered (a ranged GET: objects under a key read this way are never rewritten), retried as any call for
-   * up to `retryForMs` without progress, so a long read survives a flaky network without starting over.
+   * The object's bytes as the connection delivers them, through {@link read}. Callers read content-addressed
+   * objects this way (splits), which never change, so a resume refused as changed is an error, not a restart.
    */
   async *getChunks(key: string): AsyncGenerator<Uint8Array> {
+    yield* this.read(key);
+  }
+
+  /**
+   * An object's bytes as they arrive. A connection cut midway is opened again at the first byte not yet delivered:
+   * a ranged GET conditional on the first response's ETag, so the bytes after the cut are the same version's as
+   * those before it (another version is refused with {@link ChangedWhileReadError}). Each reopening is retried as
+   * any call; the read gives up with {@link StoreUnavailableError} after `retryForMs` without a byte of progress.
+   * `onStart` hears the object's size (when the server sends it) before the first byte.
+   */
+  private async *read(key: string, onStart?: (size: number | undefined) => void): AsyncGenerator<Uint8Array> {
     const Key = this.fullKey(key);
     let offset = 0;
     let size: number | undefined;
+    let etag: string | undefined;
     let stalledSince: number | undefined;
     let failures = 0;
     for (;;) {
+      const resume = offset > 0 ? { Range: `bytes=${offset}-`, ...(etag ? { IfMatch: etag } : {}) } : {};
       const out = await this.retrying('GET', key, async () => {
         try {
-          const range = offset > 0 ? { Range: `bytes=${offset}-` } : {};
-          const answer = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, ...range }));
+          const answer = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, ...resume }));
           if (!answer.Body) throw new Error(`S3 GetObject ${this.location}/${key} returned no body`);
           return answer;
         } catch (err) {
           if (isNotFound(err)) throw new NotFoundError(key);
+          if (offset > 0 && statusOf(err) === 412) throw new ChangedWhileReadError(this.location, key);
           throw err;
         }
       });
-      if (offset === 0) size = out.ContentLength;
+      if (offset === 0) {
+        size = out.ContentLength;
+        etag = out.ETag;
+        onStart?.(size);
+      }
       try {
         for await (const chunk of out.Body as AsyncIterable<Uint8Array>) {
+          if (size !== undefined && offset + chunk.byteLength > size) {
+            throw new Error(`S3 GetObject ${this.location}/${key} sent more than the ${size} bytes it announced`);
+          }
           offset += chunk.byteLength;
           stalledSince = undefined;
+          failures = 0;
           yield chunk;
         }
-        return;
+        if (size === undefined || offset >= size) return;
+        // The body ended short without an error: a cut like any other.
+        throw Object.assign(new Error('premature close'), { code: 'ECONNRESET' });
       } catch (err) {
         const altered = alteredAtRest(err, key);
         if (altered) throw altered;
         if (!isTransientS3Error(err)) throw err;
-        if (stalledSince === undefined) failures = 0;
         stalledSince ??= Date.now();
         const waited = Date.now() - stalledSince;
         if (waited > this.retryForMs) throw new StoreUnavailableError(this.location, 'GET', key, waited, err);

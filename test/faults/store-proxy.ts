@@ -22,11 +22,11 @@ export interface StoreProxy {
 
 /**
  * `hold`, when given, decides each request's hold instead of {@link StoreProxy.setDelay} (and may watch the request
- * and its response).
+ * and its response): milliseconds, or a promise to forward it once settled (say, once another writer is done).
  */
 export async function startStoreProxy(
   target: string,
-  opts: { hold?: (req: IncomingMessage, res: ServerResponse) => number } = {}
+  opts: { hold?: (req: IncomingMessage, res: ServerResponse) => number | Promise<unknown> } = {}
 ): Promise<StoreProxy> {
   const upstream = new URL(target);
   let delayMs = 0;
@@ -53,7 +53,8 @@ export async function startStoreProxy(
 
   const server = createServer((req, res) => {
     const holdMs = opts.hold ? opts.hold(req, res) : delayMs;
-    if (holdMs > 0) setTimeout(() => forward(req, res), holdMs);
+    if (typeof holdMs !== 'number') void holdMs.finally(() => forward(req, res));
+    else if (holdMs > 0) setTimeout(() => forward(req, res), holdMs);
     else forward(req, res);
   });
   server.keepAliveTimeout = 1000;
