@@ -115,8 +115,8 @@ export default tseslint.config(
               message: 'workflows/ import only @temporalio/workflow among packages (no Node built-ins, no I/O)',
             },
             {
-              regex: '^\\.\\./(?!contract$|lib/pipeline/spec$)',
-              message: 'workflows/ import only the contract and lib/pipeline/spec from other folders',
+              regex: '^\\.\\./(?!contract$|lib/pipeline/spec(-rules)?$)',
+              message: 'workflows/ import only the contract and lib/pipeline/spec(-rules) from other folders',
             },
           ],
         },

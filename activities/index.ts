@@ -27,6 +27,7 @@ import { withOpenLineage } from './openlineage';
 import { withQueueWait } from './metrics';
 import { finishSweep, planSweep } from './sweep';
 import { writeRunReport } from './report';
+import { parseSpec } from './spec';
 
 export interface ActivityDeps {
   store: ArtifactStore;
@@ -72,11 +73,15 @@ export function createActivities(deps: ActivityDeps): Activities {
     writeRunReport: (input) => writeRunReport(deps, input),
   });
   // Every activity records how long it waited in its task queue (activities/metrics.ts).
-  return withQueueWait({
-    ...stages,
-    planSweep: (def) => planSweep(deps.store, def, deps.dataRoots),
-    finishSweep: (input) => finishSweep(deps.store, input),
-  });
+  return {
+    ...withQueueWait<Omit<Activities, 'parseSpec'>>({
+      ...stages,
+      planSweep: (def) => planSweep(deps.store, def, deps.dataRoots),
+      finishSweep: (input) => finishSweep(deps.store, input),
+    }),
+    // A local activity, so it waits in no task queue; it reads and writes no dataset.
+    parseSpec,
+  };
 }
 
 export type { Activities };

@@ -6,7 +6,7 @@
  * re-exported here, so it exists once and every layer above lib/ imports it from one place.
  */
 import type { ArtifactRef } from '../lib/store/artifact-store';
-import type { PipelineSpec, TaskKind } from '../lib/pipeline/spec';
+import type { PipelineSpec, PipelineSpecInput, TaskKind } from '../lib/pipeline/spec';
 import type { BatchStatus } from '../lib/teacher/batch';
 import type { SampleResult } from '../lib/data/sample';
 import type { ValidateRationalesInput, ValidateRationalesResult } from '../lib/data/rationales';
@@ -110,6 +110,8 @@ export interface PipelineResult {
  * histories: renaming one breaks the replay of every run started before the rename.
  */
 export interface Activities {
+  /** Validate a spec and fill its defaults: the pipeline's first step, a local activity. Bad: `InputError`. */
+  parseSpec(input: PipelineSpecInput): Promise<PipelineSpec>;
   /** Load, subsample and split the dataset; write the splits to the store. */
   sample(spec: PipelineSpec): Promise<SampleResult>;
   /** Teacher stage: split train and valid examples into shards; nothing is called yet. */

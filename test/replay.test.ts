@@ -26,6 +26,24 @@ test('a recorded history of the teacher stage (its child workflow) replays again
   );
 });
 
+// A run whose spec was parsed by a local activity (recorded by test/pipeline-e2e.test.ts with STEPWISE_RECORD_HISTORY=1,
+// its file renamed): the shape of runs started since; pipeline-history.json above is the shape from before, where the
+// workflow parsed its spec itself.
+const specActivityHistory = JSON.parse(
+  readFileSync(join(__dirname, 'fixtures', 'pipeline-spec-activity-history.json'), 'utf8')
+);
+
+test('a recorded history of a run whose spec a local activity parsed replays against the current workflow code', async (t) => {
+  const markers = (specActivityHistory.events as { markerRecordedEventAttributes?: { markerName?: string } }[])
+    .map((e) => e.markerRecordedEventAttributes?.markerName)
+    .filter(Boolean);
+  t.true(markers.includes('core_local_activity'), 'the recording has the local activity this test is about');
+  const id: string = specActivityHistory.events[0].workflowExecutionStartedEventAttributes.workflowId;
+  await t.notThrowsAsync(
+    Worker.runReplayHistory({ workflowsPath: require.resolve('../workflows') }, specActivityHistory, id)
+  );
+});
+
 // A run with the promotion gate and a person's approval by Update (recorded by test/gate-workflow.test.ts with
 // STEPWISE_RECORD_HISTORY=1): the workflow shape of runs started since the gate existed.
 const gatedHistory = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'gated-pipeline-history.json'), 'utf8'));

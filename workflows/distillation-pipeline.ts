@@ -13,6 +13,7 @@ import {
   isCancellation,
   patched,
   proxyActivities,
+  proxyLocalActivities,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
@@ -49,15 +50,14 @@ import {
   type ValidateRationalesResult,
 } from '../contract';
 import type { GateSpec, PipelineSpec, PipelineSpecInput, TaskKind } from '../lib/pipeline/spec';
+import { isModelRef, taskOf, usesTeacher, warmStartRef } from '../lib/pipeline/spec-rules';
 import { teacherStage } from './teacher-stage';
 
 type SpecModule = typeof import('../lib/pipeline/spec');
 /**
- * The spec module, evaluated when a pipeline first reads its spec rather than when the bundle loads. Every workflow
- * a worker starts evaluates the bundle's modules afresh (the SDK's reusable V8 context gives each its own), and the
- * spec's zod schemas (with the student's and teacher's options, and zod itself) were most of that: about 24 ms of CPU
- * per workflow, profiled. Workflows that never read a spec (the teacher stage and each of its continue-as-new runs,
- * sweeps) now skip it. The bundler resolves this require statically, as it does an import.
+ * The spec module with its zod schemas, for replaying runs started before specs were parsed by a local activity
+ * (`validSpec`). Required on first use, not at bundle load: every workflow evaluates the bundle's modules afresh,
+ * and these cost ~40 ms of CPU each time. The bundler resolves this require statically, as it does an import.
  */
 const specLib = (): SpecModule => require('../lib/pipeline/spec') as SpecModule;
 
@@ -140,13 +140,34 @@ function scoredSplit(spec: PipelineSpec, sample: SampleResult) {
   return spec.evaluate.split === 'valid' ? sample.valid : sample.test;
 }
 
-/** The spec, parsed: a bad one fails the run at once, non-retryably, before any stage is scheduled. */
-function validSpec(input: PipelineSpecInput): PipelineSpec {
+// Parsing a spec takes microseconds once the schemas are built; a worker builds them once (activities/spec.ts).
+const local = proxyLocalActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { maximumAttempts: 3, nonRetryableErrorTypes: NON_RETRYABLE },
+});
+
+/**
+ * The spec, parsed: a bad one fails the run at once, non-retryably, before any stage is scheduled. Parsed by a local
+ * activity, whose result the history keeps, so a replay reads the spec as its run saw it even where a later version
+ * of the code fills a default differently. Runs started before that replay the way they ran: parsed here.
+ */
+async function validSpec(input: PipelineSpecInput): Promise<PipelineSpec> {
+  if (!patched('spec-by-local-activity')) {
+    try {
+      return specLib().parseSpec(input);
+    } catch (err) {
+      if (err instanceof specLib().SpecError)
+        throw ApplicationFailure.nonRetryable(err.message, 'InputError', err.issues);
+      throw err;
+    }
+  }
   try {
-    return specLib().parseSpec(input);
+    return await local.parseSpec(input);
   } catch (err) {
-    if (err instanceof specLib().SpecError)
-      throw ApplicationFailure.nonRetryable(err.message, 'InputError', err.issues);
+    // The run fails as it would have with the spec parsed here: an InputError naming the fields, not an activity's.
+    const cause = err instanceof ActivityFailure ? err.cause : undefined;
+    if (cause instanceof ApplicationFailure && cause.type === 'InputError')
+      throw ApplicationFailure.nonRetryable(cause.message, 'InputError', ...(cause.details ?? []));
     throw err;
   }
 }
@@ -222,8 +243,8 @@ function trackStages(runs: (stage: StageName) => boolean) {
  * the run at once, non-retryably, naming the field, the value and what was expected.
  */
 export async function distillationPipeline(specInput: PipelineSpecInput): Promise<PipelineResult> {
-  const spec = validSpec(specInput);
-  const withTeacher = specLib().usesTeacher(spec);
+  const spec = await validSpec(specInput);
+  const withTeacher = usesTeacher(spec);
   const stage = trackStages((name) =>
     name === 'gate' ? spec.gate.enabled : withTeacher || (name !== 'promptTeacher' && name !== 'validateRationales')
   );
@@ -257,7 +278,7 @@ async function runReport(
     workflowId,
     runId,
     spec,
-    task: specLib().taskOf(spec),
+    task: taskOf(spec),
     startedAt: startTime.toISOString(),
     endedAt: new Date().toISOString(),
     outcome: 'failed',
@@ -288,7 +309,7 @@ async function pipeline(
   approvals: ReturnType<typeof approvalInbox>,
   attributes: ReturnType<typeof searchAttributes>
 ): Promise<PipelineResult> {
-  const task = specLib().taskOf(spec);
+  const task = taskOf(spec);
   const { workflowId, runId } = workflowInfo();
   const sample: SampleResult = await stage('sample', () => io.sample(spec), summary.sample);
   attributes.datasetHash(sample.datasetHash);
@@ -423,8 +444,8 @@ function gpuActivities(spec: PipelineSpec) {
  */
 async function initOf(spec: PipelineSpec): Promise<{ initFrom?: ResolvedInit }> {
   const init = spec.student.init;
-  if (init !== undefined && specLib().isModelRef(init)) return { initFrom: await io.resolveInit(init) };
-  const warm = specLib().warmStartRef(spec);
+  if (init !== undefined && isModelRef(init)) return { initFrom: await io.resolveInit(init) };
+  const warm = warmStartRef(spec);
   if (warm === undefined) return {};
   const from = await io.resolveWarmStart(warm);
   return from ? { initFrom: from } : {};
@@ -437,7 +458,7 @@ async function teacherStages(
   sample: SampleResult,
   stage: ReturnType<typeof trackStages>
 ): Promise<{ teacherResult?: PromptTeacherResult; validation?: ValidateRationalesResult }> {
-  if (!specLib().usesTeacher(spec)) return {};
+  if (!usesTeacher(spec)) return {};
   const teacherResult = await stage('promptTeacher', () => promptTeacher(spec, task, sample), summary.promptTeacher);
   const responses = teacherResult.responses;
   const validation = await stage(

@@ -10,12 +10,14 @@ import { BENCHMARK_TASKS, type TaskKind } from '../data/types';
 import { fieldIssues, oneOf, showValue, type FieldIssue } from '../schema';
 import { checkStudentOptions, studentOptionFields } from '../student/options';
 import { checkTeacherOptions, teacherSchema } from '../teacher/options';
+import { MODEL_REF_PATTERN } from './spec-rules';
 
 export type { TaskKind };
 // The choices a CLI offers and a spec accepts: one list each, owned by the library that acts on them.
 export { BENCHMARK_TASKS } from '../data/types';
 export { METHODS, PRESET_NAMES as PRESETS, BACKENDS, OPTIMIZERS, LABEL_SOURCES } from '../student/options';
 export { TEACHER_KINDS, TEACHER_MODES, BUDGET_OUTCOMES } from '../teacher/options';
+export { taskOf, usesTeacher, labelSourceOf, MODEL_REF_PATTERN, isModelRef, warmStartRef } from './spec-rules';
 
 const modelName = z
   .string()
@@ -258,40 +260,8 @@ export function parseSpec(input: unknown): PipelineSpec {
   throw new SpecError(fieldIssues(result.error, input, '(root)'));
 }
 
-/** The task whose parsing rules, prompt template and scoring apply to this spec. */
-export function taskOf(spec: PipelineSpec): TaskKind {
-  return spec.data.kind === 'reference' ? spec.data.task : spec.data.kind;
-}
-
-/** Whether this method learns from the teacher at all (standard finetuning uses gold labels only). */
-export function usesTeacher(spec: PipelineSpec): boolean {
-  return spec.student.method !== 'standard-finetune';
-}
-
-/** The label source a run trains `predict:` on, defaults resolved (recorded in lineage). */
-export function labelSourceOf(spec: PipelineSpec): 'gold' | 'teacher' {
-  return spec.student.labelSource ?? (spec.student.method === 'standard-distill' ? 'teacher' : 'gold');
-}
-
 /** The zero-config demo: a generated task, the scripted teacher, the tiny student. */
 export function demoSpec(): PipelineSpecInput {
   return { name: 'demo-reviews', data: { kind: 'demo' }, teacher: { kind: 'scripted' } };
 }
 export type GateSpec = PipelineSpec['gate'];
-
-/**
- * A registry reference (`NAME@VERSION`, `NAME@ALIAS`, `NAME@latest`) as `student.init` may give one instead of a
- * file path: no `/`, exactly one `@`. Here, not in lib/registry, because the workflow tells the two apart too.
- */
-export const MODEL_REF_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}@[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
-/** Whether `value` is a registry reference rather than a file path (write `./a@b` for a file so named). */
-export function isModelRef(value: string): boolean {
-  return MODEL_REF_PATTERN.test(value);
-}
-
-/** The registered version a `student.warmStart` names: `champion` is the version the spec's gate alias names. */
-export function warmStartRef(spec: PipelineSpec): string | undefined {
-  const warm = spec.student.warmStart;
-  return warm === 'champion' ? `${spec.name}@${spec.gate.alias}` : warm;
-}
