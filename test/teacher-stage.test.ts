@@ -172,15 +172,17 @@ test('a 429 with retry-after pauses every caller sharing the limiter, and the st
   t.is(result.failed, 0);
   t.is(result.rateLimit?.refusals, 1);
   t.true(result.rateLimit!.waitMs >= pauseMs, 'the refused call waited out the pause');
-  // Measured at the server, so the retried call's own wait cannot satisfy it: after the 429, no request from any
-  // caller arrives until the pause is over. Requests already past the limiter when the 429 was answered may land
-  // just after it; half a second covers that on a loaded machine, and the other 2.5 s must be silent.
+  // Measured at the server, so the retried call's own wait cannot satisfy it. Each of the other three callers may
+  // send one request after the 429 went out: one whose answer its worker took before the 429 (on a busy event loop
+  // they wait their turn together; CI saw two land 705 ms after the 429). Once the worker has read the 429 none goes
+  // out until the pause is over. Without a shared pause each caller would send one every ~50 ms: some sixty each.
   const [{ at: t0 }] = s.injectedStatuses();
-  const during = s.acceptedFrom(t0 + 500).filter((at) => at < t0 + pauseMs);
-  t.deepEqual(
-    during.map((at) => Math.round(at - t0)),
-    [],
-    'ms after the 429 at which requests arrived'
+  const during = s.acceptedFrom(t0).filter((at) => at > t0 && at < t0 + pauseMs);
+  t.true(
+    during.length <= 3,
+    `at most one request per other caller during the pause; arrived ${JSON.stringify(
+      during.map((at) => Math.round(at - t0))
+    )} ms after the 429`
   );
   t.true(s.acceptedFrom(t0 + pauseMs).length > 0, 'the callers resumed after the pause');
 });
