@@ -69,9 +69,13 @@ export async function withKeepalive<T>(body: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Bad input never succeeds on retry: surface it as a non-retryable failure carrying the user-facing message. */
+/**
+ * Bad input never succeeds on retry: surface it as a non-retryable failure carrying the user-facing message, and for
+ * a spec every bad field (its issues, as the failure's details).
+ */
 export function nonRetryableIfInputError(err: unknown): unknown {
-  if (err instanceof InputError || err instanceof SpecError || (err instanceof Error && err.name === 'InputError')) {
+  if (err instanceof SpecError) return ApplicationFailure.nonRetryable(err.message, 'InputError', err.issues);
+  if (err instanceof InputError || (err instanceof Error && err.name === 'InputError')) {
     return ApplicationFailure.nonRetryable(err.message, 'InputError');
   }
   // A refused S3 key fails every attempt alike: say which variable to fix, once, instead of the SDK's signing dump.

@@ -1,8 +1,7 @@
 /**
  * What a validated spec implies (its task, whether it calls a teacher, the version a warm start names), apart from
- * the zod schemas in ./spec.ts. The pipeline workflow reads these on every run; evaluating the schemas costs a
- * workflow ~40 ms of CPU (every workflow evaluates its modules afresh), so it gets its spec parsed by a local
- * activity and imports only this module. Pure: no zod, no Node built-ins, no I/O.
+ * the zod schemas in ./spec.ts: the pipeline workflow imports this module only, and has its spec parsed by a local
+ * activity (activities/spec.ts says why). Pure: no zod, no Node built-ins, no I/O.
  */
 import type { PipelineSpec, TaskKind } from './spec';
 
