@@ -156,14 +156,17 @@ test.serial(
       const { raw } = await slow.describe();
       return raw.pendingActivities?.some((p) => p.activityType?.name === 'trainStudent') ? true : undefined;
     });
-    const switched = await stepwise(['deploy', 'set-current', 'B', '--json']);
+    // The server pushes the change to every task queue after answering; on a loaded machine that has taken over 30 s
+    // (the default wait), so this waits longer: "a new run goes to B" holds only once the command says propagated.
+    const switchedAt = Date.now();
+    const switched = await stepwise(['deploy', 'set-current', 'B', '--json', '--wait', '300']);
+    t.log(`set-current B returned after ${((Date.now() - switchedAt) / 1000).toFixed(1)} s`);
     t.is(switched.code, 0, switched.stderr);
-    t.like(jsonLines(switched.stdout).at(-1), {
-      deploymentName: DEPLOYMENT,
-      current: 'B',
-      previous: 'A',
-      propagated: true,
-    });
+    t.like(
+      jsonLines(switched.stdout).at(-1),
+      { deploymentName: DEPLOYMENT, current: 'B', previous: 'A', propagated: true },
+      switched.stderr
+    );
     const { raw: atSwitch } = await slow.describe();
     t.true(
       atSwitch.pendingActivities?.some((p) => p.activityType?.name === 'trainStudent') ?? false,
@@ -269,21 +272,36 @@ test.serial('the teacher stage continues as new onto the build made current whil
   );
 });
 
-test.serial('stepwise deploy refuses an unknown build id and a percentage outside 0..100 with exit 2', async (t) => {
-  const unknown = await stepwise(['deploy', 'set-current', 'no-such-build']);
-  t.is(unknown.code, 2, unknown.stderr);
-  t.regex(unknown.stderr, /BUILD_ID: deployment stepwise has no build 'no-such-build' \(known: .*B.*\)/);
-  const tooMuch = await stepwise(['deploy', 'ramp', 'B', '--percent', '150']);
-  t.is(tooMuch.code, 2, tooMuch.stderr);
-  t.regex(tooMuch.stderr, /--percent must be a number from 0 to 100, got '150'/);
-  // A good ramp: 10% of new runs to B while C stays current.
-  const ramp = await stepwise(['deploy', 'ramp', 'B', '--percent', '10', '--json']);
-  t.is(ramp.code, 0, ramp.stderr);
-  t.like(jsonLines(ramp.stdout).at(-1), { current: 'C', ramping: { buildId: 'B', percent: 10 } });
-  const status = await stepwise(['deploy', 'status']);
-  t.regex(status.stdout, /current: C/);
-  t.regex(status.stdout, /ramping: B at 10%/);
-});
+test.serial(
+  'stepwise deploy refuses an unknown build id, a percentage outside 0..100 and a bad --wait with exit 2',
+  async (t) => {
+    const unknown = await stepwise(['deploy', 'set-current', 'no-such-build']);
+    t.is(unknown.code, 2, unknown.stderr);
+    t.regex(unknown.stderr, /BUILD_ID: deployment stepwise has no build 'no-such-build' \(known: .*B.*\)/);
+    const tooMuch = await stepwise(['deploy', 'ramp', 'B', '--percent', '150']);
+    t.is(tooMuch.code, 2, tooMuch.stderr);
+    t.regex(tooMuch.stderr, /--percent must be a number from 0 to 100, got '150'/);
+    const badWait = await stepwise(['deploy', 'set-current', 'B', '--wait', '-1']);
+    t.is(badWait.code, 2, badWait.stderr);
+    t.regex(badWait.stderr, /--wait must be a whole number of seconds from 0 to 3600, got '-1'/);
+    // A good ramp: 10% of new runs to B while C stays current.
+    const ramp = await stepwise(['deploy', 'ramp', 'B', '--percent', '10', '--json']);
+    t.is(ramp.code, 0, ramp.stderr);
+    t.like(jsonLines(ramp.stdout).at(-1), { current: 'C', ramping: { buildId: 'B', percent: 10 } });
+    const status = await stepwise(['deploy', 'status']);
+    t.regex(status.stdout, /current: C/);
+    t.regex(status.stdout, /ramping: B at 10%/);
+    // Without waiting: the change is reported as still propagating or done, and what the server is still doing for
+    // it (its own workflows' pending activities) is named one per line.
+    const unwaited = await stepwise(['deploy', 'ramp', 'B', '--percent', '20', '--json', '--wait', '0']);
+    t.is(unwaited.code, 0, unwaited.stderr);
+    const { propagated } = jsonLines(unwaited.stdout).at(-1) as { propagated: boolean };
+    t.is(/still reaching the task queues/.test(unwaited.stderr), !propagated, unwaited.stderr);
+    for (const line of unwaited.stderr.split('\n').filter((l) => l.startsWith('  '))) {
+      t.regex(line, /^ {2}temporal-sys-worker-deployment(-version)?:stepwise(:[ABC])?: \w+ \(attempt \d+/);
+    }
+  }
+);
 
 test.serial(
   'stepwise replay passes on the cluster histories and fails (exit 1) against a reordered pipeline',

@@ -176,6 +176,43 @@ export async function waitForRouting(client: Client, deploymentName: string, tim
   }
 }
 
+/**
+ * What the server is doing to propagate the deployment's routing, when it has not finished: the pending activities of
+ * its own workflows for this deployment (`temporal-sys-worker-deployment…`, which push the routing to each task queue
+ * and wait for every partition to load it), with their attempts and last failures. One line each, for a person to
+ * read; empty when nothing is pending or the namespace does not let this client see those workflows (Temporal Cloud
+ * may not), since this only explains a wait and must never fail the command that asks.
+ */
+export async function routingWork(client: Client, deploymentName: string): Promise<string[]> {
+  const { namespace } = client.options;
+  const lines: string[] = [];
+  try {
+    // Raw calls: the client's own list and describe decode memos, and these workflows' are binary/protobuf.
+    const query = `TemporalNamespaceDivision = "TemporalWorkerDeployment" AND ExecutionStatus = "Running"`;
+    let nextPageToken: Uint8Array | undefined;
+    do {
+      const page = await client.workflowService.listWorkflowExecutions({ namespace, query, nextPageToken });
+      for (const info of page.executions ?? []) {
+        const workflowId = info.execution?.workflowId ?? '';
+        // `temporal-sys-worker-deployment:<name>` and `temporal-sys-worker-deployment-version:<name>:<build>`.
+        if (workflowId.split(':')[1] !== deploymentName) continue;
+        const described = await client.workflowService.describeWorkflowExecution({
+          namespace,
+          execution: info.execution,
+        });
+        for (const a of described.pendingActivities ?? []) {
+          const failure = a.lastFailure?.message ? `, last failure: ${a.lastFailure.message}` : '';
+          lines.push(`${workflowId}: ${a.activityType?.name ?? 'an activity'} (attempt ${a.attempt ?? 1}${failure})`);
+        }
+      }
+      nextPageToken = page.nextPageToken?.length ? page.nextPageToken : undefined;
+    } while (nextPageToken);
+  } catch {
+    // Not visible to this client, or the server is busy: the wait is reported without its explanation.
+  }
+  return lines;
+}
+
 /** Who changed the deployment, as its `lastModifierIdentity` records it. */
 export function deploymentIdentity(role: string): string {
   return `${role}@${hostname()}`;

@@ -4,6 +4,9 @@
  *
  *   status | set-current BUILD_ID | ramp BUILD_ID --percent N      (each with --json)
  *
+ * `set-current` and `ramp` return once the change has reached every task queue, or after `--wait` seconds (30 by
+ * default) saying it has not, with the server's propagation work still pending.
+ *
  * Exit code 2 for input the deployment cannot take (an unknown build id, a percentage outside 0..100), 1 when the
  * server refuses the change (a concurrent change, a build whose workers do not poll every task queue yet).
  */
@@ -20,6 +23,7 @@ import {
   GRPC_FAILED_PRECONDITION,
   GRPC_INVALID_ARGUMENT,
   GRPC_NOT_FOUND,
+  routingWork,
   waitForRouting,
   type DeploymentStatus,
 } from '../../workers/versioning';
@@ -28,6 +32,13 @@ import { log } from '../shared/options';
 interface DeployFlags {
   json?: boolean;
 }
+
+interface ChangeFlags extends DeployFlags {
+  wait: string;
+}
+
+/** How long `set-current` and `ramp` wait, by default, for the change to reach every task queue. */
+const DEFAULT_WAIT_SECONDS = 30;
 
 export function addDeployCommand(program: Command): void {
   const deploy = program
@@ -47,7 +58,8 @@ export function addDeployCommand(program: Command): void {
     )
     .argument('<buildId>')
     .option('--json', 'print the change as one JSON object')
-    .action(async (buildId: string, flags: DeployFlags) =>
+    .option('--wait <seconds>', 'how long to wait for the change to reach every task queue', `${DEFAULT_WAIT_SECONDS}`)
+    .action(async (buildId: string, flags: ChangeFlags) =>
       withDeployment(async (client, name) => setCurrent(client, name, buildId, flags))
     );
   deploy
@@ -56,7 +68,8 @@ export function addDeployCommand(program: Command): void {
     .argument('<buildId>')
     .requiredOption('--percent <n>', 'share of new runs, 0 to 100')
     .option('--json', 'print the change as one JSON object')
-    .action(async (buildId: string, flags: DeployFlags & { percent: string }) =>
+    .option('--wait <seconds>', 'how long to wait for the change to reach every task queue', `${DEFAULT_WAIT_SECONDS}`)
+    .action(async (buildId: string, flags: ChangeFlags & { percent: string }) =>
       withDeployment(async (client, name) => ramp(client, name, buildId, flags.percent, flags))
     );
 }
@@ -113,6 +126,15 @@ function knownBuild(status: DeploymentStatus, buildId: string): string {
   return buildId;
 }
 
+/** `--wait`, whole seconds from 0 (do not wait) to an hour. */
+export function parseWait(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isInteger(n) || n < 0 || n > 3600) {
+    throw new InputError(`--wait must be a whole number of seconds from 0 to 3600, got '${value}'`, '--wait');
+  }
+  return n;
+}
+
 /** `--percent`, a number in 0..100. */
 export function parsePercent(value: string): number {
   const n = Number(value);
@@ -132,14 +154,18 @@ async function printStatus(client: Client, deploymentName: string, flags: Deploy
   console.log(`deployment ${status.deploymentName} (namespace ${client.options.namespace})`);
   console.log(`  current: ${status.current ?? '(none: new runs go to unversioned workers)'}`);
   if (status.ramping) console.log(`  ramping: ${status.ramping.buildId} at ${status.ramping.percent}%`);
-  if (!status.routingPropagated) console.log('  routing: the last change is still reaching the task queues');
+  if (!status.routingPropagated) {
+    console.log('  routing: the last change is still reaching the task queues');
+    for (const line of await routingWork(client, deploymentName)) console.log(`    ${line}`);
+  }
   for (const v of status.versions) {
     const drainage = v.drainage && v.status !== 'current' ? ` (${v.drainage})` : '';
     console.log(`  ${v.buildId}  ${v.status}${drainage}  created ${v.createTime ?? '?'}`);
   }
 }
 
-async function setCurrent(client: Client, deploymentName: string, buildId: string, flags: DeployFlags) {
+async function setCurrent(client: Client, deploymentName: string, buildId: string, flags: ChangeFlags) {
+  const waitSeconds = parseWait(flags.wait);
   const status = await deploymentOrExplain(client, deploymentName);
   knownBuild(status, buildId);
   const response = await client.workflowService
@@ -153,7 +179,7 @@ async function setCurrent(client: Client, deploymentName: string, buildId: strin
     })
     .catch((err: unknown) => rethrowAsInput(err, buildId));
   const previous = response.previousDeploymentVersion?.buildId || undefined;
-  const propagated = await routed(client, deploymentName);
+  const propagated = await routed(client, deploymentName, waitSeconds);
   if (flags.json)
     console.log(JSON.stringify({ deploymentName, current: buildId, previous: previous ?? null, propagated }));
   else
@@ -165,8 +191,9 @@ async function setCurrent(client: Client, deploymentName: string, buildId: strin
     );
 }
 
-async function ramp(client: Client, deploymentName: string, buildId: string, percentFlag: string, flags: DeployFlags) {
+async function ramp(client: Client, deploymentName: string, buildId: string, percentFlag: string, flags: ChangeFlags) {
   const percent = parsePercent(percentFlag);
+  const waitSeconds = parseWait(flags.wait);
   const status = await deploymentOrExplain(client, deploymentName);
   knownBuild(status, buildId);
   const response = await client.workflowService
@@ -180,7 +207,7 @@ async function ramp(client: Client, deploymentName: string, buildId: string, per
     })
     .catch((err: unknown) => rethrowAsInput(err, buildId));
   const previous = response.previousDeploymentVersion?.buildId || undefined;
-  const propagated = await routed(client, deploymentName);
+  const propagated = await routed(client, deploymentName, waitSeconds);
   if (flags.json) {
     console.log(
       JSON.stringify({
@@ -203,10 +230,20 @@ async function ramp(client: Client, deploymentName: string, buildId: string, per
  * Waits for the change to reach every task queue of the deployment, so that when the command returns new runs do go
  * where it said; says so when it takes longer than the wait (the change still applies, a little later).
  */
-async function routed(client: Client, deploymentName: string): Promise<boolean> {
-  const done = await waitForRouting(client, deploymentName);
-  if (!done)
-    log(`stepwise deploy: the change is still reaching the task queues; \`stepwise deploy status\` shows when`);
+/**
+ * Waits up to `waitSeconds` for the change to reach every task queue (the server answers the write first, then
+ * propagates it); until it has, new runs may still go to the previous routing. When the wait ends first, says so
+ * with what the server is still doing.
+ */
+async function routed(client: Client, deploymentName: string, waitSeconds: number): Promise<boolean> {
+  const done = await waitForRouting(client, deploymentName, waitSeconds * 1000);
+  if (!done) {
+    log(
+      `stepwise deploy: after ${waitSeconds} s the change is still reaching the task queues; ` +
+        '`stepwise deploy status` shows when it has'
+    );
+    for (const line of await routingWork(client, deploymentName)) log(`  ${line}`);
+  }
   return done;
 }
 

@@ -22,7 +22,7 @@ import { listVersions } from '../../lib/registry/registry';
 import { openStore } from '../../lib/store';
 import { faultMode, recordFigures } from '../helpers/figures';
 import { isAlive } from '../helpers/processes';
-import { waitFor } from '../helpers/wait';
+import { waitFor, within } from '../helpers/wait';
 
 const ROOT = join(__dirname, '..', '..');
 // Few steps keep the test short; the interval leaves several checkpoints before the end to kill between.
@@ -110,7 +110,11 @@ async function rerunCompleted(t: ExecutionContext, home: string, workflowId: str
   for (const args of [ARGS, ['resume', workflowId, '--json']]) {
     const again = new Cli(home, args);
     started.add(again.proc.pid!);
-    const { code } = await again.exited;
+    const { code } = await within(
+      again.exited,
+      120_000,
+      () => `${args.join(' ')} on a completed run:\n${again.stderr}`
+    );
     t.is(code, 0, again.stderr.slice(-3000));
     t.regex(again.stderr, /already completed/);
     t.like(JSON.parse(again.stdout.trim().split('\n').at(-1)!), { workflowId, version: 1 });
@@ -124,7 +128,8 @@ async function rerunCompleted(t: ExecutionContext, home: string, workflowId: str
  * The heartbeat once training is frozen and everything it did has reached the server: unchanged for 3 s (heartbeats
  * are throttled to one per 2 s, and a checkpoint upload under way when training stopped may still land).
  */
-async function settledHeartbeat(handle: WorkflowHandle): Promise<TrainHeartbeat> {
+async function settledHeartbeat(handle: WorkflowHandle, timeoutMs = 60_000): Promise<TrainHeartbeat> {
+  const deadline = Date.now() + timeoutMs;
   let last = JSON.stringify(await heartbeat(handle));
   let since = Date.now();
   for (;;) {
@@ -132,6 +137,7 @@ async function settledHeartbeat(handle: WorkflowHandle): Promise<TrainHeartbeat>
     const now = JSON.stringify(await heartbeat(handle));
     if (now !== last) [last, since] = [now, Date.now()];
     else if (Date.now() - since >= 3000) return JSON.parse(last) as TrainHeartbeat;
+    if (Date.now() > deadline) throw new Error(`the heartbeat still changed after ${timeoutMs / 1000} s: ${now}`);
   }
 }
 
@@ -149,8 +155,9 @@ test.after.always(() => {
 test.serial(
   'npm start killed mid-training leaves nothing running, and run again resumes the same run to one version',
   async (t) => {
-    // Two CLI runs of the demo, each with its own server start: minutes on a loaded 2-core machine.
-    t.timeout(8 * 60_000);
+    // Two CLI runs of the demo, each with its own server start: minutes on a loaded 2-core machine. Each step below
+    // has its own bound, so a hang fails as that step with the command's output; this is the backstop.
+    t.timeout(12 * 60_000);
     const home = await mkdtemp(join(tmpdir(), 'stepwise-default-mode-'));
     t.teardown(() => rm(home, { recursive: true, force: true }));
 
@@ -186,7 +193,8 @@ test.serial(
     const last = await settledHeartbeat(handle);
     await connection.close();
     process.kill(first.proc.pid!, 'SIGKILL');
-    await first.exited;
+    await within(first.exited, 30_000, () => 'the SIGKILLed first command to exit');
+    t.log(`first command: killed after ${secondsSince(t0)}, at step ${last.step}`);
     // Resumed only so that it can notice its parent is gone (the stop was this test's doing, not a fault).
     process.kill(child!.pid, 'SIGCONT');
 
@@ -206,14 +214,19 @@ test.serial(
     const second = new Cli(home, ARGS);
     started.add(second.proc.pid!);
     await second.match(/Temporal dev server at/);
+    t.log(`second command: its server up after ${secondsSince(t1)}`);
     const third = new Cli(home, ['resume', '--json']);
     started.add(third.proc.pid!);
-    const refused = await third.exited;
+    const refused = await within(third.exited, 60_000, () => `the third command to be refused:\n${third.stderr}`);
     t.not(refused.code, 0);
     t.regex(third.stderr, new RegExp(`the state folder ${home} is in use by another Stepwise process`));
     t.notRegex(third.stderr, /Temporal Server:/, 'the refused command started no server');
 
-    const done = await second.exited;
+    const done = await within(
+      second.exited,
+      5 * 60_000,
+      () => `the second command to finish the run (${secondsSince(t1)} so far):\n${second.stderr.slice(-4000)}`
+    );
     t.log(`second command: done in ${secondsSince(t1)}`);
     t.log(
       second.stderr
@@ -299,7 +312,7 @@ test.serial(
     await connection.close();
     for (const p of descendants(first.proc.pid!)) started.add(p.pid);
     process.kill(first.proc.pid!, 'SIGKILL');
-    await first.exited;
+    await within(first.exited, 30_000, () => 'the SIGKILLed first command to exit');
     t.notRegex(first.stderr, /✔ prompt teacher/, 'killed before the teacher stage finished');
     await waitFor(
       "the killed command's server to exit",
@@ -309,7 +322,11 @@ test.serial(
 
     const resumed = new Cli(home, ['resume', '--json']);
     started.add(resumed.proc.pid!);
-    const done = await resumed.exited;
+    const done = await within(
+      resumed.exited,
+      6 * 60_000,
+      () => `stepwise resume to finish the run:\n${resumed.stderr.slice(-4000)}`
+    );
     t.is(done.code, 0, resumed.stderr.slice(-4000));
     t.regex(resumed.stderr, new RegExp(`resuming run ${workflowId}`));
     t.like(JSON.parse(resumed.stdout.trim().split('\n').at(-1)!), { workflowId, version: 1 });

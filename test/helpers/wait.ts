@@ -29,3 +29,23 @@ export async function waitFor<T>(
     await sleep(everyMs);
   }
 }
+
+/**
+ * `promise`, or a rejection naming what it was for once `timeoutMs` passes: a step of a long test that hangs fails
+ * as itself, with `what()` (called then, so it can hold a process's output up to that moment), instead of as the
+ * whole test's timeout with no word of where it stopped.
+ */
+export async function within<T>(promise: Promise<T>, timeoutMs: number, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what()}`)),
+      timeoutMs
+    );
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
