@@ -250,8 +250,10 @@ test.serial('the teacher stage continues as new onto the build made current whil
   await waitFor('C to join', async () =>
     (await describeDeployment(client, DEPLOYMENT))?.versions.some((v) => v.buildId === 'C') ? true : undefined
   );
-  const switched = await stepwise(['deploy', 'set-current', 'C', '--json']);
+  // Released only once C's routing has reached the queues, so the stage's next workflow task is told of the change.
+  const switched = await stepwise(['deploy', 'set-current', 'C', '--json', '--wait', '300']);
   t.is(switched.code, 0, switched.stderr);
+  t.like(jsonLines(switched.stdout).at(-1), { current: 'C', propagated: true }, switched.stderr);
   server.release();
   const result = (await handle.result()) as PromptTeacherResult;
   t.is(result.total, 30);
