@@ -7,8 +7,8 @@
  * `set-current` and `ramp` return once the change has reached every task queue, or after `--wait` seconds (30 by
  * default) saying it has not, with the server's propagation work still pending.
  *
- * Exit code 2 for input the deployment cannot take (an unknown build id, a percentage outside 0..100), 1 when the
- * server refuses the change (a concurrent change, a build whose workers do not poll every task queue yet).
+ * Exit code 2 for input the deployment cannot take (an unknown build id, a percentage outside 0..100, a bad `--wait`),
+ * 1 when the server refuses the change (a concurrent change, a build whose workers do not poll every task queue yet).
  */
 import { Command } from 'commander';
 import type { Client } from '@temporalio/client';
@@ -226,10 +226,6 @@ async function ramp(client: Client, deploymentName: string, buildId: string, per
   }
 }
 
-/**
- * Waits for the change to reach every task queue of the deployment, so that when the command returns new runs do go
- * where it said; says so when it takes longer than the wait (the change still applies, a little later).
- */
 /**
  * Waits up to `waitSeconds` for the change to reach every task queue (the server answers the write first, then
  * propagates it); until it has, new runs may still go to the previous routing. When the wait ends first, says so
