@@ -37,8 +37,8 @@ interface ChangeFlags extends DeployFlags {
   wait: string;
 }
 
-/** How long `set-current` and `ramp` wait, by default, for the change to reach every task queue. */
-const DEFAULT_WAIT_SECONDS = 30;
+/** `set-current` and `ramp` wait, by default 30 s, for the change to reach every task queue. */
+const WAIT_OPTION = ['--wait <seconds>', 'how long to wait for the change to reach every task queue', '30'] as const;
 
 export function addDeployCommand(program: Command): void {
   const deploy = program
@@ -58,7 +58,7 @@ export function addDeployCommand(program: Command): void {
     )
     .argument('<buildId>')
     .option('--json', 'print the change as one JSON object')
-    .option('--wait <seconds>', 'how long to wait for the change to reach every task queue', `${DEFAULT_WAIT_SECONDS}`)
+    .option(...WAIT_OPTION)
     .action(async (buildId: string, flags: ChangeFlags) =>
       withDeployment(async (client, name) => setCurrent(client, name, buildId, flags))
     );
@@ -68,7 +68,7 @@ export function addDeployCommand(program: Command): void {
     .argument('<buildId>')
     .requiredOption('--percent <n>', 'share of new runs, 0 to 100')
     .option('--json', 'print the change as one JSON object')
-    .option('--wait <seconds>', 'how long to wait for the change to reach every task queue', `${DEFAULT_WAIT_SECONDS}`)
+    .option(...WAIT_OPTION)
     .action(async (buildId: string, flags: ChangeFlags & { percent: string }) =>
       withDeployment(async (client, name) => ramp(client, name, buildId, flags.percent, flags))
     );
@@ -127,19 +127,18 @@ function knownBuild(status: DeploymentStatus, buildId: string): string {
 }
 
 /** `--wait`, whole seconds from 0 (do not wait) to an hour. */
-export function parseWait(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isInteger(n) || n < 0 || n > 3600) {
-    throw new InputError(`--wait must be a whole number of seconds from 0 to 3600, got '${value}'`, '--wait');
-  }
-  return n;
-}
+export const parseWait = (value: string) => numberFlag(value, '--wait', 0, 3600, { wholeUnit: 'seconds' });
 
 /** `--percent`, a number in 0..100. */
-export function parsePercent(value: string): number {
+export const parsePercent = (value: string) => numberFlag(value, '--percent', 0, 100);
+
+/** A flag's number within `min`..`max`, a whole number of `wholeUnit` when given; an InputError naming the flag. */
+function numberFlag(value: string, flag: string, min: number, max: number, opts: { wholeUnit?: string } = {}) {
   const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 100) {
-    throw new InputError(`--percent must be a number from 0 to 100, got '${value}'`, '--percent');
+  const whole = opts.wholeUnit !== undefined;
+  if (value.trim() === '' || !Number.isFinite(n) || (whole && !Number.isInteger(n)) || n < min || n > max) {
+    const kind = whole ? `a whole number of ${opts.wholeUnit}` : 'a number';
+    throw new InputError(`${flag} must be ${kind} from ${min} to ${max}, got '${value}'`, flag);
   }
   return n;
 }

@@ -1,4 +1,5 @@
 /** Waiting in tests: for a condition another process or a server makes true, with a deadline that names it. */
+import { settledWithin } from '../../lib/wait';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -36,16 +37,8 @@ export async function waitFor<T>(
  * whole test's timeout with no word of where it stopped.
  */
 export async function within<T>(promise: Promise<T>, timeoutMs: number, what: () => string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what()}`)),
-      timeoutMs
-    );
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
+  if (!(await settledWithin(promise, timeoutMs))) {
+    throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what()}`);
   }
+  return promise;
 }
