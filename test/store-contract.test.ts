@@ -131,7 +131,7 @@ function storeContract(name: string, fresh: () => Promise<Fixture>): void {
     }
   });
 
-  test(`${name}: iterJsonl reads a split of many chunks record by record, and a corrupted one throws at its end`, async (t) => {
+  test(`${name}: iterJsonl reads a split of many chunks record by record (iterJsonlBatches a read at a time), and a corrupted one throws at its end`, async (t) => {
     const { store, backend, dispose } = await fresh();
     try {
       // ~3 MiB over several reads, with multi-byte characters and lines longer than a read, so lines and characters
@@ -145,6 +145,15 @@ function storeContract(name: string, fresh: () => Promise<Fixture>): void {
       const read = [];
       for await (const r of store.iterJsonl<(typeof records)[number]>(ref)) read.push(r);
       t.deepEqual(read, records);
+      // A read's records at a time: the same records in order, in one non-empty batch per read of the file.
+      const batches = [];
+      for await (const batch of store.iterJsonlBatches<(typeof records)[number]>(ref)) batches.push(batch);
+      t.true(batches.length >= 3, `a batch per read (${batches.length})`);
+      t.true(
+        batches.every((b) => b.length > 0),
+        'no empty batch'
+      );
+      t.deepEqual(batches.flat(), records);
       // The same length of other bytes, still valid JSON lines: every record parses, and the hash decides.
       const other = records.map((r) => ({ ...r, id: r.id.replace('ex', 'xe') }));
       await backend.put(objectKey(ref.sha256), Buffer.from(other.map((r) => JSON.stringify(r)).join('\n') + '\n'));
