@@ -79,6 +79,33 @@ test.serial('a POST gets the status, headers and body fetch gives, and sends its
   t.is(mine.headers['content-length'], String(Buffer.byteLength('{"q":"é"}')));
 });
 
+test.serial('the body reads as fetch reads it: once, whole or as a stream, and a clone before reading', async (t) => {
+  const { fetch: httpFetch, close } = createHttpFetch();
+  t.teardown(close);
+  const both = async () => [await httpFetch(`${root}/plain`, post('{}')), await fetch(`${root}/plain`, post('{}'))];
+  for (const res of await both()) {
+    t.false(res.bodyUsed);
+    const copy = res.clone();
+    t.deepEqual(JSON.parse(await res.text()), JSON.parse(BODY));
+    t.true(res.bodyUsed);
+    await t.throwsAsync(res.json(), { instanceOf: TypeError }, 'a second read is refused');
+    t.throws(() => res.clone(), { instanceOf: TypeError }, 'a read body cannot be cloned');
+    t.is(Buffer.from(await copy.arrayBuffer()).toString('utf8'), BODY, 'the clone reads the same bytes');
+  }
+  for (const res of await both()) {
+    const chunks: Buffer[] = [];
+    for await (const chunk of res.body!) chunks.push(Buffer.from(chunk));
+    t.is(Buffer.concat(chunks).toString('utf8'), BODY, 'the stream gives the bytes');
+    t.true(res.bodyUsed);
+    await t.throwsAsync(res.text(), { instanceOf: TypeError }, 'a streamed body cannot be read whole again');
+  }
+  for (const res of await both()) {
+    const blob = await res.blob();
+    t.is(blob.type, 'application/json');
+    t.is(await blob.text(), BODY);
+  }
+});
+
 test.serial('compressed answers are decoded as fetch decodes them', async (t) => {
   const { fetch: httpFetch, close } = createHttpFetch();
   t.teardown(close);

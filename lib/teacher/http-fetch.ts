@@ -91,7 +91,8 @@ function send(url: URL, init: RequestInit, body: Buffer, agent: http.Agent): Pro
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(abortReason(signal));
     const headers: Record<string, string> = {};
-    new Headers(init.headers).forEach((value, name) => {
+    // The SDK hands over a Headers already: read it as it is rather than copying it into another first.
+    (init.headers instanceof Headers ? init.headers : new Headers(init.headers)).forEach((value, name) => {
       headers[name] = value;
     });
     headers['content-length'] = String(body.length);
@@ -120,8 +121,10 @@ function send(url: URL, init: RequestInit, body: Buffer, agent: http.Agent): Pro
         if (NULL_BODY.has(status)) return resolve(new Response(null, init));
         const raw = Buffer.concat(chunks);
         if (!res.complete) return resolve(new Response(truncated(raw), init));
-        decode(raw, res.headers['content-encoding']).then(
-          (decoded) => resolve(new Response(decoded, init)),
+        const encoding = res.headers['content-encoding'];
+        if (!encoding) return resolve(new BufferedResponse(raw, init));
+        decode(raw, encoding).then(
+          (decoded) => resolve(new BufferedResponse(decoded, init)),
           (err: unknown) => resolve(new Response(failing(new TypeError('terminated', { cause: err })), init))
         );
       });
@@ -141,6 +144,91 @@ function send(url: URL, init: RequestInit, body: Buffer, agent: http.Agent): Pro
     });
     req.end(body);
   });
+}
+
+/**
+ * A Response whose whole body is already in memory. undici's own copies the bytes into a web stream and reads them
+ * back through it: `new Response(bytes).json()` on a 1 KB chat completion took 80-100 us against 10 for this, on the
+ * thread where the next answer is waiting. It reads as a Response does: `json()`, `text()`, `arrayBuffer()` and
+ * `blob()` once (a second read is refused as fetch refuses it), `body` a stream of the same bytes, made when first
+ * asked for, and a body whose stream a reader has taken can no longer be read whole.
+ */
+class BufferedResponse extends Response {
+  readonly #bytes: Buffer;
+  #stream: ReadableStream<Uint8Array> | undefined;
+  /** The body was read, whole or through its stream. */
+  #read = false;
+
+  constructor(bytes: Buffer, init: ResponseInit) {
+    // No body for undici to wrap: the bytes are served by the members below.
+    super(null, init);
+    this.#bytes = bytes;
+  }
+
+  /**
+   * The bytes, once: what `fetch` refuses on a second read, or while a reader holds the body's stream, is refused.
+   */
+  #take(): Buffer {
+    if (this.#read || this.#stream?.locked) throw new TypeError('Body is unusable: Body has already been read');
+    this.#read = true;
+    return this.#bytes;
+  }
+
+  static {
+    // On the prototype, where Response has them: TypeScript's declarations make them instance properties, which a
+    // subclass may not override with methods or accessors.
+    Object.defineProperties(BufferedResponse.prototype, {
+      text: {
+        value: async function (this: BufferedResponse) {
+          return this.#take().toString('utf8');
+        },
+      },
+      json: {
+        value: async function (this: BufferedResponse) {
+          return JSON.parse(this.#take().toString('utf8')) as unknown;
+        },
+      },
+      arrayBuffer: {
+        value: async function (this: BufferedResponse) {
+          return new Uint8Array(this.#take()).buffer;
+        },
+      },
+      blob: {
+        value: async function (this: BufferedResponse) {
+          return new Blob([this.#take()], { type: this.headers.get('content-type') ?? '' });
+        },
+      },
+      clone: {
+        value: function (this: BufferedResponse) {
+          if (this.#read) throw new TypeError('Response.clone: Body has already been consumed.');
+          const { status, statusText, headers } = this;
+          return new BufferedResponse(this.#bytes, { status, statusText, headers: new Headers(headers) });
+        },
+      },
+      body: {
+        get(this: BufferedResponse) {
+          // Pulled only when read (no high-water mark to fill ahead), and a read is what uses a body up, as in fetch.
+          this.#stream ??= new ReadableStream<Uint8Array>(
+            {
+              pull: (controller) => {
+                if (this.#read) return controller.error(new TypeError('Body is unusable: Body has already been read'));
+                this.#read = true;
+                if (this.#bytes.length > 0) controller.enqueue(new Uint8Array(this.#bytes));
+                controller.close();
+              },
+            },
+            { highWaterMark: 0 }
+          );
+          return this.#stream;
+        },
+      },
+      bodyUsed: {
+        get(this: BufferedResponse) {
+          return this.#read;
+        },
+      },
+    });
+  }
 }
 
 function abortReason(signal: AbortSignal): unknown {
