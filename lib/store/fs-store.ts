@@ -209,10 +209,6 @@ export class FsBackend implements BlobBackend {
   }
 }
 
-/**
- * Publish `tmp` at `path` only if nothing is there. link() fails with EEXIST atomically, so of N concurrent creators
- * exactly one wins, and the winner's file appears complete.
- */
 /*
  * The small reads and writes every teacher call makes (its cache lookup and entry, its journal segment) go through
  * node:fs's callback API, each as one promise: the promise API's FileHandle costs a promise and an object per step,
@@ -248,6 +244,10 @@ function readWhole(path: string): Promise<Buffer> {
   return new Promise((resolve, reject) => fs.readFile(path, (err, bytes) => (err ? reject(err) : resolve(bytes))));
 }
 
+/**
+ * Publish `tmp` at `path` only if nothing is there. link() fails with EEXIST atomically, so of N concurrent creators
+ * exactly one wins, and the winner's file appears complete.
+ */
 async function createExclusive(tmp: string, path: string): Promise<boolean> {
   try {
     await link(tmp, path);
