@@ -122,6 +122,7 @@ function send(url: URL, init: RequestInit, body: Buffer, agent: http.Agent): Pro
         const raw = Buffer.concat(chunks);
         if (!res.complete) return resolve(new Response(truncated(raw), init));
         const encoding = res.headers['content-encoding'];
+        // Most answers are not compressed: those are handed back at once, without a trip through a promise.
         if (!encoding) return resolve(new BufferedResponse(raw, init));
         decode(raw, encoding).then(
           (decoded) => resolve(new BufferedResponse(decoded, init)),
@@ -240,8 +241,7 @@ function badStatus(status: number): Error {
 }
 
 /** Decodes a compressed body; an encoding fetch does not decode either is passed through as it came. */
-async function decode(raw: Buffer, encoding: string | undefined): Promise<Buffer> {
-  if (!encoding) return raw;
+async function decode(raw: Buffer, encoding: string): Promise<Buffer> {
   // Several codings apply in the order listed, so they are undone last first.
   let out = raw;
   for (const coding of encoding
