@@ -100,6 +100,16 @@ test.serial('the body reads as fetch reads it: once, whole or as a stream, and a
     await t.throwsAsync(res.text(), { instanceOf: TypeError }, 'a streamed body cannot be read whole again');
   }
   for (const res of await both()) {
+    // A reader holds the body before reading it: the body is not used yet, but it can no longer be read or cloned.
+    const reader = res.body!.getReader();
+    t.false(res.bodyUsed);
+    t.throws(() => res.clone(), { instanceOf: TypeError }, 'a body locked to a reader cannot be cloned');
+    await t.throwsAsync(res.text(), { instanceOf: TypeError }, 'nor read whole');
+    const chunks: Buffer[] = [];
+    for (let r = await reader.read(); !r.done; r = await reader.read()) chunks.push(Buffer.from(r.value));
+    t.is(Buffer.concat(chunks).toString('utf8'), BODY, 'the reader still gets the bytes');
+  }
+  for (const res of await both()) {
     const blob = await res.blob();
     t.is(blob.type, 'application/json');
     t.is(await blob.text(), BODY);

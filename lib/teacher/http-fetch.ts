@@ -201,7 +201,10 @@ class BufferedResponse extends Response {
       },
       clone: {
         value: function (this: BufferedResponse) {
-          if (this.#read) throw new TypeError('Response.clone: Body has already been consumed.');
+          // As fetch: a body already read, or locked to a reader that has not read it yet, cannot be cloned.
+          if (this.#read || this.#stream?.locked) {
+            throw new TypeError('Response.clone: Body has already been consumed.');
+          }
           const { status, statusText, headers } = this;
           return new BufferedResponse(this.#bytes, { status, statusText, headers: new Headers(headers) });
         },
