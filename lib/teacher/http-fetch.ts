@@ -166,11 +166,16 @@ class BufferedResponse extends Response {
     this.#bytes = bytes;
   }
 
+  /** As fetch's: read already, or locked to a reader that may not have read it yet. */
+  get #unusable(): boolean {
+    return this.#read || this.#stream?.locked === true;
+  }
+
   /**
    * The bytes, once: what `fetch` refuses on a second read, or while a reader holds the body's stream, is refused.
    */
   #take(): Buffer {
-    if (this.#read || this.#stream?.locked) throw new TypeError('Body is unusable: Body has already been read');
+    if (this.#unusable) throw new TypeError('Body is unusable: Body has already been read');
     this.#read = true;
     return this.#bytes;
   }
@@ -201,10 +206,7 @@ class BufferedResponse extends Response {
       },
       clone: {
         value: function (this: BufferedResponse) {
-          // As fetch: a body already read, or locked to a reader that has not read it yet, cannot be cloned.
-          if (this.#read || this.#stream?.locked) {
-            throw new TypeError('Response.clone: Body has already been consumed.');
-          }
+          if (this.#unusable) throw new TypeError('Response.clone: Body has already been consumed.');
           const { status, statusText, headers } = this;
           return new BufferedResponse(this.#bytes, { status, statusText, headers: new Headers(headers) });
         },
