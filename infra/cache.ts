@@ -138,20 +138,55 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /**
- * A TCP port on 127.0.0.1 that was free a moment ago. Another process can still take it before the caller binds
- * it; services started with it fail loudly in that case rather than silently sharing.
+ * The lowest port the kernel hands out for outgoing connections and `listen(0)`: Linux's
+ * `ip_local_port_range`, else 32768 (Linux's default, and below the 49152 that macOS and Windows use).
  */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+function ephemeralPortFloor(): number {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (Number.isInteger(low) && low > 1024) return low;
+  } catch {
+    // Not Linux, or /proc is hidden: the default below holds for every common system.
+  }
+  return 32_768;
+}
+
+/** Ports at or above this and below the ephemeral floor are where `freePort` looks first. */
+const FREE_PORT_FLOOR = 15_000;
+
+function tryListen(port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
     const server = createServer();
     server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
+    server.once('error', () => resolve(undefined));
+    server.listen(port, '127.0.0.1', () => {
       const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
+      const bound = typeof address === 'object' && address ? address.port : undefined;
+      server.close(() => resolve(bound));
     });
   });
+}
+
+/**
+ * A TCP port on 127.0.0.1 that was free a moment ago, for a service the caller starts next. Another process can
+ * still take it before the caller binds it, and services started with it fail loudly if so; the choice keeps that
+ * rare. A port from `listen(0)` lies in the kernel's ephemeral range, which every outgoing connection on the
+ * machine also draws from, so under a busy test run a client socket took one between the check and the service's
+ * bind (a worker's metrics port, in CI). So the port is drawn at random from below that range, where only explicit
+ * binds land; `listen(0)` is the fallback when that range is too small or full.
+ */
+export async function freePort(): Promise<number> {
+  const ceiling = ephemeralPortFloor();
+  if (ceiling - FREE_PORT_FLOOR >= 1_000) {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const port = FREE_PORT_FLOOR + Math.floor(Math.random() * (ceiling - FREE_PORT_FLOOR));
+      const bound = await tryListen(port);
+      if (bound !== undefined) return bound;
+    }
+  }
+  const any = await tryListen(0);
+  if (any === undefined) throw new Error('no free TCP port on 127.0.0.1');
+  return any;
 }
 
 /**

@@ -156,11 +156,19 @@ test('withLock breaks a lock left behind by a process that no longer exists', as
   t.false(existsSync(lockDir));
 });
 
-test('freePort returns a loopback port that can be bound', async (t) => {
-  const port = await freePort();
+test('freePort returns a loopback port that can be bound, outside the range outgoing connections draw from', async (t) => {
+  const ephemeralLow = existsSync('/proc/sys/net/ipv4/ip_local_port_range')
+    ? Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0])
+    : 32_768;
+  const ports: number[] = [];
+  for (let i = 0; i < 20; i++) ports.push(await freePort());
+  for (const port of ports) {
+    t.true(port >= 1024 && port < ephemeralLow, `port ${port} lies below the ephemeral range (${ephemeralLow})`);
+  }
+  // Drawn at random, so tests starting services at once rarely pick the same one.
+  t.true(new Set(ports).size >= 18, ports.join(' '));
   const server = createServer();
-  await new Promise<void>((ok, fail) => server.once('error', fail).listen(port, '127.0.0.1', ok));
-  t.true(port > 0);
+  await new Promise<void>((ok, fail) => server.once('error', fail).listen(ports[0], '127.0.0.1', ok));
   server.close();
 });
 
