@@ -43,7 +43,9 @@
  * fifth this size) for one run on the `small:standard` case, reported under `otherBackends` against that case's
  * PyTorch median; off by default now, since the goals are about native. BENCH_PYTHON names an interpreter with torch
  * and transformers; by default the bench installs bench/requirements.txt's pins into a cached venv
- * (infra/bench-python.ts; ~4 GB, minutes, once). BENCH_THREADS (default 2) sets both sides' threads.
+ * (infra/bench-python.ts; ~4 GB, minutes, once). BENCH_THREADS (default 2) sets both sides' threads: native's
+ * intra-op and inter-op pools, PyTorch's `set_num_threads` (its inter-op pool, which eager training does not use,
+ * keeps its default).
  *
  * Last stdout line: one JSON object: `cases` (per case `shape`, `method`, `ratio` {median,min,max},
  * `nativeTokensPerSec`, `pytorchTokensPerSec`, `nativeMsPerStep`, `pytorchMsPerStep`, `gflops` {native,pytorch},
@@ -466,9 +468,11 @@ function runNative(c: Case, backend: BackendName, plan: StepPlan): Promise<Outco
     ...process.env,
     STEPWISE_TFJS_BACKEND: backend,
     TF_CPP_MIN_LOG_LEVEL: '2',
-    // TensorFlow's thread pools take these at start-up.
+    // TensorFlow's thread pools take these at start-up. Both at the thread count, as TensorFlow sets them by
+    // default on a machine of that many cores (a pipeline run's child sets neither): the sublayers' graphs run
+    // independent ops side by side on the inter-op threads, each op's work split on the intra-op ones.
     TF_NUM_INTRAOP_THREADS: String(SETTINGS.threads),
-    TF_NUM_INTEROP_THREADS: '1',
+    TF_NUM_INTEROP_THREADS: String(SETTINGS.threads),
   };
   // --expose-gc as a pipeline run's training child has it (lib/student/child.ts): the checkpoint writer frees what it
   // has read back as it goes, which is part of the peak RSS measured here.

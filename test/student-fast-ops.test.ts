@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { initBackend, type BackendName } from '../lib/student/backend';
 import { makeConfig } from '../lib/student/config';
 import {
@@ -10,6 +10,7 @@ import {
   maskedCrossEntropy,
   rmsNorm,
   usesNativeKernels,
+  useGraphSublayers,
   withOpByOpSublayers,
 } from '../lib/student/fast-ops';
 import { padBatch } from '../lib/student/loss';
@@ -310,60 +311,103 @@ test.serial('FusedAdam resumes from saved moments and respects weights assigned 
   });
 });
 
+type NativeCounts = { getNumOfTensors?(): number; getNumOfSavedModels?(): number };
+const nativeBinding = () => (tf.backend() as unknown as { binding?: NativeCounts }).binding;
 /** Handles alive in the native library (tfjs's count misses the raw ones the fused sublayers make and free). */
-const nativeHandles = () =>
-  (tf.backend() as unknown as { binding?: { getNumOfTensors?(): number } }).binding?.getNumOfTensors?.() ?? 0;
+const nativeHandles = () => nativeBinding()?.getNumOfTensors?.() ?? 0;
+/** Graph sessions loaded in the native library. */
+const sessions = () => nativeBinding()?.getNumOfSavedModels?.() ?? 0;
 
 test.serial(
   'the fused sublayers give the op-by-op model’s loss and gradients, dropout masks included, and leave nothing behind',
   async (t) => {
     await eachBackend((backend) => {
-      // Padding in the source and the labels, uneven lengths, both feed-forward kinds and both output layers.
-      const source = padBatch([
-        [5, 6, 7, 8, 9, 1],
-        [10, 11, 12, 1],
-      ]);
-      const labels = padBatch([
-        [20, 21, 22, 1],
-        [23, 1],
-      ]);
-      for (const [ff, tie] of [
-        ['gated-gelu', false],
-        ['relu', true],
-      ] as const) {
-        const config = makeConfig('tiny', 40, { feed_forward_proj: ff, tie_word_embeddings: tie, dropout_rate: 0.2 });
-        const model = T5Model.init(config, 5);
-        const variables = [...model.variables.values()];
-        const step = (training: boolean) =>
-          tf.variableGrads(() => model.loss(source, labels, { training, dropoutSeed: 3 }), variables);
-        for (const training of [false, true]) {
-          const fused = step(training);
-          const plain = withOpByOpSublayers(() => step(training));
-          const label = `${backend} ${ff}${training ? ' with dropout' : ''}`;
-          const [a, b] = [fused.value.dataSync()[0], plain.value.dataSync()[0]];
-          t.true(Math.abs(a - b) < 1e-5, `${label}: loss ${a} vs ${b}`);
-          for (const v of variables) {
-            const [g, r] = [fused.grads[v.name], plain.grads[v.name]];
-            const scale = tf.tidy(() => tf.max(tf.abs(r)).dataSync()[0]);
-            t.true(maxAbsDiff(g, r) <= 1e-5 * Math.max(scale, 1e-3), `${label}: a gradient is off`);
-          }
-          tf.dispose([fused.value, plain.value, ...Object.values(fused.grads), ...Object.values(plain.grads)]);
-          // Outside a gradient scope nothing is kept for a backward pass, and the value is the same.
-          const forwardOnly = tf.tidy(() => model.loss(source, labels, { training, dropoutSeed: 3 }).dataSync()[0]);
-          t.true(Math.abs(forwardOnly - a) < 1e-6, `${label}: forward-only loss ${forwardOnly} vs ${a}`);
+      // Natively the sublayers run as graph sessions, or op by op: both are held to the op-by-op model.
+      for (const graph of backend === 'tensorflow' ? [true, false] : [false]) {
+        const before = useGraphSublayers(graph);
+        try {
+          fusedAgainstPlain(t, `${backend}${graph ? ' (graphs)' : ''}`, graph);
+        } finally {
+          useGraphSublayers(before);
         }
-        // A step leaves no tensor and no native handle behind (the first one makes the kept constants).
-        const counts = () => [tf.memory().numTensors, nativeHandles()];
-        const once = () => {
-          const { value, grads } = step(true);
-          tf.dispose([value, ...Object.values(grads)]);
-        };
-        once();
-        const before = counts();
-        once();
-        t.deepEqual(counts(), before, `${backend} ${ff}: tensors and native handles after a step`);
-        model.dispose();
       }
     });
   }
 );
+
+function fusedAgainstPlain(t: ExecutionContext, backend: string, graph: boolean): void {
+  // Padding in the source and the labels, uneven lengths, both feed-forward kinds and both output layers.
+  const source = padBatch([
+    [5, 6, 7, 8, 9, 1],
+    [10, 11, 12, 1],
+  ]);
+  const labels = padBatch([
+    [20, 21, 22, 1],
+    [23, 1],
+  ]);
+  const sessionsBefore = sessions();
+  for (const [ff, tie] of [
+    ['gated-gelu', false],
+    ['relu', true],
+  ] as const) {
+    const config = makeConfig('tiny', 40, { feed_forward_proj: ff, tie_word_embeddings: tie, dropout_rate: 0.2 });
+    const model = T5Model.init(config, 5);
+    const variables = [...model.variables.values()];
+    const step = (training: boolean) =>
+      tf.variableGrads(() => model.loss(source, labels, { training, dropoutSeed: 3 }), variables);
+    for (const training of [false, true]) {
+      const fused = step(training);
+      const plain = withOpByOpSublayers(() => step(training));
+      const label = `${backend} ${ff}${training ? ' with dropout' : ''}`;
+      const [a, b] = [fused.value.dataSync()[0], plain.value.dataSync()[0]];
+      t.true(Math.abs(a - b) < 1e-5, `${label}: loss ${a} vs ${b}`);
+      for (const v of variables) {
+        const [g, r] = [fused.grads[v.name], plain.grads[v.name]];
+        const scale = tf.tidy(() => tf.max(tf.abs(r)).dataSync()[0]);
+        t.true(maxAbsDiff(g, r) <= 1e-5 * Math.max(scale, 1e-3), `${label}: a gradient is off`);
+      }
+      tf.dispose([fused.value, plain.value, ...Object.values(fused.grads), ...Object.values(plain.grads)]);
+      // Outside a gradient scope nothing is kept for a backward pass, and the value is the same.
+      const forwardOnly = tf.tidy(() => model.loss(source, labels, { training, dropoutSeed: 3 }).dataSync()[0]);
+      t.true(Math.abs(forwardOnly - a) < 1e-6, `${label}: forward-only loss ${forwardOnly} vs ${a}`);
+    }
+    // A step leaves no tensor and no native handle behind (the first one makes the kept constants).
+    const counts = () => [tf.memory().numTensors, nativeHandles()];
+    const once = () => {
+      const { value, grads } = step(true);
+      tf.dispose([value, ...Object.values(grads)]);
+    };
+    once();
+    const before = counts();
+    once();
+    t.deepEqual(counts(), before, `${backend} ${ff}: tensors and native handles after a step`);
+    if (graph) {
+      // The sublayers ran as graphs, and a batch of other lengths and size needs none beyond those loaded.
+      t.true(sessions() > sessionsBefore, `${backend} ${ff}: no graph session was loaded`);
+      const loaded = sessions();
+      const longer = tf.tidy(() => {
+        const grads = tf.variableGrads(
+          () =>
+            model.loss(
+              padBatch([
+                [5, 6, 7, 8, 9, 10, 11, 1],
+                [12, 1],
+                [13, 14, 1],
+              ]),
+              padBatch([
+                [20, 21, 22, 24, 25, 1],
+                [23, 1],
+                [26, 1],
+              ]),
+              { training: true, dropoutSeed: 4 }
+            ),
+          variables
+        );
+        return grads.value.dataSync()[0];
+      });
+      t.true(Number.isFinite(longer));
+      t.is(sessions(), loaded, `${backend} ${ff}: a new batch shape loaded graphs of its own`);
+    }
+    model.dispose();
+  }
+}

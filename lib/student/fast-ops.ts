@@ -15,9 +15,11 @@
  *   masks from Philox (`StatelessRandomUniformFullInt`), the loss from `SparseSoftmaxCrossEntropyWithLogits`, the
  *   global norm from `L2Loss`, and the whole Adam update from `ResourceApplyAdam`, in place.
  *
- * The sublayers run on raw handles (see {@link Frame}): ops straight through the binding with their attributes and
- * constant inputs made once, which skips tfjs's per-op tracking, and intermediate results freed as soon as they are
- * used, which also halves the step's peak memory (measured: 4.8 → 2.7 GB for `small` distill-step-by-step).
+ * The sublayers are written once against graph-frame.ts's `Ops` and run either way: each call as one graph session
+ * (`GraphFrame`, the default), or op by op on raw handles (see {@link Frame}): ops straight through the binding with
+ * their attributes and constant inputs made once, which skips tfjs's per-op tracking. Both free each intermediate
+ * result after its last use, which also halves the step's peak memory against tfjs's autodiff (measured: 4.8 → 2.7 GB
+ * for `small` distill-step-by-step).
  *
  * Every helper computes the same function on every backend: where the native backend is absent (wasm, cpu) it runs
  * plain tfjs ops (for the sublayers, t5.ts's op-by-op formulas), and test/student-fast-ops.test.ts holds the fused
@@ -25,10 +27,27 @@
  * test vector still holds.
  */
 import { tf } from './tf';
+import { GraphFrame, seedWords, threshold16, type Ops } from './graph-frame';
 import { nativeBackend as native, type Binding, type Handle, type NativeBackend, type OpAttr } from './tf-native';
 
 /** Set while {@link withOpByOpSublayers} runs. */
 let noFusedSublayers = false;
+
+/**
+ * Whether the fused sublayers run as graph sessions (graph-frame.ts) rather than op by op in a {@link Frame}. A graph
+ * saves the binding's dispatch per op and lets TensorFlow's executor run independent ops side by side on its
+ * inter-op threads. Measured on 2 cores (`small` shape, standard step, 2 intra-op and 2 inter-op threads, TF's
+ * defaults there): 1,853–1,872 ms a step against 2,150–2,190 op by op, alternated runs; with one inter-op thread the
+ * gain shrinks to 0–6%.
+ */
+let graphSublayers = true;
+
+/** Turns graph sessions for the fused sublayers on or off (tests compare the two); returns the setting before. */
+export function useGraphSublayers(on: boolean): boolean {
+  const before = graphSublayers;
+  graphSublayers = on;
+  return before;
+}
 
 /**
  * Runs `body` with the sublayers op by op while the other native kernels (dropout masks among them) stay: the fused
@@ -178,7 +197,7 @@ class RawKernels {
     const key = `u16:${rate}`;
     let h = this.constants.get(key);
     if (!h) {
-      const value = this.constant('int', [Math.min(0xffff, Math.round(rate * 0x10000))], true);
+      const value = this.constant('int', [threshold16(rate)], true);
       const castAttrs = [
         typeAttr(this.nb, 'SrcT', 'int32'),
         { name: 'DstT', type: this.b.TF_ATTR_TYPE, value: TF_UINT16 },
@@ -212,7 +231,7 @@ function kernelsOf(nb: NativeBackend): RawKernels {
  * adopted (handed to tfjs as a tensor) or the frame closes, which frees whatever is left: nothing leaks when a
  * shape check throws halfway. Handles of tfjs tensors (`borrow`) stay tfjs's.
  */
-class Frame {
+class Frame implements Ops {
   private readonly live = new Set<Handle>();
   private readonly b: Binding;
   constructor(private readonly k: RawKernels) {
@@ -339,10 +358,8 @@ class Frame {
    */
   dropoutMask(shape: number[], rate: number, seed: number): Handle {
     // Two int32 words of the seed (TF's seed is a pair); seeds here are non-negative integers below 2^53.
-    const whole = Math.floor(Math.abs(seed));
-    const words = Int32Array.of(whole % 0x7fffffff, Math.floor(whole / 0x7fffffff) % 0x7fffffff);
     const seedPair: Handle = {
-      id: this.b.createTensor([2], this.b.TF_INT32, words),
+      id: this.b.createTensor([2], this.b.TF_INT32, seedWords(seed)),
       shape: [2],
       dtype: this.b.TF_INT32,
     };
@@ -498,7 +515,7 @@ export interface FeedForwardWeights {
 }
 
 /** RMS norm of rows [N, D]: the forward of {@link rmsNorm} on raw handles; keeps r and x̂ for the backward. */
-function normRows(f: Frame, x: Handle, w: Handle, eps: number): { r: Handle; xHat: Handle; normed: Handle } {
+function normRows(f: Ops, x: Handle, w: Handle, eps: number): { r: Handle; xHat: Handle; normed: Handle } {
   const squares = f.unary('Square', x);
   const meanSquare = f.meanLast(squares);
   f.free(squares);
@@ -511,7 +528,7 @@ function normRows(f: Frame, x: Handle, w: Handle, eps: number): { r: Handle; xHa
 }
 
 /** The backward of {@link normRows} (as {@link rmsNorm}'s): dw = Σ dy·x̂, dx = r·(g − x̂·mean(g·x̂)) with g = dy·w. */
-function normRowsGrad(f: Frame, dy: Handle, xHat: Handle, r: Handle, w: Handle): { dx: Handle; dw: Handle } {
+function normRowsGrad(f: Ops, dy: Handle, xHat: Handle, r: Handle, w: Handle): { dx: Handle; dw: Handle } {
   const dyx = f.mul(dy, xHat);
   const dw = f.sum(dyx, [0], false);
   f.free(dyx);
@@ -529,7 +546,7 @@ function normRowsGrad(f: Frame, dy: Handle, xHat: Handle, r: Handle, w: Handle):
 }
 
 /** [N, n·H·K] projections → n tensors [B, H, L, K] (N = B·L): one reshape, one transpose and one unpack. */
-function splitHeads(f: Frame, x: Handle, batch: number, length: number, n: number, heads: number): Handle[] {
+function splitHeads(f: Ops, x: Handle, batch: number, length: number, n: number, heads: number): Handle[] {
   const headDim = x.shape[1] / (n * heads);
   const grouped = f.reshape(x, [batch, length, n, heads, headDim]);
   const moved = f.transpose(grouped, [2, 0, 3, 1, 4]); // [n, B, H, L, K]
@@ -540,7 +557,7 @@ function splitHeads(f: Frame, x: Handle, batch: number, length: number, n: numbe
 }
 
 /** The inverse of {@link splitHeads} for gradients: n tensors [B, H, L, K] → [B·L, n·H·K]. */
-function mergeHeads(f: Frame, parts: Handle[]): Handle {
+function mergeHeads(f: Ops, parts: Handle[]): Handle {
   const [batch, heads, length, headDim] = parts[0].shape;
   const stacked = parts.length === 1 ? parts[0] : f.pack(parts, 0); // [n, B, H, L, K]
   const moved = parts.length === 1 ? f.transpose(stacked, [0, 2, 1, 3]) : f.transpose(stacked, [1, 3, 0, 2, 4]); // [B, L, n, H, K]
@@ -551,23 +568,35 @@ function mergeHeads(f: Frame, parts: Handle[]): Handle {
 }
 
 /**
+ * Runs a sublayer body and hands back the handles it returns as tfjs tensors: as one graph session
+ * ({@link GraphFrame}) when {@link graphSublayers} is on, else op by op in a {@link Frame}.
+ */
+function runBody(nb: NativeBackend, body: (f: Ops) => Handle[]): tf.Tensor[] {
+  if (graphSublayers) return GraphFrame.run(nb, kernelsOf(nb).halfDraws, body);
+  return Frame.run(nb, (f) => body(f).map((h) => f.adopt(h)));
+}
+
+/**
  * A fused sublayer as one differentiable op: `forward` alone when no gradient is being recorded; otherwise one tape
  * node that keeps what `forward` saved (`keep`) and runs `backward` on it, borrowed into the backward's own frame,
- * with dy. `backward` returns the gradients of `inputs`, in order.
+ * with dy. `backward` returns the gradients of `inputs`, in order. Each handle returned is returned once.
  */
 function fusedOp(
   nb: NativeBackend,
   inputs: tf.Tensor[],
-  forward: (f: Frame, keep: boolean) => { out: tf.Tensor; saved: tf.Tensor[] },
-  backward: (f: Frame, saved: Handle[], dy: tf.Tensor) => tf.Tensor[]
+  forward: (f: Ops, keep: boolean) => { out: Handle; saved: Handle[] },
+  backward: (f: Ops, saved: Handle[], dy: tf.Tensor) => Handle[]
 ): tf.Tensor {
-  if (!recording()) return Frame.run(nb, (f) => forward(f, false).out);
+  if (!recording()) return runBody(nb, (f) => [forward(f, false).out])[0];
   const op = withGradient(((_: tf.Tensor[], save: tf.GradSaveFunc) => {
-    const { out, saved } = Frame.run(nb, (f) => forward(f, true));
+    const [out, ...saved] = runBody(nb, (f) => {
+      const result = forward(f, true);
+      return [result.out, ...result.saved];
+    });
     save(saved);
     return {
       value: out,
-      gradFunc: (dy: tf.Tensor, kept: tf.Tensor[]) => Frame.run(nb, (f) => backward(f, f.borrowAll(kept), dy)),
+      gradFunc: (dy: tf.Tensor, kept: tf.Tensor[]) => runBody(nb, (f) => backward(f, f.borrowAll(kept), dy)),
     };
   }) as Parameters<typeof withGradient>[0]);
   return op(...inputs);
@@ -606,7 +635,7 @@ export function attentionSublayer(
   const inputs = [x, w.norm, w.q, w.k, w.v, w.o, ...(memory ? [memory] : []), ...(biasGrad ? [bias] : [])];
 
   // Forward on raw handles; `keep` lists what the backward needs (adopted as tfjs tensors when a tape records).
-  const forward = (f: Frame, keep: boolean) => {
+  const forward = (f: Ops, keep: boolean) => {
     const [X, G, Q, K, V, O] = f.borrowAll(inputs.slice(0, 6));
     const rows = f.reshape(X, [batch * length, width]);
     const { r, xHat, normed } = normRows(f, rows, G, eps);
@@ -644,13 +673,13 @@ export function attentionSublayer(
     if (outMask) f.free(projected);
     const sum = f.add(rows, update);
     f.free(update);
-    const out = f.adopt(f.reshape(sum, [batch, length, width]));
+    const out = f.reshape(sum, [batch, length, width]);
     if (!keep) return { out, saved: [] };
-    // Without dropout `dropped` is `probs`: each handle is adopted once.
+    // Without dropout `dropped` is `probs`: each handle is returned once.
     const saved = [r, xHat, normed, projection, q, k, v, probs, contextRows];
     if (memoryRows) saved.push(memoryRows);
     if (weightMask) saved.push(weightMask, dropped, outMask!);
-    return { out, saved: saved.map((h) => f.adopt(h)) };
+    return { out, saved };
   };
 
   return fusedOp(nb, inputs, forward, (f, h, dy) => {
@@ -682,7 +711,7 @@ export function attentionSublayer(
     f.free(centred);
     const dq = f.matMul(dScores, k); // [B, H, T, K]
     const dk = f.matMul(dScores, q, true); // [B, H, S, K]
-    let dNormed: Handle, dMemory: tf.Tensor | undefined;
+    let dNormed: Handle, dMemory: Handle | undefined;
     let dQ: Handle, dK: Handle, dV: Handle;
     if (!cross) {
       const dQkv = mergeHeads(f, [dq, dk, dv]); // [B·T, 3HK]
@@ -705,23 +734,22 @@ export function attentionSublayer(
       f.free(dProjection);
       const dMemoryRows = f.matMul(dKv, projection, false, true);
       f.free(dKv);
-      dMemory = f.adopt(f.reshape(dMemoryRows, [batch, sourceLength, width]));
+      dMemory = f.reshape(dMemoryRows, [batch, sourceLength, width]);
     }
     const { dx, dw } = normRowsGrad(f, dNormed, xHat, r, G);
     f.free(dNormed);
     const dSum = f.add(dRows, dx);
     f.free(dx);
-    const grads = [
-      f.adopt(f.reshape(dSum, [batch, length, width])),
-      f.adopt(dw),
-      f.adopt(dQ),
-      f.adopt(dK),
-      f.adopt(dV),
-      f.adopt(dO),
+    return [
+      f.reshape(dSum, [batch, length, width]),
+      dw,
+      dQ,
+      dK,
+      dV,
+      dO,
       ...(dMemory ? [dMemory] : []),
-      ...(biasGrad ? [f.adopt(dScores)] : []),
+      ...(biasGrad ? [dScores] : []),
     ];
-    return grads;
   });
 }
 
@@ -744,7 +772,7 @@ export function feedForwardSublayer(
   const seeds = drop ? [drop.nextSeed(), drop.nextSeed()] : undefined;
   const inputs = [x, w.norm, ...w.wi, w.wo];
 
-  const forward = (f: Frame, keep: boolean) => {
+  const forward = (f: Ops, keep: boolean) => {
     const [X, G, ...rest] = f.borrowAll(inputs);
     const WO = rest[rest.length - 1];
     const rows = f.reshape(X, [batch * length, width]);
@@ -783,10 +811,9 @@ export function feedForwardSublayer(
     if (outMask) f.free(projected);
     const sum = f.add(rows, update);
     f.free(update);
-    const out = f.adopt(f.reshape(sum, [batch, length, width]));
+    const out = f.reshape(sum, [batch, length, width]);
     if (!keep) return { out, saved: [] };
-    const saved = [r, xHat, normed, dropped, ...kept, ...(hiddenMask ? [hiddenMask, outMask!] : [])];
-    return { out, saved: saved.map((h) => f.adopt(h)) };
+    return { out, saved: [r, xHat, normed, dropped, ...kept, ...(hiddenMask ? [hiddenMask, outMask!] : [])] };
   };
 
   return fusedOp(nb, inputs, forward, (f, h, dy) => {
@@ -839,7 +866,7 @@ export function feedForwardSublayer(
     f.free(dNormed);
     const dSum = f.add(dRows, dx);
     f.free(dx);
-    return [f.adopt(f.reshape(dSum, [batch, length, width])), f.adopt(dw), ...dWi.map((d) => f.adopt(d)), f.adopt(dWo)];
+    return [f.reshape(dSum, [batch, length, width]), dw, ...dWi, dWo];
   });
 }
 

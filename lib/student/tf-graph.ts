@@ -51,10 +51,10 @@ class ProtoWriter {
 // ---------------------------------------------------------------------------------------------------------------
 // Graphs
 
-export type DType = 'float32' | 'int32';
+export type DType = 'float32' | 'int32' | 'uint32' | 'uint16' | 'bool';
 
 /** tensorflow/core/framework/types.proto */
-const DATA_TYPE: Record<DType, number> = { float32: 1, int32: 3 };
+const DATA_TYPE: Record<DType, number> = { float32: 1, int32: 3, uint16: 17, uint32: 22, bool: 10 };
 
 /** An attribute value (tensorflow/core/framework/attr_value.proto). */
 export type Attr = { type: DType } | { bool: boolean } | { int: number };
@@ -83,8 +83,8 @@ export class GraphBuilder {
     return this.node('Placeholder', [], { dtype: { type: dtype } }, name, [['shape', shape]]);
   }
 
-  /** A constant: float or int32 values of the given shape ([] for a scalar). */
-  constant(dtype: DType, values: readonly number[], shape: readonly number[] = []): string {
+  /** A constant: float or integer values of the given shape ([] for a scalar). */
+  constant(dtype: 'float32' | 'int32' | 'uint16', values: readonly number[], shape: readonly number[] = []): string {
     const tensorShape = new ProtoWriter();
     for (const size of shape) tensorShape.message(2, new ProtoWriter().int(1, size));
     const tensor = new ProtoWriter().int(1, DATA_TYPE[dtype]).message(2, tensorShape);
@@ -93,7 +93,7 @@ export class GraphBuilder {
     } else {
       const packed = new ProtoWriter();
       for (const v of values) packed.varint(v);
-      tensor.raw(7, packed.bytes); // int_val, packed
+      tensor.raw(7, packed.bytes); // int_val, packed: TensorProto's field for int32 and uint16 alike
     }
     return this.node('Const', [], { dtype: { type: dtype } }, undefined, [
       ['value', new ProtoWriter().message(8, tensor)],
