@@ -38,7 +38,9 @@ let noFusedSublayers = false;
  * saves the binding's dispatch per op and lets TensorFlow's executor run independent ops side by side on its
  * inter-op threads. Measured on 2 cores (`small` shape, standard step, 2 intra-op and 2 inter-op threads, TF's
  * defaults there): 1,853–1,872 ms a step against 2,150–2,190 op by op, alternated runs; with one inter-op thread the
- * gain shrinks to 0–6%.
+ * gain shrinks to 0–6%. Measured on the CPU only, and used there only: the binding feeds a session through host
+ * memory (each input handle is resolved to a host tensor), which on a GPU would copy every weight and activation off
+ * the device and back at each call.
  */
 let graphSublayers = true;
 
@@ -132,12 +134,15 @@ class RawKernels {
    * uint16 comparison kernel.
    */
   readonly halfDraws: boolean;
+  /** Whether ops run on a GPU (tfjs-node-gpu with a device): the sublayers then stay op by op (see graphSublayers). */
+  readonly onGpu: boolean;
   private readonly countedAttrs = new Map<string, OpAttr[]>();
   private readonly constants = new Map<string, Handle>();
 
   constructor(readonly nb: NativeBackend) {
     this.b = nb.binding;
-    this.halfDraws = !(nb as { isUsingGpuDevice?: boolean }).isUsingGpuDevice;
+    this.onGpu = (nb as { isUsingGpuDevice?: boolean }).isUsingGpuDevice === true;
+    this.halfDraws = !this.onGpu;
     const T = typeAttr(nb, 'T', 'float32');
     const index = (name: string) => typeAttr(nb, name, 'int32');
     const flags = (adjX: boolean, adjY: boolean) => [T, boolAttr(nb, 'adj_x', adjX), boolAttr(nb, 'adj_y', adjY)];
@@ -569,10 +574,11 @@ function mergeHeads(f: Ops, parts: Handle[]): Handle {
 
 /**
  * Runs a sublayer body and hands back the handles it returns as tfjs tensors: as one graph session
- * ({@link GraphFrame}) when {@link graphSublayers} is on, else op by op in a {@link Frame}.
+ * ({@link GraphFrame}) when {@link graphSublayers} is on and ops run on the CPU, else op by op in a {@link Frame}.
  */
 function runBody(nb: NativeBackend, body: (f: Ops) => Handle[]): tf.Tensor[] {
-  if (graphSublayers) return GraphFrame.run(nb, kernelsOf(nb).halfDraws, body);
+  const kernels = kernelsOf(nb);
+  if (graphSublayers && !kernels.onGpu) return GraphFrame.run(nb, kernels.halfDraws, body);
   return Frame.run(nb, (f) => body(f).map((h) => f.adopt(h)));
 }
 
