@@ -38,7 +38,7 @@ let noFusedSublayers = false;
  * saves the binding's dispatch per op and lets TensorFlow's executor run independent ops side by side on its
  * inter-op threads. Measured on 2 cores (`small` shape, standard step, 2 intra-op and 2 inter-op threads, TF's
  * defaults there): 1,853–1,872 ms a step against 2,150–2,190 op by op, alternated runs; with one inter-op thread the
- * gain shrinks to 0–6%. Measured on the CPU only, and used there only: the binding feeds a session through host
+ * gain shrinks to 2–7%. Measured on the CPU only, and used there only: the binding feeds a session through host
  * memory (each input handle is resolved to a host tensor), which on a GPU would copy every weight and activation off
  * the device and back at each call.
  */

@@ -67,7 +67,6 @@ function broadcast(a: readonly number[], b: readonly number[]): number[] {
 }
 
 const T = { T: { type: 'float32' as const } };
-const FLOAT = 1; // TF_FLOAT
 
 /**
  * Records a sublayer's ops as a graph; {@link GraphFrame.run} runs a body in one and returns its results as tfjs
@@ -97,7 +96,7 @@ export class GraphFrame implements Ops {
       const fetches = results.map((h, i) => frame.g.op('Identity', [frame.name(h)], T, `out_${i}`));
       const session = GraphSession.load(nb.binding, frame.g);
       const outs = session.run(frame.feeds, fetches);
-      return outs.map((o) => nb.createOutputTensor({ id: o.id, shape: o.shape, dtype: FLOAT }));
+      return outs.map((o) => nb.createOutputTensor({ id: o.id, shape: o.shape, dtype: nb.binding.TF_FLOAT }));
     } finally {
       for (const id of frame.made) nb.binding.deleteTensor(id);
     }
@@ -109,9 +108,9 @@ export class GraphFrame implements Ops {
     return name;
   }
 
-  private handle(name: string, shape: readonly number[], dtype = FLOAT): Handle {
+  private handle(name: string, shape: readonly number[]): Handle {
     this.outputs.push(name);
-    return { id: this.outputs.length - 1, shape: [...shape], dtype };
+    return { id: this.outputs.length - 1, shape: [...shape], dtype: this.nb.binding.TF_FLOAT };
   }
 
   private op(op: string, inputs: (Handle | string)[], shape: readonly number[], attrs = {}): Handle {
