@@ -8,7 +8,8 @@
  * its activities ran by the same history (paired within the run), with its median and min–max over the runs.
  * BENCH_RUNS (5) timed runs after one warm-up; BENCH_TIMELINE=1 prints the last run's history, and its teacher
  * child's, event by event with their times: where a stage's overhead goes. `stealShare`: the share of the machine's CPU
- * time its hypervisor gave other guests over the bench. Last line: one JSON object.
+ * time its hypervisor gave other guests over the bench. `devDbSync`: how the dev server's SQLite commits reach the disk
+ * (`STEPWISE_DEV_DB_SYNC`, infra/temporal.ts), which weighs on every stage. Last line: one JSON object.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,7 +17,7 @@ import { join } from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { temporal } from '@temporalio/proto';
 import type { Client } from '@temporalio/client';
-import { startTemporalDevServer } from '../infra/temporal';
+import { devDbSyncOf, startTemporalDevServer } from '../infra/temporal';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from '../workers/pipeline-worker';
 import { createActivityDeps } from '../workers/deps';
 import { createActivities } from '../activities';
@@ -317,6 +318,7 @@ async function main() {
       // The share of the machine's CPU time its hypervisor gave other guests over the bench: the worker, the server
       // and the client share two cores, so a neighbour's burst lands on the timings.
       stealShare: steal(),
+      devDbSync: devDbSyncOf(),
     })
   );
 }

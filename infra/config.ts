@@ -50,6 +50,11 @@ export interface StepwiseSettings {
   logLevel?: string;
   /** `TEMPORAL_CLI_PATH`: a Temporal CLI to use instead of the one on PATH or the pinned download. */
   temporalCliPath?: string;
+  /**
+   * `STEPWISE_DEV_DB_SYNC`: how the embedded dev server's SQLite commits reach the disk, `normal` (default) or `full`.
+   * Raw here; infra/temporal.ts checks it, naming the variable.
+   */
+  devDbSync?: string;
   /** `VERSITYGW_PATH`: a versitygw binary to use instead of the pinned build. */
   versitygwPath?: string;
   /** `TEMPORAL_ADDRESS` is set: the user points at a cluster, so nothing embedded is started. */
@@ -136,6 +141,7 @@ export function settings(env: Env = process.env): StepwiseSettings {
     logFormat: nonEmpty(env.STEPWISE_LOG_FORMAT),
     logLevel: nonEmpty(env.STEPWISE_LOG_LEVEL),
     temporalCliPath: nonEmpty(env.TEMPORAL_CLI_PATH),
+    devDbSync: nonEmpty(env.STEPWISE_DEV_DB_SYNC),
     versitygwPath: nonEmpty(env.VERSITYGW_PATH),
     storeSse: nonEmpty(env.STEPWISE_STORE_SSE),
     storeKmsKeyId: nonEmpty(env.STEPWISE_STORE_KMS_KEY_ID),

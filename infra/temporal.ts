@@ -84,7 +84,38 @@ export interface TemporalDevServerOptions {
   searchAttributes?: Record<string, DevServerSearchAttributeType>;
   /** How long to wait for the frontend to answer; the first start on a cold disk takes a few seconds. */
   startTimeoutMs?: number;
+  /**
+   * How SQLite commits reach the disk (see {@link DevDbSync}); default `STEPWISE_DEV_DB_SYNC`, else `normal`.
+   * @throws Error naming the variable when it holds anything else.
+   */
+  dbSync?: DevDbSync;
   log?: Log;
+}
+
+/**
+ * SQLite's `synchronous` setting for the dev server's write-ahead log. `normal`: a commit is written to the log and
+ * the log is flushed to disk at each checkpoint, so a commit survives any crash of the server (or of every process on
+ * the machine) and only the machine losing power or its kernel can take back the last commits before a checkpoint;
+ * the database is never corrupted either way. `full`: every commit waits for its own flush to disk as well. A workflow
+ * task, an activity start and an activity completion are each one commit, so the flush is on every step of every
+ * run: on this project's test machine `full` added 13-15 ms to each stage of `bench:orchestration` (44-46 ms median
+ * added around a stage's work with `normal`, 59 with `full`). A dev server is a development and test service (the
+ * CLI's own default keeps its state in memory only); production runs on a Temporal cluster with its own storage.
+ */
+export type DevDbSync = 'normal' | 'full';
+
+const DEV_DB_SYNC: readonly DevDbSync[] = ['normal', 'full'];
+
+/** The dev server's commit mode: `requested`, else `STEPWISE_DEV_DB_SYNC` (of `env`), else `normal`. */
+export function devDbSyncOf(requested?: DevDbSync, env: Record<string, string | undefined> = process.env): DevDbSync {
+  if (requested !== undefined) return requested;
+  const raw = settings(env).devDbSync;
+  if (raw === undefined) return 'normal';
+  const mode = raw.trim().toLowerCase() as DevDbSync;
+  if (!DEV_DB_SYNC.includes(mode)) {
+    throw new Error(`STEPWISE_DEV_DB_SYNC is ${JSON.stringify(raw)}; expected one of ${DEV_DB_SYNC.join(', ')}`);
+  }
+  return mode;
 }
 
 /** The search attribute types `temporal server start-dev --search-attribute` accepts. */
@@ -131,6 +162,8 @@ class DevServerExited extends Error {
 }
 
 async function startOnce(opts: TemporalDevServerOptions): Promise<TemporalDevServer> {
+  // Checked before anything starts: a mistyped mode fails here, naming the variable.
+  const dbSync = devDbSyncOf(opts.dbSync);
   const cli = await ensureTemporalCli(opts.log);
   const stateDir = resolve(opts.stateDir);
   await mkdir(stateDir, { recursive: true });
@@ -140,11 +173,12 @@ async function startOnce(opts: TemporalDevServerOptions): Promise<TemporalDevSer
   const namespace = opts.namespace ?? 'default';
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--db-filename', dbFile];
   args.push('--log-level', 'warn');
-  // SQLite's write-ahead log instead of its default rollback journal: a commit is one append and one fsync of the log
-  // where the rollback journal costs two or more, and readers no longer wait on the writer. Every workflow task,
-  // activity completion and heartbeat is a commit, so each stage's orchestration costs less (bench:orchestration:
-  // 13-17 ms added around a short stage's work, from 14-21). synchronous=FULL keeps every commit durable, as before.
-  for (const pragma of ['journal_mode=WAL', 'synchronous=FULL']) args.push('--sqlite-pragma', pragma);
+  // SQLite's write-ahead log instead of its default rollback journal: a commit is one append to the log where the
+  // rollback journal rewrites pages twice, and readers no longer wait on the writer. Every workflow task, activity
+  // completion and heartbeat is a commit, so each stage's orchestration costs less (bench:orchestration: 13-17 ms
+  // added around a short stage's work, from 14-21). Whether each commit also waits for a disk flush: DevDbSync.
+  for (const pragma of ['journal_mode=WAL', `synchronous=${dbSync.toUpperCase()}`])
+    args.push('--sqlite-pragma', pragma);
   // Off by default in the server: an activity scheduled on the workflow's own task queue is then handed back to the
   // worker with the workflow task's answer instead of through the queue, one trip less per stage (bench:orchestration).
   args.push('--dynamic-config-value', 'system.enableActivityEagerExecution=true');

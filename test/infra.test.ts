@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 
 import { ensureOnce, freePort, sleep, waitFor, withLock } from '../infra/cache';
 import { setup } from '../infra/setup';
-import { startTemporalDevServer } from '../infra/temporal';
+import { devDbSyncOf, startTemporalDevServer, type TemporalDevServer } from '../infra/temporal';
 import { ensureTfjsNative } from '../infra/tfjs-native';
 
 const repoRoot = resolve(__dirname, '..');
@@ -54,33 +54,76 @@ test('the Temporal dev server starts, accepts a client, keeps its state in state
   t.false(alive(server.pid));
 });
 
-test('workflow state survives a restart of the dev server on the same stateDir', async (t) => {
-  const stateDir = await tempDir(t, 'temporal-restart');
-  const workflowId = 'survives-restart';
-  const first = await startTemporalDevServer({ stateDir, namespace: 'stepwise-test' });
+/** Starts a workflow no worker polls for on `server`: it stays open, which is exactly the state that must persist. */
+async function startNeverRunning(server: TemporalDevServer, workflowId: string): Promise<void> {
+  const connection = await Connection.connect({ address: server.address });
   try {
-    const connection = await Connection.connect({ address: first.address });
-    // No worker polls this queue: the workflow stays open, which is exactly the state that must persist.
-    await new Client({ connection, namespace: first.namespace }).workflow.start('neverRuns', {
+    await new Client({ connection, namespace: server.namespace }).workflow.start('neverRuns', {
       taskQueue: 'nobody-polls',
       workflowId,
     });
+  } finally {
     await connection.close();
+  }
+}
+
+/** The type and status of `workflowId` as `server` describes it; the server is stopped afterwards. */
+async function describeThenStop(server: TemporalDevServer, workflowId: string): Promise<[string, string]> {
+  try {
+    const connection = await Connection.connect({ address: server.address });
+    try {
+      const d = await new Client({ connection, namespace: server.namespace }).workflow.getHandle(workflowId).describe();
+      return [d.type, d.status.name];
+    } finally {
+      await connection.close();
+    }
+  } finally {
+    await server.stop();
+  }
+}
+
+test('workflow state survives a restart of the dev server on the same stateDir', async (t) => {
+  const stateDir = await tempDir(t, 'temporal-restart');
+  const first = await startTemporalDevServer({ stateDir, namespace: 'stepwise-test' });
+  try {
+    await startNeverRunning(first, 'survives-restart');
   } finally {
     await first.stop();
   }
   const second = await startTemporalDevServer({ stateDir, namespace: 'stepwise-test' });
+  t.deepEqual(await describeThenStop(second, 'survives-restart'), ['neverRuns', 'RUNNING']);
+});
+
+/** The `synchronous=` pragma the dev server process `pid` was started with. */
+function syncPragmaOf(pid: number): string | undefined {
+  const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  return args.find((a) => a.startsWith('synchronous='));
+}
+
+test('a workflow start the dev server acknowledged survives the server being SIGKILLed (commits without a flush each)', async (t) => {
+  const stateDir = await tempDir(t, 'temporal-kill');
+  const first = await startTemporalDevServer({ stateDir, namespace: 'stepwise-test' });
+  // The default: each commit goes to SQLite's log without waiting for its own flush to disk.
+  t.is(syncPragmaOf(first.pid), 'synchronous=NORMAL');
   try {
-    const connection = await Connection.connect({ address: second.address });
-    const description = await new Client({ connection, namespace: second.namespace }).workflow
-      .getHandle(workflowId)
-      .describe();
-    t.is(description.type, 'neverRuns');
-    t.is(description.status.name, 'RUNNING');
-    await connection.close();
+    await startNeverRunning(first, 'survives-kill');
   } finally {
-    await second.stop();
+    // No shutdown and no checkpoint: only what SQLite had written when the start was acknowledged.
+    process.kill(-first.pid, 'SIGKILL');
+    await waitFor(() => !alive(first.pid), { timeoutMs: 10_000, what: 'the killed server to exit' });
+    await first.stop();
   }
+  const second = await startTemporalDevServer({ stateDir, namespace: 'stepwise-test', dbSync: 'full' });
+  t.is(syncPragmaOf(second.pid), 'synchronous=FULL');
+  t.deepEqual(await describeThenStop(second, 'survives-kill'), ['neverRuns', 'RUNNING']);
+});
+
+test('STEPWISE_DEV_DB_SYNC picks the dev server commit mode; anything but normal or full is refused by name', (t) => {
+  t.is(devDbSyncOf(undefined, {}), 'normal');
+  t.is(devDbSyncOf(undefined, { STEPWISE_DEV_DB_SYNC: 'FULL' }), 'full');
+  t.is(devDbSyncOf('full', { STEPWISE_DEV_DB_SYNC: 'normal' }), 'full');
+  const err = t.throws(() => devDbSyncOf(undefined, { STEPWISE_DEV_DB_SYNC: 'off' }));
+  t.regex(err.message, /STEPWISE_DEV_DB_SYNC is "off"; expected one of normal, full/);
 });
 
 test('a dev server does not outlive a parent process that is killed with SIGKILL', async (t) => {
