@@ -23,6 +23,13 @@
  *   (`/proc/stat`). The worker, the server and Temporal share two cores here, so a phase that lost a tenth of them
  *   to a neighbour is slower for it: compare efficiencies measured at similar steal.
  *
+ * Where the efficiency is lost, measured on the project's test machine: the server answers in L + 1-2 ms, and the
+ * worker's call takes L + 8-32 ms from its request to its answer back in the shard. The server's latency is constant,
+ * so calls started together stay together, and their answers queue on the worker's event loop: a bare client (no
+ * Temporal, no store) took 1,024 ms a call at L = 1 s, and 1,004 ms with its 64 starts spread over one latency. The
+ * rest is CPU, much of it waking idle threads (about 0.1 ms each on that VM): a call's cache write is five steps
+ * through libuv's thread pool.
+ *
  * Settings (env): BENCH_CONCURRENCY, BENCH_LATENCY_MS, BENCH_EFFICIENCY_EXAMPLES (4000),
  * BENCH_FAST_EFFICIENCY_LATENCY_MS (250), BENCH_SMALL (10000), BENCH_LARGE (100000), BENCH_FAST_LATENCY_MS (2),
  * BENCH_STORE (`fs` or `s3`: every phase on that store only; by default efficiency on fs and memory on both),
