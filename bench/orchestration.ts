@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { temporal } from '@temporalio/proto';
 import type { Client } from '@temporalio/client';
-import { devDbSyncOf, startTemporalDevServer } from '../infra/temporal';
+import { startTemporalDevServer } from '../infra/temporal';
 import { connectTemporal, createPipelineWorkers, quietTemporalLogs } from '../workers/pipeline-worker';
 import { createActivityDeps } from '../workers/deps';
 import { createActivities } from '../activities';
@@ -324,7 +324,7 @@ async function main() {
       // The share of the machine's CPU time its hypervisor gave other guests over the bench: the worker, the server
       // and the client share two cores, so a neighbour's burst lands on the timings.
       stealShare: steal(),
-      devDbSync: devDbSyncOf(),
+      devDbSync: server.dbSync,
     })
   );
 }

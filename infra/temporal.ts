@@ -129,6 +129,8 @@ export interface TemporalDevServer {
   uiUrl?: string;
   /** Path of the SQLite database. */
   dbFile: string;
+  /** How its SQLite commits reach the disk (see {@link DevDbSync}). */
+  dbSync: DevDbSync;
   /** Process id of the server, for tests that check nothing is left behind. */
   pid: number;
   stop(): Promise<void>;
@@ -141,12 +143,14 @@ export interface TemporalDevServer {
  * throws `StateInUseError` (infra/db-lock.ts); a stopped or killed one's lock is taken over.
  */
 export async function startTemporalDevServer(opts: TemporalDevServerOptions): Promise<TemporalDevServer> {
+  // Checked once, before anything starts: a mistyped mode fails here, naming the variable.
+  const dbSync = devDbSyncOf(opts.dbSync);
   // A server that dies while starting on ports it chose itself most likely lost one of them (its own frontend port,
   // or the internal ones it picks) to another process starting at the same moment: tried again on fresh ports. A
   // caller's fixed port gets one attempt, as the failure is then about that port.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(opts);
+      return await startOnce(opts, dbSync);
     } catch (err) {
       if (!(err instanceof DevServerExited) || opts.port !== undefined || attempt >= 3) throw err;
       opts.log?.(`Temporal dev server exited while starting (attempt ${attempt}); trying again on other ports`);
@@ -162,9 +166,7 @@ class DevServerExited extends Error {
   }
 }
 
-async function startOnce(opts: TemporalDevServerOptions): Promise<TemporalDevServer> {
-  // Checked before anything starts: a mistyped mode fails here, naming the variable.
-  const dbSync = devDbSyncOf(opts.dbSync);
+async function startOnce(opts: TemporalDevServerOptions, dbSync: DevDbSync): Promise<TemporalDevServer> {
   const cli = await ensureTemporalCli(opts.log);
   const stateDir = resolve(opts.stateDir);
   await mkdir(stateDir, { recursive: true });
@@ -178,8 +180,7 @@ async function startOnce(opts: TemporalDevServerOptions): Promise<TemporalDevSer
   // rollback journal rewrites pages twice, and readers no longer wait on the writer. Every workflow task, activity
   // completion and heartbeat is a commit, so each stage's orchestration costs less (bench:orchestration: 13-17 ms
   // added around a short stage's work, from 14-21). Whether each commit also waits for a disk flush: DevDbSync.
-  for (const pragma of ['journal_mode=WAL', `synchronous=${dbSync.toUpperCase()}`])
-    args.push('--sqlite-pragma', pragma);
+  args.push('--sqlite-pragma', 'journal_mode=WAL', '--sqlite-pragma', `synchronous=${dbSync.toUpperCase()}`);
   // Off by default in the server: an activity scheduled on the workflow's own task queue is then handed back to the
   // worker with the workflow task's answer instead of through the queue, one trip less per stage (bench:orchestration).
   args.push('--dynamic-config-value', 'system.enableActivityEagerExecution=true');
@@ -243,5 +244,5 @@ async function startOnce(opts: TemporalDevServerOptions): Promise<TemporalDevSer
     // Only once the server has exited: until then it still has the database open.
     await lock.release();
   };
-  return { address, namespace, uiUrl, dbFile, pid: service.pid, stop };
+  return { address, namespace, uiUrl, dbFile, dbSync, pid: service.pid, stop };
 }
