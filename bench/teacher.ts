@@ -10,8 +10,10 @@
  *   server, as a long-lived worker runs a stage: each timed stage runs in a worker that has just run a small stage
  *   (C examples) of its own, so the first workflow a fresh dev server and a fresh worker see (a second or two of
  *   one-off start-up: namespace caches, the workflow bundle's context, lazily loaded modules) is not counted
- *   (`BENCH_WARMUP=0` counts it). With 4000 examples at C = 64 the ceiling is 62.5 / 63 = 0.992: the last round of
- *   calls is half full.
+ *   (`BENCH_WARMUP=0` counts it). The 250 ms phase runs twice the examples of the 1 s one (8000 by default), so both
+ *   take about as long, and both are capped at 62.5 / 63 = 0.992 by half-full last rounds: at 1 s, 4000 calls on 64
+ *   slots; at 250 ms, each of two waves of four 1000-call shards on 16 slots each (a shard gets its share of the
+ *   stage's concurrency, and a shard of the next wave starts when one of this wave ends).
  * - rssGrowth: the worker process's peak RSS with 100k examples ÷ with 10k, minus 1 (short prompts, fast server;
  *   each size in a fresh worker process), on the filesystem store; `rssGrowthS3` the same on S3 (a local versitygw,
  *   with keep-alive connections as S3 itself keeps them).
@@ -23,12 +25,18 @@
  *   (`/proc/stat`). The worker, the server and Temporal share two cores here, so a phase that lost a tenth of them
  *   to a neighbour is slower for it: compare efficiencies measured at similar steal.
  *
- * Where the efficiency is lost, measured on the project's test machine: the server answers in L + 1-2 ms, and the
+ * Where the efficiency is lost, measured on an AVX2 EPYC VM (2 vCPU): the server answers in L + 1-2 ms, and the
  * worker's call takes L + 8-32 ms from its request to its answer back in the shard. The server's latency is constant,
  * so calls started together stay together, and their answers queue on the worker's event loop: a bare client (no
  * Temporal, no store) took 1,024 ms a call at L = 1 s, and 1,004 ms with its 64 starts spread over one latency. The
  * rest is CPU, much of it waking idle threads (about 0.1 ms each on that VM): a call's cache write is five steps
- * through libuv's thread pool.
+ * through libuv's thread pool. On a Zen 5 EPYC VM (2 vCPU, no steal), at L = 250 ms: the server took L + 0.7 ms on
+ * average (from a request's headers to its response handed to the kernel), the worker L + 3.7 ms from writing its
+ * request to the response's headers (median L + 1.8, p90 L + 6.3: both event loops and the loopback, on two cores
+ * shared with Temporal), L + 4.6 ms through the SDK to the answer back in its slot, and 0.1-0.2 ms from there to the
+ * slot's next request. With the 0.992 cap and plan and assembly (0.3%), that makes 0.962-0.968 there, where 1 s gives
+ * 0.983-0.984. Cache I/O as synchronous calls on the main thread made it worse on that machine (0.957 and 0.962
+ * against 0.964 and 0.966, alternated): each cache write's fsync then stalls the event loop.
  *
  * Settings (env): BENCH_CONCURRENCY, BENCH_LATENCY_MS, BENCH_EFFICIENCY_EXAMPLES (4000),
  * BENCH_FAST_EFFICIENCY_LATENCY_MS (250), BENCH_SMALL (10000), BENCH_LARGE (100000), BENCH_FAST_LATENCY_MS (2),
