@@ -11,11 +11,12 @@
  * time its hypervisor gave other guests over the bench. `devDbSync`: how the dev server's SQLite commits reach the disk
  * (`STEPWISE_DEV_DB_SYNC`, infra/temporal.ts), which weighs on every stage. Last line: one JSON object.
  *
- * Where the rest goes, measured on the project's test machine: each workflow task takes 15-32 ms from its start to
- * its completion, and a stage waits on one or two of them (the teacher stage, a child workflow, on five). About 10 ms
- * a stage of that is the SDK's promise hook in the workflow thread (@temporalio/worker's vm-shared.js), which records
- * a stack trace for every promise of workflow code to answer the `__stack_trace` query: with it removed from the
- * installed SDK by hand, alternated runs gave 44 and 41 ms against 56 and 50. The SDK has no option to leave it out.
+ * Where the rest goes, measured on a 2-vCPU AVX2 EPYC VM (medians 44-55 ms there, 16-26 on a 2-vCPU Zen 5 EPYC VM):
+ * each workflow task takes 15-32 ms from its start to its completion, and a stage waits on one or two of them (the
+ * teacher stage, a child workflow, on five). About 10 ms a stage of that is the SDK's promise hook in the workflow
+ * thread (@temporalio/worker's vm-shared.js), which records a stack trace for every promise of workflow code to answer
+ * the `__stack_trace` query: with it removed from the installed SDK by hand, alternated runs gave 44 and 41 ms against
+ * 56 and 50. The SDK has no option to leave it out.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -98,7 +98,7 @@ export interface TemporalDevServerOptions {
  * the machine) and only the machine losing power or its kernel can take back the last commits before a checkpoint;
  * the database is never corrupted either way. `full`: every commit waits for its own flush to disk as well. A workflow
  * task, an activity start and an activity completion are each one commit, so the flush is on every step of every
- * run: on this project's test machine `full` added 3-15 ms to each stage of `bench:orchestration` in four alternated
+ * run: on a 2-vCPU AVX2 EPYC VM `full` added 3-15 ms to each stage of `bench:orchestration` in four alternated
  * pairs (median added around a stage's work 44-55 ms with `normal`, 53-64 with `full`). A dev server is a
  * development and test service (the CLI's own default keeps its state in memory only); production runs on a Temporal
  * cluster with its own storage.
