@@ -8,6 +8,10 @@ export interface ServiceProcess {
   readonly pid: number;
   /** Why it ended (`exit 1`, `signal SIGKILL`), or undefined while it runs. */
   exitReason(): string | undefined;
+  /** Settles with the exit reason once the process has ended, whether stopped or not. */
+  readonly exited: Promise<string>;
+  /** Whether `stop()` was called (by its owner, or by the exit hooks on a signal to this process). */
+  stopRequested(): boolean;
   /** The last few KB of its stdout and stderr, for error messages when it dies. */
   outputTail(): string;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves once the process has been reaped. Idempotent. */
@@ -93,6 +97,8 @@ export function startServiceProcess(
     return {
       name,
       pid: -1,
+      exited: exited.then(() => reason ?? spawnError ?? 'could not start'),
+      stopRequested: () => false,
       exitReason: () => reason ?? spawnError ?? 'could not start',
       outputTail: () => tail,
       stop: async () => {
@@ -106,6 +112,8 @@ export function startServiceProcess(
   const service: ServiceProcess = {
     name,
     pid,
+    exited: exited.then(() => reason ?? 'exited'),
+    stopRequested: () => stopping !== undefined,
     exitReason: () => reason,
     outputTail: () => tail,
     stop(graceMs = 10_000) {

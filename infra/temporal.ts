@@ -133,6 +133,12 @@ export interface TemporalDevServer {
   dbSync: DevDbSync;
   /** Process id of the server, for tests that check nothing is left behind. */
   pid: number;
+  /**
+   * Settles with why the server ended (`exit 1`, `signal SIGKILL`) and whether it was asked to stop (by `stop()`, or
+   * by this process's exit hooks on a signal), once it has: a caller that keeps it running (the embedded mode) starts
+   * it again when it ends unasked.
+   */
+  exited: Promise<{ reason: string; stopRequested: boolean }>;
   stop(): Promise<void>;
 }
 
@@ -244,5 +250,6 @@ async function startOnce(opts: TemporalDevServerOptions, dbSync: DevDbSync): Pro
     // Only once the server has exited: until then it still has the database open.
     await lock.release();
   };
-  return { address, namespace, uiUrl, dbFile, dbSync, pid: service.pid, stop };
+  const exited = service.exited.then((reason) => ({ reason, stopRequested: service.stopRequested() }));
+  return { address, namespace, uiUrl, dbFile, dbSync, pid: service.pid, exited, stop };
 }

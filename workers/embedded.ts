@@ -6,13 +6,15 @@ import { installRuntime } from './telemetry';
 import { limitHeapGrowthFromSettings } from './heap';
 import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
 import { devServerSearchAttributes } from './search-attributes';
+import { superviseServer, superviseWorkers } from './supervise';
 
 /**
  * Everything `npm start` needs in one process: a Temporal dev server with SQLite persistence in the state folder,
  * and workers for both queues. Stopping shuts the workers down first so no activity is orphaned mid-write.
  *
  * Runs an earlier process left open in the state (it was killed) are picked up by these workers as soon as they
- * poll; `interrupted` lists them, and the attempts the dead process held are released first so they retry now.
+ * poll; `interrupted` lists them, and the attempts the dead process held are released first so they retry now. The
+ * server or a worker that stops on its own while the command runs is started again (workers/supervise.ts).
  *
  * `log` takes what a person following the run needs (interrupted runs released); `serverLog` the dev server's own
  * output and `logger` the workers' (the SDK's and the activities' entries), which belong in files unless asked for.
@@ -31,12 +33,13 @@ export async function startEmbedded(opts: {
   installRuntime({ logger: opts.logger });
   await clearScratchLeftovers(opts.log ?? (() => undefined));
   // The UI is the point of a local run: it shows every stage's inputs, outputs, retries and timings.
-  const server = await startTemporalDevServer({
+  const serverOptions = {
     stateDir: opts.stateDir,
     uiPort: await freePort(),
     searchAttributes: devServerSearchAttributes(),
     log: opts.serverLog ?? opts.log,
-  });
+  };
+  const server = await startTemporalDevServer(serverOptions);
   let connected: Awaited<ReturnType<typeof connectTemporal>> | undefined;
   try {
     const temporal = await connectTemporal({
@@ -46,15 +49,27 @@ export async function startEmbedded(opts: {
     connected = temporal;
     const interrupted = await openPipelineRuns(temporal.client);
     if (interrupted.length > 0) await releaseOrphanedAttempts(temporal.client, opts.log ?? (() => undefined));
+    const queues = ['cpu', 'gpu'] as const;
     const pipeline = await createPipelineWorkers({
       connection: temporal.connection,
       client: temporal.client,
       namespace: server.namespace,
-      queues: ['cpu', 'gpu'],
+      queues: [...queues],
       store: opts.store,
     });
-    const running = pipeline.run();
-    running.catch(() => undefined); // surfaced by stop(); a crash also fails the run the client is following
+    // No process supervisor watches this process's server and workers: they are kept running here
+    // (workers/supervise.ts), the server restarted on its own port, a worker the SDK gives up on replaced.
+    const port = Number(server.address.split(':').at(-1));
+    const supervised = superviseServer(
+      server,
+      () => startTemporalDevServer({ ...serverOptions, port }),
+      opts.log ?? (() => undefined)
+    );
+    const workers = superviseWorkers(
+      new Map(queues.map((q, i) => [q, pipeline.workers[i]])),
+      pipeline.create,
+      opts.log ?? (() => undefined)
+    );
     return {
       client: temporal.client,
       address: server.address,
@@ -62,12 +77,15 @@ export async function startEmbedded(opts: {
       namespace: server.namespace,
       store: pipeline.deps.store,
       interrupted,
+      /** The server and workers as supervised: which serve now, and how many were replaced. */
+      server: supervised,
+      workers,
       async stop() {
-        pipeline.shutdown();
-        await running.catch(() => undefined);
+        workers.shutdown();
+        await workers.running;
         await pipeline.deps.close();
         await temporal.close();
-        await server.stop();
+        await supervised.stop();
       },
     };
   } catch (err) {

@@ -19,6 +19,7 @@ import type { Method } from '../../lib/student/options';
 import { settledWithin } from '../../lib/wait';
 import { distillationSweep, type SweepInput } from '../../workflows';
 import { log, number } from '../shared/options';
+import { queryWithin, UnansweredQueries } from '../shared/progress';
 import { specFromFlags, type RunFlags } from '../shared/spec-flags';
 import { openServices, type Services } from '../shared/services';
 
@@ -171,9 +172,17 @@ async function follow(handle: WorkflowHandle<typeof distillationSweep>) {
   };
   let done = false;
   const result = handle.result().finally(() => (done = true));
+  // As the pipeline's follower does (cli/shared/progress.ts): each query bounded, a long silence said once.
+  const quiet = new UnansweredQueries(handle.workflowId);
   while (!done) {
-    const p = await handle.query(sweepProgressQuery).catch(() => undefined);
-    if (p) show(p);
+    const p = await queryWithin(handle, () => handle.query(sweepProgressQuery)).catch((err: unknown) => {
+      quiet.failed(err);
+      return undefined;
+    });
+    if (p) {
+      show(p);
+      quiet.answered();
+    }
     await settledWithin(result, 2000);
   }
   const r = await result;

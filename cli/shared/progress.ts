@@ -73,11 +73,61 @@ export class ProgressView {
   }
 }
 
+/** How long progress queries may go unanswered before the follower says so. */
+export const UNANSWERED_QUERIES_MS = 60_000;
+
+/**
+ * A run whose progress queries go unanswered for {@link UNANSWERED_QUERIES_MS} is waiting on something no stage
+ * reports: no workflow worker polls its queue (none started, all gone, or all busy), or the server does not answer.
+ * Said once when it starts, with the last error, and once when the run answers again; otherwise a follower waits in
+ * silence for as long as the run is stuck.
+ */
+export class UnansweredQueries {
+  private since = Date.now();
+  private said = false;
+  constructor(
+    private readonly workflowId: string,
+    private readonly say: (line: string) => void = log,
+    private readonly afterMs = UNANSWERED_QUERIES_MS
+  ) {}
+
+  answered(): void {
+    if (this.said) this.say(`stepwise: ${this.workflowId} answers again`);
+    this.said = false;
+    this.since = Date.now();
+  }
+
+  failed(err: unknown): void {
+    const silentMs = Date.now() - this.since;
+    if (this.said || silentMs < this.afterMs) return;
+    this.said = true;
+    const why = err instanceof Error ? err.message : String(err);
+    this.say(
+      `stepwise: ${this.workflowId} has answered no progress query for ${Math.round(silentMs / 1000)} s ` +
+        `(last: ${why}): no workflow worker is serving it, or the server is not answering; still waiting`
+    );
+  }
+}
+
+/**
+ * How long one progress query may take. One that no worker answers would otherwise wait out the server's own timeout
+ * (30 s on the dev server) and hold back the report of a run that closed meanwhile. The deadline covers the client's
+ * retries too, so a query has ended, timers and all, once its promise settles: nothing is left to fire into a
+ * connection closed after the run.
+ */
+export const QUERY_DEADLINE_MS = 5_000;
+
+/** `handle`'s progress, or a rejection within {@link QUERY_DEADLINE_MS}. */
+export function queryWithin<T>(handle: WorkflowHandle, query: () => Promise<T>): Promise<T> {
+  return handle.client.withDeadline(Date.now() + QUERY_DEADLINE_MS, query);
+}
+
 /** Shows the run's progress until it closes, then returns its result (or throws its failure). */
 export async function follow(
   handle: WorkflowHandle<typeof distillationPipeline>,
   json: boolean,
-  embeddedAddress?: string
+  embeddedAddress?: string,
+  opts: { unansweredMs?: number; say?: (line: string) => void } = {}
 ) {
   const view = new ProgressView(Boolean(process.stderr.isTTY) && !json, embeddedAddress);
   const resultPromise = handle.result();
@@ -86,18 +136,23 @@ export async function follow(
     () => (finished = true),
     () => (finished = true)
   );
+  const progress = () => queryWithin(handle, () => handle.query(progressQuery));
+  const quiet = new UnansweredQueries(handle.workflowId, opts.say, opts.unansweredMs);
   while (!finished) {
     try {
-      view.update(await handle.query(progressQuery));
-    } catch {
-      // The workflow may not have started its first task yet, or just closed: the next poll tells.
+      view.update(await progress());
+      quiet.answered();
+    } catch (err) {
+      // The workflow may not have started its first task yet, or just closed: the next poll tells. Only a long
+      // silence is news (no workflow worker serving the run, or the server gone), and it is said once.
+      quiet.failed(err);
     }
     await settledWithin(resultPromise, 500);
   }
   try {
-    view.update(await handle.query(progressQuery));
+    view.update(await progress());
   } catch {
-    /* a closed workflow still answers queries; if not, the result below says enough */
+    /* a closed workflow still answers queries while a worker serves its queue; if not, the result says enough */
   }
   view.end();
   return resultPromise;

@@ -7,7 +7,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -22,6 +22,7 @@ import { listVersions } from '../../lib/registry/registry';
 import { openStore } from '../../lib/store';
 import { faultMode, recordFigures } from '../helpers/figures';
 import { isAlive } from '../helpers/processes';
+import { describeRunState } from '../helpers/run-state';
 import { waitFor, within } from '../helpers/wait';
 
 const ROOT = join(__dirname, '..', '..');
@@ -95,6 +96,38 @@ function processesUsing(home: string): string[] {
   return execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
     .split('\n')
     .filter((l) => l.includes(home) && !l.includes(' ps -eo'));
+}
+
+/**
+ * What a command that did not finish its run leaves to look at: its output, the run as its server has it (the
+ * address is the last one the command printed), the processes on its state folder and the ends of the embedded
+ * services' logs. Which of the server, the workflow worker or training stopped is then in the failure itself.
+ */
+async function stuckReport(cli: Cli, home: string, workflowId: string): Promise<string> {
+  const parts = [`its output:\n${cli.stderr.slice(-4000)}`];
+  const address = [...cli.stderr.matchAll(/Temporal dev server at (127\.0\.0\.1:\d+)/g)].at(-1)?.[1];
+  if (address) {
+    const connection = await Connection.connect({ address, connectTimeout: 5_000 }).catch((err: Error) => err);
+    if (connection instanceof Error) parts.push(`its server at ${address} refused a connection: ${connection.message}`);
+    else {
+      parts.push(
+        `the run on its server at ${address}:\n${await describeRunState(new Client({ connection }), workflowId)}`
+      );
+      await connection.close();
+    }
+  }
+  const ps = execFileSync('ps', ['-eo', 'pid=,stat=,etime=,args='], { encoding: 'utf8' });
+  parts.push(
+    `processes on the state folder:\n${ps
+      .split('\n')
+      .filter((l) => l.includes(home) || l.includes('child-main') || l.trim().startsWith(`${cli.proc.pid} `))
+      .join('\n')}`
+  );
+  for (const name of ['temporal.log', 'workers.log']) {
+    const text = await readFile(join(home, 'logs', name), 'utf8').catch((err: Error) => `(unread: ${err.message})`);
+    parts.push(`the end of logs/${name}:\n${text.split('\n').slice(-40).join('\n')}`);
+  }
+  return parts.join('\n\n');
 }
 
 /** The trainStudent activity's latest heartbeat, as the server has it. */
@@ -225,7 +258,9 @@ test.serial(
     const done = await within(
       second.exited,
       5 * 60_000,
-      () => `the second command to finish the run (${secondsSince(t1)} so far):\n${second.stderr.slice(-4000)}`
+      async () =>
+        `the second command to finish the run (${secondsSince(t1)} so far); ` +
+        (await stuckReport(second, home, workflowId))
     );
     t.log(`second command: done in ${secondsSince(t1)}`);
     t.log(
@@ -325,7 +360,7 @@ test.serial(
     const done = await within(
       resumed.exited,
       6 * 60_000,
-      () => `stepwise resume to finish the run:\n${resumed.stderr.slice(-4000)}`
+      async () => `stepwise resume to finish the run; ${await stuckReport(resumed, home, workflowId)}`
     );
     t.is(done.code, 0, resumed.stderr.slice(-4000));
     t.regex(resumed.stderr, new RegExp(`resuming run ${workflowId}`));

@@ -33,12 +33,16 @@ export async function waitFor<T>(
 
 /**
  * `promise`, or a rejection naming what it was for once `timeoutMs` passes: a step of a long test that hangs fails
- * as itself, with `what()` (called then, so it can hold a process's output up to that moment), instead of as the
- * whole test's timeout with no word of where it stopped.
+ * as itself, with `what()` (called then, so it can hold a process's output up to that moment, or ask a server where a
+ * run stands), instead of as the whole test's timeout with no word of where it stopped.
  */
-export async function within<T>(promise: Promise<T>, timeoutMs: number, what: () => string): Promise<T> {
+export async function within<T>(
+  promise: Promise<T>,
+  timeoutMs: number,
+  what: () => string | Promise<string>
+): Promise<T> {
   if (!(await settledWithin(promise, timeoutMs))) {
-    throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what()}`);
+    throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${await what()}`);
   }
   return promise;
 }
