@@ -6,15 +6,15 @@ import { installRuntime } from './telemetry';
 import { limitHeapGrowthFromSettings } from './heap';
 import { openPipelineRuns, releaseOrphanedAttempts } from './interrupted';
 import { devServerSearchAttributes } from './search-attributes';
-import { superviseServer, superviseWorkers } from './supervise';
+import { superviseServer } from './supervise';
 
 /**
  * Everything `npm start` needs in one process: a Temporal dev server with SQLite persistence in the state folder,
  * and workers for both queues. Stopping shuts the workers down first so no activity is orphaned mid-write.
  *
  * Runs an earlier process left open in the state (it was killed) are picked up by these workers as soon as they
- * poll; `interrupted` lists them, and the attempts the dead process held are released first so they retry now. The
- * server or a worker that stops on its own while the command runs is started again (workers/supervise.ts).
+ * poll; `interrupted` lists them, and the attempts the dead process held are released first so they retry now. A
+ * server that ends unasked while the command runs is started again (workers/supervise.ts).
  *
  * `log` takes what a person following the run needs (interrupted runs released); `serverLog` the dev server's own
  * output and `logger` the workers' (the SDK's and the activities' entries), which belong in files unless asked for.
@@ -49,25 +49,27 @@ export async function startEmbedded(opts: {
     connected = temporal;
     const interrupted = await openPipelineRuns(temporal.client);
     if (interrupted.length > 0) await releaseOrphanedAttempts(temporal.client, opts.log ?? (() => undefined));
-    const queues = ['cpu', 'gpu'] as const;
     const pipeline = await createPipelineWorkers({
       connection: temporal.connection,
       client: temporal.client,
       namespace: server.namespace,
-      queues: [...queues],
+      queues: ['cpu', 'gpu'],
       store: opts.store,
     });
-    // No process supervisor watches this process's server and workers: they are kept running here
-    // (workers/supervise.ts), the server restarted on its own port, a worker the SDK gives up on replaced.
+    const running = pipeline.run();
+    // The SDK rides out a server's absence and most errors; a worker it gives up on is said at once, as the run then
+    // waits (the same command again resumes it).
+    running.catch((err: unknown) =>
+      (opts.log ?? (() => undefined))(
+        `stepwise: an embedded worker stopped (${err instanceof Error ? err.message : String(err)}); the run waits ` +
+          'for a worker: stop this command and run it again to resume it'
+      )
+    );
+    // No supervisor watches this process's server: it is started again on its own port if it ends unasked.
     const port = Number(server.address.split(':').at(-1));
     const supervised = superviseServer(
       server,
       () => startTemporalDevServer({ ...serverOptions, port }),
-      opts.log ?? (() => undefined)
-    );
-    const workers = superviseWorkers(
-      new Map(queues.map((q, i) => [q, pipeline.workers[i]])),
-      pipeline.create,
       opts.log ?? (() => undefined)
     );
     return {
@@ -77,12 +79,11 @@ export async function startEmbedded(opts: {
       namespace: server.namespace,
       store: pipeline.deps.store,
       interrupted,
-      /** The server and workers as supervised: which serve now, and how many were replaced. */
+      /** The server as supervised: which process serves now, and how many times it was started again. */
       server: supervised,
-      workers,
       async stop() {
-        workers.shutdown();
-        await workers.running;
+        pipeline.shutdown();
+        await running.catch(() => undefined);
         await pipeline.deps.close();
         await temporal.close();
         await supervised.stop();

@@ -79,25 +79,25 @@ export async function createPipelineWorkers(opts: PipelineWorkersOptions) {
         })
       : undefined);
   const workflowSource = { workflowBundle };
-  const create = (queue: QueueKind) =>
-    Worker.create({
-      connection: opts.connection,
-      namespace: opts.namespace,
-      taskQueue: taskQueueOf(queue),
-      activities,
-      dataConverter,
-      maxHeartbeatThrottleInterval: MAX_HEARTBEAT_THROTTLE,
-      ...(opts.versioning ? versionedWorkerOptions(opts.versioning) : {}),
-      ...tracing,
-      ...(queue === 'cpu' ? workflowSource : { maxConcurrentActivityTaskExecutions: 1 }),
-    });
   const workers: Worker[] = [];
-  for (const queue of opts.queues) workers.push(await create(queue));
+  for (const queue of opts.queues) {
+    workers.push(
+      await Worker.create({
+        connection: opts.connection,
+        namespace: opts.namespace,
+        taskQueue: taskQueueOf(queue),
+        activities,
+        dataConverter,
+        maxHeartbeatThrottleInterval: MAX_HEARTBEAT_THROTTLE,
+        ...(opts.versioning ? versionedWorkerOptions(opts.versioning) : {}),
+        ...tracing,
+        ...(queue === 'cpu' ? workflowSource : { maxConcurrentActivityTaskExecutions: 1 }),
+      })
+    );
+  }
   return {
     workers,
     deps,
-    /** Another worker for `queue`, as these were made (workers/supervise.ts replaces one that stopped with it). */
-    create,
     /** Run all workers until `shutdown()` (or a fatal worker error). */
     run: () => Promise.all(workers.map((w) => w.run())),
     shutdown: () => {
