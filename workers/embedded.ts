@@ -31,7 +31,8 @@ export async function startEmbedded(opts: {
   // The embedded workers run in this process: it sizes its heap as `stepwise worker` does.
   limitHeapGrowthFromSettings();
   installRuntime({ logger: opts.logger });
-  await clearScratchLeftovers(opts.log ?? (() => undefined));
+  const log = opts.log ?? (() => undefined);
+  await clearScratchLeftovers(log);
   // The UI is the point of a local run: it shows every stage's inputs, outputs, retries and timings.
   const serverOptions = {
     stateDir: opts.stateDir,
@@ -48,7 +49,7 @@ export async function startEmbedded(opts: {
     });
     connected = temporal;
     const interrupted = await openPipelineRuns(temporal.client);
-    if (interrupted.length > 0) await releaseOrphanedAttempts(temporal.client, opts.log ?? (() => undefined));
+    if (interrupted.length > 0) await releaseOrphanedAttempts(temporal.client, log);
     const pipeline = await createPipelineWorkers({
       connection: temporal.connection,
       client: temporal.client,
@@ -60,18 +61,14 @@ export async function startEmbedded(opts: {
     // The SDK rides out a server's absence and most errors; a worker it gives up on is said at once, as the run then
     // waits (the same command again resumes it).
     running.catch((err: unknown) =>
-      (opts.log ?? (() => undefined))(
+      log(
         `stepwise: an embedded worker stopped (${err instanceof Error ? err.message : String(err)}); the run waits ` +
           'for a worker: stop this command and run it again to resume it'
       )
     );
     // No supervisor watches this process's server: it is started again on its own port if it ends unasked.
     const port = Number(server.address.split(':').at(-1));
-    const supervised = superviseServer(
-      server,
-      () => startTemporalDevServer({ ...serverOptions, port }),
-      opts.log ?? (() => undefined)
-    );
+    const supervised = superviseServer(server, () => startTemporalDevServer({ ...serverOptions, port }), log);
     return {
       client: temporal.client,
       address: server.address,

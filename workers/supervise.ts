@@ -5,25 +5,9 @@
  * run that can no longer move.
  */
 import type { TemporalDevServer } from '../infra/temporal';
+import { settledWithin } from '../lib/wait';
 
 const message = (err: unknown) => (err instanceof Error ? err.message : String(err));
-
-/** The supervisor's stop: a flag, and the pauses between restarts, which it cuts short. */
-function stopSwitch() {
-  let on = false;
-  let wake!: () => void;
-  const woken = new Promise<void>((resolve) => (wake = resolve));
-  return {
-    get on() {
-      return on;
-    },
-    set() {
-      on = true;
-      wake();
-    },
-    pause: (ms: number) => Promise.race([woken, new Promise<void>((resolve) => setTimeout(resolve, ms).unref())]),
-  };
-}
 
 /** A Temporal dev server kept running by {@link superviseServer}. */
 export interface SupervisedServer {
@@ -50,8 +34,12 @@ export function superviseServer(
   const firstDelayMs = opts.firstDelayMs ?? 500;
   const maxDelayMs = opts.maxDelayMs ?? 30_000;
   let current = first;
-  const stop = stopSwitch();
   let restarts = 0;
+  // stop() aborts: the flag the loop reads, and the end of any pause between restarts.
+  const stop = new AbortController();
+  const stopped = new Promise<void>((resolve) =>
+    stop.signal.addEventListener('abort', () => resolve(), { once: true })
+  );
 
   const watch = async (): Promise<void> => {
     for (;;) {
@@ -59,15 +47,15 @@ export function superviseServer(
       const { reason, stopRequested } = await server.exited;
       // Stopped on purpose: by stop() here, or by the exit hooks as this process ends on a signal
       // (infra/service-process.ts).
-      if (stop.on || stopRequested) return;
+      if (stop.signal.aborted || stopRequested) return;
       // Its process is gone: this releases the database's lock, which the restart takes again.
       await server.stop();
       // Its output went to the server's log as it came (temporal.log, embedded), a Go panic's cause included.
       log(`stepwise: the embedded Temporal server stopped (${reason}); starting it again on the same state`);
       let delay = firstDelayMs;
       for (;;) {
-        await stop.pause(delay);
-        if (stop.on) return;
+        await settledWithin(stopped, delay);
+        if (stop.signal.aborted) return;
         try {
           current = await restart();
           restarts++;
@@ -79,7 +67,7 @@ export function superviseServer(
           );
         }
       }
-      if (stop.on) {
+      if (stop.signal.aborted) {
         await current.stop();
         return;
       }
@@ -91,7 +79,7 @@ export function superviseServer(
     current: () => current,
     restarts: () => restarts,
     async stop() {
-      stop.set();
+      stop.abort();
       await current.stop();
       await watching;
     },

@@ -91,11 +91,14 @@ function descendants(pid: number): { pid: number; args: string }[] {
   return found;
 }
 
-/** Processes whose command line names the state folder (the Temporal server's `--db-filename`, say). */
-function processesUsing(home: string): string[] {
-  return execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
+/**
+ * Processes whose command line names the state folder (the Temporal server's `--db-filename`, say), and those `also`
+ * picks; each as `pid state elapsed args`.
+ */
+function processesUsing(home: string, also: (line: string) => boolean = () => false): string[] {
+  return execFileSync('ps', ['-eo', 'pid=,stat=,etime=,args='], { encoding: 'utf8' })
     .split('\n')
-    .filter((l) => l.includes(home) && !l.includes(' ps -eo'));
+    .filter((l) => (l.includes(home) || also(l)) && !l.includes(' ps -eo'));
 }
 
 /**
@@ -116,13 +119,9 @@ async function stuckReport(cli: Cli, home: string, workflowId: string): Promise<
       await connection.close();
     }
   }
-  const ps = execFileSync('ps', ['-eo', 'pid=,stat=,etime=,args='], { encoding: 'utf8' });
-  parts.push(
-    `processes on the state folder:\n${ps
-      .split('\n')
-      .filter((l) => l.includes(home) || l.includes('child-main') || l.trim().startsWith(`${cli.proc.pid} `))
-      .join('\n')}`
-  );
+  // The training children too: their command line does not name the state folder.
+  const processes = processesUsing(home, (l) => l.includes('child-main') || l.trim().startsWith(`${cli.proc.pid} `));
+  parts.push(`processes on the state folder:\n${processes.join('\n')}`);
   for (const name of ['temporal.log', 'workers.log']) {
     const text = await readFile(join(home, 'logs', name), 'utf8').catch((err: Error) => `(unread: ${err.message})`);
     parts.push(`the end of logs/${name}:\n${text.split('\n').slice(-40).join('\n')}`);

@@ -4,15 +4,11 @@
  * where "timed out" alone says nothing.
  */
 import type { Client } from '@temporalio/client';
+import { optionalTsToDate } from '@temporalio/common/lib/time';
 import { temporal } from '@temporalio/proto';
 
-type Timestamp = { seconds?: { toString(): string } | number | null; nanos?: number | null } | null | undefined;
-
 /** A protobuf timestamp as an ISO time, or '-' when absent. */
-function iso(ts: Timestamp): string {
-  if (!ts?.seconds) return '-';
-  return new Date(Number(ts.seconds.toString()) * 1000 + Math.round((ts.nanos ?? 0) / 1e6)).toISOString();
-}
+const iso = (ts: Parameters<typeof optionalTsToDate>[0]) => optionalTsToDate(ts)?.toISOString() ?? '-';
 
 const { EventType, PendingActivityState, PendingWorkflowTaskState } = temporal.api.enums.v1;
 
