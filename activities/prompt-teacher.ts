@@ -5,6 +5,7 @@
  * heartbeats and cancellation.
  */
 import { setMaxListeners } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
@@ -18,6 +19,8 @@ import {
   submitShardBatch,
   type StageDeps,
 } from '../lib/teacher/stage';
+import { teacherShardGrantsQuery, teacherShardTailSignal } from '../contract';
+import { ShardSlots, shardOf } from '../lib/teacher/stage/handoff';
 import type {
   BatchStatus,
   FinishTeacherInput,
@@ -66,8 +69,12 @@ export async function teacherShard(
     const report = progressReporter(deps.client, 'promptTeacher', SHARD_PROGRESS_SIGNAL_MS, SHARD_PROGRESS_SIGNAL_MS);
     const beat = timedHeartbeat(ctx, input.index);
     const metrics = teacherMetrics(priceOf(input.stage.teacher));
+    const stage = ctx.info.workflowExecution;
+    // Handoffs are between shards of one run of the stage: a re-run under the same workflow id starts afresh.
+    const scope = stage ? `${stage.workflowId}/${stage.runId}` : input.stageId;
+    const over = new AbortController();
     try {
-      return await promptShard(deps, input, {
+      const result = await promptShard(deps, input, {
         signal: ctx.cancellationSignal,
         onCalls: metrics.onCalls,
         onRetry: metrics.onRetry,
@@ -75,11 +82,79 @@ export async function teacherShard(
           beat.progress(step, total);
           report(step, total, { shard: input.index });
         },
+        tailScope: scope,
+        ...(input.handoff && deps.client && stage ? { onTail: tellTail(deps.client, stage, input.index) } : {}),
+        onFreed: (slots) => shardSlots.free(shardOf(scope, input.index), slots),
+        ...(input.after ? { lent: lentSlots(deps.client, input, scope, over.signal) } : {}),
       });
+      if (result.complete) shardSlots.end(shardOf(scope, input.index));
+      return result;
     } finally {
       beat.stop();
+      over.abort();
     }
   });
+}
+
+/** The slots shards of this worker hand on to shards started in their tails (see `after`). */
+const shardSlots = new ShardSlots();
+
+/**
+ * How often a shard started in another's tail asks the stage whether that shard has ended, when it did not end in
+ * this worker: a query, answered from the workflow's state, with no event in its history.
+ */
+const LENT_POLL_MS = 1000;
+
+type Execution = { workflowId: string; runId: string };
+
+/** Tells the stage that shard `index` keeps `slots` of its share from now on (it may start the next shard). */
+function tellTail(client: Client, stage: Execution, index: number): (slots: number) => void {
+  return (slots) => {
+    // Unheard, it costs the handoff only: the stage starts the next shard when this one ends, as it always did.
+    client.workflow
+      .getHandle(stage.workflowId, stage.runId)
+      .signal(teacherShardTailSignal, { shard: index, slots })
+      .catch(() => undefined);
+  };
+}
+
+/**
+ * The slots a shard started in another's tail was lent: each as the other frees it, when the other runs in this
+ * worker; all of them once it has ended, which is known at once in this worker, else when the stage no longer counts
+ * it among its running shards (asked every {@link LENT_POLL_MS}). Nothing comes back after `over`.
+ */
+function lentSlots(client: Client | undefined, input: TeacherShardInput, scope: string, over: AbortSignal) {
+  const { shard, slots } = input.after!;
+  const holder = shardOf(scope, shard);
+  return {
+    slots,
+    back: lentBack(client, input, holder, over),
+    trickle: (take: (slots: number) => void) => shardSlots.trickle(holder, take, over),
+  };
+}
+
+function lentBack(client: Client | undefined, input: TeacherShardInput, holder: string, over: AbortSignal) {
+  const shard = input.after!.shard;
+  const here = shardSlots.whenEnded(holder, over);
+  const stage = Context.current().info.workflowExecution;
+  if (!client || !stage) return here;
+  const there = (async () => {
+    const handle = client.workflow.getHandle(stage.workflowId, stage.runId);
+    for (;;) {
+      try {
+        await sleep(LENT_POLL_MS, undefined, { signal: over });
+      } catch {
+        return new Promise<void>(() => undefined);
+      }
+      try {
+        const grants = await handle.query(teacherShardGrantsQuery);
+        if (!(String(shard) in grants)) return;
+      } catch {
+        // The stage did not answer (its worker is restarting, say): the slots stay lent until it does.
+      }
+    }
+  })();
+  return Promise.race([here, there]);
 }
 
 /**

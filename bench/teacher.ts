@@ -11,9 +11,11 @@
  *   (C examples) of its own, so the first workflow a fresh dev server and a fresh worker see (a second or two of
  *   one-off start-up: namespace caches, the workflow bundle's context, lazily loaded modules) is not counted
  *   (`BENCH_WARMUP=0` counts it). The 250 ms phase runs twice the examples of the 1 s one (8000 by default), so both
- *   take about as long, and both are capped at 62.5 / 63 = 0.992 by half-full last rounds: at 1 s, 4000 calls on 64
- *   slots; at 250 ms, each of two waves of four 1000-call shards on 16 slots each (a shard gets its share of the
- *   stage's concurrency, and a shard of the next wave starts when one of this wave ends).
+ *   take about as long. At 1 s, 4000 calls on 64 slots take 63 rounds where 62.5 would do: a cap of 0.992 that no
+ *   schedule lifts. At 250 ms, two waves of four 1000-call shards on 16 slots each (a shard gets its share of the
+ *   stage's concurrency) took 2 x 63 rounds for 125 rounds of calls, the same 0.992, until shards handed their free
+ *   slots on: now each shard of the second wave starts in the tail of one of the first and takes up its slots as they
+ *   free, so the 8000 calls take the 125 rounds they need.
  * - rssGrowth: the worker process's peak RSS with 100k examples ÷ with 10k, minus 1 (short prompts, fast server;
  *   each size in a fresh worker process), on the filesystem store; `rssGrowthS3` the same on S3 (a local versitygw,
  *   with keep-alive connections as S3 itself keeps them).
@@ -34,9 +36,12 @@
  * average (from a request's headers to its response handed to the kernel), the worker L + 3.7 ms from writing its
  * request to the response's headers (median L + 1.8, p90 L + 6.3: both event loops and the loopback, on two cores
  * shared with Temporal), L + 4.6 ms through the SDK to the answer back in its slot, and 0.1-0.2 ms from there to the
- * slot's next request. With the 0.992 cap and plan and assembly (0.3%), that makes 0.962-0.968 there, where 1 s gives
- * 0.983-0.984. Cache I/O as synchronous calls on the main thread made it worse on that machine (0.957 and 0.962
- * against 0.964 and 0.966, alternated): each cache write's fsync then stalls the event loop.
+ * slot's next request. With the 0.992 cap and plan and assembly (0.3%), that made 0.962-0.968 there, where 1 s gives
+ * 0.983-0.984; with shards handing their free slots on (no cap at 250 ms), 0.978-0.980 in seven runs of ten, with
+ * the worker at 0.96-1.11 ms of CPU per call. In one ten-minute stretch the worker needed 1.46-1.54 ms a call for the
+ * same work, steal 0, and three runs gave 0.965: read workerCpuMsPerCall beside the figure. Cache I/O as synchronous
+ * calls on the main thread made it worse on that machine (0.957 and 0.962 against 0.964 and 0.966, alternated): each
+ * cache write's fsync then stalls the event loop.
  *
  * Settings (env): BENCH_CONCURRENCY, BENCH_LATENCY_MS, BENCH_EFFICIENCY_EXAMPLES (4000),
  * BENCH_FAST_EFFICIENCY_LATENCY_MS (250), BENCH_SMALL (10000), BENCH_LARGE (100000), BENCH_FAST_LATENCY_MS (2),

@@ -70,6 +70,23 @@ export interface TeacherStageProgress {
 /** `temporal workflow query --workflow-id '<run id>/teacher' --type teacherProgress` */
 export const teacherProgressQuery = defineQuery<TeacherStageProgress>('teacherProgress');
 
+/**
+ * Sent by a teacher shard when its slots start to free up: it has no call left to start, and from now on has at most
+ * `slots` calls in flight (its calls still going, plus any slots it was lent and has not got back). The stage may then
+ * launch the next shard at once with the rest of this one's share (see `workflows/teacher-stage.ts`).
+ */
+export interface ShardTail {
+  shard: number;
+  slots: number;
+}
+export const teacherShardTailSignal = defineSignal<[ShardTail]>('teacherShardTail');
+
+/**
+ * The concurrency each running shard of the teacher stage holds, by shard index: a shard that is not listed has
+ * finished, as the workflow knows it. A shard lent another's slots polls it to learn that the other has ended.
+ */
+export const teacherShardGrantsQuery = defineQuery<Record<string, number>>('teacherShardGrants');
+
 /** A person's decision on a version awaiting approval (`stepwise models approve|reject NAME@VERSION`). */
 export interface ApprovalDecision {
   /** The version the decision is about: refused unless it is the one the run awaits approval for. */

@@ -6,18 +6,16 @@
  * the frozen evaluation set, are the same bytes, except the one run that shows a candidate evaluated on the
  * champion's set.
  */
-import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import test from 'ava';
 import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import { approveUpdate, CPU_TASK_QUEUE, progressQuery, rejectUpdate, type PipelineResult } from '../contract';
 import { distillationPipeline } from '../workflows';
-import { ensureTemporalCli } from '../infra/temporal';
 import type { PipelineSpecInput } from '../lib/pipeline/spec';
 import { getAlias, modelHistory, versionStatus } from '../lib/registry/audit';
 import { getVersion } from '../lib/registry/registry';
+import { historyJson } from './helpers/history';
 import { servicesForFile } from './helpers/services';
 
 const services = servicesForFile();
@@ -58,17 +56,10 @@ async function awaitingApproval(handle: WorkflowHandle<typeof distillationPipeli
 }
 
 /** A run's history as the Temporal CLI shows it (JSON, the form the replay test's fixtures take). */
-async function historyJson(workflowId: string): Promise<string> {
-  const { stdout } = await promisify(execFile)(
-    await ensureTemporalCli(),
-    ['workflow', 'show', '--workflow-id', workflowId, '--address', services().temporal.address, '--output', 'json'],
-    { maxBuffer: 64 * 1024 * 1024 }
-  );
-  return stdout;
-}
-
 async function historyEvents(workflowId: string): Promise<string[]> {
-  const history = JSON.parse(await historyJson(workflowId)) as { events: { eventType: string }[] };
+  const history = JSON.parse(await historyJson(services().temporal.address, workflowId)) as {
+    events: { eventType: string }[];
+  };
   return history.events.map((e) => e.eventType);
 }
 
@@ -186,7 +177,10 @@ test('approval by Update: a malformed update is refused without a history event;
   t.is(events.filter((e) => e === 'EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED').length, 1);
   // A gated, approved run's history: the replay test's fixture for this workflow shape.
   if (process.env.STEPWISE_RECORD_HISTORY) {
-    await writeFile(join(__dirname, 'fixtures', 'gated-pipeline-history.json'), await historyJson(handle.workflowId));
+    await writeFile(
+      join(__dirname, 'fixtures', 'gated-pipeline-history.json'),
+      await historyJson(services().temporal.address, handle.workflowId)
+    );
   }
 });
 

@@ -1,16 +1,14 @@
-import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { join } from 'node:path';
 import test from 'ava';
 import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { ensureTemporalCli } from '../infra/temporal';
 import { CPU_TASK_QUEUE, progressQuery } from '../contract';
 import type { PipelineResult } from '../contract';
 import { distillationPipeline } from '../workflows';
 import { getVersion, listVersions } from '../lib/registry/registry';
 import { templateHash } from '../lib/teacher/templates';
 import type { PipelineSpecInput } from '../lib/pipeline/spec';
+import { historyJson } from './helpers/history';
 import { servicesForFile } from './helpers/services';
 import { retriedAttempts } from './helpers/retries';
 
@@ -180,12 +178,7 @@ test('the whole pipeline runs on real Temporal and a real S3 server, leaving art
       [workflowId, 'pipeline-history.json'],
       [`${workflowId}/teacher`, 'teacher-stage-history.json'],
     ]) {
-      const { stdout } = await promisify(execFile)(
-        await ensureTemporalCli(),
-        ['workflow', 'show', '--workflow-id', id, '--address', services().temporal.address, '--output', 'json'],
-        { maxBuffer: 64 * 1024 * 1024 }
-      );
-      await writeFile(join(__dirname, 'fixtures', file), stdout);
+      await writeFile(join(__dirname, 'fixtures', file), await historyJson(services().temporal.address, id));
     }
   }
 });

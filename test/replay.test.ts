@@ -26,6 +26,17 @@ test('a recorded history of the teacher stage (its child workflow) replays again
   );
 });
 
+// A teacher stage whose shards started in each other's tails (recorded by test/teacher-handoff.test.ts with
+// STEPWISE_RECORD_HISTORY=1): its signals launch activities, which replay must issue in the same order.
+const handoffHistory = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'teacher-handoff-history.json'), 'utf8'));
+
+test('a recorded history of a teacher stage that handed slots on replays against the current workflow code', async (t) => {
+  const id: string = handoffHistory.events[0].workflowExecutionStartedEventAttributes.workflowId ?? 'handoff';
+  await t.notThrowsAsync(
+    Worker.runReplayHistory({ workflowsPath: require.resolve('../workflows') }, handoffHistory, id)
+  );
+});
+
 // A run whose spec was parsed by a local activity (recorded by test/pipeline-e2e.test.ts with STEPWISE_RECORD_HISTORY=1,
 // its file renamed): the shape of runs started since; pipeline-history.json above is the shape from before, where the
 // workflow parsed its spec itself.

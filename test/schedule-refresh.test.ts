@@ -8,7 +8,6 @@
 import { execFile } from 'node:child_process';
 import { appendFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
 import type { WorkflowHandle } from '@temporalio/client';
 import {
@@ -23,7 +22,7 @@ import { startLocalTeacherServer, type LocalTeacherServer } from '../lib/teacher
 import { getVersion, listVersions } from '../lib/registry/registry';
 import { versionHistory } from '../lib/registry/audit';
 import type { ScheduleView } from '../cli/shared/schedules';
-import { ensureTemporalCli } from '../infra/temporal';
+import { historyJson } from './helpers/history';
 import { servicesForFile } from './helpers/services';
 import { waitFor } from './helpers/wait';
 import { retriedAttempts } from './helpers/retries';
@@ -82,25 +81,6 @@ async function dataFiles(t: ExecutionContext) {
 async function resultOf(workflowId: string): Promise<{ handle: WorkflowHandle; result: PipelineResult }> {
   const handle = services().client.workflow.getHandle(workflowId);
   return { handle, result: (await handle.result()) as PipelineResult };
-}
-
-/** The run's history as the `temporal` CLI prints it (the format `Worker.runReplayHistory` reads). */
-async function historyJson(handle: WorkflowHandle): Promise<string> {
-  const { stdout } = await promisify(execFile)(
-    await ensureTemporalCli(),
-    [
-      'workflow',
-      'show',
-      '--workflow-id',
-      handle.workflowId,
-      '--address',
-      services().temporal.address,
-      '--output',
-      'json',
-    ],
-    { maxBuffer: 64 * 1024 * 1024 }
-  );
-  return stdout;
 }
 
 async function describe(name: string): Promise<ScheduleView> {
@@ -203,8 +183,14 @@ test('a schedule refreshes: unchanged data ends the run with no teacher call; ne
 
   if (process.env.STEPWISE_RECORD_HISTORY) {
     // Replayed by test/replay.test.ts: the shapes of a scheduled refresh (ended unchanged; warm-started).
-    await writeFile(join(__dirname, 'fixtures', 'refresh-unchanged-history.json'), await historyJson(run2.handle));
-    await writeFile(join(__dirname, 'fixtures', 'refresh-warm-history.json'), await historyJson(run3.handle));
+    await writeFile(
+      join(__dirname, 'fixtures', 'refresh-unchanged-history.json'),
+      await historyJson(services().temporal.address, run2.handle.workflowId)
+    );
+    await writeFile(
+      join(__dirname, 'fixtures', 'refresh-warm-history.json'),
+      await historyJson(services().temporal.address, run3.handle.workflowId)
+    );
   }
 
   const deleted = await cli(['schedule', 'delete', 'nightly', '--json']);

@@ -24,8 +24,11 @@ import {
 import {
   stageProgressSignal,
   teacherProgressQuery,
+  teacherShardGrantsQuery,
+  teacherShardTailSignal,
   type Activities,
   type PromptTeacherResult,
+  type ShardTail,
   type TeacherPlan,
   type TeacherShardInput,
   type TeacherShardResult,
@@ -150,6 +153,10 @@ class ShardScheduler {
   /** Running shard → budget it was launched with. */
   private readonly allotted = new Map<number, number>();
   private readonly inFlight = new Map<number, Promise<void>>();
+  /** Running shard → the concurrency it holds: its share, less what it has handed on or not yet been handed. */
+  private readonly grants = new Map<number, number>();
+  /** Running shards that handed their free slots on to a shard started in their tail: they hold no place in flight. */
+  private readonly handedOn = new Map<number, { to: number; slots: number }>();
   private launched = 0;
   /** Handing over to the next run: launch nothing more, park running batches. */
   draining = false;
@@ -158,6 +165,8 @@ class ShardScheduler {
   private readonly share: Pick<TeacherShardInput, 'concurrency' | 'requestsPerMinute' | 'tokensPerMinute'>;
   readonly maxCost: number | undefined;
   readonly batchMode: boolean;
+  /** Shards hand their free slots on to the next shard as they run out of calls to start (see {@link onTail}). */
+  private readonly handoff: boolean;
 
   constructor(
     private readonly input: TeacherStageInput,
@@ -183,6 +192,16 @@ class ShardScheduler {
     };
     this.maxCost = calling?.maxCost;
     this.batchMode = calling?.mode === 'batch';
+    // A budget splits dollars among the shards in flight, and rate limits split a rate: neither carries over to a
+    // shard that overlaps another's tail, so those stages launch as before. Runs started before the handoff (no
+    // marker in their history) launch as before too, so their replay issues the same commands.
+    const handsOn =
+      calling !== undefined &&
+      !this.batchMode &&
+      this.maxCost === undefined &&
+      !calling.requestsPerMinute &&
+      !calling.tokensPerMinute;
+    this.handoff = handsOn && patched('shard-slot-handoff');
   }
 
   /** Serves `teacherProgressQuery`, and takes the shards' step counts from their progress signals. */
@@ -199,6 +218,29 @@ class ShardScheduler {
     setHandler(stageProgressSignal, (update) => {
       if (update.shard !== undefined && running.has(update.shard)) running.set(update.shard, update.step);
     });
+    setHandler(teacherShardGrantsQuery, () => Object.fromEntries([...this.grants].map(([k, v]) => [String(k), v])));
+    setHandler(teacherShardTailSignal, (tail) => this.onTail(tail));
+  }
+
+  /**
+   * A running shard has no call left to start and keeps only `slots` of its share from now on: the next shard starts
+   * at once, with the shard's share, of which `slots` stay with the tailing shard; the new one takes each up as the
+   * old one frees it, and all once it has ended (`TeacherShardInput.after`). Calls in flight never add up to more than
+   * the stage's concurrency, on whichever workers the two run, while the free slots of a shard's last round, and of
+   * its slowest calls, no longer wait for them. One handoff per shard; none when no shard is left to start or the run
+   * is handing over to the next.
+   */
+  private onTail({ shard, slots }: ShardTail): void {
+    const { state } = this;
+    const held = this.grants.get(shard);
+    if (!this.handoff || this.draining || state.exhausted || state.endgame || held === undefined) return;
+    if (this.handedOn.has(shard) || state.next >= state.plan.shards) return;
+    const kept = Math.min(held, Math.max(0, Math.floor(slots)));
+    const index = state.next++;
+    this.handedOn.set(shard, { to: index, slots: kept });
+    this.grants.set(shard, kept);
+    this.launch(index, undefined, { shard, slots: kept });
+    this.draining = this.shouldRoll();
   }
 
   /** Runs shards until every one is done, the budget is spent, or this run should hand over to the next. */
@@ -211,7 +253,7 @@ class ShardScheduler {
     for (;;) {
       this.draining = this.draining || this.shouldRoll();
       const slots = state.endgame ? 1 : this.parallel;
-      while (!this.draining && !state.exhausted && this.inFlight.size < slots) {
+      while (!this.draining && !state.exhausted && this.inFlight.size - this.handedOn.size < slots) {
         const fromStopped = state.stopped.length > 0;
         const index = fromStopped ? state.stopped[0] : state.next < state.plan.shards ? state.next : undefined;
         if (index === undefined) break;
@@ -246,16 +288,26 @@ class ShardScheduler {
     );
   }
 
-  private launch(index: number, budgetUsd: number | undefined): void {
+  private launch(index: number, budgetUsd: number | undefined, after?: TeacherShardInput['after']): void {
     const { state } = this;
     const withEverything = state.endgame;
     this.launched++;
     this.running.set(index, 0);
+    this.grants.set(index, this.share.concurrency - (after?.slots ?? 0));
     if (budgetUsd !== undefined) this.allotted.set(index, budgetUsd);
-    const task = this.driveShard(index, budgetUsd).then((result) => {
+    // Only a shard that may have a successor says when its slots start to free up: one with more shards left to start
+    // than places free beside it (those start in the free places, not in a tail).
+    const places = (state.endgame ? 1 : this.parallel) - (this.inFlight.size - this.handedOn.size) - 1;
+    const handoff = this.handoff && state.plan.shards - state.next > places;
+    const task = this.driveShard(index, budgetUsd, { handoff, after }).then((result) => {
       this.running.delete(index);
       this.allotted.delete(index);
       this.inFlight.delete(index);
+      this.grants.delete(index);
+      const heir = this.handedOn.get(index);
+      this.handedOn.delete(index);
+      const heirHolds = heir && this.grants.get(heir.to);
+      if (heir && heirHolds !== undefined) this.grants.set(heir.to, heirHolds + heir.slots);
       if (!result) return;
       this.record(result);
       if (result.budgetStopped && !result.complete) {
@@ -311,7 +363,11 @@ class ShardScheduler {
   }
 
   /** Runs one shard to a result, or to a parked batch (when this run is handing over to the next). */
-  private async driveShard(index: number, budgetUsd: number | undefined): Promise<TeacherShardResult | undefined> {
+  private async driveShard(
+    index: number,
+    budgetUsd: number | undefined,
+    tail: Pick<TeacherShardInput, 'handoff' | 'after'>
+  ): Promise<TeacherShardResult | undefined> {
     const { state } = this;
     const shardInput: TeacherShardInput = {
       stage: this.input,
@@ -321,6 +377,8 @@ class ShardScheduler {
       ...this.share,
       ...(budgetUsd === undefined ? {} : { budgetUsd }),
       ...(state.accounted[index] === undefined ? {} : { accountedUsd: state.accounted[index].costUsd }),
+      ...(tail.handoff ? { handoff: true } : {}),
+      ...(tail.after ? { after: tail.after } : {}),
     };
     if (!this.batchMode) return this.shardActs.teacherShard(shardInput);
     return this.driveBatch(index, shardInput);

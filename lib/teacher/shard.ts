@@ -97,6 +97,24 @@ export interface RunShardOptions {
    * a worker can count them while the shard runs. Calls the budget refused are not counted.
    */
   onCalls?: (outcome: CallOutcome, count: number, usage?: Usage) => void;
+  /**
+   * Slots of `concurrency` that another shard still holds: the shard starts without them, takes up those `trickle`
+   * hands back as the holder frees them, and the rest once `back` resolves (the holder has ended). It does not end
+   * before `back`, so that whatever it hands on in turn is free by the time it has ended.
+   */
+  lent?: { slots: number; back: Promise<void>; trickle?: (take: (slots: number) => void) => void };
+  /**
+   * Told once, when the shard first has fewer slots at work than it holds and no call left to start: how many slots
+   * can still have a call in flight from then on (those at work, and lent slots not yet back). The rest are free.
+   */
+  onTail?: (slots: number) => void;
+  /** After the tail, told of each slot as it frees up for good: a slot's last call written, or a lent slot back. */
+  onFreed?: (slots: number) => void;
+  /**
+   * Failures that earlier attempts journalled stand, and are not tried again: a shard that has handed its free slots
+   * on keeps only those of its calls that have no record at all (see `lib/teacher/stage/direct.ts`).
+   */
+  keepFailures?: boolean;
 }
 
 /**
@@ -105,15 +123,16 @@ export interface RunShardOptions {
  */
 export async function runShard(opts: RunShardOptions): Promise<{ responses: ShardResponse[]; stats: ShardStats }> {
   const { examples, samples } = opts;
-  const done = successesOf(opts.prior);
+  const done = successesOf(opts.prior, opts.keepFailures ?? false);
   const { pending, resumed } = unfinishedCalls(examples.length, samples, done);
+  const kept = [...done.values()].filter((r) => r.error !== undefined).length;
   const stats: ShardStats = {
     examples: examples.length,
     calls: examples.length * samples,
-    resumed,
+    resumed: resumed - kept,
     cached: 0,
     sent: 0,
-    failed: 0,
+    failed: kept,
     notSent: 0,
     budgetStopped: false,
     usage: { promptTokens: 0, completionTokens: 0 },
@@ -124,7 +143,7 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
   const lookups = new Lookahead(opts, pending);
   const calls = new ShardCalls(opts, pending, lookups, stats, records);
   try {
-    await calls.runSlots(Math.max(1, Math.min(opts.concurrency, pending.length)));
+    await calls.runSlots(opts.concurrency, opts.lent);
   } catch (err) {
     // The calls the other slots finished meanwhile are written down before the attempt fails, so its retry resumes
     // them rather than paying for them again, and no lookup is left running.
@@ -152,13 +171,16 @@ export async function runShard(opts: RunShardOptions): Promise<{ responses: Shar
  */
 export const CANCELLED_WRITES_MS = 5_000;
 
-/** The successes earlier attempts journalled, by `i.s`. */
-function successesOf(prior: readonly CallRecord[]): Map<string, CallRecord> {
+/** The successes earlier attempts journalled, by `i.s`, and their last failures too when `keepFailures`. */
+function successesOf(prior: readonly CallRecord[], keepFailures: boolean): Map<string, CallRecord> {
   const done = new Map<string, CallRecord>();
   for (const r of prior) {
     const key = `${r.i}.${r.s}`;
     // A success is final; a later failure record never replaces it.
+    const seen = done.get(key);
+    if (seen && seen.error === undefined) continue;
     if (r.completion !== undefined && r.error === undefined) done.set(key, r);
+    else if (keepFailures && r.error !== undefined) done.set(key, r);
   }
   return done;
 }
@@ -309,25 +331,73 @@ class ShardCalls {
   }
 
   /**
-   * Runs `n` slots to the end. The first error a slot meets stops the others from taking another call (their calls
-   * in flight finish), and is thrown once every slot has ended: the attempt then fails with no call of it still
-   * going, where a slot left running would keep sending calls that the attempt's retry sends again.
+   * Runs the shard's slots to the end: `concurrency` of them, less any still lent to another shard until they come
+   * back, and never more than there are calls to start. The first error a slot meets stops the others from taking
+   * another call (their calls in flight finish), and is thrown once every slot has ended: the attempt then fails with
+   * no call of it still going, where a slot left running would keep sending calls that the attempt's retry sends again.
    */
-  async runSlots(n: number): Promise<void> {
+  async runSlots(concurrency: number, lent?: RunShardOptions['lent']): Promise<void> {
     const { signal } = this.opts;
     // One listener for the shard, not one per wait: the signal lives as long as the activity.
     const onAbort = () => {
       for (const reject of this.waiting) reject(signal!.reason);
     };
     signal?.addEventListener('abort', onAbort, { once: true });
+    const own = Math.max(0, concurrency - (lent?.slots ?? 0));
+    let atWork = 0;
+    /** Lent slots handed back so far (all of them once `back` resolves). */
+    let returned = 0;
+    let tailed = false;
+    const tail = () => {
+      if (tailed || this.stopped || this.failure) return false;
+      tailed = true;
+      this.opts.onTail?.(atWork + (lent ? lent.slots - returned : 0));
+      return true;
+    };
+    const slots: Promise<void>[] = [];
+    const start = (n: number) => {
+      let k = Math.min(n, this.pending.length - this.next);
+      // Slots with no call to take: past the tail they are free for good, and go on to whoever took the tail.
+      if (tailed && n > k) this.opts.onFreed?.(n - k);
+      for (; k > 0; k--) {
+        atWork++;
+        slots.push(
+          this.run().then(
+            () => {
+              atWork--;
+              // This slot found no call left to start: from here on the shard only gives slots up.
+              if (!tail() && tailed) this.opts.onFreed?.(1);
+            },
+            (error: unknown) => {
+              atWork--;
+              this.failure ??= { error };
+            }
+          )
+        );
+      }
+    };
+    const takeBack = (n: number) => {
+      const k = Math.min(n, lent!.slots - returned);
+      returned += k;
+      if (k > 0 && !this.stopped && !this.failure) start(k);
+    };
     try {
-      await Promise.all(
-        Array.from({ length: n }, () =>
-          this.run().catch((error: unknown) => {
-            this.failure ??= { error };
-          })
-        )
-      );
+      start(own);
+      if (atWork < own) tail();
+      // Lent slots join as their holder frees them, and all of them once it has ended.
+      lent?.trickle?.(takeBack);
+      const back = lent ? this.untilCancelled(lent.back).then(() => takeBack(lent.slots)) : undefined;
+      back?.catch(() => undefined);
+      for (let awaited = 0; awaited < slots.length;) {
+        const batch = slots.slice(awaited);
+        awaited = slots.length;
+        await Promise.all(batch);
+      }
+      // The shard does not end while it may still be counting on lent slots: whatever it handed on includes them.
+      if (back && !this.failure) {
+        await back;
+        await Promise.all(slots);
+      }
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }

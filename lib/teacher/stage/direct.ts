@@ -5,6 +5,7 @@ import type { RetryReason } from '../retry';
 import { buildPrompt } from '../templates';
 import { attemptBudget, priceOf } from './accounting';
 import { shardTeacher, type StageDeps } from './endpoint';
+import { tailKey, writeKeyJson, type ShardTailMark } from './layout';
 import { isFinished, labeller, openShard, shardOutcome, type OpenShard } from './open-shard';
 import type { TeacherShardInput, TeacherShardResult } from './types';
 
@@ -18,6 +19,20 @@ export interface PromptShardHooks {
   onCalls?: RunShardOptions['onCalls'];
   /** Each retry of a call, with why: for metrics. */
   onRetry?: (reason: RetryReason) => void;
+  /**
+   * Told when the shard's slots start to free up, with how many it keeps (see {@link RunShardOptions.onTail}), once
+   * its retries are bound to them; only for a shard launched with `handoff`.
+   */
+  onTail?: (slots: number) => void;
+  /** After the tail, each slot as it frees up for good (see {@link RunShardOptions.onFreed}); with `handoff` only. */
+  onFreed?: (slots: number) => void;
+  /**
+   * The run of the stage this attempt belongs to (its workflow id and run id), which keys the tail's mark: a re-run of
+   * the stage under the same workflow id must not find the marks of the run before. Default: `input.stageId`.
+   */
+  tailScope?: string;
+  /** Slots of the shard's share that the shard it was started after still holds (see `TeacherShardInput.after`). */
+  lent?: RunShardOptions['lent'];
 }
 
 /**
@@ -35,12 +50,19 @@ export async function promptShard(
   const { doc, examples, journal, prior } = open;
   const teacher = await shardTeacher(deps, input, { onRetry: hooks.onRetry });
   const budget = await attemptBudget(deps.store, open.shardKey, input, prior, inFlightWorstUsd(input, open));
+  const tail = input.handoff
+    ? await tailOf(deps, tailKey(open.shardKey, hooks.tailScope ?? input.stageId), hooks.onTail)
+    : undefined;
   const { stats } = await runShard({
     examples,
     messagesFor: (ex) => buildPrompt(doc.task, ex.input),
     teacher,
     samples: doc.samples,
-    concurrency: input.concurrency,
+    concurrency: tail?.kept === undefined ? input.concurrency : Math.min(input.concurrency, tail.kept),
+    ...(tail?.kept === undefined ? {} : { keepFailures: true }),
+    ...(tail?.onTail ? { onTail: tail.onTail } : {}),
+    ...(tail && hooks.onFreed ? { onFreed: hooks.onFreed } : {}),
+    ...(hooks.lent ? { lent: hooks.lent } : {}),
     journal,
     prior,
     stageId: input.stageId,
@@ -52,6 +74,34 @@ export async function promptShard(
   });
   // Every call has a record (failures included: they are data about the teacher, and are retried by a re-run).
   return shardOutcome(deps.store, input, open, stats, (index) => index.size === stats.calls);
+}
+
+/**
+ * A shard that hands its free slots on: the slots an earlier attempt kept, when one already did (this attempt stays
+ * within them, and says so again in case that attempt died before it could), else the hook that marks what this
+ * attempt keeps in the store before telling the stage. The mark comes first: once the stage has heard, the next shard
+ * may be using the rest, and a retry of this one, on any worker, must find the bound.
+ */
+async function tailOf(
+  deps: StageDeps,
+  key: string,
+  tell: ((slots: number) => void) | undefined
+): Promise<{ kept?: number; onTail?: (slots: number) => void }> {
+  const mark = await deps.store.getKeyJson<ShardTailMark>(key);
+  if (mark) {
+    tell?.(mark.slots);
+    return { kept: mark.slots };
+  }
+  if (!tell) return {};
+  return {
+    onTail: (slots) => {
+      // Not marked, not told: the stage then starts the next shard when this one ends, as without a handoff.
+      writeKeyJson(deps.store, key, { slots } satisfies ShardTailMark).then(
+        () => tell(slots),
+        () => undefined
+      );
+    },
+  };
 }
 
 /**

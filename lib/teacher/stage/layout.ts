@@ -9,6 +9,8 @@
  *   retry sets aside what a dead attempt's calls in flight may have cost (see `accounting.ts`);
  * - `teacher/pauses/<endpoint>.json`: when a 429 told a shard to wait, for every shard of that endpoint
  *   (see `shared-pause.ts`);
+ * - `teacher/tails/<shardKey>/<run>.json`: how many slots a shard kept when it handed the rest of its share on to
+ *   the next shard of that run of a stage ({@link ShardTailMark}), so that its retries keep within them;
  * - `cache/teacher/<promptHash>.json`: the cross-run response cache, keyed by model, prompt and sampling parameters
  *   (see `teacherCacheKey` in `lib/teacher/types.ts`).
  *
@@ -53,6 +55,14 @@ export const shardKeyOf = (identity: string, shard: ArtifactRef): string => sha2
 export const journalPrefix = (shardKey: string): string => `teacher/journal/${shardKey}/`;
 /** Key of the shard's {@link ShardDone} record. */
 export const doneKey = (shardKey: string): string => `teacher/shards/${shardKey}.json`;
+/** What a shard that handed its free slots on kept, under {@link tailKey}. */
+export interface ShardTailMark {
+  slots: number;
+}
+
+/** Key of the {@link ShardTailMark} a shard writes in one run of a stage (`scope`: its workflow id and run id). */
+export const tailKey = (shardKey: string, scope: string): string =>
+  `teacher/tails/${shardKey}/${sha256Hex(scope).slice(0, 32)}.json`;
 /** Key of the {@link BatchRecord} of one round of batch submission. */
 export const batchKey = (shardKey: string, round: number): string => `teacher/batches/${shardKey}/${round}.json`;
 

@@ -55,6 +55,16 @@ export interface TeacherShardInput {
   budgetUsd?: number;
   /** Dollars of this shard's journal that earlier launches already reported (and the workflow counted). */
   accountedUsd?: number;
+  /**
+   * Report the moment this shard's slots start to free up (`teacherShardTailSignal`), so the stage can start the
+   * next shard in them. Set only where the stage hands slots on: no budget, no rate limits, direct calls.
+   */
+  handoff?: boolean;
+  /**
+   * `slots` of this shard's `concurrency` are still held by shard `shard`, whose tail this launch was started in:
+   * they are this shard's once that shard's activity has ended, and not before.
+   */
+  after?: { shard: number; slots: number };
 }
 
 /** A shard's figures (see {@link ShardStats}), except that `usage` is everything this stage's records spent on it. */
