@@ -8,9 +8,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test from 'ava';
 import { defaultPayloadConverter } from '@temporalio/common';
-import { CPU_TASK_QUEUE, type PromptTeacherResult, type TeacherStageInput } from '../contract';
-import { generateDemoTask } from '../lib/data/demo-task';
-import { parseSpec } from '../lib/pipeline/spec';
+import { CPU_TASK_QUEUE, type PromptTeacherResult } from '../contract';
 import { startLocalTeacherServer, type LocalTeacherServer } from '../lib/teacher';
 import { Journal } from '../lib/teacher/journal';
 import type { CallRecord } from '../lib/teacher/shard';
@@ -29,6 +27,7 @@ import { tailKey } from '../lib/teacher/stage/layout';
 import { teacherStage } from '../workflows';
 import { historyJson } from './helpers/history';
 import { servicesForFile } from './helpers/services';
+import { demoTeacherStage } from './helpers/teacher-stage';
 import { sleep, waitFor } from './helpers/wait';
 
 const MODEL = 'handoff-under-test';
@@ -42,19 +41,13 @@ async function server(t: { teardown: (fn: () => Promise<void>) => void }, latenc
 }
 
 /** `n` fresh demo examples as a stage of an openai teacher at `s`, with `teacher` settings on top. */
-async function stageInput(n: number, s: LocalTeacherServer, teacher: Record<string, unknown> = {}) {
-  const examples = generateDemoTask({ n, seed: 7700 + 100 * runs++ });
-  const cut = Math.ceil(n * 0.9);
-  const [train, valid] = await Promise.all([
-    services().store.putJsonl(examples.slice(0, cut)),
-    services().store.putJsonl(examples.slice(cut)),
-  ]);
-  const spec = parseSpec({
+function stageInput(n: number, s: LocalTeacherServer, teacher: Record<string, unknown> = {}) {
+  return demoTeacherStage(services().store, {
+    n,
+    seed: 7700 + 100 * runs++,
     name: 'handoff',
-    data: { kind: 'demo' },
     teacher: { kind: 'openai', url: s.url, model: MODEL, ...teacher },
   });
-  return { task: 'demo', teacher: spec.teacher, train, valid } satisfies TeacherStageInput;
 }
 
 const deps = (): StageDeps => ({

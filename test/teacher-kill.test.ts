@@ -8,15 +8,14 @@ import type { ChildProcess } from 'node:child_process';
 import test from 'ava';
 import type { TeacherStageInput } from '../contract';
 import type { PromptTeacherResult } from '../contract';
-import { generateDemoTask } from '../lib/data/demo-task';
 import { parseCompletion } from '../lib/data/parse';
-import { parseSpec } from '../lib/pipeline/spec';
 import { startLocalTeacherServer } from '../lib/teacher';
 import type { ShardResponse } from '../lib/teacher/shard';
 import { CPU_TASK_QUEUE } from '../contract';
 import { teacherStage } from '../workflows';
 import { recordFigures } from './helpers/figures';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
+import { demoTeacherStage } from './helpers/teacher-stage';
 import { journalledCalls } from './faults/harness';
 import { waitFor } from './helpers/wait';
 
@@ -46,15 +45,8 @@ async function killed(worker: ChildProcess): Promise<void> {
 /** Teacher calls journalled so far, over every shard. */
 const journalled = () => journalledCalls(services().store);
 
-async function stageInput(n: number, seed: number, teacher: Record<string, unknown>): Promise<TeacherStageInput> {
-  const examples = generateDemoTask({ n, seed });
-  const cut = Math.ceil(n * 0.9);
-  const [train, valid] = await Promise.all([
-    services().store.putJsonl(examples.slice(0, cut)),
-    services().store.putJsonl(examples.slice(cut)),
-  ]);
-  const spec = parseSpec({ name: 'teacher-kill', data: { kind: 'demo' }, teacher });
-  return { task: 'demo', teacher: spec.teacher, train, valid };
+function stageInput(n: number, seed: number, teacher: Record<string, unknown>): Promise<TeacherStageInput> {
+  return demoTeacherStage(services().store, { n, seed, teacher, name: 'teacher-kill' });
 }
 
 test.serial(

@@ -232,10 +232,12 @@ class ShardScheduler {
    */
   private onTail({ shard, slots }: ShardTail): void {
     const { state } = this;
-    const held = this.grants.get(shard);
-    if (!this.handoff || this.draining || state.exhausted || state.endgame || held === undefined) return;
+    if (!this.handoff || this.draining || state.exhausted || state.endgame || !this.grants.has(shard)) return;
     if (this.handedOn.has(shard) || state.next >= state.plan.shards) return;
-    const kept = Math.min(held, Math.max(0, Math.floor(slots)));
+    // What the shard says it keeps, not what this workflow last knew it held: a shard started in another's tail takes
+    // up the other's slots as soon as its worker sees them free, before the other's completion reaches this workflow
+    // (in the same workflow task as this signal, the signal may even be handled first).
+    const kept = Math.min(this.share.concurrency, Math.max(0, Math.floor(slots)));
     const index = state.next++;
     this.handedOn.set(shard, { to: index, slots: kept });
     this.grants.set(shard, kept);
@@ -306,7 +308,7 @@ class ShardScheduler {
       this.grants.delete(index);
       const heir = this.handedOn.get(index);
       this.handedOn.delete(index);
-      const heirHolds = heir && this.grants.get(heir.to);
+      const heirHolds = heir && !this.handedOn.has(heir.to) ? this.grants.get(heir.to) : undefined;
       if (heir && heirHolds !== undefined) this.grants.set(heir.to, heirHolds + heir.slots);
       if (!result) return;
       this.record(result);

@@ -14,13 +14,12 @@ import {
   type TeacherShardInput,
   type TeacherStageInput,
 } from '../../contract';
-import { generateDemoTask } from '../../lib/data/demo-task';
-import { parseSpec } from '../../lib/pipeline/spec';
 import { startLocalTeacherServer } from '../../lib/teacher';
 import { PAUSE_CACHE_MS } from '../../lib/teacher/stage';
 import { teacherStage } from '../../workflows';
 import { faultMode, recordFigures } from '../helpers/figures';
 import { servicesForFile, startWorkerProcess } from '../helpers/services';
+import { demoTeacherStage } from '../helpers/teacher-stage';
 
 const MODEL = 'limits-under-test';
 /** The stage's concurrency: what every shard in flight, on whichever worker, shares. */
@@ -51,15 +50,12 @@ async function waitFor(what: string, probe: () => boolean, timeoutMs = 120_000):
 }
 
 /** `n` demo examples as a stage of an openai teacher at `url` with the stage-wide concurrency under test. */
-async function limitsStage(n: number, url: string): Promise<TeacherStageInput> {
-  const examples = generateDemoTask({ n, seed: 9300 });
-  const [train, valid] = await Promise.all([
-    services().store.putJsonl(examples.slice(0, n - 10)),
-    services().store.putJsonl(examples.slice(n - 10)),
-  ]);
-  const spec = parseSpec({
+function limitsStage(n: number, url: string): Promise<TeacherStageInput> {
+  return demoTeacherStage(services().store, {
+    n,
+    seed: 9300,
+    valid: 10,
     name: 'teacher-limits',
-    data: { kind: 'demo' },
     teacher: {
       kind: 'openai',
       url,
@@ -70,7 +66,6 @@ async function limitsStage(n: number, url: string): Promise<TeacherStageInput> {
       shardSize: SHARD_SIZE,
     },
   });
-  return { task: 'demo', teacher: spec.teacher, train, valid };
 }
 
 /**
