@@ -37,11 +37,11 @@
  * request to the response's headers (median L + 1.8, p90 L + 6.3: both event loops and the loopback, on two cores
  * shared with Temporal), L + 4.6 ms through the SDK to the answer back in its slot, and 0.1-0.2 ms from there to the
  * slot's next request. With the 0.992 cap and plan and assembly (0.3%), that made 0.962-0.968 there, where 1 s gives
- * 0.983-0.984; with shards handing their free slots on (no cap at 250 ms), 0.978-0.980 in seven runs of ten, with
- * the worker at 0.96-1.11 ms of CPU per call. In one ten-minute stretch the worker needed 1.46-1.54 ms a call for the
- * same work, steal 0, and three runs gave 0.965: read workerCpuMsPerCall beside the figure. Cache I/O as synchronous
- * calls on the main thread made it worse on that machine (0.957 and 0.962 against 0.964 and 0.966, alternated): each
- * cache write's fsync then stalls the event loop.
+ * 0.983-0.984; with shards handing their free slots on (no cap at 250 ms), 0.978-0.980 in eight runs of twelve, with
+ * the worker at 0.94-1.11 ms of CPU per call, and 0.973 at 1.22 ms. In one ten-minute stretch the worker needed
+ * 1.46-1.54 ms a call for the same work, steal 0, and three runs gave 0.965: read workerCpuMsPerCall beside the
+ * figure. Cache I/O as synchronous calls on the main thread made it worse on that machine (0.957 and 0.962 against
+ * 0.964 and 0.966, alternated): each cache write's fsync then stalls the event loop.
  *
  * Settings (env): BENCH_CONCURRENCY, BENCH_LATENCY_MS, BENCH_EFFICIENCY_EXAMPLES (4000),
  * BENCH_FAST_EFFICIENCY_LATENCY_MS (250), BENCH_SMALL (10000), BENCH_LARGE (100000), BENCH_FAST_LATENCY_MS (2),
