@@ -134,27 +134,30 @@ function lentSlots(client: Client | undefined, input: TeacherShardInput, scope: 
 }
 
 function lentBack(client: Client | undefined, input: TeacherShardInput, holder: string, over: AbortSignal) {
-  const shard = input.after!.shard;
-  const here = shardSlots.whenEnded(holder, over);
+  // Whichever way the end is learnt first, the other wait stops then: the poll would otherwise ask the stage every
+  // second for the rest of this shard's life.
+  const learnt = new AbortController();
+  const until = AbortSignal.any([over, learnt.signal]);
+  const here = shardSlots.whenEnded(holder, until);
   const stage = Context.current().info.workflowExecution;
   if (!client || !stage) return here;
   const there = (async () => {
     const handle = client.workflow.getHandle(stage.workflowId, stage.runId);
     for (;;) {
       try {
-        await sleep(LENT_POLL_MS, undefined, { signal: over });
+        await sleep(LENT_POLL_MS, undefined, { signal: until });
       } catch {
         return new Promise<void>(() => undefined);
       }
       try {
         const grants = await handle.query(teacherShardGrantsQuery);
-        if (!(String(shard) in grants)) return;
+        if (!(String(input.after!.shard) in grants)) return;
       } catch {
         // The stage did not answer (its worker is restarting, say): the slots stay lent until it does.
       }
     }
   })();
-  return Promise.race([here, there]);
+  return Promise.race([here, there]).finally(() => learnt.abort());
 }
 
 /**
