@@ -61,6 +61,36 @@ class StepClock:
         return len(self.step_ms) >= self.steps
 
 
+def time_matmuls(products: list, threads: int, warmup: int = 2, passes: int = 7) -> None:
+    """Times a step's weight-matrix products alone, as HF's T5 runs them: each forward product as nn.Linear computes
+    it (X · Wᵀ with W stored [out, in]), and the two of its backward pass, dX = dY · W and dW = dYᵀ · X. Prints the
+    median pass in ms (the timing half of bench/train-throughput.ts's `matmulMs`)."""
+    try:
+        import torch
+    except ImportError as err:
+        print(json.dumps({"skipped": f"{err} (pip install -r bench/requirements.txt)"}))
+        return
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    sets = [(torch.randn(r, i), torch.randn(c, i), torch.randn(r, c)) for r, i, c in products]
+    linear = torch.nn.functional.linear
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for x, w, dy in sets:
+                linear(x, w)
+                dy @ w
+                dy.t() @ x
+        return 1000 * (time.perf_counter() - start)
+
+    for _ in range(warmup):
+        one_pass()
+    times = sorted(one_pass() for _ in range(passes))
+    print(json.dumps({"matmulMs": round(times[len(times) // 2], 1), "passesMs": [round(t, 1) for t in times]}))
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True, help="T5Config fields as JSON (HF names)")
@@ -78,7 +108,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--matmuls",
+        help="time only these weight-matrix products (a JSON list of [rows, inner, cols]) and train nothing",
+    )
     args = parser.parse_args()
+    if args.matmuls:
+        time_matmuls(json.loads(args.matmuls), args.threads)
+        return
     if args.method == "dss" and args.rationale < 1:
         parser.error("--rationale is required (≥ 1) with --method dss")
 

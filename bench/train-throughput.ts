@@ -33,7 +33,26 @@
  * The fraction of peak divides by cores × fp32 FLOP/cycle × GHz, with cores the threads used (at most the machine's
  * cores), GHz from /proc/cpuinfo (the model name's rated clock, else `cpu MHz`) and FLOP/cycle from its flags:
  * AVX-512 with two 512-bit FMA units is 64 (2 × 16 lanes × 2); AMD Zen 4 (family 25) runs AVX-512 on two 256-bit
- * FMA pipes, 32; AVX2+FMA is 32, AVX alone 16. `machine.peak` says which applied.
+ * FMA pipes, 32; AVX2+FMA is 32, AVX alone 16. `machine.peak` says which applied. The clock is the VM's reported
+ * one: a core that boosts above it can exceed "peak" (a fraction over 1).
+ *
+ * Matrix products alone: per case, after the rounds, each side times just the step's weight-matrix products (every
+ * forward product X·W and the two of its backward pass, dX and dW; the products the GFLOP figure counts), with random
+ * operands of the step's shapes, in a child of its own: native in the student's shapes (q, k and v of self-attention
+ * as one product, k and v of cross-attention as one, as lib/student/fast-ops.ts runs them), PyTorch in HF's (each
+ * projection alone, as nn.Linear runs it). `matmulMs` is each side's median pass; `matmulShare` its share of that
+ * side's step; `ratioCeiling` PyTorch's step time ÷ native's products alone: the ratio native would reach if nothing
+ * but its matrix products took time. That says how much of a ratio is the two sides' GEMM kernels and how much
+ * everything else.
+ *
+ * BENCH_ISA=avx2 caps both sides' kernels at AVX2 (ONEDNN_MAX_CPU_ISA for oneDNN, which TensorFlow's MatMul and its
+ * Eigen contractions run on; MKL_ENABLE_INSTRUCTIONS for MKL, PyTorch's GEMM), so that an AVX-512 machine measures
+ * what an AVX2 one would, as far as the ISA goes (clock, caches and memory stay this machine's). Measured on a Zen 5
+ * EPYC (2 vCPU): PyTorch's MKL GEMMs ran at ~200 GFLOP/s whatever the cap (MKL_ENABLE_INSTRUCTIONS=SSE4_2 did not
+ * slow them: on AMD, MKL picks its own path, AVX2-class by its speed), where TensorFlow's oneDNN ran the same products
+ * at ~380-405 GFLOP/s on AVX-512 and ~195 capped at AVX2. So on that machine native's lead (1.6-2.1×) is mostly the
+ * ISA: capped, small:standard measured 1.03× (766 vs 792 ms a step), with native's products alone 551 ms against
+ * PyTorch's 533.
  *
  * Peak RSS: the whole child process, final checkpoint included (native: `trainToFile` writes it to a temp file as a
  * pipeline run's child does; PyTorch: torch.save of the model's and optimiser's state dicts to a temp file);
@@ -49,11 +68,13 @@
  *
  * Last stdout line: one JSON object: `cases` (per case `shape`, `method`, `ratio` {median,min,max},
  * `nativeTokensPerSec`, `pytorchTokensPerSec`, `nativeMsPerStep`, `pytorchMsPerStep`, `gflops` {native,pytorch},
- * `peakFraction` {native,pytorch}, `peakRssMiB` {native,pytorch}, `rssRatio`, `nativeTrainingPeakRssMiB`, `settled`
+ * `peakFraction` {native,pytorch}, `matmulMs`, `matmulGflops` and `matmulShare` {native,pytorch}, `ratioCeiling`,
+ * `peakRssMiB` {native,pytorch}, `rssRatio`, `nativeTrainingPeakRssMiB`, `settled`
  * {native,pytorch} (every round settled), `rounds` (each round's figures, with `stealShare`: the share of the machine's
  * CPU time its hypervisor gave other guests during that run, from /proc/stat; a round run at a tenth stolen is not
  * comparable with one at none)), `goals` (`throughput`: every case's median
- * ratio ≥ 1.2; `rss`: every case's RSS ratio ≤ 1.5; null where a case was not measured), `machine`, `config`.
+ * ratio ≥ 1.2; `rss`: every case's RSS ratio ≤ 1.5; null where a case was not measured), `machine` (with `isaCap`),
+ * `config`.
  * The default run takes about 15–25 minutes on 2 cores.
  */
 import { spawn } from 'node:child_process';
@@ -162,6 +183,56 @@ function flopsPerStep(c: Case): number {
   return 6 * (n.source * t.source + n.target * t.target);
 }
 
+/** One weight-matrix product of a step's forward pass: X[rows, inner] · W[inner, cols]. */
+type Product = [rows: number, inner: number, cols: number];
+
+/**
+ * The forward pass's weight-matrix products of one step, as a side runs them: the student's sublayers project q, k
+ * and v of self-attention in one product and k and v of cross-attention in one (lib/student/fast-ops.ts), where HF's
+ * T5 runs each projection on its own (`fused` false). The same FLOPs either way, and the same as flopsPerStep counts
+ * (checked). dss runs the encoder once per pair, as both sides' steps do.
+ */
+function stepProducts(c: Case, fused: boolean): Product[] {
+  const shape = SHAPES[c.shape];
+  const config = modelConfig(shape);
+  const { d_model: d, d_ff: ff, vocab_size: vocab } = config;
+  const hk = config.num_heads * config.d_kv;
+  const gated = config.feed_forward_proj === 'gated-gelu';
+  const targets = c.method === 'dss' ? [shape.targetLength, shape.rationaleLength] : [shape.targetLength];
+  const source = shape.batchSize * shape.sourceLength;
+  const out: Product[] = [];
+  const repeat = (n: number, p: Product) => Array.from({ length: n }, () => out.push([...p] as Product));
+  const feedForward = (rows: number) => {
+    repeat(gated ? 2 : 1, [rows, d, ff]);
+    repeat(1, [rows, ff, d]);
+  };
+  for (const targetLength of targets) {
+    const target = shape.batchSize * targetLength;
+    for (let l = 0; l < config.num_layers; l++) {
+      if (fused) repeat(1, [source, d, 3 * hk]);
+      else repeat(3, [source, d, hk]);
+      repeat(1, [source, hk, d]);
+      feedForward(source);
+    }
+    for (let l = 0; l < config.num_decoder_layers; l++) {
+      if (fused) repeat(1, [target, d, 3 * hk]);
+      else repeat(3, [target, d, hk]);
+      repeat(1, [target, hk, d]);
+      repeat(1, [target, d, hk]);
+      if (fused) repeat(1, [source, d, 2 * hk]);
+      else repeat(2, [source, d, hk]);
+      repeat(1, [target, hk, d]);
+      feedForward(target);
+    }
+    repeat(1, [target, d, vocab]);
+  }
+  const flops = out.reduce((sum, [r, i, k]) => sum + 6 * r * i * k, 0);
+  if (flops !== flopsPerStep(c)) {
+    throw new Error(`${caseName(c)}: the step's products come to ${flops} FLOP, flopsPerStep to ${flopsPerStep(c)}`);
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Settings
 
@@ -201,7 +272,24 @@ interface StepPlan {
   steps: number;
 }
 
+/**
+ * BENCH_ISA caps the vector instructions both sides' matrix kernels may use: oneDNN's (TensorFlow's kernels, and
+ * PyTorch's where it uses oneDNN) by ONEDNN_MAX_CPU_ISA, MKL's (PyTorch's GEMMs) by MKL_ENABLE_INSTRUCTIONS.
+ */
+const ISA_CAPS = { avx2: { ONEDNN_MAX_CPU_ISA: 'AVX2', MKL_ENABLE_INSTRUCTIONS: 'AVX2' } } as const;
+type IsaCap = keyof typeof ISA_CAPS;
+
+function isaCap(): IsaCap | null {
+  const raw = process.env.BENCH_ISA;
+  if (raw === undefined || raw === '') return null;
+  if (Object.hasOwn(ISA_CAPS, raw)) return raw as IsaCap;
+  throw new Error(
+    `BENCH_ISA is ${JSON.stringify(raw)}; expected ${Object.keys(ISA_CAPS).join('|')}, or unset for no cap`
+  );
+}
+
 const SETTINGS = {
+  isa: isaCap(),
   rounds: intEnv('BENCH_ROUNDS', 3, 1),
   threads: intEnv('BENCH_THREADS', 2, 1),
   plan: {
@@ -220,6 +308,9 @@ const OTHER_BACKEND_PLANS: Partial<Record<BackendName, StepPlan>> = {
   wasm: { window: 3, tolerance: 0.05, maxWarmup: 1, steps: 3 },
   cpu: { window: 3, tolerance: 0.05, maxWarmup: 1, steps: 1 },
 };
+
+/** The environment both sides' children get from BENCH_ISA. */
+const isaEnv = (): Record<string, string> => (SETTINGS.isa ? { ...ISA_CAPS[SETTINGS.isa] } : {});
 
 const CHILD_TIMEOUT_MS = 20 * 60_000;
 const RESULT_PREFIX = 'BENCH_RESULT ';
@@ -430,6 +521,40 @@ async function runChild(c: Case, backend: BackendName, plan: StepPlan): Promise<
   console.log(RESULT_PREFIX + JSON.stringify(out));
 }
 
+/** The matrix-product child's passes: 2 warm-up, then the median of 7 timed. */
+const MATMUL_PASSES = { warmup: 2, timed: 7 };
+
+/**
+ * Times a step's weight-matrix products alone on native TensorFlow, each forward product with the two of its backward
+ * pass (dX = dY · Wᵀ, dW = Xᵀ · dY) through tfjs's matMul, the same TensorFlow MatMul kernel the sublayers' graphs
+ * run, with its transpose flags as they use them. Prints the median pass in ms.
+ */
+async function timeProducts(products: Product[]): Promise<void> {
+  await initBackend('tensorflow');
+  const sets = products.map(
+    ([r, i, k]) => [tf.randomNormal([r, i]), tf.randomNormal([i, k]), tf.randomNormal([r, k])] as const
+  );
+  const pass = () => {
+    const start = performance.now();
+    let last: tf.Tensor | undefined;
+    for (const [x, w, dy] of sets) {
+      tf.matMul(x, w).dispose();
+      tf.matMul(dy, w, false, true).dispose();
+      last?.dispose();
+      last = tf.matMul(x, dy, true, false);
+    }
+    // Eager kernels run as they are called on the CPU; reading the last result back makes sure all have.
+    last?.dataSync();
+    last?.dispose();
+    return performance.now() - start;
+  };
+  for (let i = 0; i < MATMUL_PASSES.warmup; i++) pass();
+  const times = Array.from({ length: MATMUL_PASSES.timed }, pass).sort((a, b) => a - b);
+  console.log(
+    RESULT_PREFIX + JSON.stringify({ matmulMs: round(median(times), 1), passesMs: times.map((t) => round(t, 1)) })
+  );
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Parent: child processes
 
@@ -466,6 +591,7 @@ function runProcess(
 function runNative(c: Case, backend: BackendName, plan: StepPlan): Promise<Outcome> {
   const env = {
     ...process.env,
+    ...isaEnv(),
     STEPWISE_TFJS_BACKEND: backend,
     TF_CPP_MIN_LOG_LEVEL: '2',
     // TensorFlow's thread pools take these at start-up. Both at the thread count, as TensorFlow sets them by
@@ -485,6 +611,10 @@ function runNative(c: Case, backend: BackendName, plan: StepPlan): Promise<Outco
 }
 
 function runPytorch(python: string, c: Case, plan: StepPlan): Promise<Outcome> {
+  return runPytorchWith(python, c, plan, []);
+}
+
+function runPytorchWith(python: string, c: Case, plan: StepPlan, extra: string[]): Promise<Outcome> {
   const shape = SHAPES[c.shape];
   const { model_type: _modelType, ...hfConfig } = modelConfig(shape);
   const args = [
@@ -494,11 +624,12 @@ function runPytorch(python: string, c: Case, plan: StepPlan): Promise<Outcome> {
     ['--rationale', shape.rationaleLength],
     ['--window', plan.window, '--tolerance', plan.tolerance, '--max-warmup', plan.maxWarmup, '--steps', plan.steps],
     ['--threads', SETTINGS.threads, '--lr', SETTINGS.learningRate, '--max-grad-norm', SETTINGS.maxGradNorm],
+    extra,
   ]
     .flat()
     .map(String);
   const threads = String(SETTINGS.threads);
-  const env = { ...process.env, OMP_NUM_THREADS: threads, MKL_NUM_THREADS: threads };
+  const env = { ...process.env, ...isaEnv(), OMP_NUM_THREADS: threads, MKL_NUM_THREADS: threads };
   return runProcess(python, args, env, (stdout) => {
     const last = stdout.trim().split('\n').pop() ?? '';
     let parsed: Record<string, unknown>;
@@ -510,6 +641,38 @@ function runPytorch(python: string, c: Case, plan: StepPlan): Promise<Outcome> {
     if (typeof parsed.skipped === 'string') return { ok: false, reason: parsed.skipped };
     return { ok: true, result: parsed as unknown as RunResult };
   });
+}
+
+/** The matrix-product timings of one case: each side's median pass in ms, or why there is none. */
+type MatmulOutcome = { ok: true; ms: number } | { ok: false; reason: string };
+
+const matmulOf = (o: Outcome): MatmulOutcome => {
+  if (!o.ok) return o;
+  const ms = (o.result as unknown as { matmulMs?: unknown }).matmulMs;
+  return typeof ms === 'number' ? { ok: true, ms } : { ok: false, reason: 'printed no matmulMs' };
+};
+
+async function runMatmuls(
+  python: string | undefined,
+  c: Case
+): Promise<{ native: MatmulOutcome; pytorch: MatmulOutcome }> {
+  const env = { ...process.env, ...isaEnv(), TF_CPP_MIN_LOG_LEVEL: '2' };
+  const threads = String(SETTINGS.threads);
+  const args = ['--import', 'tsx', __filename, '--matmuls', JSON.stringify(stepProducts(c, true))];
+  const native = await runProcess(
+    process.execPath,
+    args,
+    { ...env, TF_NUM_INTRAOP_THREADS: threads, TF_NUM_INTEROP_THREADS: threads },
+    (stdout) => {
+      const line = stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
+      if (!line) return { ok: false, reason: `printed no result: ${stdout.slice(-400)}` };
+      return { ok: true, result: JSON.parse(line.slice(RESULT_PREFIX.length)) as RunResult };
+    }
+  );
+  const pytorch: Outcome = python
+    ? await runPytorchWith(python, c, SETTINGS.plan, ['--matmuls', JSON.stringify(stepProducts(c, false))])
+    : { ok: false, reason: 'no PyTorch' };
+  return { native: matmulOf(native), pytorch: matmulOf(pytorch) };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -524,7 +687,7 @@ interface Peak {
   isa: string;
 }
 
-function machineInfo(threads: number) {
+function machineInfo(threads: number, cap: IsaCap | null) {
   // Off Linux there is no cpuinfo, and the peak stays unknown.
   const { blocks, field, flags } = cpuinfo();
   const relevant = ['avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'avx2', 'fma', 'avx'];
@@ -541,7 +704,10 @@ function machineInfo(threads: number) {
   const ghzFrom = rated ? 'model name' : 'cpu MHz';
   let flopsPerCycle: number;
   let isa: string;
-  if (flags.has('avx512f') && vendor === 'AuthenticAMD' && family === 25) {
+  if (cap === 'avx2' && flags.has('avx2') && flags.has('fma')) {
+    flopsPerCycle = 2 * 8 * 2;
+    isa = 'capped at AVX2 by BENCH_ISA: 2 FMA units × 8 lanes × 2 FLOP';
+  } else if (flags.has('avx512f') && vendor === 'AuthenticAMD' && family === 25) {
     flopsPerCycle = 2 * 8 * 2;
     isa = 'AVX-512 on Zen 4: two 256-bit FMA pipes (512-bit ops take two passes), 2 × 8 lanes × 2 FLOP';
   } else if (flags.has('avx512f')) {
@@ -571,6 +737,7 @@ function machineInfo(threads: number) {
     logicalCpus: blocks.length || availableParallelism(),
     cores,
     threads,
+    isaCap: cap,
     peak,
   };
 }
@@ -613,7 +780,13 @@ function describeRun(name: string, c: Case, o: Outcome): string {
   );
 }
 
-function summarise(c: Case, natives: Outcome[], torches: Outcome[], peak: Peak | null) {
+function summarise(
+  c: Case,
+  natives: Outcome[],
+  torches: Outcome[],
+  peak: Peak | null,
+  matmuls: { native: MatmulOutcome; pytorch: MatmulOutcome }
+) {
   const ok = (os: Outcome[]) => os.flatMap((o) => (o.ok ? [figures(c, o.result)] : []));
   const n = ok(natives);
   const p = ok(torches);
@@ -631,6 +804,12 @@ function summarise(c: Case, natives: Outcome[], torches: Outcome[], peak: Peak |
   const nativeRss = med(n, (f) => f.peakRssMiB);
   const torchRss = med(p, (f) => f.peakRssMiB);
   const tps = (ms: number | null) => (ms === null ? null : round(((t.source + t.target) * 1000) / ms, 1));
+  const matmulMs = {
+    native: matmuls.native.ok ? matmuls.native.ms : null,
+    pytorch: matmuls.pytorch.ok ? matmuls.pytorch.ms : null,
+  };
+  const share = (part: number | null, whole: number | null) =>
+    part === null || whole === null ? null : round(part / whole, 3);
   return {
     shape: c.shape,
     method: c.method,
@@ -641,6 +820,10 @@ function summarise(c: Case, natives: Outcome[], torches: Outcome[], peak: Peak |
     pytorchMsPerStep: torchMs,
     gflops: { native: gflops(nativeMs), pytorch: gflops(torchMs) },
     peakFraction: { native: fraction(nativeMs), pytorch: fraction(torchMs) },
+    matmulMs,
+    matmulGflops: { native: gflops(matmulMs.native), pytorch: gflops(matmulMs.pytorch) },
+    matmulShare: { native: share(matmulMs.native, nativeMs), pytorch: share(matmulMs.pytorch, torchMs) },
+    ratioCeiling: share(torchMs, matmulMs.native),
     peakRssMiB: { native: nativeRss, pytorch: torchRss },
     rssRatio: nativeRss !== null && torchRss !== null ? round(nativeRss / torchRss, 3) : null,
     nativeTrainingPeakRssMiB: med(n, (f) => f.trainingPeakRssMiB),
@@ -691,6 +874,11 @@ async function main(): Promise<void> {
     await runChild(spec.case, spec.backend, spec.plan);
     return;
   }
+  const matmulsAt = process.argv.indexOf('--matmuls');
+  if (matmulsAt >= 0) {
+    await timeProducts(JSON.parse(process.argv[matmulsAt + 1]) as Product[]);
+    return;
+  }
 
   const cases = selectedCases();
   const others = (process.env.BENCH_BACKENDS ?? 'tensorflow')
@@ -709,8 +897,11 @@ async function main(): Promise<void> {
     })
   );
   if (!python.ok) log(python.reason);
-  const machine = machineInfo(threads);
-  log(`${machine.cpu}, ${machine.cores} cores, flags ${machine.flags.join(' ')}, ${threads} threads`);
+  const machine = machineInfo(threads, SETTINGS.isa);
+  log(
+    `${machine.cpu}, ${machine.cores} cores, flags ${machine.flags.join(' ')}, ${threads} threads` +
+      (SETTINGS.isa ? `, kernels capped at ${SETTINGS.isa}` : '')
+  );
 
   const summaries = [];
   const otherBackends: Record<string, unknown> = {};
@@ -734,10 +925,16 @@ async function main(): Promise<void> {
       if (native.ok) details.native ??= native.result.detail;
       if (torch.ok) details.pytorch ??= torch.result.detail;
     }
-    const summary = summarise(c, natives, torches, machine.peak);
+    const matmuls = await runMatmuls(python.ok ? python.path : undefined, c);
+    for (const [side, m] of Object.entries(matmuls)) {
+      if (!m.ok) log(`${caseName(c)}: ${side} matrix products alone: failed (${m.reason})`);
+    }
+    const summary = summarise(c, natives, torches, machine.peak, matmuls);
     log(
       `${caseName(c)}: ratio ${JSON.stringify(summary.ratio)}, ${summary.nativeMsPerStep} vs ${summary.pytorchMsPerStep} ms/step, ` +
-        `GFLOP/s ${JSON.stringify(summary.gflops)}, peak RSS ${JSON.stringify(summary.peakRssMiB)} MiB`
+        `GFLOP/s ${JSON.stringify(summary.gflops)}, peak RSS ${JSON.stringify(summary.peakRssMiB)} MiB; ` +
+        `matrix products alone ${JSON.stringify(summary.matmulMs)} ms (${JSON.stringify(summary.matmulGflops)} GFLOP/s), ` +
+        `ratio ceiling ${summary.ratioCeiling}`
     );
     summaries.push(summary);
     if (c.shape === 'small' && c.method === 'standard') {
@@ -802,6 +999,7 @@ async function main(): Promise<void> {
         loadAvg1m: { start: round(loadStart, 2), end: round(loadavg()[0], 2) },
       },
       config: {
+        isaCap: SETTINGS.isa,
         rounds,
         warmup: { window: plan.window, tolerance: plan.tolerance, max: plan.maxWarmup },
         timedSteps: plan.steps,
