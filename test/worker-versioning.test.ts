@@ -15,7 +15,14 @@ import { distillationPipeline, teacherStage } from '../workflows';
 import { generateDemoTask } from '../lib/data/demo-task';
 import { parseSpec, type PipelineSpecInput } from '../lib/pipeline/spec';
 import { startLocalTeacherServer } from '../lib/teacher';
-import { buildIdFromCodeVersion, buildIdProblem, checkDeploymentName, describeDeployment } from '../workers/versioning';
+import {
+  buildIdFromCodeVersion,
+  buildIdProblem,
+  checkDeploymentName,
+  describeDeployment,
+  describeRoutingWork,
+  STALL_AFTER_SECONDS,
+} from '../workers/versioning';
 import { InputError } from '../lib/errors';
 import { servicesForFile, startWorkerProcess } from './helpers/services';
 import { killGroup, trainingChildren } from './helpers/processes';
@@ -345,6 +352,28 @@ test.serial(
     t.regex(badQuery.stderr, /--query/);
   }
 );
+
+test('a routing wait that ran out names the pending work, or says the propagation stopped once nothing is pending', (t) => {
+  const running = [
+    'temporal-sys-worker-deployment:stepwise (12 events)',
+    'temporal-sys-worker-deployment-version:stepwise:B (40 events)',
+  ];
+  const pending = ['temporal-sys-worker-deployment-version:stepwise:B: SyncDeploymentVersionUserData (attempt 3)'];
+  t.deepEqual(describeRoutingWork({ running, pending }, 300), pending);
+  t.deepEqual(describeRoutingWork({ running, pending }, 0), pending);
+  // Nothing pending right after the change is the gap between two activities, not a stall.
+  t.deepEqual(describeRoutingWork({ running, pending: [] }, STALL_AFTER_SECONDS - 1), []);
+  const [stalled, ...rest] = describeRoutingWork({ running, pending: [] }, STALL_AFTER_SECONDS);
+  t.deepEqual(rest, []);
+  t.regex(stalled, /none of the server's 2 running workflows for this deployment has an activity pending/);
+  t.true(
+    running.every((r) => stalled.includes(r)),
+    stalled
+  );
+  t.regex(stalled, /temporalio\/temporal#11842/);
+  // Workflows this client cannot see explain nothing.
+  t.deepEqual(describeRoutingWork({ running: [], pending: [] }, 300), []);
+});
 
 test('a build id derived from the code version is made valid; an invalid one given by the operator is refused', (t) => {
   t.is(buildIdFromCodeVersion('0.1.0+1a2b3c4d5e6f.dirty'), '0.1.0+1a2b3c4d5e6f.dirty');

@@ -177,15 +177,19 @@ export async function waitForRouting(client: Client, deploymentName: string, tim
 }
 
 /**
- * What the server is doing to propagate the deployment's routing, when it has not finished: the pending activities of
- * its own workflows for this deployment (`temporal-sys-worker-deployment…`, which push the routing to each task queue
- * and wait for every partition to load it), with their attempts and last failures. One line each, for a person to
- * read; empty when nothing is pending or the namespace does not let this client see those workflows (Temporal Cloud
+ * What the server is doing to propagate the deployment's routing, when it has not finished: its own workflows for this
+ * deployment that are running (`temporal-sys-worker-deployment…`, which push the routing to each task queue and wait
+ * for every partition to load it), and one line per activity they have pending, with its attempt and last failure.
+ * For a person to read; both empty when the namespace does not let this client see those workflows (Temporal Cloud
  * may not), since this only explains a wait and must never fail the command that asks.
  */
-export async function routingWork(client: Client, deploymentName: string): Promise<string[]> {
+export async function routingWork(
+  client: Client,
+  deploymentName: string
+): Promise<{ running: string[]; pending: string[] }> {
   const { namespace } = client.options;
-  const lines: string[] = [];
+  const running: string[] = [];
+  const pending: string[] = [];
   try {
     // Raw calls: the client's own list and describe decode memos, and these workflows' are binary/protobuf.
     const query = `TemporalNamespaceDivision = "TemporalWorkerDeployment" AND ExecutionStatus = "Running"`;
@@ -200,9 +204,10 @@ export async function routingWork(client: Client, deploymentName: string): Promi
           namespace,
           execution: info.execution,
         });
+        running.push(`${workflowId} (${String(described.workflowExecutionInfo?.historyLength ?? '?')} events)`);
         for (const a of described.pendingActivities ?? []) {
           const failure = a.lastFailure?.message ? `, last failure: ${a.lastFailure.message}` : '';
-          lines.push(`${workflowId}: ${a.activityType?.name ?? 'an activity'} (attempt ${a.attempt ?? 1}${failure})`);
+          pending.push(`${workflowId}: ${a.activityType?.name ?? 'an activity'} (attempt ${a.attempt ?? 1}${failure})`);
         }
       }
       nextPageToken = page.nextPageToken?.length ? page.nextPageToken : undefined;
@@ -210,7 +215,29 @@ export async function routingWork(client: Client, deploymentName: string): Promi
   } catch {
     // Not visible to this client, or the server is busy: the wait is reported without its explanation.
   }
-  return lines;
+  return { running, pending };
+}
+
+/** How long a wait with nothing pending must have lasted before the propagation is called stopped. */
+export const STALL_AFTER_SECONDS = 30;
+
+/**
+ * routingWork's lines for a person, once a wait for the routing has run out: the activities still pending, or, when
+ * the server's workflows for the deployment run with none pending after a wait of {@link STALL_AFTER_SECONDS} or
+ * more, that nothing is carrying the change on. A
+ * propagation that has stopped that way does not resume by waiting longer: it is the shape of a server-side wedge
+ * reported as temporalio/temporal#11842 (the version workflow's completion signal never reaching the deployment
+ * workflow), which this project's CI has met on the dev server.
+ */
+export function describeRoutingWork(work: { running: string[]; pending: string[] }, waitedSeconds: number): string[] {
+  if (work.pending.length > 0) return work.pending;
+  // Between two activities nothing is pending for a moment: only a wait of some length says it has stopped.
+  if (work.running.length === 0 || waitedSeconds < STALL_AFTER_SECONDS) return [];
+  return [
+    `none of the server's ${work.running.length} running workflows for this deployment has an activity pending ` +
+      `(${work.running.join(', ')}): the propagation has stopped on the server's side, as in ` +
+      'temporalio/temporal#11842; new runs may keep the previous routing until the server finishes it',
+  ];
 }
 
 /** Who changed the deployment, as its `lastModifierIdentity` records it. */

@@ -24,6 +24,7 @@ import {
   GRPC_INVALID_ARGUMENT,
   GRPC_NOT_FOUND,
   routingWork,
+  describeRoutingWork,
   waitForRouting,
   type DeploymentStatus,
 } from '../../workers/versioning';
@@ -155,7 +156,7 @@ async function printStatus(client: Client, deploymentName: string, flags: Deploy
   if (status.ramping) console.log(`  ramping: ${status.ramping.buildId} at ${status.ramping.percent}%`);
   if (!status.routingPropagated) {
     console.log('  routing: the last change is still reaching the task queues');
-    for (const line of await routingWork(client, deploymentName)) console.log(`    ${line}`);
+    for (const line of (await routingWork(client, deploymentName)).pending) console.log(`    ${line}`);
   }
   for (const v of status.versions) {
     const drainage = v.drainage && v.status !== 'current' ? ` (${v.drainage})` : '';
@@ -237,7 +238,8 @@ async function routed(client: Client, deploymentName: string, waitSeconds: numbe
       `stepwise deploy: after ${waitSeconds} s the change is still reaching the task queues; ` +
         '`stepwise deploy status` shows when it has'
     );
-    for (const line of await routingWork(client, deploymentName)) log(`  ${line}`);
+    const work = await routingWork(client, deploymentName);
+    for (const line of describeRoutingWork(work, waitSeconds)) log(`  ${line}`);
   }
   return done;
 }
