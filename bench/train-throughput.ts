@@ -48,11 +48,12 @@
  * BENCH_ISA=avx2 caps both sides' kernels at AVX2 (ONEDNN_MAX_CPU_ISA for oneDNN, which TensorFlow's MatMul and its
  * Eigen contractions run on; MKL_ENABLE_INSTRUCTIONS for MKL, PyTorch's GEMM), so that an AVX-512 machine measures
  * what an AVX2 one would, as far as the ISA goes (clock, caches and memory stay this machine's). Measured on a Zen 5
- * EPYC (2 vCPU): PyTorch's MKL GEMMs ran at ~200 GFLOP/s whatever the cap (MKL_ENABLE_INSTRUCTIONS=SSE4_2 did not
- * slow them: on AMD, MKL picks its own path, AVX2-class by its speed), where TensorFlow's oneDNN ran the same products
- * at ~380-405 GFLOP/s on AVX-512 and ~195 capped at AVX2. So on that machine native's lead (1.6-2.1×) is mostly the
- * ISA: capped, small:standard measured 1.03× (766 vs 792 ms a step), with native's products alone 551 ms against
- * PyTorch's 533.
+ * EPYC (2 vCPU), 3 rounds a case, at 8773221: PyTorch's MKL GEMMs ran at 190-206 GFLOP/s whatever the cap (even
+ * MKL_ENABLE_INSTRUCTIONS=SSE4_2 did not slow them: on AMD, MKL takes its own path, AVX2-class by its speed), where
+ * TensorFlow's oneDNN ran the same products at 354-399 GFLOP/s on AVX-512 and 192-207 capped at AVX2. Uncapped, native
+ * led by 1.53 (small:standard), 1.60 (small:dss), 1.63 (d256:standard) and 1.99 (d256:dss); capped, by 1.03, 1.06,
+ * 1.10 and 1.22. So on that machine native's lead is mostly the ISA, and what is left of it is the rest of the step:
+ * small:standard spent 241-242 ms outside its products, capped or not, against PyTorch's 266-278.
  *
  * Peak RSS: the whole child process, final checkpoint included (native: `trainToFile` writes it to a temp file as a
  * pipeline run's child does; PyTorch: torch.save of the model's and optimiser's state dicts to a temp file);
