@@ -224,10 +224,9 @@ export const STALL_AFTER_SECONDS = 30;
 /**
  * routingWork's lines for a person, once a wait for the routing has run out: the activities still pending, or, when
  * the server's workflows for the deployment run with none pending after a wait of {@link STALL_AFTER_SECONDS} or
- * more, that nothing is carrying the change on. A
- * propagation that has stopped that way does not resume by waiting longer: it is the shape of a server-side wedge
- * reported as temporalio/temporal#11842 (the version workflow's completion signal never reaching the deployment
- * workflow), which this project's CI has met on the dev server.
+ * more, that nothing is carrying the change on. That is the shape of a server-side wedge reported as
+ * temporalio/temporal#11842 (the version workflow's completion signal never reaching the deployment workflow); this
+ * project's CI met it on the dev server, and a 300 s wait did not end it.
  */
 export function describeRoutingWork(work: { running: string[]; pending: string[] }, waitedSeconds: number): string[] {
   if (work.pending.length > 0) return work.pending;
