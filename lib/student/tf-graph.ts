@@ -66,84 +66,123 @@ function attrValue(attr: Attr): ProtoWriter {
   return w.int(3, attr.int);
 }
 
+/** A node's attribute whose value is not an {@link Attr}: a placeholder's shape, or a constant's tensor. */
+type RawAttr =
+  | { key: 'shape'; unknownRank: true }
+  | { key: 'value'; dtype: 'float32' | 'int32' | 'uint16'; values: readonly number[]; shape: readonly number[] };
+
+/** One node as added: everything its NodeDef is written from. */
+interface NodeRecord {
+  name: string;
+  op: string;
+  inputs: readonly string[];
+  attrs: Record<string, Attr>;
+  raw?: RawAttr;
+}
+
+function rawAttrValue(raw: RawAttr): ProtoWriter {
+  // shape: TensorShapeProto with unknown_rank.
+  if (raw.key === 'shape') return new ProtoWriter().message(7, new ProtoWriter().int(3, 1));
+  const tensorShape = new ProtoWriter();
+  for (const size of raw.shape) tensorShape.message(2, new ProtoWriter().int(1, size));
+  const tensor = new ProtoWriter().int(1, DATA_TYPE[raw.dtype]).message(2, tensorShape);
+  if (raw.dtype === 'float32') {
+    tensor.raw(5, new Uint8Array(Float32Array.from(raw.values).buffer)); // float_val, packed
+  } else {
+    const packed = new ProtoWriter();
+    for (const v of raw.values) packed.varint(v);
+    tensor.raw(7, packed.bytes); // int_val, packed: TensorProto's field for int32 and uint16 alike
+  }
+  return new ProtoWriter().message(8, tensor);
+}
+
+/** A NodeDef (tensorflow/core/framework/node_def.proto). */
+function nodeDef(n: NodeRecord): ProtoWriter {
+  const node = new ProtoWriter().string(1, n.name).string(2, n.op);
+  for (const input of n.inputs) node.string(3, input);
+  const entries: [string, ProtoWriter][] = Object.entries(n.attrs).map(([key, value]) => [key, attrValue(value)]);
+  if (n.raw) entries.push([n.raw.key, rawAttrValue(n.raw)]);
+  for (const [key, value] of entries) node.message(5, new ProtoWriter().string(1, key).message(2, value));
+  return node;
+}
+
 /**
  * A GraphDef under construction. Each method adds a node and returns its name, which later nodes take as an input
  * (`name:i` for an op's i-th output). Placeholders have unknown shapes: the same graph serves every batch size and
  * cache length.
+ *
+ * Nodes are kept as plain records and written as protobuf only when a graph is loaded for the first time: the training
+ * step rebuilds each sublayer's graph at every call (graph-frame.ts) and finds the loaded one by {@link digest}. Writing
+ * every node's protobuf as it was added took ~18 ms of a ~525 ms `small` step (a profile of the thread that dispatches
+ * every kernel, so the kernels' threads waited meanwhile); with records, alternated runs on 2 cores gave 504-533 ms a
+ * step against 536-538 for `small` and 376-384 against 391-400 for the d256 recipe's student.
  */
 export class GraphBuilder {
-  private readonly graph = new ProtoWriter();
+  private readonly nodes: NodeRecord[] = [];
   private readonly names = new Set<string>();
   private counter = 0;
 
   /** A value fed at every run. */
   placeholder(name: string, dtype: DType): string {
-    // shape: TensorShapeProto with unknown_rank.
-    const shape = new ProtoWriter().message(7, new ProtoWriter().int(3, 1));
-    return this.node('Placeholder', [], { dtype: { type: dtype } }, name, [['shape', shape]]);
+    return this.node({ name, op: 'Placeholder', inputs: [], attrs: { dtype: { type: dtype } }, raw: SHAPELESS });
   }
 
   /** A constant: float or integer values of the given shape ([] for a scalar). */
   constant(dtype: 'float32' | 'int32' | 'uint16', values: readonly number[], shape: readonly number[] = []): string {
-    const tensorShape = new ProtoWriter();
-    for (const size of shape) tensorShape.message(2, new ProtoWriter().int(1, size));
-    const tensor = new ProtoWriter().int(1, DATA_TYPE[dtype]).message(2, tensorShape);
-    if (dtype === 'float32') {
-      tensor.raw(5, new Uint8Array(Float32Array.from(values).buffer)); // float_val, packed
-    } else {
-      const packed = new ProtoWriter();
-      for (const v of values) packed.varint(v);
-      tensor.raw(7, packed.bytes); // int_val, packed: TensorProto's field for int32 and uint16 alike
-    }
-    return this.node('Const', [], { dtype: { type: dtype } }, undefined, [
-      ['value', new ProtoWriter().message(8, tensor)],
-    ]);
+    return this.node({
+      name: this.generatedName('Const'),
+      op: 'Const',
+      inputs: [],
+      attrs: { dtype: { type: dtype } },
+      raw: { key: 'value', dtype, values: [...values], shape: [...shape] },
+    });
   }
 
   /** An op node; `name` is generated unless given (give one to every node that is fetched). */
   op(op: string, inputs: readonly string[], attrs: Record<string, Attr> = {}, name?: string): string {
-    return this.node(op, inputs, attrs, name);
+    return this.node({ name: name ?? this.generatedName(op), op, inputs: [...inputs], attrs: { ...attrs } });
   }
 
   /**
-   * A digest of the nodes, which alone make a graph: what {@link GraphSession.load} finds a loaded graph by. The
-   * training step looks its sublayers' graphs up ~80 times a step; for the `small` shape, hashing the nodes as they
-   * are took 8–10 ms a step, where serialising the whole SavedModel and hashing that took ~30 ms.
+   * A digest of the nodes, which alone make a graph: what {@link GraphSession.load} finds a loaded graph by. The JSON
+   * of the node records says everything the GraphDef is written from, and the records are copies (a caller changing
+   * its arrays later changes nothing), so two builders share a digest only when they write the same graph.
    */
   digest(): string {
-    return createHash('sha256').update(Uint8Array.from(this.graph.bytes)).digest('hex');
+    return createHash('sha256').update(JSON.stringify(this.nodes, exactNumbers)).digest('hex');
   }
 
   /** The SavedModel file (`saved_model.pb`) holding this graph. */
   toSavedModel(): Uint8Array {
-    // GraphDef.versions.producer: a TF 2.x graph (TF 2.9 reads producers from 0 up).
     const graph = new ProtoWriter();
-    for (const byte of this.graph.bytes) graph.bytes.push(byte);
+    for (const n of this.nodes) graph.message(1, nodeDef(n));
+    // GraphDef.versions.producer: a TF 2.x graph (TF 2.9 reads producers from 0 up).
     graph.message(4, new ProtoWriter().int(1, 808));
     const meta = new ProtoWriter().message(1, new ProtoWriter().string(4, 'serve')).message(2, graph);
     return Uint8Array.from(new ProtoWriter().int(1, 1).message(2, meta).bytes);
   }
 
-  private node(
-    op: string,
-    inputs: readonly string[],
-    attrs: Record<string, Attr>,
-    name: string | undefined,
-    raw: [string, ProtoWriter][] = []
-  ): string {
-    const nodeName = name ?? `${op.toLowerCase()}_${this.counter++}`;
-    if (this.names.has(nodeName)) throw new Error(`GraphBuilder: node name '${nodeName}' is taken`);
-    this.names.add(nodeName);
-    const node = new ProtoWriter().string(1, nodeName).string(2, op);
-    for (const input of inputs) node.string(3, input);
-    const entries: [string, ProtoWriter][] = [
-      ...Object.entries(attrs).map(([key, value]): [string, ProtoWriter] => [key, attrValue(value)]),
-      ...raw,
-    ];
-    for (const [key, value] of entries) node.message(5, new ProtoWriter().string(1, key).message(2, value));
-    this.graph.message(1, node);
-    return nodeName;
+  private generatedName(op: string): string {
+    return `${op.toLowerCase()}_${this.counter++}`;
   }
+
+  private node(record: NodeRecord): string {
+    if (this.names.has(record.name)) throw new Error(`GraphBuilder: node name '${record.name}' is taken`);
+    this.names.add(record.name);
+    this.nodes.push(record);
+    return record.name;
+  }
+}
+
+const SHAPELESS: RawAttr = { key: 'shape', unknownRank: true };
+
+/**
+ * JSON writes NaN and ±Infinity as `null` and −0 as `0`, so two constants that differ only there would share a
+ * digest: such numbers are written as strings instead (no string stands where a number does in a record).
+ */
+function exactNumbers(_key: string, value: unknown): unknown {
+  if (typeof value !== 'number' || (Number.isFinite(value) && !Object.is(value, -0))) return value;
+  return Object.is(value, -0) ? '-0' : String(value);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
