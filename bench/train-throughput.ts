@@ -202,7 +202,9 @@ function stepProducts(c: Case, fused: boolean): Product[] {
   const targets = c.method === 'dss' ? [shape.targetLength, shape.rationaleLength] : [shape.targetLength];
   const source = shape.batchSize * shape.sourceLength;
   const out: Product[] = [];
-  const repeat = (n: number, p: Product) => Array.from({ length: n }, () => out.push([...p] as Product));
+  const repeat = (n: number, p: Product) => {
+    for (let i = 0; i < n; i++) out.push(p);
+  };
   const feedForward = (rows: number) => {
     repeat(gated ? 2 : 1, [rows, d, ff]);
     repeat(1, [rows, ff, d]);
@@ -381,7 +383,7 @@ interface RunResult {
 }
 
 /** One run's result, and the share of the machine's CPU its host gave other guests during it (see `stealMeter`). */
-type Outcome = ({ ok: true; result: RunResult } | { ok: false; reason: string }) & { stealShare?: number };
+type Outcome<R = RunResult> = ({ ok: true; result: R } | { ok: false; reason: string }) & { stealShare?: number };
 const isOk = (o: Outcome): o is Extract<Outcome, { ok: true }> => o.ok;
 
 /** Pseudo-words from a fixed syllable set: enough distinct text for an 8k BPE vocabulary, reproducible. */
@@ -560,12 +562,12 @@ async function timeProducts(products: Product[]): Promise<void> {
 // Parent: child processes
 
 /** Runs a command, collecting stdout; resolves with the parsed result line or the reason there is none. */
-function runProcess(
+function runProcess<R>(
   command: string,
   args: string[],
   env: NodeJS.ProcessEnv,
-  parse: (stdout: string) => Outcome
-): Promise<Outcome> {
+  parse: (stdout: string) => Outcome<R>
+): Promise<Outcome<R>> {
   return new Promise((resolve) => {
     const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -589,8 +591,9 @@ function runProcess(
   });
 }
 
-function runNative(c: Case, backend: BackendName, plan: StepPlan): Promise<Outcome> {
-  const env = {
+/** The environment of a native child, a training run's or the matrix products'. */
+function nativeEnv(backend: BackendName): NodeJS.ProcessEnv {
+  return {
     ...process.env,
     ...isaEnv(),
     STEPWISE_TFJS_BACKEND: backend,
@@ -601,21 +604,28 @@ function runNative(c: Case, backend: BackendName, plan: StepPlan): Promise<Outco
     TF_NUM_INTRAOP_THREADS: String(SETTINGS.threads),
     TF_NUM_INTEROP_THREADS: String(SETTINGS.threads),
   };
+}
+
+/** A native child's result: the line it printed after RESULT_PREFIX. */
+function nativeResult<R>(stdout: string): Outcome<R> {
+  const line = stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
+  if (!line) return { ok: false, reason: `printed no result: ${stdout.slice(-400)}` };
+  return { ok: true, result: JSON.parse(line.slice(RESULT_PREFIX.length)) as R };
+}
+
+function runNative(c: Case, backend: BackendName, plan: StepPlan): Promise<Outcome> {
   // --expose-gc as a pipeline run's training child has it (lib/student/child.ts): the checkpoint writer frees what it
   // has read back as it goes, which is part of the peak RSS measured here.
   const args = ['--expose-gc', '--import', 'tsx', __filename, '--child', JSON.stringify({ case: c, backend, plan })];
-  return runProcess(process.execPath, args, env, (stdout) => {
-    const line = stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
-    if (!line) return { ok: false, reason: `printed no result: ${stdout.slice(-400)}` };
-    return { ok: true, result: JSON.parse(line.slice(RESULT_PREFIX.length)) as RunResult };
-  });
+  return runProcess(process.execPath, args, nativeEnv(backend), nativeResult<RunResult>);
 }
 
 function runPytorch(python: string, c: Case, plan: StepPlan): Promise<Outcome> {
-  return runPytorchWith(python, c, plan, []);
+  return runPytorchWith<RunResult>(python, c, plan, []);
 }
 
-function runPytorchWith(python: string, c: Case, plan: StepPlan, extra: string[]): Promise<Outcome> {
+/** The PyTorch script with the case's arguments and `extra`; its last line, a JSON object, is the result. */
+function runPytorchWith<R>(python: string, c: Case, plan: StepPlan, extra: string[]): Promise<Outcome<R>> {
   const shape = SHAPES[c.shape];
   const { model_type: _modelType, ...hfConfig } = modelConfig(shape);
   const args = [
@@ -631,7 +641,7 @@ function runPytorchWith(python: string, c: Case, plan: StepPlan, extra: string[]
     .map(String);
   const threads = String(SETTINGS.threads);
   const env = { ...process.env, ...isaEnv(), OMP_NUM_THREADS: threads, MKL_NUM_THREADS: threads };
-  return runProcess(python, args, env, (stdout) => {
+  return runProcess<R>(python, args, env, (stdout) => {
     const last = stdout.trim().split('\n').pop() ?? '';
     let parsed: Record<string, unknown>;
     try {
@@ -640,16 +650,19 @@ function runPytorchWith(python: string, c: Case, plan: StepPlan, extra: string[]
       return { ok: false, reason: `printed no JSON result: ${last.slice(0, 300)}` };
     }
     if (typeof parsed.skipped === 'string') return { ok: false, reason: parsed.skipped };
-    return { ok: true, result: parsed as unknown as RunResult };
+    return { ok: true, result: parsed as R };
   });
 }
 
 /** The matrix-product timings of one case: each side's median pass in ms, or why there is none. */
 type MatmulOutcome = { ok: true; ms: number } | { ok: false; reason: string };
 
-const matmulOf = (o: Outcome): MatmulOutcome => {
+/** What a matrix-product child prints (timeProducts here, time_matmuls in the PyTorch script). */
+type MatmulResult = { matmulMs?: unknown };
+
+const matmulOf = (o: Outcome<MatmulResult>): MatmulOutcome => {
   if (!o.ok) return o;
-  const ms = (o.result as unknown as { matmulMs?: unknown }).matmulMs;
+  const ms = o.result.matmulMs;
   return typeof ms === 'number' ? { ok: true, ms } : { ok: false, reason: 'printed no matmulMs' };
 };
 
@@ -657,21 +670,13 @@ async function runMatmuls(
   python: string | undefined,
   c: Case
 ): Promise<{ native: MatmulOutcome; pytorch: MatmulOutcome }> {
-  const env = { ...process.env, ...isaEnv(), TF_CPP_MIN_LOG_LEVEL: '2' };
-  const threads = String(SETTINGS.threads);
   const args = ['--import', 'tsx', __filename, '--matmuls', JSON.stringify(stepProducts(c, true))];
-  const native = await runProcess(
-    process.execPath,
-    args,
-    { ...env, TF_NUM_INTRAOP_THREADS: threads, TF_NUM_INTEROP_THREADS: threads },
-    (stdout) => {
-      const line = stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
-      if (!line) return { ok: false, reason: `printed no result: ${stdout.slice(-400)}` };
-      return { ok: true, result: JSON.parse(line.slice(RESULT_PREFIX.length)) as RunResult };
-    }
-  );
-  const pytorch: Outcome = python
-    ? await runPytorchWith(python, c, SETTINGS.plan, ['--matmuls', JSON.stringify(stepProducts(c, false))])
+  const native = await runProcess(process.execPath, args, nativeEnv('tensorflow'), nativeResult<MatmulResult>);
+  const pytorch: Outcome<MatmulResult> = python
+    ? await runPytorchWith<MatmulResult>(python, c, SETTINGS.plan, [
+        '--matmuls',
+        JSON.stringify(stepProducts(c, false)),
+      ])
     : { ok: false, reason: 'no PyTorch' };
   return { native: matmulOf(native), pytorch: matmulOf(pytorch) };
 }
