@@ -36,7 +36,7 @@ function build(v: Variation = {}): GraphBuilder {
 const sha = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 
 test('the SavedModel a graph is written as is byte for byte what the builder wrote before it kept node records', (t) => {
-  // Computed from this graph with the builder that wrote each node's protobuf as it was added (up to 6342956): the
+  // Computed from this graph with the builder that wrote each node's protobuf as it was added (before 1ca92b7): the
   // records, written only when a graph is first loaded, must give TensorFlow the same file.
   const bytes = build().toSavedModel();
   t.is(bytes.length, 713);
