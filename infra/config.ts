@@ -28,6 +28,8 @@ export interface StepwiseSettings {
   tfjsBackend?: string;
   /** `STEPWISE_SKIP_NATIVE=1`: never build the native tfjs addon. */
   skipNative: boolean;
+  /** `STEPWISE_NATIVE_OPS=0`: never load Stepwise's own TensorFlow kernels (lib/student/kernels). */
+  nativeOps: boolean;
   /**
    * `STEPWISE_TMP_EXCLUSIVE=1`: no other process makes scratch folders in this worker's temp dir (a container's own
    * /tmp), so at start it removes every scratch folder it did not make, not only those of provably dead processes.
@@ -135,6 +137,7 @@ export function settings(env: Env = process.env): StepwiseSettings {
     codeVersion: nonEmpty(env.STEPWISE_CODE_VERSION),
     tfjsBackend: nonEmpty(env[BACKEND_ENV]),
     skipNative: env.STEPWISE_SKIP_NATIVE === '1',
+    nativeOps: env.STEPWISE_NATIVE_OPS !== '0',
     tmpExclusive: env.STEPWISE_TMP_EXCLUSIVE === '1',
     workerMemoryLogSeconds: Number.isFinite(memoryLog) && memoryLog > 0 ? memoryLog : 0,
     workerHeapGrowthPercent: nonEmpty(env.STEPWISE_WORKER_HEAP_GROWTH_PERCENT),

@@ -52,6 +52,8 @@ const LIB_ALIASES: ReadonlyArray<[alias: string, target: string]> = [
   ['libtensorflow_framework.so.2.9.1', 'libtensorflow_framework.so.2'],
 ];
 
+export type OpsStatus = { ok: true; library: string } | { ok: false; reason: string };
+
 export type TfjsNativeStatus =
   | {
       ok: true;
@@ -59,6 +61,8 @@ export type TfjsNativeStatus =
       gpu: boolean;
       /** Path of the linked addon. */
       addon: string;
+      /** Stepwise's own kernels (lib/student/kernels): built and checked, or why not (the backend works without). */
+      ops: OpsStatus;
     }
   | { ok: false; reason: string };
 
@@ -108,7 +112,7 @@ async function ensureInPackage(pkgDir: string, wheel: PinnedWheel, log?: Log): P
     existsSync(join(deps === 'not-a-link' ? join(pkgDir, 'deps') : deps, 'lib', 'libtensorflow_cc.so.2'));
   if (fast && fast.key === key && (await linkTarget(join(pkgDir, 'deps'))) === fast.deps && depsIntact(fast.deps)) {
     const addon = await findAddon(pkgDir);
-    if (addon) return { ok: true, gpu: fast.gpu, addon };
+    if (addon) return { ok: true, gpu: fast.gpu, addon, ops: await ensureOpLibrary(fast.deps, wheel, log) };
   }
 
   // One project at a time per package folder: concurrent setups would otherwise rebuild over each other.
@@ -162,11 +166,166 @@ async function ensureInPackage(pkgDir: string, wheel: PinnedWheel, log?: Log): P
 
       const verified = await verify(log);
       if (!verified.ok) return verified;
-      await writeFile(stampFile, JSON.stringify({ key, deps: ownDeps ? 'not-a-link' : depsCache, gpu: verified.gpu }));
-      return { ok: true, gpu: verified.gpu, addon };
+      const deps = ownDeps ? 'not-a-link' : depsCache;
+      await writeFile(stampFile, JSON.stringify({ key, deps, gpu: verified.gpu }));
+      return { ok: true, gpu: verified.gpu, addon, ops: await ensureOpLibrary(deps, wheel, log) };
     },
     { log }
   );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stepwise's own kernels
+
+/** The kernels' C++ source (lib/student/kernels/stepwise_ops.cc). */
+const OP_LIBRARY_SOURCE = join(projectRoot, 'lib', 'student', 'kernels', 'stepwise_ops.cc');
+
+/**
+ * The wheel's header folders a kernel library includes (what `tf.sysconfig.get_include()` holds, less what the
+ * kernels do not reach: 55 MB of its 400).
+ */
+const OP_HEADER_MEMBERS = [
+  'Eigen/',
+  'unsupported/',
+  'absl/',
+  'google/',
+  'ml_dtypes/',
+  'tsl/',
+  'xla/tsl/',
+  'tensorflow/core/',
+].map((dir) => ({ from: `tensorflow/include/${dir}`, to: `include/${dir}` }));
+
+/**
+ * `tf.sysconfig.get_compile_flags()` for the pinned wheel (C++17, the new libstdc++ ABI, Eigen's alignment), and the
+ * kernels' own: no errno from sqrt (it would keep the loops scalar) and no FMA contraction (each vector-width clone
+ * must round as the others do).
+ */
+const OP_LIBRARY_FLAGS = [
+  '-std=c++17',
+  '-O3',
+  '-fPIC',
+  '-shared',
+  '-fno-math-errno',
+  '-ffp-contract=off',
+  '-D_GLIBCXX_USE_CXX11_ABI=1',
+  '-DEIGEN_MAX_ALIGN_BYTES=64',
+  '-DNODE_GYP_MODULE_NAME=stepwise_ops',
+  // TensorFlow's headers warn at length under GCC (deprecations); the kernels' own code is kept warning-free.
+  '-w',
+];
+
+/**
+ * Where the kernel library built from this checkout's source lives (it need not exist yet): in the cache, under a
+ * key of the source, the flags and the TensorFlow release, so an edited kernel is a new build and never a stale one.
+ */
+export function opLibraryPath(): string {
+  const key = createHash('sha256')
+    .update(readFileSync(OP_LIBRARY_SOURCE))
+    .update(JSON.stringify([OP_LIBRARY_FLAGS, TENSORFLOW_VERSION, process.platform, process.arch]))
+    .digest('hex')
+    .slice(0, 16);
+  return join(cacheDir(), 'tfjs-native', `tf-${TENSORFLOW_VERSION}`, 'ops', key, 'stepwise_ops.node');
+}
+
+/**
+ * Builds the kernel library once per source version and checks it in a fresh process (a crash there must not take
+ * the caller down). Never throws: without the library the native backend runs on TensorFlow's kernels alone.
+ */
+async function ensureOpLibrary(deps: string, wheel: PinnedWheel, log?: Log): Promise<OpsStatus> {
+  if (deps === 'not-a-link') {
+    return {
+      ok: false,
+      reason: 'the package has its own deps folder, not the pinned TensorFlow the kernels build against',
+    };
+  }
+  const library = opLibraryPath();
+  try {
+    await ensureOnce(
+      dirname(library),
+      async (scratch) => {
+        const headers = await ensureOnce(
+          join(cacheDir(), 'tfjs-native', `tf-${TENSORFLOW_VERSION}`, 'op-headers'),
+          async (dir) => extractZipMembers(await ensureWheel(wheel, log), dir, OP_HEADER_MEMBERS, log),
+          log
+        );
+        const nodeInclude = join(resolve(dirname(process.execPath), '..'), 'include', 'node');
+        if (!existsSync(join(nodeInclude, 'node_api.h'))) throw new Error(`no node_api.h in ${nodeInclude}`);
+        log?.(`${PACKAGE}: compiling Stepwise's kernels against TensorFlow ${TENSORFLOW_VERSION}`);
+        await mkdir(scratch, { recursive: true });
+        const out = join(scratch, 'stepwise_ops.node');
+        const lib = join(deps, 'lib');
+        await runCommand(
+          process.env.CXX || 'c++',
+          [
+            ...OP_LIBRARY_FLAGS,
+            `-I${nodeInclude}`,
+            `-I${join(headers, 'include')}`,
+            OP_LIBRARY_SOURCE,
+            join(lib, 'libtensorflow_framework.so.2'),
+            `-Wl,-rpath,${lib}`,
+            '-o',
+            out,
+          ],
+          { log, timeoutMs: 10 * 60_000 }
+        );
+        await verifyOpLibrary(out);
+      },
+      log
+    );
+  } catch (err) {
+    const reason = `Stepwise's kernels are not built (${(err as Error).message.split('\n')[0]})`;
+    log?.(`${PACKAGE}: ${reason}; training runs on TensorFlow's kernels alone`);
+    return { ok: false, reason };
+  }
+  return { ok: true, library };
+}
+
+/** One fused AdamW update on two-element variables in a fresh process, against the formula worked out here. */
+async function verifyOpLibrary(library: string): Promise<void> {
+  const script = `
+    const tf = require(${JSON.stringify(PACKAGE)});
+    process.dlopen({ exports: {} }, ${JSON.stringify(library)});
+    const b = tf.backend();
+    const f = b.binding.TF_FLOAT;
+    const dtype = { name: 'dtype', type: b.binding.TF_ATTR_TYPE, value: f };
+    const variable = (values) => {
+      const h = b.executeSingleOutput('VarHandleOp', [
+        { name: 'container', type: b.binding.TF_ATTR_STRING, value: '' },
+        { name: 'shared_name', type: b.binding.TF_ATTR_STRING, value: 'stepwise-verify-' + Math.random() },
+        dtype,
+        { name: 'shape', type: b.binding.TF_ATTR_SHAPE, value: [2] },
+      ], []);
+      b.executeMultipleOutputs('AssignVariableOp', [dtype], [h, tf.tensor1d(values)], 0);
+      return h;
+    };
+    const [p, m, v] = [variable([1, -2]), variable([0.5, 0]), variable([0.25, 1])];
+    const hyper = tf.tensor1d([0.5, 0.9, 0.99, 0.125, 0.25, 0.75]);
+    b.executeMultipleOutputs('StepwiseApplyAdamW', [], [p, m, v, tf.tensor1d([2, -4]), hyper], 0);
+    const read = (h) => Array.from(b.executeSingleOutput('ReadVariableOp', [dtype], [h]).dataSync());
+    console.log('STEPWISE_OPS ' + JSON.stringify([read(p), read(m), read(v)]));
+  `;
+  const output = await runCommand(process.execPath, ['-e', script], {
+    cwd: projectRoot,
+    env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' },
+    timeoutMs: 180_000,
+  });
+  const line = output.split('\n').find((l) => l.startsWith('STEPWISE_OPS '));
+  if (!line) throw new Error(`the kernel check printed no result: ${output.slice(-500)}`);
+  // g = grad·0.5 = [1, −2]; m = m + (g − m)·0.1; v = v + (g² − v)·0.01; p = p·0.75 − 0.25·m/(√v + 0.125), in float32.
+  const f = Math.fround;
+  const expected = [
+    [1, 0.5, 0.25, 1],
+    [-2, 0, 1, -2],
+  ].map(([p, m, v, g]) => {
+    const m1 = f(m + f(f(g - m) * f(1 - f(0.9))));
+    const v1 = f(v + f(f(f(g * g) - v) * f(1 - f(0.99))));
+    return [f(f(p * 0.75) - f(f(m1 * 0.25) / f(f(Math.sqrt(v1)) + 0.125))), m1, v1];
+  });
+  const got = JSON.parse(line.slice('STEPWISE_OPS '.length)) as number[][];
+  const want = [0, 1, 2].map((k) => expected.map((e) => e[k]));
+  if (JSON.stringify(got) !== JSON.stringify(want)) {
+    throw new Error(`the fused AdamW gave ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
+  }
 }
 
 async function readStamp(file: string): Promise<Stamp | undefined> {

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { ensureOnce, freePort, sleep, waitFor, withLock } from '../infra/cache';
 import { setup } from '../infra/setup';
 import { devDbSyncOf, startTemporalDevServer, type TemporalDevServer } from '../infra/temporal';
-import { ensureTfjsNative } from '../infra/tfjs-native';
+import { ensureTfjsNative, opLibraryPath } from '../infra/tfjs-native';
 
 const repoRoot = resolve(__dirname, '..');
 
@@ -220,6 +220,20 @@ test('setup returns a working Temporal CLI', async (t) => {
   t.truthy(temporalCli);
   const version = spawnSync(temporalCli!, ['--version']).stdout.toString();
   t.regex(version, /temporal version/);
+});
+
+test('ensureTfjsNative builds Stepwise’s kernels from this checkout’s source and checks them', async (t) => {
+  const status = await ensureTfjsNative();
+  if (!status.ok) {
+    t.log(`no native build here: ${status.reason}`);
+    t.pass();
+    return;
+  }
+  // Checked in a child process against the fused AdamW's formula (infra/tfjs-native.ts) before it is kept.
+  t.deepEqual(status.ops, { ok: true, library: opLibraryPath() });
+  t.true(existsSync(opLibraryPath()));
+  // Keyed by the source: the cached build is this source's, and an edited kernel would be a new path.
+  t.regex(opLibraryPath(), /\/ops\/[0-9a-f]{16}\/stepwise_ops\.node$/);
 });
 
 test('ensureTfjsNative reports why it is skipped instead of throwing', async (t) => {

@@ -81,3 +81,35 @@ test.serial('the wasm rung trains correctly: its added and patched kernels match
   t.true(diff < 1e-4, `largest relative difference ${diff}`);
   t.true(onCpu.some((v) => v !== 0));
 });
+
+test.serial('the native backend records whether Stepwise’s kernels run, and why not', async (t) => {
+  let init;
+  try {
+    init = await withEnv('tensorflow', () => initBackend('tensorflow'));
+  } catch (err) {
+    t.log(`no native backend here: ${(err as Error).message}`);
+    t.pass();
+    return;
+  }
+  t.is(init.backend, 'tensorflow');
+  const described = describeBackend();
+  const kernels = described.stepwiseKernels;
+  if (kernels === undefined) return t.fail('stepwiseKernels is not recorded');
+  if (kernels.loaded) {
+    t.is(
+      described.detail,
+      `tensorflow (TF C library, ${described.device}${described.device === 'cpu' ? ', Stepwise kernels' : ''})`
+    );
+  } else {
+    t.is(described.detail, `tensorflow (TF C library, ${described.device})`);
+    t.true(kernels.reason.length > 0);
+  }
+  // Built by `npm test`'s setup: where the native build is expected, so are the kernels (unless switched off).
+  if (
+    process.env.CI === 'true' &&
+    process.env.STEPWISE_SKIP_NATIVE !== '1' &&
+    process.env.STEPWISE_NATIVE_OPS !== '0'
+  ) {
+    t.true(kernels.loaded, kernels.loaded ? '' : kernels.reason);
+  }
+});

@@ -11,11 +11,13 @@ import {
   rmsNorm,
   usesNativeKernels,
   useGraphSublayers,
+  useStepwiseKernels,
   withOpByOpSublayers,
 } from '../lib/student/fast-ops';
 import { padBatch } from '../lib/student/loss';
 import { T5Model } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
+import { stepwiseOpsStatus } from '../lib/student/tf-native';
 
 // The tests switch the process-wide backend, so they run one at a time. Each runs its checks on every backend that
 // initialises here (native TensorFlow runs the fused kernels; wasm and cpu run the portable formulas).
@@ -207,16 +209,20 @@ class AdamW {
   ) {
     this.adam = new FusedAdam(variables);
   }
-  apply(grads: tf.Tensor[], lr: number, weightDecay = 0): void {
+  apply(grads: tf.Tensor[], lr: number, weightDecay = 0, gradScale = 1): void {
     this.step += 1;
-    this.adam.update(grads, {
-      lr,
-      step: this.step,
-      beta1: 0.9,
-      beta2: 0.999,
-      eps: 1e-8,
-      weightDecay: (i) => (this.decays[i] ? weightDecay : 0),
-    });
+    this.adam.update(
+      grads,
+      {
+        lr,
+        step: this.step,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weightDecay: (i) => (this.decays[i] ? weightDecay : 0),
+      },
+      gradScale
+    );
   }
 }
 
@@ -310,6 +316,124 @@ test.serial('FusedAdam resumes from saved moments and respects weights assigned 
     c.adam.dispose();
   });
 });
+
+/** Two AdamW runs of three updates on the same start, one fed `grads(step)` and the other `scaled(step)`. */
+function adamPair(
+  shapes: number[][],
+  decays: boolean[],
+  a: (opt: AdamW, step: number) => void,
+  b: (opt: AdamW, step: number) => void
+) {
+  const make = () => shapes.map((s, i) => tf.variable(tf.tensor(values(tf.util.sizeFromShape(s), 30 + i), s)));
+  const [pa, pb] = [make(), make()];
+  const [oa, ob] = [new AdamW(pa, decays), new AdamW(pb, decays)];
+  for (let step = 1; step <= 3; step++) {
+    a(oa, step);
+    b(ob, step);
+  }
+  return { pa, pb, oa, ob };
+}
+
+test.serial('FusedAdam applies a clip coefficient exactly as an update of the scaled gradients would', async (t) => {
+  await eachBackend((backend) => {
+    const shapes = [[4, 3], [5]];
+    const decays = [true, false];
+    const grads = (step: number) =>
+      shapes.map((s, i) => tf.tensor(values(tf.util.sizeFromShape(s), 7 * step + i, 3), s));
+    const coefficient = (step: number) => Math.fround(0.3 / step);
+    const refs = shapes.map((s, i) => ({
+      p: values(tf.util.sizeFromShape(s), 30 + i),
+      m: new Array<number>(tf.util.sizeFromShape(s)).fill(0),
+      v: new Array<number>(tf.util.sizeFromShape(s)).fill(0),
+    }));
+    const { pa, pb, oa, ob } = adamPair(
+      shapes,
+      decays,
+      (opt, step) => {
+        // What training did before the coefficient reached the optimiser: a scaled copy of every gradient.
+        const g = grads(step);
+        const scaled = tf.tidy(() => g.map((x) => tf.mul(x, tf.scalar(coefficient(step)))));
+        opt.apply(scaled, 0.02, 0.1);
+        refs.forEach((r, i) =>
+          referenceAdamW(r.p, r.m, r.v, Array.from(scaled[i].dataSync()), step, 0.02, decays[i] ? 0.1 : 0)
+        );
+        tf.dispose([...g, ...scaled]);
+      },
+      (opt, step) => {
+        const g = grads(step);
+        opt.apply(g, 0.02, 0.1, coefficient(step));
+        tf.dispose(g);
+      }
+    );
+    const ma = oa.adam.moments();
+    const mb = ob.adam.moments();
+    pa.forEach((p, i) => {
+      t.is(maxAbsDiff(p, pb[i]), 0, `${backend}: parameter ${i} as with scaled gradients`);
+      t.is(maxAbsDiff(ma.m[i], mb.m[i]), 0, `${backend}: first moment ${i}`);
+      t.is(maxAbsDiff(ma.v[i], mb.v[i]), 0, `${backend}: second moment ${i}`);
+      const diff = Math.max(...Array.from(pb[i].dataSync()).map((x, j) => Math.abs(x - refs[i].p[j])));
+      t.true(diff < 1e-5, `${backend}: parameter ${i} is off torch's AdamW by ${diff}`);
+    });
+    t.throws(
+      () => ob.adam.update([], { lr: 0.1, step: 1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: () => 0 }, 2),
+      {
+        message: /0 gradients for 2 variables/,
+      }
+    );
+    t.throws(() => tf.tidy(() => ob.apply(grads(9), 0.02, 0, 1.5)), { message: /gradScale 1.5 is not in \(0, 1\]/ });
+    tf.dispose([...ma.m, ...ma.v, ...mb.m, ...mb.v, ...pa, ...pb]);
+    oa.adam.dispose();
+    ob.adam.dispose();
+  });
+});
+
+test.serial(
+  'native: Stepwise’s fused AdamW kernel is loaded and gives ResourceApplyAdam’s moments bit for bit',
+  async (t) => {
+    const ran = await eachBackend((backend) => {
+      if (backend !== 'tensorflow') return;
+      const status = stepwiseOpsStatus();
+      if (!status.loaded) {
+        if (nativeExpected() && process.env.STEPWISE_NATIVE_OPS !== '0') t.fail(`not loaded: ${status.reason}`);
+        else t.log(`Stepwise kernels not loaded (${status.reason}): only TensorFlow's path ran`);
+        return;
+      }
+      const shapes = [[64, 33], [7]];
+      const decays = [true, false];
+      const grads = (step: number) =>
+        shapes.map((s, i) => tf.tensor(values(tf.util.sizeFromShape(s), 11 * step + i, 2), s));
+      const run = (opt: AdamW, step: number, fused: boolean) => {
+        const before = useStepwiseKernels(fused);
+        try {
+          const g = grads(step);
+          opt.apply(g, 0.01, 0.05, step === 2 ? 1 : Math.fround(0.6));
+          tf.dispose(g);
+        } finally {
+          useStepwiseKernels(before);
+        }
+      };
+      const { pa, pb, oa, ob } = adamPair(
+        shapes,
+        decays,
+        (opt, step) => run(opt, step, true),
+        (opt, step) => run(opt, step, false)
+      );
+      const ma = oa.adam.moments();
+      const mb = ob.adam.moments();
+      pa.forEach((p, i) => {
+        // The moments do not involve the step size, which the kernel takes precomputed and TF computes in float32.
+        t.is(maxAbsDiff(ma.m[i], mb.m[i]), 0, `first moment ${i}`);
+        t.is(maxAbsDiff(ma.v[i], mb.v[i]), 0, `second moment ${i}`);
+        t.true(maxAbsDiff(p, pb[i]) < 1e-6, `parameter ${i} is off by ${maxAbsDiff(p, pb[i])}`);
+      });
+      tf.dispose([...ma.m, ...ma.v, ...mb.m, ...mb.v, ...pa, ...pb]);
+      oa.adam.dispose();
+      ob.adam.dispose();
+    });
+    if (!ran.includes('tensorflow')) t.log('native backend absent: nothing to compare');
+    t.pass();
+  }
+);
 
 type NativeCounts = { getNumOfTensors?(): number; getNumOfSavedModels?(): number };
 const nativeBinding = () => (tf.backend() as unknown as { binding?: NativeCounts }).binding;

@@ -8,6 +8,7 @@
  */
 import { BACKEND_NAMES, type BackendName } from './options';
 import { tf } from './tf';
+import { loadStepwiseOps, stepwiseOpsStatus, type StepwiseOps } from './tf-native';
 import { BACKEND_ENV, settings } from '../../infra/config';
 
 export type { BackendName };
@@ -32,8 +33,10 @@ export interface BackendInit {
 export interface BackendDescription {
   backend: BackendName;
   device: 'cpu' | 'gpu';
-  /** e.g. `wasm (simd, 1 thread)` or `tensorflow (TF C library, cpu)`. */
+  /** e.g. `wasm (simd, 1 thread)` or `tensorflow (TF C library, cpu, Stepwise kernels)`. */
   detail: string;
+  /** Native TensorFlow only: whether Stepwise's own kernels (kernels/stepwise_ops.cc) run, or why not. */
+  stepwiseKernels?: StepwiseOps;
 }
 
 let current: BackendInit | undefined;
@@ -82,7 +85,14 @@ export function describeBackend(): BackendDescription {
   if (!isBackendName(name)) throw new Error(`tfjs backend is '${name}', which initBackend never sets`);
   if (name === 'tensorflow') {
     const gpu = Boolean((tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice);
-    return { backend: name, device: gpu ? 'gpu' : 'cpu', detail: `tensorflow (TF C library, ${gpu ? 'gpu' : 'cpu'})` };
+    const kernels = stepwiseOpsStatus();
+    const own = kernels.loaded && !gpu ? ', Stepwise kernels' : '';
+    return {
+      backend: name,
+      device: gpu ? 'gpu' : 'cpu',
+      detail: `tensorflow (TF C library, ${gpu ? 'gpu' : 'cpu'}${own})`,
+      stepwiseKernels: kernels,
+    };
   }
   if (name === 'wasm') {
     const simd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT');
@@ -111,6 +121,7 @@ function register(backend: BackendName): void {
     // Registers the 'tensorflow' backend on the shared tfjs-core engine (npm dedupes one tfjs-core 4.22) and
     // makes it current; it throws when the native addon is not built.
     require('@tensorflow/tfjs-node-gpu');
+    loadStepwiseOps();
     return;
   }
   if (backend === 'wasm') {

@@ -28,7 +28,14 @@
  */
 import { tf } from './tf';
 import { GraphFrame, seedWords, threshold16, type Ops } from './graph-frame';
-import { nativeBackend as native, type Binding, type Handle, type NativeBackend, type OpAttr } from './tf-native';
+import {
+  nativeBackend as native,
+  stepwiseOpsStatus,
+  type Binding,
+  type Handle,
+  type NativeBackend,
+  type OpAttr,
+} from './tf-native';
 
 /** Set while {@link withOpByOpSublayers} runs. */
 let noFusedSublayers = false;
@@ -43,6 +50,16 @@ let noFusedSublayers = false;
  * the device and back at each call.
  */
 let graphSublayers = true;
+
+/** Whether NativeAdam uses Stepwise's fused AdamW kernel when the kernel library is loaded (tf-native.ts). */
+let stepwiseKernels = true;
+
+/** Turns Stepwise's own kernels on or off (tests compare them with TensorFlow's); returns the setting before. */
+export function useStepwiseKernels(on: boolean): boolean {
+  const before = stepwiseKernels;
+  stepwiseKernels = on;
+  return before;
+}
 
 /** Turns graph sessions for the fused sublayers on or off (tests compare the two); returns the setting before. */
 export function useGraphSublayers(on: boolean): boolean {
@@ -939,12 +956,24 @@ export function globalNorm(grads: readonly tf.Tensor[]): tf.Scalar {
  * maxNorm / (norm + 1e-6), capped at 1). New tensors; the caller disposes them and the inputs.
  */
 export function clipByGlobalNorm(grads: readonly tf.Tensor[], maxNorm: number): tf.Tensor[] {
+  const coef = clipScale(grads, maxNorm);
+  // Under the limit the coefficient is exactly 1, and multiplying by it would only copy every gradient.
+  if (coef === 1) return grads.map((g) => g.clone());
+  return tf.tidy(() => {
+    const c = tf.scalar(coef);
+    return grads.map((g) => tf.mul(g, c));
+  });
+}
+
+/**
+ * The coefficient {@link clipByGlobalNorm} scales by, computed on the device in float32 and read back (one number:
+ * nothing waits where ops run synchronously). Training passes it to the optimiser instead of scaling: on native
+ * TensorFlow the fused AdamW applies it in its single pass, which saves a pass over every gradient.
+ */
+export function clipScale(grads: readonly tf.Tensor[], maxNorm: number): number {
   const coef = tf.tidy(() => tf.minimum(tf.div(maxNorm, tf.add(globalNorm(grads), 1e-6)), 1));
   try {
-    // Under the limit the coefficient is exactly 1, and multiplying by it would only copy every gradient (a pass
-    // over all the parameters). Reading one number back costs nothing where ops run synchronously.
-    if (coef.dataSync()[0] === 1) return grads.map((g) => g.clone());
-    return tf.tidy(() => grads.map((g) => tf.mul(g, coef)));
+    return coef.dataSync()[0];
   } finally {
     coef.dispose();
   }
@@ -987,13 +1016,18 @@ export class FusedAdam {
     this.impl = nb ? new NativeAdam(nb, variables) : new PortableAdam(variables);
   }
 
-  /** One update; `grads[i]` belongs to the i-th variable. The gradients are neither kept nor disposed. */
-  update(grads: readonly tf.Tensor[], h: AdamUpdate): void {
+  /**
+   * One update; `grads[i]` belongs to the i-th variable, scaled by `gradScale` first (a clip coefficient: the
+   * update is the one the scaled gradients would give). The gradients are neither kept nor disposed.
+   */
+  update(grads: readonly tf.Tensor[], h: AdamUpdate, gradScale = 1): void {
     if (grads.length !== this.impl.size) {
       throw new Error(`FusedAdam: ${grads.length} gradients for ${this.impl.size} variables`);
     }
+    if (gradScale <= 0 || gradScale > 1) throw new Error(`FusedAdam: gradScale ${gradScale} is not in (0, 1]`);
     const correction2 = Math.sqrt(1 - h.beta2 ** h.step);
     this.impl.apply(grads, {
+      gradScale,
       lr: h.lr,
       beta1: h.beta1,
       beta2: h.beta2,
@@ -1035,6 +1069,8 @@ export class FusedAdam {
 }
 
 interface UpdateScalars {
+  /** The gradients' clip coefficient, a float32 value (1: unscaled). */
+  gradScale: number;
   lr: number;
   beta1: number;
   beta2: number;
@@ -1060,7 +1096,7 @@ class PortableAdam {
   apply(grads: readonly tf.Tensor[], s: UpdateScalars): void {
     tf.tidy(() => {
       this.variables.forEach((p, i) => {
-        const g = grads[i];
+        const g = s.gradScale !== 1 ? tf.mul(grads[i], s.gradScale) : grads[i];
         const m = tf.add(tf.mul(this.m[i], s.beta1), tf.mul(g, 1 - s.beta1));
         const v = tf.add(tf.mul(this.v[i], s.beta2), tf.mul(tf.square(g), 1 - s.beta2));
         this.m[i].assign(m);
@@ -1125,11 +1161,25 @@ class NativeAdam {
       boolAttr(nb, 'use_locking', false),
       boolAttr(nb, 'use_nesterov', false),
     ];
+    // Stepwise's kernel (kernels/stepwise_ops.cc) scales, decays and updates in one pass; it is built for the CPU.
+    const fused = stepwiseKernels && stepwiseOpsStatus().loaded && !kernelsOf(nb).onGpu;
     tf.tidy(() => {
       const scalars = [s.beta1Power, s.beta2Power, s.lr, s.beta1, s.beta2, s.epsHat].map((x) => tf.scalar(x));
+      const hyper = new Map<number, tf.Tensor>();
+      const hyperFor = (factor: number): tf.Tensor => {
+        let t = hyper.get(factor);
+        if (!t) {
+          t = tf.tensor1d([s.gradScale, s.beta1, s.beta2, s.epsHat, s.stepSize, factor]);
+          hyper.set(factor, t);
+        }
+        return t;
+      };
+      const scale = !fused && s.gradScale !== 1 ? tf.scalar(s.gradScale) : undefined;
       this.variables.forEach((p, i) => {
         const factor = s.decayFactor(i);
-        if (factor !== 1) {
+        if (fused) {
+          if (this.synced[i] !== dataIdOf(p)) this.assignVariable(this.paramHandles[i], p);
+        } else if (factor !== 1) {
           // Decoupled decay (torch AdamW) shrinks the weight before the Adam step; no fused TF kernel has it.
           this.assignVariable(this.paramHandles[i], tf.mul(p, factor));
         } else if (this.synced[i] !== dataIdOf(p)) {
@@ -1144,13 +1194,21 @@ class NativeAdam {
           data.id = -1;
         }
         try {
-          // lr_t = lr·√(1−β2^t)/(1−β1^t); m += (g−m)(1−β1); v += (g²−v)(1−β2); var −= lr_t·m/(√v + ε̂).
-          nb.executeMultipleOutputs(
-            'ResourceApplyAdam',
-            attrs,
-            [this.paramHandles[i], this.mHandles[i], this.vHandles[i], ...scalars, grads[i]],
-            0
-          );
+          if (fused) {
+            // g = grad·scale, then as below with var·decay in place of var: one pass over the four arrays.
+            const inputs = [this.paramHandles[i], this.mHandles[i], this.vHandles[i], grads[i], hyperFor(factor)];
+            nb.executeMultipleOutputs('StepwiseApplyAdamW', [], inputs, 0);
+          } else {
+            // lr_t = lr·√(1−β2^t)/(1−β1^t); m += (g−m)(1−β1); v += (g²−v)(1−β2); var −= lr_t·m/(√v + ε̂).
+            const g = scale ? tf.mul(grads[i], scale) : grads[i];
+            nb.executeMultipleOutputs(
+              'ResourceApplyAdam',
+              attrs,
+              [this.paramHandles[i], this.mHandles[i], this.vHandles[i], ...scalars, g],
+              0
+            );
+            if (g !== grads[i]) g.dispose();
+          }
         } finally {
           if (data) {
             const [handle] = nb.getInputTensorIds([this.paramHandles[i]]);

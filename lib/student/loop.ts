@@ -16,7 +16,7 @@ import {
 } from './checkpoint';
 import type { T5Config } from './config';
 import { batchLoss, disposeBatch, makeBatch, setLossParts } from './loss';
-import { clipByGlobalNorm, type Optimizer } from './optim';
+import { clipScale, type Optimizer } from './optim';
 import type { LabelSource } from './options';
 import type { EncodedSet } from './pairs';
 import { adafactorOf, type TrainState } from './resume';
@@ -160,10 +160,9 @@ export class TrainingLoop {
       return loss.total;
     }, this.s.variables);
     const gradList = this.s.variables.map((p) => grads[p.name]);
-    const clipped = clipByGlobalNorm(gradList, opts.maxGradNorm);
-    optimizer.apply(clipped, lr);
+    optimizer.apply(gradList, lr, clipScale(gradList, opts.maxGradNorm));
     const readback = tf.tidy(() => tf.stack([value, ...parts]).dataSync());
-    tf.dispose([value, ...parts, ...clipped, ...gradList]);
+    tf.dispose([value, ...parts, ...gradList]);
     disposeBatch(batch);
     this.step += 1;
 

@@ -10,7 +10,7 @@
  * squared gradients), so the updates are HF's.
  */
 import { InputError } from '../errors';
-import { clipByGlobalNorm as fusedClipByGlobalNorm, FusedAdam } from './fast-ops';
+import { clipScale as fusedClipScale, FusedAdam } from './fast-ops';
 import { OPTIMIZERS, type OptimizerName } from './options';
 import type { TensorSource } from './checkpoint-file';
 import type { NamedWeight } from './t5';
@@ -93,8 +93,11 @@ export interface Optimizer {
   readonly name: OptimizerName;
   /** Updates applied so far. */
   readonly step: number;
-  /** One update; `grads[i]` belongs to the i-th parameter. `lr` is the schedule's learning rate. */
-  apply(grads: readonly tf.Tensor[], lr: number): void;
+  /**
+   * One update; `grads[i]` belongs to the i-th parameter. `lr` is the schedule's learning rate; `gradScale` (default
+   * 1) scales every gradient first, as a clip coefficient from {@link clipScale} does.
+   */
+  apply(grads: readonly tf.Tensor[], lr: number, gradScale?: number): void;
   /** A copy of the state (read back from the device). */
   getState(): OptimizerState;
   /** The state, its tensors read back one at a time as a checkpoint writer asks (see {@link OptimizerStateSources}). */
@@ -180,7 +183,10 @@ function checkHyper(name: string, saved: OptimizerState, hyper: OptimizerState['
 export class AdamW implements Optimizer {
   readonly name = 'adamw';
   private t = 0;
-  /** The moments and the update: one ResourceApplyAdam kernel per variable on native TensorFlow (fast-ops.ts). */
+  /**
+   * The moments and the update: on native TensorFlow one kernel per variable that also applies the clip coefficient
+   * and the decay (fast-ops.ts).
+   */
   private readonly adam: FusedAdam;
   private readonly hyper: Required<AdamWOptions>;
 
@@ -196,17 +202,14 @@ export class AdamW implements Optimizer {
     return this.t;
   }
 
-  apply(grads: readonly tf.Tensor[], lr: number): void {
+  apply(grads: readonly tf.Tensor[], lr: number, gradScale = 1): void {
     this.t += 1;
     const { beta1, beta2, eps, weightDecay } = this.hyper;
-    this.adam.update(grads, {
-      lr,
-      step: this.t,
-      beta1,
-      beta2,
-      eps,
-      weightDecay: (i) => (this.params[i].decay ? weightDecay : 0),
-    });
+    this.adam.update(
+      grads,
+      { lr, step: this.t, beta1, beta2, eps, weightDecay: (i) => (this.params[i].decay ? weightDecay : 0) },
+      gradScale
+    );
   }
 
   getState(): OptimizerState {
@@ -319,16 +322,17 @@ export class Adafactor implements Optimizer {
     return this.t;
   }
 
-  apply(grads: readonly tf.Tensor[], lr: number): void {
+  apply(grads: readonly tf.Tensor[], lr: number, gradScale = 1): void {
     this.t += 1;
     const h = this.hyper;
     const t = this.t;
     const relative = h.relativeStep ? Math.min(h.warmupInit ? 1e-6 * t : 1e-2, 1 / Math.sqrt(t)) : lr;
     const beta2t = 1 - t ** h.decayRate;
     tf.tidy(() => {
+      const scale = gradScale !== 1 ? tf.scalar(gradScale) : undefined;
       this.params.forEach((param, i) => {
         const p = param.variable;
-        const g = grads[i];
+        const g = scale ? tf.mul(grads[i], scale) : grads[i];
         const s = this.state[i];
         // The step size, scaled by the parameter's RMS before this update when asked.
         const stepSize: tf.Tensor | number = h.scaleParameter ? tf.mul(tf.maximum(rms(p), h.eps2), relative) : relative;
@@ -398,10 +402,9 @@ export function createOptimizer(
 }
 
 /**
- * Gradients scaled so their global L2 norm is at most `maxNorm` (torch `clip_grad_norm_`: coefficient
- * maxNorm / (norm + 1e-6), capped at 1). Computed on the device; nothing is read back.
+ * torch `clip_grad_norm_`'s coefficient for `grads`: maxNorm / (norm + 1e-6), capped at 1, the float32 value the
+ * device computed. An optimiser's `apply` takes it as `gradScale`, so no scaled copy of the gradients is made.
  */
-export function clipByGlobalNorm(grads: readonly tf.Tensor[], maxNorm: number): tf.Tensor[] {
-  // One L2Loss kernel per gradient on native TensorFlow (fast-ops.ts).
-  return fusedClipByGlobalNorm(grads, maxNorm);
+export function clipScale(grads: readonly tf.Tensor[], maxNorm: number): number {
+  return fusedClipScale(grads, maxNorm);
 }

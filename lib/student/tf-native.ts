@@ -5,6 +5,10 @@
  * release); {@link nativeBackend} checks for them before either path is taken, so a backend without them (wasm, cpu,
  * or a tfjs-node that changed them) gets the plain tfjs formulation instead of a crash.
  */
+import { existsSync } from 'node:fs';
+
+import { settings } from '../../infra/config';
+import { opLibraryPath } from '../../infra/tfjs-native';
 import { tf } from './tf';
 import type { SessionBinding } from './tf-graph';
 
@@ -64,4 +68,45 @@ export function nativeBackend(): NativeBackend | undefined {
     typeof backend.binding?.executeOp === 'function' &&
     typeof backend.binding.runSavedModel === 'function';
   return ok ? (backend as NativeBackend) : undefined;
+}
+
+/** Whether Stepwise's own kernels (kernels/stepwise_ops.cc) are loaded, or why not. */
+export type StepwiseOps = { loaded: true } | { loaded: false; reason: string };
+
+let stepwiseOps: StepwiseOps = { loaded: false, reason: 'the native backend was not initialised' };
+
+/**
+ * Loads Stepwise's kernel library into this process once, after tfjs-node has loaded TensorFlow: dlopen runs its
+ * op and kernel registrations, which TensorFlow's registries (one per process) then know by name. The library is
+ * built by `stepwise setup` (infra/tfjs-native.ts) and checked there in a child process; a missing or failing one
+ * leaves training on TensorFlow's kernels alone, and the reason is what {@link stepwiseOpsStatus} says.
+ */
+export function loadStepwiseOps(): StepwiseOps {
+  if (stepwiseOps.loaded) return stepwiseOps;
+  if (!settings().nativeOps) {
+    stepwiseOps = { loaded: false, reason: 'STEPWISE_NATIVE_OPS=0' };
+    return stepwiseOps;
+  }
+  let library: string;
+  try {
+    library = opLibraryPath();
+  } catch (err) {
+    stepwiseOps = { loaded: false, reason: `no kernel source: ${(err as Error).message}` };
+    return stepwiseOps;
+  }
+  if (!existsSync(library)) {
+    stepwiseOps = { loaded: false, reason: `not built for this source (run stepwise setup): ${library}` };
+    return stepwiseOps;
+  }
+  try {
+    process.dlopen({ exports: {} }, library);
+    stepwiseOps = { loaded: true };
+  } catch (err) {
+    stepwiseOps = { loaded: false, reason: `loading ${library} failed: ${(err as Error).message}` };
+  }
+  return stepwiseOps;
+}
+
+export function stepwiseOpsStatus(): StepwiseOps {
+  return stepwiseOps;
 }
