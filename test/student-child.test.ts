@@ -88,6 +88,8 @@ test.serial('a train job writes a checkpoint file, reports progress, and a predi
   const meta = readCheckpointMeta(await readFile(checkpointPath));
   t.is(meta.training.method, 'distill-step-by-step');
   t.is(meta.training.backend, result.backend);
+  // The backend's own description rides along, e.g. `tensorflow (TF C library, cpu, Stepwise kernels)`.
+  t.true(result.backendDetail?.startsWith(result.backend), result.backendDetail);
   t.false(isAlive(pid), 'the child exits after answering');
 
   const progress: number[] = [];

@@ -13,7 +13,9 @@
  * - a hand-written gradient (`tf.customGrad`) for RMS norm and gated GELU elsewhere;
  * - a TensorFlow op run by name on the native backend (tfjs-node executes any TF op through its binding): dropout
  *   masks from Philox (`StatelessRandomUniformFullInt`), the loss from `SparseSoftmaxCrossEntropyWithLogits`, the
- *   global norm from `L2Loss`, and the whole Adam update from `ResourceApplyAdam`, in place.
+ *   global norm from `L2Loss`, and the whole AdamW update, in place: Stepwise's own `StepwiseApplyAdamW`
+ *   (kernels/stepwise_ops.cc: clip coefficient, decay and Adam in one pass) where that library is loaded, else
+ *   TensorFlow's `ResourceApplyAdam` after a scaling Mul and a decay assign.
  *
  * The sublayers are written once against graph-frame.ts's `Ops` and run either way: each call as one graph session
  * (`GraphFrame`, the default), or op by op on raw handles (see {@link Frame}): ops straight through the binding with
@@ -1001,7 +1003,11 @@ export interface AdamUpdate {
  *
  * On native TensorFlow the moments live in TF resource variables and each variable's update is one
  * `ResourceApplyAdam` kernel (measured on the `small` shape: ~65 ms a step against ~220 ms for the same update op by
- * op, and no temporaries the size of the model). The variable has a resource twin that shares its buffer. TF updates
+ * op, and no temporaries the size of the model), or, with Stepwise's kernels loaded, one `StepwiseApplyAdamW`,
+ * which also applies the clip coefficient and the decoupled decay: its single pass replaces a Mul over every
+ * gradient and an assign per decayed weight (measured, `small` capped at AVX2: the clip and update took 52 ms a
+ * step against 67, and whole steps 727-734 ms against 750-771, alternated runs). Its moments equal
+ * `ResourceApplyAdam`'s bit for bit; the weights differ by float rounding of the step size only. The variable has a resource twin that shares its buffer. TF updates
  * that buffer in place only while nothing else holds it, so the tfjs variable lets go of its handle for the update
  * and then takes a read of the result (a copy of every parameter a step saved). A variable assigned from outside
  * between updates (a checkpoint loaded, say) is noticed and its twin refreshed first.

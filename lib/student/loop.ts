@@ -16,6 +16,7 @@ import {
 } from './checkpoint';
 import type { T5Config } from './config';
 import { batchLoss, disposeBatch, makeBatch, setLossParts } from './loss';
+import { describeBackend } from './backend';
 import { clipScale, type Optimizer } from './optim';
 import type { LabelSource } from './options';
 import type { EncodedSet } from './pairs';
@@ -307,6 +308,8 @@ export class TrainingLoop {
     const checkpoint = modelCheckpoint(returnBest ? { config, weights: best!.weights! } : model, tokenizer, training);
     const result = {
       backend: this.s.backend,
+      // Where it ran and on whose kernels, e.g. `tensorflow (TF C library, cpu, Stepwise kernels)`.
+      backendDetail: describeBackend().detail,
       optimizer: this.s.opts.optimizer,
       steps: step,
       stopReason: this.stopReason,

@@ -269,6 +269,8 @@ function trainLogOf(run: StoredTrainingResult, options: TrainStudentInput['stude
   const result = run.training;
   return {
     backend: result.backend,
+    // Absent from results of children built before it was recorded.
+    backendDetail: result.backendDetail ?? null,
     optimizer: result.optimizer,
     steps: result.steps,
     stopReason: result.stopReason,

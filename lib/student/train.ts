@@ -162,6 +162,8 @@ export interface TrainResult {
   /** safetensors bytes: weights (the best by validation loss, see `keepBest`), config, tokenizer and metadata. */
   checkpoint: Buffer;
   backend: string;
+  /** The backend's own description (`describeBackend().detail`: device, and whether Stepwise's kernels ran). */
+  backendDetail?: string;
   optimizer: OptimizerName;
   /** Steps completed (fewer than asked when stopped early). */
   steps: number;
