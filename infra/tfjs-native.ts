@@ -238,20 +238,19 @@ async function ensureOpLibrary(deps: string, wheel: PinnedWheel, log?: Log): Pro
       reason: 'the package has its own deps folder, not the pinned TensorFlow the kernels build against',
     };
   }
-  const library = opLibraryPath();
+  let library: string;
   try {
+    library = opLibraryPath();
     await ensureOnce(
       dirname(library),
       async (scratch) => {
-        const headers = await ensureOnce(
-          join(cacheDir(), 'tfjs-native', `tf-${TENSORFLOW_VERSION}`, 'op-headers'),
-          async (dir) => extractZipMembers(await ensureWheel(wheel, log), dir, OP_HEADER_MEMBERS, log),
-          log
-        );
         const nodeInclude = join(resolve(dirname(process.execPath), '..'), 'include', 'node');
         if (!existsSync(join(nodeInclude, 'node_api.h'))) throw new Error(`no node_api.h in ${nodeInclude}`);
+        // The headers are needed for the compile alone: unpacked beside it (2 s) and gone with the scratch folder,
+        // so neither the cache nor a worker image that copies it keeps 55 MB of them.
+        const headers = join(scratch, 'headers');
+        await extractZipMembers(await ensureWheel(wheel, log), headers, OP_HEADER_MEMBERS, log);
         log?.(`${PACKAGE}: compiling Stepwise's kernels against TensorFlow ${TENSORFLOW_VERSION}`);
-        await mkdir(scratch, { recursive: true });
         const out = join(scratch, 'stepwise_ops.node');
         const lib = join(deps, 'lib');
         await runCommand(
@@ -268,6 +267,7 @@ async function ensureOpLibrary(deps: string, wheel: PinnedWheel, log?: Log): Pro
           ],
           { log, timeoutMs: 10 * 60_000 }
         );
+        await rm(headers, { recursive: true, force: true });
         await verifyOpLibrary(out);
       },
       log
