@@ -56,7 +56,8 @@
  * small:standard spent 241-242 ms outside its products, capped or not, against PyTorch's 266-278. At 4104fc1 (the
  * optimiser's clip, decay and Adam as one kernel of Stepwise's own), same machine: uncapped 1.67 (1.64-1.73), 1.71
  * (1.61-1.81), 1.72 (1.58-1.80) and 1.97 (1.95-1.99); capped 1.07 (1.06-1.09), 1.09 (1.08-1.11), 1.13 (1.10-1.14) and
- * 1.28 (1.20-1.32; PyTorch's rounds there ran 1.88-2.07 s, a spread the other cases did not show).
+ * 1.28 (1.20-1.32; PyTorch's rounds there ran 1.88-2.07 s, a spread the other cases did not show; a rerun of that
+ * case alone gave 1.21, 1.19-1.22).
  *
  * Peak RSS: the whole child process, final checkpoint included (native: `trainToFile` writes it to a temp file as a
  * pipeline run's child does; PyTorch: torch.save of the model's and optimiser's state dicts to a temp file);
