@@ -244,8 +244,9 @@ async function ensureOpLibrary(deps: string, wheel: PinnedWheel, log?: Log): Pro
     await ensureOnce(
       dirname(library),
       async (scratch) => {
-        const nodeInclude = join(resolve(dirname(process.execPath), '..'), 'include', 'node');
-        if (!existsSync(join(nodeInclude, 'node_api.h'))) throw new Error(`no node_api.h in ${nodeInclude}`);
+        const nodeDir = nodeHeadersDir();
+        if (!nodeDir) throw new Error(`no node_api.h beside ${process.execPath} (set npm_config_nodedir)`);
+        const nodeInclude = join(nodeDir, 'include', 'node');
         // The headers are needed for the compile alone: unpacked beside it (2 s) and gone with the scratch folder,
         // so neither the cache nor a worker image that copies it keeps 55 MB of them.
         const headers = join(scratch, 'headers');
@@ -304,13 +305,7 @@ async function verifyOpLibrary(library: string): Promise<void> {
     const read = (h) => Array.from(b.executeSingleOutput('ReadVariableOp', [dtype], [h]).dataSync());
     console.log('STEPWISE_OPS ' + JSON.stringify([read(p), read(m), read(v)]));
   `;
-  const output = await runCommand(process.execPath, ['-e', script], {
-    cwd: projectRoot,
-    env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' },
-    timeoutMs: 180_000,
-  });
-  const line = output.split('\n').find((l) => l.startsWith('STEPWISE_OPS '));
-  if (!line) throw new Error(`the kernel check printed no result: ${output.slice(-500)}`);
+  const got = await nodeCheck<number[][]>(script, 'STEPWISE_OPS');
   // g = grad·0.5 = [1, −2]; m = m + (g − m)·0.1; v = v + (g² − v)·0.01; p = p·0.75 − 0.25·m/(√v + 0.125), in float32.
   const f = Math.fround;
   const expected = [
@@ -321,7 +316,6 @@ async function verifyOpLibrary(library: string): Promise<void> {
     const v1 = f(v + f(f(f(g * g) - v) * f(1 - f(0.99))));
     return [f(f(p * 0.75) - f(f(m1 * 0.25) / f(f(Math.sqrt(v1)) + 0.125))), m1, v1];
   });
-  const got = JSON.parse(line.slice('STEPWISE_OPS '.length)) as number[][];
   const want = [0, 1, 2].map((k) => expected.map((e) => e[k]));
   if (JSON.stringify(got) !== JSON.stringify(want)) {
     throw new Error(`the fused AdamW gave ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
@@ -366,6 +360,15 @@ async function findAddon(dir: string): Promise<string | undefined> {
   return undefined;
 }
 
+/**
+ * The folder whose `include/node` holds this Node's headers (`node_api.h`): `npm_config_nodedir` when set, else the
+ * running Node's own install prefix when it ships them; undefined when neither does.
+ */
+function nodeHeadersDir(): string | undefined {
+  const dir = process.env.npm_config_nodedir || resolve(dirname(process.execPath), '..');
+  return existsSync(join(dir, 'include', 'node', 'node_api.h')) ? dir : undefined;
+}
+
 /** Compile the binding with node-gyp against the installed Node's headers (node-gyp would otherwise download them). */
 async function buildAddon(pkgDir: string, log?: Log): Promise<string> {
   log?.(`${PACKAGE}: compiling the native addon against TensorFlow ${TENSORFLOW_VERSION} (once per Node ABI)`);
@@ -376,10 +379,8 @@ async function buildAddon(pkgDir: string, log?: Log): Promise<string> {
     ),
     npm_config_build_from_source: 'true',
   };
-  if (!env.npm_config_nodedir) {
-    const prefix = resolve(dirname(process.execPath), '..');
-    if (existsSync(join(prefix, 'include', 'node', 'node_api.h'))) env.npm_config_nodedir = prefix;
-  }
+  const nodeDir = env.npm_config_nodedir || nodeHeadersDir();
+  if (nodeDir) env.npm_config_nodedir = nodeDir;
   try {
     await runCommand(process.execPath, ['scripts/install.js', 'gpu'], {
       cwd: pkgDir,
@@ -397,7 +398,23 @@ async function buildAddon(pkgDir: string, log?: Log): Promise<string> {
   return addon;
 }
 
-/** Load the package in a fresh Node process (a crash there must not take the caller down) and run a matMul. */
+/**
+ * Runs `script` in a fresh Node process (a crash there must not take the caller down) and returns the JSON it printed
+ * on the line starting with `tag`.
+ * @throws Error when the process fails or prints no such line (the end of its output is in the message).
+ */
+async function nodeCheck<T>(script: string, tag: string): Promise<T> {
+  const output = await runCommand(process.execPath, ['-e', script], {
+    cwd: projectRoot,
+    env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' },
+    timeoutMs: 180_000,
+  });
+  const line = output.split('\n').find((l) => l.startsWith(`${tag} `));
+  if (!line) throw new Error(`the check printed no result:\n${output.slice(-2000)}`);
+  return JSON.parse(line.slice(tag.length + 1)) as T;
+}
+
+/** Load the package in a fresh Node process and run a matMul. */
 async function verify(log?: Log): Promise<{ ok: true; gpu: boolean } | { ok: false; reason: string }> {
   const a = [1, 2, 3, 4, 5, 6]; // [2, 3]
   const b = [7, 8, 9, 10, 11, 12]; // [3, 2]
@@ -411,19 +428,12 @@ async function verify(log?: Log): Promise<{ ok: true; gpu: boolean } | { ok: fal
     const gpu = Boolean(tf.backend().isUsingGpuDevice);
     console.log('STEPWISE_NATIVE ' + JSON.stringify({ backend: tf.getBackend(), out: Array.from(out.dataSync()), gpu }));
   `;
-  let output: string;
+  let result: { backend: string; out: number[]; gpu: boolean };
   try {
-    output = await runCommand(process.execPath, ['-e', script], {
-      cwd: projectRoot,
-      env: { ...process.env, TF_CPP_MIN_LOG_LEVEL: process.env.TF_CPP_MIN_LOG_LEVEL ?? '2' },
-      timeoutMs: 180_000,
-    });
+    result = await nodeCheck(script, 'STEPWISE_NATIVE');
   } catch (err) {
     return { ok: false, reason: `loading ${PACKAGE} failed: ${(err as Error).message}` };
   }
-  const line = output.split('\n').find((l) => l.startsWith('STEPWISE_NATIVE '));
-  if (!line) return { ok: false, reason: `loading ${PACKAGE} printed no result:\n${output.slice(-2000)}` };
-  const result = JSON.parse(line.slice('STEPWISE_NATIVE '.length)) as { backend: string; out: number[]; gpu: boolean };
   if (result.backend !== 'tensorflow') {
     return { ok: false, reason: `${PACKAGE} loaded but the backend is '${result.backend}', not 'tensorflow'` };
   }

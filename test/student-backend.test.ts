@@ -1,6 +1,7 @@
 import test from 'ava';
 import { BACKEND_ENV, BACKEND_LADDER, describeBackend, initBackend, type BackendName } from '../lib/student/backend';
 import { tf } from '../lib/student/tf';
+import { stepwiseKernelsExpected } from './helpers/native';
 
 // Every test here switches the process-wide tfjs backend, so they run one at a time.
 
@@ -105,11 +106,5 @@ test.serial('the native backend records whether Stepwise’s kernels run, and wh
     t.true(kernels.reason.length > 0);
   }
   // Built by `npm test`'s setup: where the native build is expected, so are the kernels (unless switched off).
-  if (
-    process.env.CI === 'true' &&
-    process.env.STEPWISE_SKIP_NATIVE !== '1' &&
-    process.env.STEPWISE_NATIVE_OPS !== '0'
-  ) {
-    t.true(kernels.loaded, kernels.loaded ? '' : kernels.reason);
-  }
+  if (stepwiseKernelsExpected()) t.true(kernels.loaded, kernels.loaded ? '' : kernels.reason);
 });

@@ -17,25 +17,13 @@ import {
 import { padBatch } from '../lib/student/loss';
 import { T5Model } from '../lib/student/t5';
 import { tf } from '../lib/student/tf';
+import { nativeExpected, stepwiseKernelsExpected } from './helpers/native';
 import { stepwiseOpsStatus } from '../lib/student/tf-native';
 
 // The tests switch the process-wide backend, so they run one at a time. Each runs its checks on every backend that
 // initialises here (native TensorFlow runs the fused kernels; wasm and cpu run the portable formulas).
 
 const LADDER: BackendName[] = ['tensorflow', 'wasm', 'cpu'];
-
-/**
- * Whether this machine must have the native build: `STEPWISE_EXPECT_NATIVE=1` (.ci/run sets it), or any CI run
- * (`CI=true`, as CI services set it) that did not opt out of the build with `STEPWISE_SKIP_NATIVE=1`, since
- * `npm test`'s setup builds it; `STEPWISE_EXPECT_NATIVE=0` says it may be missing. Where it is expected, a missing
- * native backend fails these tests: passing on wasm alone would leave the fused kernels, the ones training uses on
- * the native backend, untested.
- */
-function nativeExpected(): boolean {
-  const expect = process.env.STEPWISE_EXPECT_NATIVE;
-  if (expect === '1' || expect === '0') return expect === '1';
-  return process.env.CI === 'true' && process.env.STEPWISE_SKIP_NATIVE !== '1';
-}
 
 async function eachBackend(run: (backend: BackendName) => void | Promise<void>): Promise<BackendName[]> {
   const done: BackendName[] = [];
@@ -394,7 +382,7 @@ test.serial(
       if (backend !== 'tensorflow') return;
       const status = stepwiseOpsStatus();
       if (!status.loaded) {
-        if (nativeExpected() && process.env.STEPWISE_NATIVE_OPS !== '0') t.fail(`not loaded: ${status.reason}`);
+        if (stepwiseKernelsExpected()) t.fail(`not loaded: ${status.reason}`);
         else t.log(`Stepwise kernels not loaded (${status.reason}): only TensorFlow's path ran`);
         return;
       }

@@ -7,6 +7,7 @@
  * attempts are recorded so a run can say which backend it trained on and why the faster ones were skipped.
  */
 import { BACKEND_NAMES, type BackendName } from './options';
+import { usesStepwiseKernels } from './fast-ops';
 import { tf } from './tf';
 import { loadStepwiseOps, stepwiseOpsStatus, type StepwiseOps } from './tf-native';
 import { BACKEND_ENV, settings } from '../../infra/config';
@@ -85,13 +86,12 @@ export function describeBackend(): BackendDescription {
   if (!isBackendName(name)) throw new Error(`tfjs backend is '${name}', which initBackend never sets`);
   if (name === 'tensorflow') {
     const gpu = Boolean((tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice);
-    const kernels = stepwiseOpsStatus();
-    const own = kernels.loaded && !gpu ? ', Stepwise kernels' : '';
+    const own = usesStepwiseKernels() ? ', Stepwise kernels' : '';
     return {
       backend: name,
       device: gpu ? 'gpu' : 'cpu',
       detail: `tensorflow (TF C library, ${gpu ? 'gpu' : 'cpu'}${own})`,
-      stepwiseKernels: kernels,
+      stepwiseKernels: stepwiseOpsStatus(),
     };
   }
   if (name === 'wasm') {

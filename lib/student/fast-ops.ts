@@ -56,6 +56,15 @@ let graphSublayers = true;
 /** Whether NativeAdam uses Stepwise's fused AdamW kernel when the kernel library is loaded (tf-native.ts). */
 let stepwiseKernels = true;
 
+/**
+ * True when Stepwise's own kernels run: the native backend is current, on the CPU (the kernels are built for it
+ * alone), the library is loaded and they are not switched off. What the optimiser uses and the backend reports.
+ */
+export function usesStepwiseKernels(): boolean {
+  const nb = native();
+  return nb !== undefined && stepwiseKernels && stepwiseOpsStatus().loaded && !kernelsOf(nb).onGpu;
+}
+
 /** Turns Stepwise's own kernels on or off (tests compare them with TensorFlow's); returns the setting before. */
 export function useStepwiseKernels(on: boolean): boolean {
   const before = stepwiseKernels;
@@ -1005,10 +1014,12 @@ export interface AdamUpdate {
  * `ResourceApplyAdam` kernel (measured on the `small` shape: ~65 ms a step against ~220 ms for the same update op by
  * op, and no temporaries the size of the model), or, with Stepwise's kernels loaded, one `StepwiseApplyAdamW`,
  * which also applies the clip coefficient and the decoupled decay: its single pass replaces a Mul over every
- * gradient and an assign per decayed weight (measured, `small` capped at AVX2: the clip and update took 52 ms a
- * step against 67, and whole steps 727-734 ms against 750-771, alternated runs). Its moments equal
- * `ResourceApplyAdam`'s bit for bit; the weights differ by float rounding of the step size only. The variable has a resource twin that shares its buffer. TF updates
- * that buffer in place only while nothing else holds it, so the tfjs variable lets go of its handle for the update
+ * gradient and an assign per decayed weight (measured, `small` capped at AVX2, alternated runs: the clip and update
+ * took 42-44 ms a step against 62-64, and whole steps 727-734 ms against 750-771). Its moments equal
+ * `ResourceApplyAdam`'s bit for bit; the weights differ by float rounding of the step size only.
+ *
+ * The variable has a resource twin that shares its buffer. TF updates that buffer in place only while nothing else
+ * holds it, so the tfjs variable lets go of its handle for the update
  * and then takes a read of the result (a copy of every parameter a step saved). A variable assigned from outside
  * between updates (a checkpoint loaded, say) is noticed and its twin refreshed first.
  * Elsewhere (wasm, cpu) the moments are tfjs variables updated by a handful of ops with the bias correction folded
@@ -1162,15 +1173,16 @@ class NativeAdam {
 
   apply(grads: readonly tf.Tensor[], s: UpdateScalars): void {
     const nb = this.nb;
-    const attrs = [
-      typeAttr(nb, 'T', 'float32'),
-      boolAttr(nb, 'use_locking', false),
-      boolAttr(nb, 'use_nesterov', false),
-    ];
-    // Stepwise's kernel (kernels/stepwise_ops.cc) scales, decays and updates in one pass; it is built for the CPU.
-    const fused = stepwiseKernels && stepwiseOpsStatus().loaded && !kernelsOf(nb).onGpu;
+    // Stepwise's kernel (kernels/stepwise_ops.cc) scales, decays and updates in one pass.
+    const fused = usesStepwiseKernels();
+    const attrs = fused
+      ? []
+      : [typeAttr(nb, 'T', 'float32'), boolAttr(nb, 'use_locking', false), boolAttr(nb, 'use_nesterov', false)];
     tf.tidy(() => {
-      const scalars = [s.beta1Power, s.beta2Power, s.lr, s.beta1, s.beta2, s.epsHat].map((x) => tf.scalar(x));
+      const scalars = fused
+        ? []
+        : [s.beta1Power, s.beta2Power, s.lr, s.beta1, s.beta2, s.epsHat].map((x) => tf.scalar(x));
+      // The fused kernel's hyperparameters, one tensor per decay factor (decayed weights, and norms with none).
       const hyper = new Map<number, tf.Tensor>();
       const hyperFor = (factor: number): tf.Tensor => {
         let t = hyper.get(factor);

@@ -10,7 +10,7 @@
  * squared gradients), so the updates are HF's.
  */
 import { InputError } from '../errors';
-import { clipScale as fusedClipScale, FusedAdam } from './fast-ops';
+import { clipScale, FusedAdam } from './fast-ops';
 import { OPTIMIZERS, type OptimizerName } from './options';
 import type { TensorSource } from './checkpoint-file';
 import type { NamedWeight } from './t5';
@@ -401,10 +401,5 @@ export function createOptimizer(
   throw new InputError(`optimizer is ${JSON.stringify(name)}; expected one of ${OPTIMIZERS.join(', ')}`, 'optimizer');
 }
 
-/**
- * torch `clip_grad_norm_`'s coefficient for `grads`: maxNorm / (norm + 1e-6), capped at 1, the float32 value the
- * device computed. An optimiser's `apply` takes it as `gradScale`, so no scaled copy of the gradients is made.
- */
-export function clipScale(grads: readonly tf.Tensor[], maxNorm: number): number {
-  return fusedClipScale(grads, maxNorm);
-}
+/** torch `clip_grad_norm_`'s coefficient, which `apply` takes as `gradScale` (fast-ops.ts). */
+export { clipScale };
