@@ -15,7 +15,7 @@ import { startWorkerProcess, type Services } from '../helpers/services';
 import { killGroup } from '../helpers/processes';
 import { walkActivities } from '../helpers/retries';
 
-export { sleep, waitFor } from '../helpers/wait';
+export { sleep, waitFor, within } from '../helpers/wait';
 
 /**
  * Worker processes (`stepwise worker --queue …`, each its own process group so its training child dies with it),

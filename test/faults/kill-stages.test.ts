@@ -24,6 +24,7 @@ import {
   runningActivity,
   sleep,
   waitFor,
+  within,
   WorkerProcesses,
 } from './harness';
 import { startStoreProxy, type StoreProxy } from './store-proxy';
@@ -47,6 +48,10 @@ interface Target {
   proxy: StoreProxy;
   cpu: ChildProcess;
   gpu: ChildProcess;
+  /** In front of the GPU workers' store: it sees their first checkpoint upload (see killDuringTraining). */
+  gpuProxy: StoreProxy;
+  /** Settles when a GPU worker begins uploading a checkpoint, its training child just frozen. */
+  checkpointUpload: Promise<void>;
   /** Stages whose worker was killed mid-attempt: their retried attempt must follow a timeout. */
   killedMidStage: string[];
   /** trainStudent's last heartbeat before its worker died. */
@@ -62,6 +67,40 @@ const at = (target: Target) => `${((Date.now() - target.startedAt) / 1000).toFix
 /** CPU workers reach the store through the proxy, so a test can slow their stages down enough to catch them. */
 const startCpu = (target: Pick<Target, 'proxy'>) =>
   workers.start('cpu', { AWS_ENDPOINT_URL_S3: target.proxy.endpoint });
+
+/** GPU workers reach the store through their own proxy, which watches for the first checkpoint upload. */
+const startGpu = (target: Pick<Target, 'gpuProxy'>) =>
+  workers.start('gpu', { AWS_ENDPOINT_URL_S3: target.gpuProxy.endpoint });
+
+/** A checkpoint (megabytes) is the first large object a GPU worker writes; the dataset it only reads. */
+const CHECKPOINT_MIN_BYTES = 1 << 20;
+
+/**
+ * A store proxy for the GPU workers that, at the first checkpoint upload, freezes the uploading worker's training
+ * child (SIGSTOP) and then forwards the upload: the child stops a step or two past the checkpoint, whatever the
+ * machine's speed, while the worker's own process goes on to store the checkpoint and heartbeat it.
+ */
+async function startGpuProxy(endpoint: string, gpu: () => ChildProcess | undefined) {
+  let frozen!: () => void;
+  const checkpointUpload = new Promise<void>((resolve) => (frozen = resolve));
+  let armed = true;
+  const proxy = await startStoreProxy(endpoint, {
+    hold: (req) => {
+      const bytes = Number(req.headers['x-amz-decoded-content-length'] ?? req.headers['content-length'] ?? 0);
+      const worker = gpu();
+      if (armed && req.method === 'PUT' && bytes >= CHECKPOINT_MIN_BYTES && worker) {
+        const children = trainingChildren(worker.pid!);
+        if (children.length > 0) {
+          armed = false;
+          for (const child of children) process.kill(child, 'SIGSTOP');
+          frozen();
+        }
+      }
+      return 0;
+    },
+  });
+  return { proxy, checkpointUpload };
+}
 
 /** Teacher calls journalled so far, over every shard. */
 const journalled = () => journalledCalls(services().store);
@@ -113,7 +152,7 @@ const KILL_POINTS: Record<string, (target: Target) => Promise<void>> = {
   training: killDuringTraining,
   evaluate: async (target) => {
     await killWhileRunning(target, 'evaluate', 'gpu');
-    target.gpu = await workers.start('gpu');
+    target.gpu = await startGpu(target);
   },
   // Evaluation makes no store request from the CPU worker: slowing its store then delays only registration.
   registerModel: async (target) => {
@@ -128,26 +167,27 @@ const KILL_POINTS: Record<string, (target: Target) => Promise<void>> = {
 /**
  * Training on the GPU worker: the workflow worker is killed while no CPU stage runs (between stages) and stays dead
  * until training has finished; the GPU worker is killed mid-training after a checkpoint. Its training child is frozen
- * first, so the steps it executed (and any checkpoint upload under way) reach the server with the worker's next
+ * as its first checkpoint starts uploading (by the GPU workers' store proxy), so the kill lands mid-training however
+ * fast the machine trains, and the steps it executed and the checkpoint reach the server with the worker's next
  * heartbeats before the kill: what is recomputed is then known exactly (the train-kill test's technique).
  */
 async function killDuringTraining(target: Target): Promise<void> {
   await waitFor('training to run', () => runningActivity(target.handle, 'trainStudent'));
   await workers.kill(target.cpu);
   target.t.log(`${at(target)}: killed the workflow worker (CPU queue) between stages, with training on the GPU`);
+  await within(target.checkpointUpload, 120_000, () => 'a GPU worker to upload its first checkpoint');
   await waitFor('a stored checkpoint', async () => {
     const beat = await heartbeatOf<TrainHeartbeat>(target.handle, 'trainStudent');
     return (beat?.checkpointStep ?? 0) >= CHECKPOINT_EVERY ? beat : undefined;
   });
-  const [child] = trainingChildren(target.gpu.pid!);
-  target.t.truthy(child, 'the GPU worker runs a training child');
-  if (child) process.kill(child, 'SIGSTOP');
-  await sleep(3500);
+  // Heartbeats are throttled to 80% of the 5 s timeout: one more brings the frozen child's last step.
+  await sleep(4500);
   target.trainAtKill = await heartbeatOf<TrainHeartbeat>(target.handle, 'trainStudent');
   await workers.kill(target.gpu);
   target.t.log(`${at(target)}: killed the GPU worker at training step ${target.trainAtKill?.step}`);
   target.killedMidStage.push('trainStudent');
-  target.gpu = await workers.start('gpu');
+  target.t.true((target.trainAtKill?.step ?? STEPS) < STEPS, 'the GPU worker was killed mid-training');
+  target.gpu = await startGpu(target);
   // Training ends with no workflow worker alive: its completion waits in the history for the replacement.
   await waitFor(
     'training to finish',
@@ -163,9 +203,13 @@ async function runUnderKills(t: ExecutionContext, points: string[]): Promise<voi
   const model = `teacher-${points.length}-kills`;
   const teacher = await startLocalTeacherServer({ model, latencyMs: 20 });
   const proxy = await startStoreProxy(services().s3.endpoint);
+  // The proxy asks for the GPU worker of the moment: replacements come and go.
+  const live: { target?: Target } = {};
+  const { proxy: gpuProxy, checkpointUpload } = await startGpuProxy(services().s3.endpoint, () => live.target?.gpu);
   t.teardown(async () => {
     await teacher.close();
     await proxy.close();
+    await gpuProxy.close();
   });
   const spec: PipelineSpecInput = {
     name: `kill-stages-${points.length}`,
@@ -181,13 +225,25 @@ async function runUnderKills(t: ExecutionContext, points: string[]): Promise<voi
       heartbeatTimeoutSeconds: 5,
     },
   };
-  const [cpu, gpu] = await Promise.all([startCpu({ proxy }), workers.start('gpu')]);
+  const [cpu, gpu] = await Promise.all([startCpu({ proxy }), startGpu({ gpuProxy })]);
   const handle = await services().client.workflow.start(distillationPipeline, {
     taskQueue: CPU_TASK_QUEUE,
     workflowId: `kill-stages-${Date.now()}`,
     args: [spec],
   });
-  const target: Target = { t, handle, teacher, proxy, cpu, gpu, killedMidStage: [], startedAt: Date.now() };
+  const target: Target = {
+    t,
+    handle,
+    teacher,
+    proxy,
+    gpuProxy,
+    checkpointUpload,
+    cpu,
+    gpu,
+    killedMidStage: [],
+    startedAt: Date.now(),
+  };
+  live.target = target;
   let result: PipelineResult | undefined;
   try {
     for (const point of points) await KILL_POINTS[point](target);
