@@ -379,7 +379,8 @@ async function buildAddon(pkgDir: string, log?: Log): Promise<string> {
     ),
     npm_config_build_from_source: 'true',
   };
-  const nodeDir = env.npm_config_nodedir || nodeHeadersDir();
+  // An npm_config_nodedir without headers stays as the caller set it: node-gyp then says what is missing.
+  const nodeDir = nodeHeadersDir();
   if (nodeDir) env.npm_config_nodedir = nodeDir;
   try {
     await runCommand(process.execPath, ['scripts/install.js', 'gpu'], {

@@ -1140,7 +1140,10 @@ class PortableAdam {
 
 let resourceCounter = 0;
 
-/** Moments (and a twin of each parameter) as TensorFlow resource variables, updated by `ResourceApplyAdam`. */
+/**
+ * Moments (and a twin of each parameter) as TensorFlow resource variables, updated by Stepwise's `StepwiseApplyAdamW`
+ * where it is loaded, else by `ResourceApplyAdam`.
+ */
 class NativeAdam {
   private readonly paramHandles: tf.Tensor[];
   private readonly mHandles: tf.Tensor[];
@@ -1195,10 +1198,8 @@ class NativeAdam {
       const scale = !fused && s.gradScale !== 1 ? tf.scalar(s.gradScale) : undefined;
       this.variables.forEach((p, i) => {
         const factor = s.decayFactor(i);
-        if (fused) {
-          if (this.synced[i] !== dataIdOf(p)) this.assignVariable(this.paramHandles[i], p);
-        } else if (factor !== 1) {
-          // Decoupled decay (torch AdamW) shrinks the weight before the Adam step; no fused TF kernel has it.
+        if (!fused && factor !== 1) {
+          // Decoupled decay (torch AdamW) shrinks the weight before the Adam step; no TF kernel has it (ours does).
           this.assignVariable(this.paramHandles[i], tf.mul(p, factor));
         } else if (this.synced[i] !== dataIdOf(p)) {
           this.assignVariable(this.paramHandles[i], p);

@@ -1,4 +1,5 @@
-// Stepwise's own TensorFlow kernels, loaded into the process beside tfjs-node's binding (kernels/library.ts).
+// Stepwise's own TensorFlow kernels, loaded into the process beside tfjs-node's binding (loadStepwiseOps in
+// lib/student/tf-native.ts).
 //
 // TensorFlow's CPU kernels in the pip wheel are built for a baseline x86 (AVX without FMA) and each does one
 // elementwise pass; a training step spends much of what is not matrix products in such passes and in the thread
