@@ -13,8 +13,9 @@
  *   4 heads × 64, 4+4 layers, gated-GELU, tied head without rescale; batch 16, 128 input, 32 label, 128 rationale.
  * - `standard`: standard finetuning, input → label, one sequence pair per example.
  * - `dss`: distilling step-by-step, two pairs per example (`predict:` input → label, `explain:` input → rationale),
- *   two forward passes per step and one backward through α·label + (1−α)·rationale loss, α 0.5 (lib/student/loss.ts;
- *   the PyTorch side does the same).
+ *   two forward passes per step and one backward through α·label + (1−α)·rationale loss, α 0.5 (lib/student/loss.ts).
+ *   Native runs the two passes' encoders as one batch of 2B rows (`T5Model.pairLoss`); the PyTorch side makes two
+ *   whole model calls, as the paper's released code does.
  * Tokens per step count every source and target token of the step (for dss both pairs); the synthetic records are
  * long enough that every sequence is cut to its full length (the native child checks this with the run's own
  * tokenizer), and PyTorch's random ids fill them too, so both sides process the same tokens.

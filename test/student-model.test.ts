@@ -219,6 +219,50 @@ test('the distill-step-by-step loss is alpha times the label loss plus 1 - alpha
   model.dispose();
 });
 
+test('the paired passes (one encoder pass over both sources) give each pass its own loss and gradients', (t) => {
+  const model = T5Model.init(tinyConfig(), 9);
+  // Sources of different lengths, with padded rows in each: the shorter batch is padded to the longer inside.
+  const source = padBatch([...ids(2, 7, 21), ...ids(1, 5, 22)]);
+  const labels = padBatch([...ids(2, 3, 23), ...ids(1, 2, 24)]);
+  const explainSource = padBatch([...ids(1, 10, 25), ...ids(2, 8, 26)]);
+  const rationales = padBatch([...ids(2, 9, 27), ...ids(1, 6, 28)]);
+  const variables = [...model.variables.values()];
+  const lossAndGrads = (f: () => tf.Scalar) =>
+    tf.tidy(() => {
+      const { value, grads } = tf.variableGrads(f, variables);
+      return { value: value.dataSync()[0], grads: variables.map((v) => grads[v.name].dataSync()) };
+    });
+  for (const alpha of [0.5, 0.3]) {
+    const paired = lossAndGrads(() => {
+      const [label, rationale] = model.pairLoss(
+        { source, labels, opts: {} },
+        { source: explainSource, labels: rationales, opts: {} }
+      );
+      return tf.add(tf.mul(label, alpha), tf.mul(rationale, 1 - alpha)) as tf.Scalar;
+    });
+    const separate = lossAndGrads(
+      () =>
+        tf.add(
+          tf.mul(model.loss(source, labels), alpha),
+          tf.mul(model.loss(explainSource, rationales), 1 - alpha)
+        ) as tf.Scalar
+    );
+    t.true(Math.abs(paired.value - separate.value) < 1e-5, `alpha ${alpha}: ${paired.value} vs ${separate.value}`);
+    let worst = 0;
+    variables.forEach((v, i) => {
+      const [a, b] = [paired.grads[i], separate.grads[i]];
+      const scale = Math.max(1e-3, ...Array.from(b, Math.abs));
+      for (let j = 0; j < a.length; j++) worst = Math.max(worst, Math.abs(a[j] - b[j]) / scale);
+    });
+    t.true(worst < 1e-4, `alpha ${alpha}: gradients differ by ${worst} of their largest entry`);
+  }
+  t.throws(() => model.pairLoss({ source, labels, opts: {} }, { source: padBatch(ids(2, 4, 29)), labels, opts: {} }), {
+    message: /same rows/,
+  });
+  tf.dispose([source, labels, explainSource, rationales]);
+  model.dispose();
+});
+
 test('the loss is the mean over non-pad label tokens only', (t) => {
   const model = T5Model.init(tinyConfig(), 8);
   const source = padBatch(ids(2, 6, 15));

@@ -54,9 +54,9 @@ export function disposeBatch(b: Batch): void {
 }
 
 /**
- * The loss of one batch: for distill-step-by-step two forward passes, one over the `predict:` batch and one over
- * the `explain:` batch of the same examples, combined as α·label + (1−α)·rationale, each the mean cross-entropy
- * over its own non-pad target tokens (as HF computes each pass's loss).
+ * The loss of one batch: for distill-step-by-step a pass over the `predict:` batch and one over the `explain:` batch
+ * of the same examples (their encoder passes run as one: `T5Model.pairLoss`), combined as α·label + (1−α)·rationale,
+ * each the mean cross-entropy over its own non-pad target tokens (as HF computes each pass's loss).
  */
 export function batchLoss(
   model: T5Model,
@@ -64,12 +64,19 @@ export function batchLoss(
   alpha: number,
   opts: { training?: boolean; dropoutSeed?: number } = {}
 ): BatchLoss {
-  const label = model.loss(batch.source, batch.labels, { ...opts, dropoutSeed: (opts.dropoutSeed ?? 0) * 2 });
-  if (!batch.explainSource || !batch.rationales) return { total: label, label };
-  const rationale = model.loss(batch.explainSource, batch.rationales, {
-    ...opts,
-    dropoutSeed: (opts.dropoutSeed ?? 0) * 2 + 1,
-  });
+  const labelOpts = { ...opts, dropoutSeed: (opts.dropoutSeed ?? 0) * 2 };
+  if (!batch.explainSource || !batch.rationales) {
+    const label = model.loss(batch.source, batch.labels, labelOpts);
+    return { total: label, label };
+  }
+  const [label, rationale] = model.pairLoss(
+    { source: batch.source, labels: batch.labels, opts: labelOpts },
+    {
+      source: batch.explainSource,
+      labels: batch.rationales,
+      opts: { ...opts, dropoutSeed: (opts.dropoutSeed ?? 0) * 2 + 1 },
+    }
+  );
   const total = tf.add(tf.mul(label, alpha), tf.mul(rationale, 1 - alpha)) as tf.Scalar;
   return { total, label, rationale };
 }

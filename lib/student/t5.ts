@@ -638,13 +638,57 @@ export class T5Model {
    * -100 there, with pad here). Source [B, S] and labels [B, T] (each ending in eos, then pad) → scalar.
    */
   loss(inputIds: tf.Tensor2D, labels: tf.Tensor2D, opts: ForwardOptions = {}): tf.Scalar {
+    return tf.tidy(() => this.decoderLoss(this.encode(inputIds, opts), labels, opts));
+  }
+
+  /**
+   * The {@link loss} of two batches of the same B rows, each with its own labels and dropout seed: distill-step-by-
+   * step's `predict:` and `explain:` passes. Both sources run through the encoder as one batch of 2B rows, the
+   * shorter padded to the longer (the padding bias hides the added positions from every attention, so each row's
+   * states are its own pass's up to rounding), then each half through its own decoder pass. One encoder pass in
+   * place of two halves the encoder's sublayer calls and sums its weights' gradients once, not twice. The encoder's
+   * dropout is drawn once, over the 2B rows, from `first`'s seed.
+   */
+  pairLoss(
+    first: { source: tf.Tensor2D; labels: tf.Tensor2D; opts: ForwardOptions },
+    second: { source: tf.Tensor2D; labels: tf.Tensor2D; opts: ForwardOptions }
+  ): [tf.Scalar, tf.Scalar] {
+    const rows = first.source.shape[0];
+    if (second.source.shape[0] !== rows) {
+      throw new Error(`pairLoss: ${rows} and ${second.source.shape[0]} rows; the two batches must hold the same rows`);
+    }
     return tf.tidy(() => {
-      const c = this.config;
-      const logits = this.forward(inputIds, shiftRight(labels, c.decoder_start_token_id), opts); // [B, T, V]
-      const flatLabels = tf.reshape(labels, [-1]) as tf.Tensor1D; // [B·T]
-      const mask = tf.cast(tf.notEqual(flatLabels, c.pad_token_id), 'float32');
-      return maskedCrossEntropy(tf.reshape(logits, [-1, c.vocab_size]) as tf.Tensor2D, flatLabels, mask);
+      const length = Math.max(first.source.shape[1], second.source.shape[1]);
+      const padded = [first.source, second.source].map((s) =>
+        s.shape[1] === length
+          ? s
+          : tf.pad(
+              s,
+              [
+                [0, 0],
+                [0, length - s.shape[1]],
+              ],
+              this.config.pad_token_id
+            )
+      );
+      const both = this.encode(tf.concat(padded, 0) as tf.Tensor2D, first.opts);
+      const [hiddenA, hiddenB] = tf.split(both.hidden, 2, 0);
+      const [biasA, biasB] = tf.split(both.sourceBias, 2, 0);
+      return [
+        this.decoderLoss({ hidden: hiddenA, sourceBias: biasA }, first.labels, first.opts),
+        this.decoderLoss({ hidden: hiddenB, sourceBias: biasB }, second.labels, second.opts),
+      ];
     });
+  }
+
+  /** Mean token cross-entropy of `labels` decoded from encoder states (teacher-forced). */
+  private decoderLoss(encoded: EncoderOutput, labels: tf.Tensor2D, opts: ForwardOptions): tf.Scalar {
+    const c = this.config;
+    const hidden = this.decode(encoded, shiftRight(labels, c.decoder_start_token_id), opts);
+    const logits = this.logits(hidden); // [B, T, V]
+    const flatLabels = tf.reshape(labels, [-1]) as tf.Tensor1D; // [B·T]
+    const mask = tf.cast(tf.notEqual(flatLabels, c.pad_token_id), 'float32');
+    return maskedCrossEntropy(tf.reshape(logits, [-1, c.vocab_size]) as tf.Tensor2D, flatLabels, mask);
   }
 
   private get gated(): boolean {
