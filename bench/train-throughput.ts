@@ -58,7 +58,10 @@
  * optimiser's clip, decay and Adam as one kernel of Stepwise's own), same machine: uncapped 1.67 (1.64-1.73), 1.71
  * (1.61-1.81), 1.72 (1.58-1.80) and 1.97 (1.95-1.99); capped 1.07 (1.06-1.09), 1.09 (1.08-1.11), 1.13 (1.10-1.14) and
  * 1.28 (1.20-1.32; PyTorch's rounds there ran 1.88-2.07 s, a spread the other cases did not show; a rerun of that
- * case alone gave 1.21, 1.19-1.22).
+ * case alone gave 1.21, 1.19-1.22). At 47069a3, same machine: uncapped 1.67 (1.64-1.68), 1.61 (1.61-1.67), 1.82
+ * (1.79-1.85) and 1.95 (1.88-1.95); capped 1.10 (1.05-1.13), 1.06 (1.04-1.09), 1.12 (1.11-1.12) and 1.17 (1.16-1.22).
+ * At c69b91a (a dss step's two encoder passes as one), the dss cases: uncapped 1.72 (1.70-1.80) and 2.00 (1.99-2.10);
+ * capped 1.14 (1.14-1.16) and 1.22 (1.18-1.26).
  *
  * Peak RSS: the whole child process, final checkpoint included (native: `trainToFile` writes it to a temp file as a
  * pipeline run's child does; PyTorch: torch.save of the model's and optimiser's state dicts to a temp file);
