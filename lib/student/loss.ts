@@ -64,18 +64,16 @@ export function batchLoss(
   alpha: number,
   opts: { training?: boolean; dropoutSeed?: number } = {}
 ): BatchLoss {
-  const labelOpts = { ...opts, dropoutSeed: (opts.dropoutSeed ?? 0) * 2 };
+  // Each pass's dropout seed: 2s for `predict:`, 2s + 1 for `explain:`.
+  const seed = (opts.dropoutSeed ?? 0) * 2;
+  const labelOpts = { ...opts, dropoutSeed: seed };
   if (!batch.explainSource || !batch.rationales) {
     const label = model.loss(batch.source, batch.labels, labelOpts);
     return { total: label, label };
   }
   const [label, rationale] = model.pairLoss(
     { source: batch.source, labels: batch.labels, opts: labelOpts },
-    {
-      source: batch.explainSource,
-      labels: batch.rationales,
-      opts: { ...opts, dropoutSeed: (opts.dropoutSeed ?? 0) * 2 + 1 },
-    }
+    { source: batch.explainSource, labels: batch.rationales, opts: { ...opts, dropoutSeed: seed + 1 } }
   );
   const total = tf.add(tf.mul(label, alpha), tf.mul(rationale, 1 - alpha)) as tf.Scalar;
   return { total, label, rationale };
